@@ -1,0 +1,200 @@
+"""Input validation shared by the problem classes.
+
+Everything a kernel relies on is checked here first (shapes, dtypes, finite values, sparse
+index structure, label ranges), and every error names the argument and says how to fix it.
+Checks on the data never allocate anything of the data's size.
+"""
+
+import numbers
+
+import numpy as np
+import scipy.sparse as sp
+
+from .kernels import reduce, validate
+
+FLOAT_DTYPES = (np.float32, np.float64)
+
+
+def as_float_scalar(value, name, *, low=None, allow_equal=True):
+    """A finite Python float, optionally bounded below."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (numbers.Real, np.ndarray)):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    if isinstance(value, np.ndarray):
+        if value.ndim != 0:
+            raise TypeError(f"{name} must be a scalar, got an array of shape {value.shape}")
+        value = value.item()
+    value = float(value)
+    if not np.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    if low is not None and (value < low or (value == low and not allow_equal)):
+        bound = ">=" if allow_equal else ">"
+        raise ValueError(f"{name} must be {bound} {low}, got {value}")
+    return value
+
+
+def check_finite_1d(a, name):
+    """Raise ``ValueError`` naming the first NaN/inf entry of a 1-D float array."""
+    if a.size == 0:
+        return
+    starts = reduce.row_partition(a.shape[0])
+    bad = np.empty(len(starts) - 1, dtype=np.int64)
+    validate.first_nonfinite(a, starts, bad)
+    hits = bad[bad >= 0]
+    if hits.size:
+        i = int(hits[0])
+        raise ValueError(
+            f"{name} contains a non-finite value ({a[i]!r} at position {i}); "
+            "remove or impute NaN/inf entries before building the problem"
+        )
+
+
+def _float_dtype_of(arr, name):
+    kind = arr.dtype.kind
+    if arr.dtype in (np.dtype(np.float32), np.dtype(np.float64)):
+        return arr.dtype
+    if kind in "biu":
+        return np.dtype(np.float64)
+    if kind == "f":  # float16, longdouble
+        return np.dtype(np.float64)
+    raise TypeError(
+        f"{name} must hold real numbers (float32 or float64), got dtype {arr.dtype}; "
+        "convert it with X.astype(np.float64)"
+    )
+
+
+def check_dense_X(X):
+    """A 2-D float32/float64 ndarray view of ``X`` (no copy for float data, memmaps included)."""
+    arr = np.asarray(X)
+    if arr.ndim != 2:
+        raise ValueError(f"X must be 2-D (n_samples, n_features), got shape {arr.shape}")
+    if arr.shape[0] < 1 or arr.shape[1] < 1:
+        raise ValueError(f"X must have at least one row and one column, got shape {arr.shape}")
+    dtype = _float_dtype_of(arr, "X")
+    if arr.dtype != dtype:
+        arr = arr.astype(dtype)
+    starts = reduce.row_partition(arr.shape[0])
+    bad = np.empty(len(starts) - 1, dtype=np.int64)
+    validate.count_nonfinite_rows(arr, starts, bad)
+    hits = bad[bad >= 0]
+    if hits.size:
+        i = int(hits[0])
+        j = int(np.flatnonzero(~np.isfinite(arr[i]))[0])
+        raise ValueError(
+            f"X contains a non-finite value ({arr[i, j]!r} at row {i}, column {j}); "
+            "remove or impute NaN/inf entries before building the problem"
+        )
+    return arr
+
+
+def check_csr_X(X):
+    """Validated CSR version of a scipy.sparse ``X`` (converted once if not CSR)."""
+    if X.ndim != 2:
+        raise ValueError(f"X must be 2-D, got a sparse array with {X.ndim} dimensions")
+    if not (sp.isspmatrix_csr(X) or (hasattr(sp, "csr_array") and isinstance(X, sp.csr_array))):
+        X = sp.csr_matrix(X)
+    n, d = X.shape
+    if n < 1 or d < 1:
+        raise ValueError(f"X must have at least one row and one column, got shape {X.shape}")
+    data, indices, indptr = X.data, X.indices, X.indptr
+    dtype = _float_dtype_of(data, "X")
+    if indptr.ndim != 1 or indptr.shape[0] != n + 1:
+        raise ValueError(
+            f"X is a broken CSR matrix: indptr has length {indptr.shape[0]}, expected "
+            f"n_rows + 1 = {n + 1}; rebuild it with scipy.sparse.csr_matrix((data, indices, indptr))"
+        )
+    if indptr.dtype.kind not in "iu" or indices.dtype.kind not in "iu":
+        raise TypeError("X's indptr and indices must be integer arrays")
+    if indptr[0] != 0 or np.any(np.diff(indptr) < 0):
+        raise ValueError(
+            "X is a broken CSR matrix: indptr must start at 0 and never decrease; "
+            "rebuild it with scipy.sparse.csr_matrix"
+        )
+    nnz = int(indptr[-1])
+    if nnz > indices.shape[0] or nnz > data.shape[0]:
+        raise ValueError(
+            f"X is a broken CSR matrix: indptr[-1] = {nnz} but there are only "
+            f"{min(indices.shape[0], data.shape[0])} stored entries"
+        )
+    data = np.ascontiguousarray(data[:nnz])
+    indices = np.ascontiguousarray(indices[:nnz])
+    if indices.dtype not in (np.dtype(np.int32), np.dtype(np.int64)):
+        indices = indices.astype(np.int64)
+    indptr = np.ascontiguousarray(indptr, dtype=np.int64 if indptr.dtype.itemsize > 4 else np.int32)
+    code, row, _ = validate.check_csr_rows(indptr, indices, d)
+    if code == 1:
+        raise ValueError(
+            f"X is a broken CSR matrix: row {row} has a column index outside [0, {d}); "
+            "check how the matrix was built"
+        )
+    if code == 2:
+        raise ValueError(
+            f"X has unsorted column indices (first in row {row}); call X.sort_indices() "
+            "(or X.sum_duplicates(), which also sorts) before building the problem"
+        )
+    if code == 3:
+        raise ValueError(
+            f"X has duplicated column indices (first in row {row}); call X.sum_duplicates() "
+            "to merge them before building the problem"
+        )
+    if data.dtype != dtype:
+        data = data.astype(dtype)
+    check_finite_1d(data, "X")
+    return sp.csr_matrix((data, indices, indptr), shape=(n, d), copy=False)
+
+
+def check_sample_weight(sample_weight, n, dtype=np.float64):
+    """Float64 weights of shape (n,), finite, non-negative and not all zero."""
+    if sample_weight is None:
+        return np.ones(n, dtype=np.float64)
+    w = np.asarray(sample_weight)
+    if w.ndim != 1 or w.shape[0] != n:
+        raise ValueError(
+            f"sample_weight must have shape ({n},) to match X, got {np.shape(sample_weight)}"
+        )
+    if w.dtype.kind not in "biuf":
+        raise TypeError(f"sample_weight must be numeric, got dtype {w.dtype}")
+    w = np.ascontiguousarray(w, dtype=np.float64)
+    check_finite_1d(w, "sample_weight")
+    if np.any(w < 0):
+        i = int(np.flatnonzero(w < 0)[0])
+        raise ValueError(f"sample_weight must be >= 0, got {w[i]} at position {i}")
+    if not np.any(w > 0):
+        raise ValueError("sample_weight is zero everywhere; at least one sample needs a weight > 0")
+    return w
+
+
+def check_vector(v, n_params, dtype, name, *, allow_block=False):
+    """``v`` as a contiguous array of ``dtype``, shape (P,) or (P, m) if ``allow_block``."""
+    arr = np.asarray(v)
+    if arr.dtype.kind not in "biuf":
+        raise TypeError(f"{name} must be a real array, got dtype {arr.dtype}")
+    ok = arr.ndim == 1 or (allow_block and arr.ndim == 2)
+    if not ok or arr.shape[0] != n_params:
+        want = f"({n_params},)" + (f" or ({n_params}, m)" if allow_block else "")
+        raise ValueError(f"{name} must have shape {want}, got {arr.shape}")
+    arr = np.ascontiguousarray(arr, dtype=dtype)
+    if not np.all(np.isfinite(arr)):
+        idx = np.unravel_index(int(np.flatnonzero(~np.isfinite(arr.ravel()))[0]), arr.shape)
+        raise ValueError(f"{name} contains a non-finite value at index {tuple(map(int, idx))}")
+    return arr
+
+
+def check_rows(rows, n):
+    """Row selection (None, slice, boolean mask or integer indices) as int64 indices."""
+    if rows is None:
+        return np.arange(n, dtype=np.int64)
+    if isinstance(rows, slice):
+        return np.arange(n, dtype=np.int64)[rows]
+    r = np.asarray(rows)
+    if r.dtype == bool:
+        if r.shape != (n,):
+            raise ValueError(f"a boolean row mask must have shape ({n},), got {r.shape}")
+        return np.flatnonzero(r).astype(np.int64)
+    if r.ndim == 0:
+        r = r.reshape(1)
+    if r.ndim != 1 or (r.size and r.dtype.kind not in "iu"):
+        raise ValueError("rows must be None, a slice, a boolean mask or 1-D integer indices")
+    r = r.astype(np.int64)
+    if r.size and (r.min() < -n or r.max() >= n):
+        raise ValueError(f"rows must be indices in [-{n}, {n}); got values outside that range")
+    return np.where(r < 0, r + n, r)

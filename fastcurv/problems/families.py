@@ -1,0 +1,107 @@
+"""GLM families: target validation, output count and label sampling.
+
+The loss formulas themselves live in :mod:`fastcurv.kernels.losses`.
+"""
+
+import numpy as np
+
+from ..kernels.losses import GAUSSIAN, LOGISTIC, MULTINOMIAL, POISSON
+
+CODES = {"gaussian": GAUSSIAN, "logistic": LOGISTIC, "poisson": POISSON, "multinomial": MULTINOMIAL}
+
+
+def family_code(family):
+    if not isinstance(family, str) or family not in CODES:
+        raise ValueError(
+            f"unknown family {family!r}; choose one of {', '.join(repr(f) for f in CODES)}"
+        )
+    return CODES[family]
+
+
+def prepare_targets(family, y, n, n_classes=None):
+    """Validated targets as float64 ``(n, Ky)`` plus the number of model outputs K.
+
+    * gaussian / logistic / poisson: y of shape (n,) (K = 1) or (n, K) (K independent outputs);
+      logistic targets in [0, 1], poisson targets >= 0.
+    * multinomial: integer labels in [0, K) of shape (n,), as ints or integer-valued floats;
+      K is ``n_classes`` or, if None, ``max(y) + 1``.
+    """
+    arr = np.asarray(y)
+    if arr.dtype.kind not in "biuf":
+        raise TypeError(f"y must be numeric, got dtype {arr.dtype}")
+    if arr.ndim == 0 or arr.shape[0] != n or arr.ndim > 2:
+        raise ValueError(f"y must have {n} rows to match X, got shape {arr.shape}")
+    y64 = np.asarray(arr, dtype=np.float64)
+    if not np.all(np.isfinite(y64)):
+        i = int(np.flatnonzero(~np.isfinite(y64.reshape(n, -1)).any(axis=1))[0])
+        raise ValueError(f"y contains a non-finite value in row {i}; remove or impute it")
+    if family == "multinomial":
+        if y64.ndim != 1:
+            raise ValueError(
+                f"multinomial y must be class labels of shape ({n},), got {arr.shape}; "
+                "for one-hot targets pass y.argmax(axis=1)"
+            )
+        if np.any(y64 != np.round(y64)):
+            i = int(np.flatnonzero(y64 != np.round(y64))[0])
+            raise ValueError(f"multinomial labels must be integers, got {y64[i]} at position {i}")
+        if np.any(y64 < 0):
+            i = int(np.flatnonzero(y64 < 0)[0])
+            raise ValueError(f"multinomial labels must be >= 0, got {y64[i]} at position {i}")
+        inferred = int(y64.max()) + 1
+        if n_classes is None:
+            K = max(inferred, 2)
+        else:
+            if isinstance(n_classes, bool) or not isinstance(n_classes, (int, np.integer)):
+                raise TypeError(f"n_classes must be an integer, got {n_classes!r}")
+            K = int(n_classes)
+            if K < 2:
+                raise ValueError(f"n_classes must be >= 2, got {K}")
+            if inferred > K:
+                i = int(np.flatnonzero(y64 >= K)[0])
+                raise ValueError(
+                    f"label {int(y64[i])} at position {i} is outside [0, n_classes={K}); "
+                    "pass a larger n_classes or relabel the data"
+                )
+        return y64.reshape(n, 1), K
+    if n_classes is not None:
+        raise ValueError("n_classes is only used by family='multinomial'")
+    y2 = y64.reshape(n, 1) if y64.ndim == 1 else np.ascontiguousarray(y64)
+    if y2.shape[1] < 1:
+        raise ValueError("y has zero columns")
+    if family == "logistic":
+        bad = (y2 < 0) | (y2 > 1)
+        if np.any(bad):
+            i = int(np.flatnonzero(bad.any(axis=1))[0])
+            raise ValueError(
+                f"logistic targets must lie in [0, 1] (labels 0/1 or probabilities), "
+                f"got {y2[i].tolist() if y2.shape[1] > 1 else y2[i, 0]} in row {i}; "
+                "for labels -1/+1 pass (y + 1) / 2"
+            )
+    if family == "poisson" and np.any(y2 < 0):
+        i = int(np.flatnonzero((y2 < 0).any(axis=1))[0])
+        raise ValueError(f"poisson targets are counts and must be >= 0, got a negative value in row {i}")
+    return y2, y2.shape[1]
+
+
+def sample_residuals(family, eta, h, rng):
+    """Residuals ``l'(eta, y~)`` at labels ``y~`` drawn from the model's own distribution.
+
+    ``eta`` and ``h`` are the (n, K) linear predictor and curvature state (for the
+    multinomial, h holds the probabilities). Their second moment has expectation ``l''``.
+    """
+    if family == "gaussian":
+        return -rng.standard_normal(eta.shape)
+    if family == "logistic":
+        mu = np.where(eta >= 0, 1.0 / (1.0 + np.exp(-np.abs(eta))), np.exp(-np.abs(eta)) / (1.0 + np.exp(-np.abs(eta))))
+        return mu - (rng.random(eta.shape) < mu)
+    if family == "poisson":
+        mu = np.exp(eta)
+        return mu - rng.poisson(mu)
+    # multinomial: r = p - e_{y~}
+    p = h
+    u = rng.random((p.shape[0], 1))
+    cdf = np.cumsum(p, axis=1)
+    labels = np.minimum((cdf < u).sum(axis=1), p.shape[1] - 1)
+    r = p.copy()
+    r[np.arange(p.shape[0]), labels] -= 1.0
+    return r

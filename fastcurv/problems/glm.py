@@ -1,0 +1,460 @@
+"""Generalized linear models: the objective, its gradient and exact curvature products."""
+
+import numpy as np
+import scipy.sparse as sp
+
+from .. import _validation as val
+from ..kernels.losses import MULTINOMIAL
+from . import families
+from ._design import make_design
+
+#: dense Hessians above this many entries are refused (use the operators instead)
+MAX_DENSE_ENTRIES = 2**28
+
+
+class _State:
+    """Everything one fused pass computes at one ``theta``; reused by every product there."""
+
+    __slots__ = ("theta", "loss", "gW", "gb", "eta", "r", "h", "_cache")
+
+    def __init__(self, theta, loss, gW, gb, eta, r, h):
+        self.theta = theta
+        self.loss = loss
+        self.gW = gW
+        self.gb = gb
+        self.eta = eta
+        self.r = r
+        self.h = h
+        self._cache = {}
+
+
+class GLM:
+    r"""A generalized linear model with a canonical link, L2 penalty and sample weights.
+
+    Objective (DESIGN.md conventions)
+
+    .. math::
+
+        F(\theta) = \frac{1}{W}\sum_i w_i\,\ell(y_i, \eta_i) + \frac{\lambda}{2}\|W\|_F^2,
+        \qquad \eta_i = x_i W + b,\quad W = \sum_i w_i,
+
+    with per-sample losses ``gaussian`` ½‖y − η‖², ``logistic`` log(1 + e^η) − yη,
+    ``poisson`` e^η − yη and ``multinomial`` logsumexp(η) − η_y. The intercept ``b`` is not
+    penalized. Parameters are the augmented matrix ``[W; b]`` of shape (d + 1, K) flattened in
+    C order (without an intercept the last row is absent), so ``theta = [coef, intercept]`` for
+    a single output and ``[coef (d, K) C-order, intercept (K)]`` for K outputs.
+
+    With these canonical links the Gauss-Newton matrix equals the Hessian:
+
+    .. math::
+
+        H = \frac{1}{W}\sum_i w_i\,(\tilde x_i \tilde x_i^T) \otimes \ell''_i + \lambda\,
+        \mathrm{diag}(1_{\text{weights}}),
+
+    where ``ℓ''`` is ``1``, ``σ(1 − σ)``, ``e^η`` or ``diag(p) − ppᵀ``. Every product is one
+    pass over ``X``; the per-sample curvature is computed once per ``theta`` (in the same pass
+    as the value and gradient) and reused by every product at that ``theta``.
+
+    Parameters
+    ----------
+    X : array_like (n, d) or scipy.sparse matrix/array
+        Dense data may be C- or F-ordered, read-only or a ``numpy.memmap`` and is never copied
+        (unless its dtype is not float32/float64). Sparse data are converted to CSR once; a CSR
+        input is used as it is and must have sorted, unique, in-range column indices.
+        The dtype of ``X`` (float32 or float64) is the dtype of every result.
+    y : array_like
+        ``(n,)`` targets, or ``(n, K)`` for K independent outputs (gaussian, logistic,
+        poisson). Multinomial targets are integer class labels in ``[0, K)``.
+    family : {"gaussian", "logistic", "poisson", "multinomial"}
+    l2 : float, default 0
+        Ridge strength λ on the weights (not the intercept).
+    fit_intercept : bool, default True
+    sample_weight : array_like (n,), optional
+        Non-negative weights, not all zero. Integer weights are equivalent to repeated rows.
+    n_classes : int, optional
+        Number of classes K of a multinomial model; inferred as ``max(y) + 1`` if omitted.
+    """
+
+    def __init__(self, X, y, family="logistic", l2=0.0, fit_intercept=True, sample_weight=None,
+                 *, n_classes=None):
+        self.family = family
+        self._fam = families.family_code(family)
+        Xv = val.check_csr_X(X) if sp.issparse(X) else val.check_dense_X(X)
+        self._design = make_design(Xv)
+        n = self._design.n
+        self._y2, self._K = families.prepare_targets(family, y, n, n_classes)
+        self._w = val.check_sample_weight(sample_weight, n)
+        self._a = self._w / self._w.sum()
+        self.l2 = val.as_float_scalar(l2, "l2", low=0.0)
+        if not isinstance(fit_intercept, (bool, np.bool_)):
+            raise TypeError(f"fit_intercept must be True or False, got {fit_intercept!r}")
+        self.fit_intercept = bool(fit_intercept)
+        self._state = None
+
+    # ------------------------------------------------------------------ attributes
+    @property
+    def X(self):
+        """The data as used by the kernels (a validated ndarray or CSR matrix)."""
+        return self._design.X
+
+    @property
+    def y(self):
+        """Targets as float64: (n,) for one output and class labels, else (n, K)."""
+        return self._y2[:, 0] if self._y2.shape[1] == 1 else self._y2
+
+    @property
+    def sample_weight(self):
+        return self._w
+
+    @property
+    def n_samples(self):
+        return self._design.n
+
+    @property
+    def n_features(self):
+        return self._design.d
+
+    @property
+    def n_outputs(self):
+        """K: 1 for single-output families, the number of classes for the multinomial."""
+        return self._K
+
+    @property
+    def n_params(self):
+        return (self._design.d + int(self.fit_intercept)) * self._K
+
+    @property
+    def dtype(self):
+        return self._design.dtype
+
+    @property
+    def is_sparse(self):
+        return self._design.is_sparse
+
+    def __repr__(self):
+        kind = "CSR" if self.is_sparse else "dense"
+        return (f"GLM(family={self.family!r}, n_samples={self.n_samples}, "
+                f"n_features={self.n_features}, n_outputs={self.n_outputs}, l2={self.l2}, "
+                f"fit_intercept={self.fit_intercept}, {kind} {self.dtype})")
+
+    # ------------------------------------------------------------------ parameters
+    def init(self, seed=0):
+        """Starting parameters: zeros of length ``n_params`` (``seed`` is accepted for the API)."""
+        return np.zeros(self.n_params, dtype=self.dtype)
+
+    def unflatten(self, theta):
+        """``[W~]``: a one-element list holding the (d + 1, K) augmented weights (a view)."""
+        theta = self._check_theta(theta)
+        rows = self._design.d + int(self.fit_intercept)
+        return [theta.reshape(rows, self._K)]
+
+    def flatten(self, parts):
+        """Inverse of :meth:`unflatten`."""
+        if isinstance(parts, np.ndarray):
+            parts = [parts]
+        if len(parts) != 1:
+            raise ValueError(f"a GLM has one layer, got {len(parts)} parts")
+        rows = self._design.d + int(self.fit_intercept)
+        W = np.asarray(parts[0])
+        if W.size != rows * self._K or W.shape not in ((rows, self._K), (rows * self._K,)):
+            raise ValueError(f"the layer must have shape ({rows}, {self._K}), got {W.shape}")
+        return np.ascontiguousarray(W, dtype=self.dtype).reshape(-1)
+
+    def _check_theta(self, theta):
+        return val.check_vector(theta, self.n_params, self.dtype, "theta")
+
+    def _split(self, theta):
+        """Weights (d, K) and intercept (K,) views of a flat parameter vector."""
+        d, K = self._design.d, self._K
+        Wmat = theta[: d * K].reshape(d, K)
+        b = theta[d * K:] if self.fit_intercept else np.zeros(K, dtype=self.dtype)
+        return Wmat, b
+
+    def _split_block(self, V):
+        """(P, m) block -> weights (d, K m) and intercepts (K m,) with column k m + mm."""
+        d, K = self._design.d, self._K
+        m = V.shape[1]
+        Vw = V[: d * K].reshape(d, K * m)
+        if self.fit_intercept:
+            vb = np.ascontiguousarray(V[d * K:].reshape(K * m))
+        else:
+            vb = np.zeros(K * m, dtype=self.dtype)
+        return Vw, vb
+
+    def _join_block(self, gW, gb, m):
+        """(d, K m) and (K m,) float64 -> (P, m) in the data dtype."""
+        d, K = self._design.d, self._K
+        parts = [gW.reshape(d * K, m)]
+        if self.fit_intercept:
+            parts.append(gb.reshape(K, m))
+        return np.concatenate(parts, axis=0).astype(self.dtype, copy=False)
+
+    # ------------------------------------------------------------------ state
+    def _state_at(self, theta):
+        st = self._state
+        if st is not None and np.array_equal(st.theta, theta):
+            return st
+        Wmat, b = self._split(theta)
+        loss, gW, gb, eta, r, h = self._design.value_grad(
+            Wmat, np.ascontiguousarray(b), self._y2, self._a, self._fam
+        )
+        st = _State(theta.copy(), loss, gW, gb, eta, r, h)
+        self._state = st
+        return st
+
+    def _penalty_mask(self):
+        d, K = self._design.d, self._K
+        mask = np.zeros(self.n_params)
+        mask[: d * K] = 1.0
+        return mask
+
+    # ------------------------------------------------------------------ objective
+    def value(self, theta):
+        """``F(θ)``, a Python float."""
+        return self.value_and_grad(theta)[0]
+
+    def grad(self, theta):
+        """``∇F(θ)``, shape (P,)."""
+        return self.value_and_grad(theta)[1]
+
+    def value_and_grad(self, theta):
+        """``(F(θ), ∇F(θ))`` from one pass over ``X``."""
+        theta = self._check_theta(theta)
+        st = self._state_at(theta)
+        Wmat, _ = self._split(theta)
+        W64 = Wmat.astype(np.float64)
+        value = st.loss + 0.5 * self.l2 * float(np.sum(W64 * W64))
+        gW = st.gW + self.l2 * W64
+        g = self._join_block(gW.reshape(-1, 1), st.gb.reshape(-1, 1), 1)[:, 0]
+        return value, g
+
+    # ------------------------------------------------------------------ curvature
+    def _hess_weights(self, st, m):
+        key = ("hess", m)
+        if key in st._cache:
+            return st._cache[key]
+        a = self._a
+        if self._fam == MULTINOMIAL:
+            w = ("gen", a[:, None] * st.h, st.h, -a, True, m)
+        elif self._K == 1 and m == 1:
+            w = ("k1", a * st.h[:, 0])
+        else:
+            w = ("gen", a[:, None] * st.h, st.h, a, False, m)
+        st._cache[key] = w
+        return w
+
+    def _fisher_weights(self, st, m):
+        key = ("fisher", m)
+        if key in st._cache:
+            return st._cache[key]
+        a = self._a
+        if self._K == 1 and m == 1:
+            w = ("k1", a * st.r[:, 0] ** 2)
+        else:
+            w = ("gen", np.zeros_like(st.r), st.r, a, True, m)
+        st._cache[key] = w
+        return w
+
+    def _curv_product(self, theta, v, which, penalty):
+        theta = self._check_theta(theta)
+        v = val.check_vector(v, self.n_params, self.dtype, "v", allow_block=True)
+        st = self._state_at(theta)
+        V = v.reshape(self.n_params, -1)
+        m = V.shape[1]
+        weights = self._hess_weights(st, m) if which == "hess" else self._fisher_weights(st, m)
+        Vw, vb = self._split_block(V)
+        oW, ob = self._design.curv_vec(Vw, vb, weights)
+        if penalty and self.l2 != 0.0:
+            oW = oW + self.l2 * Vw.astype(np.float64)
+        out = self._join_block(oW, ob, m)
+        return out[:, 0] if v.ndim == 1 else out
+
+    def hvp(self, theta, v):
+        """Hessian-vector product ``∇²F(θ) v`` for v of shape (P,) or a block (P, m).
+
+        One pass over ``X`` for the whole block; the per-sample curvature at ``θ`` is cached.
+        """
+        return self._curv_product(theta, v, "hess", True)
+
+    def ggn_vp(self, theta, v):
+        """Gauss-Newton-vector product; equal to :meth:`hvp` for these canonical-link GLMs."""
+        return self._curv_product(theta, v, "hess", True)
+
+    def fisher_vp(self, theta, v):
+        """Empirical Fisher product ``(1/W) Σ w_i g_i g_iᵀ v`` with per-sample loss gradients
+        ``g_i = x̃_i ⊗ ℓ'_i`` (no penalty). v of shape (P,) or (P, m)."""
+        return self._curv_product(theta, v, "fisher", False)
+
+    def _curv_matrices(self, st, which):
+        """Per-row (Dw, Q, qa) so that the per-sample curvature is diag(Dw) + qa Q Qᵀ."""
+        a = self._a
+        if which == "fisher":
+            return np.zeros_like(st.r), st.r, a
+        if self._fam == MULTINOMIAL:
+            return a[:, None] * st.h, st.h, -a
+        return a[:, None] * st.h, None, None
+
+    def _diag(self, st, which, cw=None):
+        if cw is None:
+            Dw, Q, qa = self._curv_matrices(st, which)
+            cw = Dw if Q is None else Dw + qa[:, None] * Q * Q
+        dW = self._design.sq_colsum(np.ascontiguousarray(cw))
+        db = cw.sum(axis=0)
+        if which != "fisher" and self.l2 != 0.0:
+            dW = dW + self.l2
+        return self._join_block(dW, db, 1)[:, 0]
+
+    def hessian_diag(self, theta):
+        """Exact diagonal of the Hessian in one pass: ``(1/W) Σ w_i x̃_ij² ℓ''_i[k, k] + λ``."""
+        theta = self._check_theta(theta)
+        return self._diag(self._state_at(theta), "hess")
+
+    def ggn_diag(self, theta, mc_samples=None, seed=None):
+        """Diagonal of the Gauss-Newton matrix (= :meth:`hessian_diag` for GLMs).
+
+        With ``mc_samples=S`` it is the Monte Carlo estimate ``(1/W) Σ w_i (1/S) Σ_s
+        (x̃_ij r̃_{s,ik})² + λ`` with residuals ``r̃ = ℓ'(η, ỹ)`` at labels ``ỹ`` sampled from
+        the model (an unbiased estimate of the exact diagonal), seeded by ``seed``.
+        """
+        theta = self._check_theta(theta)
+        st = self._state_at(theta)
+        if mc_samples is None:
+            return self._diag(st, "hess")
+        if isinstance(mc_samples, bool) or not isinstance(mc_samples, (int, np.integer)) \
+                or mc_samples < 1:
+            raise ValueError(f"mc_samples must be a positive integer or None, got {mc_samples!r}")
+        rng = np.random.default_rng(seed)
+        acc = np.zeros_like(st.r)
+        for _ in range(int(mc_samples)):
+            rs = families.sample_residuals(self.family, st.eta, st.h, rng)
+            acc += rs * rs
+        cw = self._a[:, None] * acc / int(mc_samples)
+        return self._diag(st, "hess", cw=cw)
+
+    def hessian(self, theta):
+        """The dense (P, P) Hessian, built from row blocks: ``(1/W) Σ_i w_i (x̃_i x̃_iᵀ) ⊗ ℓ''_i
+        + λ I_weights``. Meant for small problems and checks; products never need it."""
+        theta = self._check_theta(theta)
+        return self._dense_curvature(self._state_at(theta), "hess").astype(self.dtype)
+
+    def _dense_curvature(self, st, which):
+        P, K, d = self.n_params, self._K, self._design.d
+        if P * P > MAX_DENSE_ENTRIES:
+            raise ValueError(
+                f"the dense curvature would have {P}x{P} entries; use hvp or "
+                "fastcurv.HessianOperator for a problem this size"
+            )
+        Dw, Q, qa = self._curv_matrices(st, which)
+        fi = int(self.fit_intercept)
+        H = np.zeros((P, P))
+        Hv = H.reshape(d + fi, K, d + fi, K)
+        block = max(1, min(self.n_samples, 2**22 // max(1, (d + fi) * K)))
+        for lo in range(0, self.n_samples, block):
+            hi = min(self.n_samples, lo + block)
+            Xb = self._design.dense_rows(lo, hi)
+            if fi:
+                Xb = np.hstack([Xb, np.ones((hi - lo, 1))])
+            for k in range(K):
+                Hv[:, k, :, k] += Xb.T @ (Dw[lo:hi, k, None] * Xb)
+            if Q is not None:
+                B = (Xb[:, :, None] * Q[lo:hi, None, :]).reshape(hi - lo, P)
+                H += B.T @ (qa[lo:hi, None] * B)
+        if which != "fisher" and self.l2 != 0.0:
+            H[np.diag_indices(P)] += self.l2 * self._penalty_mask()
+        return H
+
+    # ------------------------------------------------------------------ Jacobians
+    def jvp(self, theta, v):
+        """Jacobian of the outputs ``η`` times ``v``: ``η̇_i = x_i V + v_b``, shape (n, K)
+        (or (n, K, m) for a block v of shape (P, m))."""
+        self._check_theta(theta)
+        v = val.check_vector(v, self.n_params, self.dtype, "v", allow_block=True)
+        V = v.reshape(self.n_params, -1)
+        m = V.shape[1]
+        Vw, vb = self._split_block(V)
+        out = self._design.matmul(np.ascontiguousarray(Vw)) + vb
+        out = out.reshape(self.n_samples, self._K, m)
+        return out[:, :, 0] if v.ndim == 1 else out
+
+    def vjp(self, theta, u):
+        """Transposed Jacobian times ``u``: ``Σ_i x̃_i ⊗ u_i``, shape (P,).
+
+        ``u`` has shape (n, K) ((n,) is accepted when K = 1), or (n, K, m) for m vectors.
+        Unweighted and unnormalized, the adjoint of :meth:`jvp`.
+        """
+        self._check_theta(theta)
+        n, K = self.n_samples, self._K
+        U = np.asarray(u)
+        if U.dtype.kind not in "biuf":
+            raise TypeError(f"u must be a real array, got dtype {U.dtype}")
+        if U.ndim == 1 and K == 1:
+            U = U.reshape(n if U.shape[0] == n else -1, 1)
+        ok = U.ndim in (2, 3) and U.shape[0] == n and U.shape[1] == K
+        if not ok:
+            raise ValueError(f"u must have shape ({n}, {K}) or ({n}, {K}, m), got {np.shape(u)}")
+        block = U.ndim == 3
+        m = U.shape[2] if block else 1
+        U = np.ascontiguousarray(U.reshape(n, K * m), dtype=self.dtype)
+        if not np.all(np.isfinite(U)):
+            raise ValueError("u contains NaN or inf")
+        oW = self._design.rmatmul(U)
+        ob = U.sum(axis=0, dtype=np.float64)
+        out = self._join_block(np.asarray(oW, dtype=np.float64), ob, m)
+        return out if block else out[:, 0]
+
+    def per_sample_grads(self, theta, rows=None):
+        """Per-sample loss gradients ``g_i = x̃_i ⊗ ℓ'_i`` (no weight, no penalty), (m, P).
+
+        Rows follow ``rows`` (default all). CSR data give a CSR result with the sparsity of
+        the rows (times K, plus the K intercept columns).
+        """
+        theta = self._check_theta(theta)
+        idx = val.check_rows(rows, self.n_samples)
+        st = self._state_at(theta)
+        R = st.r[idx].astype(self.dtype)
+        K, d, fi = self._K, self._design.d, int(self.fit_intercept)
+        Xr = self._design.take(idx)
+        m = idx.shape[0]
+        if not self.is_sparse:
+            G = np.empty((m, d + fi, K), dtype=self.dtype)
+            np.multiply(Xr[:, :, None], R[:, None, :], out=G[:, :d, :])
+            if fi:
+                G[:, d, :] = R
+            return G.reshape(m, self.n_params)
+        Xr = sp.csr_matrix(Xr)
+        nnz_row = np.diff(Xr.indptr)
+        counts = nnz_row * K + fi * K
+        indptr = np.concatenate(([0], np.cumsum(counts))).astype(np.int64)
+        data = np.empty(indptr[-1], dtype=self.dtype)
+        indices = np.empty(indptr[-1], dtype=np.int64)
+        row_of = np.repeat(np.arange(m), nnz_row)
+        # position of each stored entry inside its row
+        pos = np.arange(Xr.nnz) - np.repeat(Xr.indptr[:-1], nnz_row)
+        base = indptr[:-1][row_of] + pos * K
+        for k in range(K):
+            data[base + k] = Xr.data * R[row_of, k]
+            indices[base + k] = Xr.indices.astype(np.int64) * K + k
+        if fi:
+            ib = indptr[1:][:, None] - K + np.arange(K)[None, :]
+            data[ib.ravel()] = R.ravel()
+            indices[ib.ravel()] = np.tile(d * K + np.arange(K), m)
+        return sp.csr_matrix((data, indices, indptr), shape=(m, self.n_params))
+
+    # ------------------------------------------------------------------ new problems
+    def subset(self, rows):
+        """The same model and penalty on the rows ``rows`` (a copy of those rows)."""
+        idx = val.check_rows(rows, self.n_samples)
+        if idx.size == 0:
+            raise ValueError("subset needs at least one row")
+        y = self._y2[idx]
+        y = y[:, 0] if self._y2.shape[1] == 1 else y
+        return self._like(self._design.take(idx), y, self._w[idx])
+
+    def with_data(self, X, y, sample_weight=None):
+        """The same model and penalty on other data (the class count is kept)."""
+        return self._like(X, y, sample_weight)
+
+    def _like(self, X, y, sample_weight):
+        extra = {"n_classes": self._K} if self._fam == MULTINOMIAL else {}
+        return GLM(X, y, family=self.family, l2=self.l2, fit_intercept=self.fit_intercept,
+                   sample_weight=sample_weight, **extra)

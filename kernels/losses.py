@@ -1,0 +1,79 @@
+"""Per-sample GLM losses and their first two derivatives in the linear predictor ``eta``.
+
+Family codes (shared with :mod:`fastcurv.problems.families`)::
+
+    GAUSSIAN = 0     l = (y - eta)^2 / 2          l' = eta - y        l'' = 1
+    LOGISTIC = 1     l = log(1 + e^eta) - y eta   l' = sigma - y      l'' = sigma (1 - sigma)
+    POISSON = 2      l = e^eta - y eta            l' = e^eta - y      l'' = e^eta
+    MULTINOMIAL = 3  l = logsumexp(eta) - eta_y   l' = p - e_y        l'' = diag(p) - p p^T
+
+All arithmetic is float64 whatever the data dtype. The forms are chosen so that nothing
+overflows for |eta| up to 700 and no digits are lost to cancellation where the maths allows:
+``log(1 + e^eta) - eta`` is evaluated as ``log1p(e^-eta)``, ``sigma - 1`` as ``-e^-eta / (1 +
+e^-eta)``, ``p_y - 1`` as ``-sum_{k != y} p_k``.
+"""
+
+import math
+
+from ._jit import jit
+
+GAUSSIAN = 0
+LOGISTIC = 1
+POISSON = 2
+MULTINOMIAL = 3
+
+
+@jit
+def pointwise(fam, eta, y):
+    """``(l, l', l'')`` of a single-output family at ``eta`` (float64) for target ``y``."""
+    if fam == LOGISTIC:
+        if eta >= 0.0:
+            z = math.exp(-eta)
+            loss = (1.0 - y) * eta + math.log1p(z)
+            d1 = (1.0 - y) - z / (1.0 + z)
+        else:
+            z = math.exp(eta)
+            loss = -y * eta + math.log1p(z)
+            d1 = z / (1.0 + z) - y
+        d2 = z / ((1.0 + z) * (1.0 + z))
+        return loss, d1, d2
+    if fam == POISSON:
+        mu = math.exp(eta)
+        return mu - y * eta, mu - y, mu
+    # GAUSSIAN
+    res = eta - y
+    return 0.5 * res * res, res, 1.0
+
+
+@jit
+def softmax_row(eta, label, p, r):
+    """Softmax cross-entropy of one row.
+
+    Writes the probabilities ``p = softmax(eta)`` and the residual ``r = p - e_label``
+    (both length K, float64) and returns the loss ``logsumexp(eta) - eta[label]``.
+    """
+    K = eta.shape[0]
+    top = 0
+    for k in range(1, K):
+        if eta[k] > eta[top]:
+            top = k
+    m = eta[top]
+    s = 0.0
+    for k in range(K):
+        e = math.exp(eta[k] - m)
+        p[k] = e
+        s += e
+    # sum of the unnormalized probabilities of the classes other than the label,
+    # summed directly so that p_label - 1 = -others / s keeps all its digits
+    others = 0.0
+    for k in range(K):
+        if k != label:
+            others += p[k]
+    inv = 1.0 / s
+    for k in range(K):
+        p[k] *= inv
+        r[k] = p[k]
+    r[label] = -others * inv
+    if label == top:
+        return math.log1p(others)
+    return (m - eta[label]) + math.log(s)

@@ -1,0 +1,61 @@
+"""Input checks that must not allocate anything of the data's size."""
+
+import numpy as np
+from numba import prange
+
+from ._jit import jit
+
+
+@jit(parallel=True)
+def count_nonfinite_rows(X, starts, bad):
+    """``bad[c]`` = first row of chunk c holding a NaN or inf (or -1); X (n, d) any layout."""
+    n_chunks = starts.shape[0] - 1
+    d = X.shape[1]
+    for c in prange(n_chunks):
+        bad[c] = -1
+        for i in range(starts[c], starts[c + 1]):
+            s = X[i, 0] * 0.0
+            for j in range(d):
+                s += X[i, j] * 0.0
+            # x * 0 is 0 for finite x and NaN for NaN or +-inf
+            if s != s:
+                bad[c] = i
+                break
+
+
+@jit(parallel=True)
+def first_nonfinite(a, starts, bad):
+    """``bad[c]`` = first index of chunk c (of the 1-D array a) that is NaN or inf, or -1."""
+    n_chunks = starts.shape[0] - 1
+    for c in prange(n_chunks):
+        bad[c] = -1
+        s = a[0] * 0.0
+        for i in range(starts[c], starts[c + 1]):
+            s += a[i] * 0.0
+        if s != s:
+            for i in range(starts[c], starts[c + 1]):
+                if not np.isfinite(a[i]):
+                    bad[c] = i
+                    break
+
+
+@jit
+def check_csr_rows(indptr, indices, n_cols):
+    """First structural defect of CSR rows whose ``indptr`` is already known to be valid.
+
+    Returns ``(code, row, position)``: code 0 none, 1 a column index outside [0, n_cols),
+    2 indices not sorted within a row, 3 a duplicated index within a row.
+    """
+    n_rows = indptr.shape[0] - 1
+    for i in range(n_rows):
+        prev = -1
+        for p in range(indptr[i], indptr[i + 1]):
+            j = np.int64(indices[p])
+            if j < 0 or j >= n_cols:
+                return 1, i, p
+            if j < prev:
+                return 2, i, p
+            if j == prev:
+                return 3, i, p
+            prev = j
+    return 0, -1, -1
