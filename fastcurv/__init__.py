@@ -6,8 +6,18 @@ Public API (everything else is private)::
     warmup     compile the common kernels ahead of time
 """
 
-from .problems.glm import GLM
-from .warmup import warmup
+import os as _os
+
+# Installed, the kernels are the subpackage fastcurv/kernels. In a source checkout they sit
+# in kernels/ beside this package: let the import system find them there too.
+_root = _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__)))
+if not _os.path.isdir(_os.path.join(__path__[0], "kernels")) and _os.path.isfile(
+    _os.path.join(_root, "kernels", "_jit.py")
+):
+    __path__.append(_root)
+
+from .problems.glm import GLM  # noqa: E402
+from .warmup import warmup  # noqa: E402
 
 __version__ = "0.1.0"
 __all__ = ["GLM", "warmup", "__version__"]

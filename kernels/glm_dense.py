@@ -28,25 +28,112 @@ FLUSH = 256
 
 
 # ----------------------------------------------------------------------------- helpers
+# Register tiles for L columns: four rows times a tile of 4 or 5 columns. The forward tile
+# keeps 16-20 vector accumulators and loads each row element once per tile; the backward tile
+# loads and stores each accumulator element once per four rows. ``Vt`` and ``acc`` come padded
+# with zero rows to a multiple of the tile width (see ``tile_width``).
+
+
+@jit
+def tile_width(L):
+    """Tile width (4 or 5) that pads ``L`` columns least; ties go to 5."""
+    p5 = (L + 4) // 5 * 5
+    p4 = (L + 3) // 4 * 4
+    return 5 if p5 <= p4 else 4
+
+
+@jit
+def _fwd4x5(X, i, Vt, l, U):
+    d = Vt.shape[1]
+    z = X[i, 0] * 0
+    s00 = s01 = s02 = s03 = s04 = s10 = s11 = s12 = s13 = s14 = z
+    s20 = s21 = s22 = s23 = s24 = s30 = s31 = s32 = s33 = s34 = z
+    for j in range(d):
+        x0 = X[i, j]
+        x1 = X[i + 1, j]
+        x2 = X[i + 2, j]
+        x3 = X[i + 3, j]
+        v0 = Vt[l, j]
+        v1 = Vt[l + 1, j]
+        v2 = Vt[l + 2, j]
+        v3 = Vt[l + 3, j]
+        v4 = Vt[l + 4, j]
+        s00 += x0 * v0
+        s01 += x0 * v1
+        s02 += x0 * v2
+        s03 += x0 * v3
+        s04 += x0 * v4
+        s10 += x1 * v0
+        s11 += x1 * v1
+        s12 += x1 * v2
+        s13 += x1 * v3
+        s14 += x1 * v4
+        s20 += x2 * v0
+        s21 += x2 * v1
+        s22 += x2 * v2
+        s23 += x2 * v3
+        s24 += x2 * v4
+        s30 += x3 * v0
+        s31 += x3 * v1
+        s32 += x3 * v2
+        s33 += x3 * v3
+        s34 += x3 * v4
+    U[0, l], U[0, l + 1], U[0, l + 2], U[0, l + 3], U[0, l + 4] = s00, s01, s02, s03, s04
+    U[1, l], U[1, l + 1], U[1, l + 2], U[1, l + 3], U[1, l + 4] = s10, s11, s12, s13, s14
+    U[2, l], U[2, l + 1], U[2, l + 2], U[2, l + 3], U[2, l + 4] = s20, s21, s22, s23, s24
+    U[3, l], U[3, l + 1], U[3, l + 2], U[3, l + 3], U[3, l + 4] = s30, s31, s32, s33, s34
+
+
+@jit
+def _fwd4x4(X, i, Vt, l, U):
+    d = Vt.shape[1]
+    z = X[i, 0] * 0
+    s00 = s01 = s02 = s03 = s10 = s11 = s12 = s13 = z
+    s20 = s21 = s22 = s23 = s30 = s31 = s32 = s33 = z
+    for j in range(d):
+        x0 = X[i, j]
+        x1 = X[i + 1, j]
+        x2 = X[i + 2, j]
+        x3 = X[i + 3, j]
+        v0 = Vt[l, j]
+        v1 = Vt[l + 1, j]
+        v2 = Vt[l + 2, j]
+        v3 = Vt[l + 3, j]
+        s00 += x0 * v0
+        s01 += x0 * v1
+        s02 += x0 * v2
+        s03 += x0 * v3
+        s10 += x1 * v0
+        s11 += x1 * v1
+        s12 += x1 * v2
+        s13 += x1 * v3
+        s20 += x2 * v0
+        s21 += x2 * v1
+        s22 += x2 * v2
+        s23 += x2 * v3
+        s30 += x3 * v0
+        s31 += x3 * v1
+        s32 += x3 * v2
+        s33 += x3 * v3
+    U[0, l], U[0, l + 1], U[0, l + 2], U[0, l + 3] = s00, s01, s02, s03
+    U[1, l], U[1, l + 1], U[1, l + 2], U[1, l + 3] = s10, s11, s12, s13
+    U[2, l], U[2, l + 1], U[2, l + 2], U[2, l + 3] = s20, s21, s22, s23
+    U[3, l], U[3, l + 1], U[3, l + 2], U[3, l + 3] = s30, s31, s32, s33
+
+
 @jit
 def _fwd4(X, i, Vt, vb, U):
-    """``U[r, l] = X[i + r] . Vt[l] + vb[l]`` for r = 0..3."""
-    L, d = Vt.shape
-    for l in range(L):
-        s0 = X[i, 0] * Vt[l, 0]
-        s1 = X[i + 1, 0] * Vt[l, 0]
-        s2 = X[i + 2, 0] * Vt[l, 0]
-        s3 = X[i + 3, 0] * Vt[l, 0]
-        for j in range(1, d):
-            v = Vt[l, j]
-            s0 += X[i, j] * v
-            s1 += X[i + 1, j] * v
-            s2 += X[i + 2, j] * v
-            s3 += X[i + 3, j] * v
-        U[0, l] = s0 + vb[l]
-        U[1, l] = s1 + vb[l]
-        U[2, l] = s2 + vb[l]
-        U[3, l] = s3 + vb[l]
+    """``U[r, l] = X[i + r] . Vt[l] + vb[l]`` for r = 0..3 (Vt padded to the tile width)."""
+    Lp = Vt.shape[0]
+    if Lp % 5 == 0:
+        for l in range(0, Lp, 5):
+            _fwd4x5(X, i, Vt, l, U)
+    else:
+        for l in range(0, Lp, 4):
+            _fwd4x4(X, i, Vt, l, U)
+    for r in range(4):
+        for l in range(Lp):
+            U[r, l] += vb[l]
 
 
 @jit
@@ -61,16 +148,52 @@ def _fwd1(X, i, Vt, vb, U, r):
 
 
 @jit
+def _bwd4x5(X, i, T, l, acc):
+    d = acc.shape[1]
+    t00, t01, t02, t03, t04 = T[0, l], T[0, l + 1], T[0, l + 2], T[0, l + 3], T[0, l + 4]
+    t10, t11, t12, t13, t14 = T[1, l], T[1, l + 1], T[1, l + 2], T[1, l + 3], T[1, l + 4]
+    t20, t21, t22, t23, t24 = T[2, l], T[2, l + 1], T[2, l + 2], T[2, l + 3], T[2, l + 4]
+    t30, t31, t32, t33, t34 = T[3, l], T[3, l + 1], T[3, l + 2], T[3, l + 3], T[3, l + 4]
+    for j in range(d):
+        x0 = X[i, j]
+        x1 = X[i + 1, j]
+        x2 = X[i + 2, j]
+        x3 = X[i + 3, j]
+        acc[l, j] += t00 * x0 + t10 * x1 + t20 * x2 + t30 * x3
+        acc[l + 1, j] += t01 * x0 + t11 * x1 + t21 * x2 + t31 * x3
+        acc[l + 2, j] += t02 * x0 + t12 * x1 + t22 * x2 + t32 * x3
+        acc[l + 3, j] += t03 * x0 + t13 * x1 + t23 * x2 + t33 * x3
+        acc[l + 4, j] += t04 * x0 + t14 * x1 + t24 * x2 + t34 * x3
+
+
+@jit
+def _bwd4x4(X, i, T, l, acc):
+    d = acc.shape[1]
+    t00, t01, t02, t03 = T[0, l], T[0, l + 1], T[0, l + 2], T[0, l + 3]
+    t10, t11, t12, t13 = T[1, l], T[1, l + 1], T[1, l + 2], T[1, l + 3]
+    t20, t21, t22, t23 = T[2, l], T[2, l + 1], T[2, l + 2], T[2, l + 3]
+    t30, t31, t32, t33 = T[3, l], T[3, l + 1], T[3, l + 2], T[3, l + 3]
+    for j in range(d):
+        x0 = X[i, j]
+        x1 = X[i + 1, j]
+        x2 = X[i + 2, j]
+        x3 = X[i + 3, j]
+        acc[l, j] += t00 * x0 + t10 * x1 + t20 * x2 + t30 * x3
+        acc[l + 1, j] += t01 * x0 + t11 * x1 + t21 * x2 + t31 * x3
+        acc[l + 2, j] += t02 * x0 + t12 * x1 + t22 * x2 + t32 * x3
+        acc[l + 3, j] += t03 * x0 + t13 * x1 + t23 * x2 + t33 * x3
+
+
+@jit
 def _bwd4(X, i, T, acc):
-    """``acc[l] += sum_r T[r, l] X[i + r]`` for r = 0..3."""
-    L, d = acc.shape
-    for l in range(L):
-        t0 = T[0, l]
-        t1 = T[1, l]
-        t2 = T[2, l]
-        t3 = T[3, l]
-        for j in range(d):
-            acc[l, j] += t0 * X[i, j] + t1 * X[i + 1, j] + t2 * X[i + 2, j] + t3 * X[i + 3, j]
+    """``acc[l] += sum_r T[r, l] X[i + r]`` for r = 0..3 (acc padded to the tile width)."""
+    Lp = acc.shape[0]
+    if Lp % 5 == 0:
+        for l in range(0, Lp, 5):
+            _bwd4x5(X, i, T, l, acc)
+    else:
+        for l in range(0, Lp, 4):
+            _bwd4x4(X, i, T, l, acc)
 
 
 @jit
@@ -113,47 +236,108 @@ def _apply_curvature(u, t, i, Dw, Q, qa, use_q, m):
 
 
 # ----------------------------------------------------------------------- single output
+@jit
+def _dot4(X, i, v):
+    """``(X[i + r] . v for r = 0..3)`` sharing each load of ``v``."""
+    d = X.shape[1]
+    s0 = X[i, 0] * v[0]
+    s1 = X[i + 1, 0] * v[0]
+    s2 = X[i + 2, 0] * v[0]
+    s3 = X[i + 3, 0] * v[0]
+    for j in range(1, d):
+        vj = v[j]
+        s0 += X[i, j] * vj
+        s1 += X[i + 1, j] * vj
+        s2 += X[i + 2, j] * vj
+        s3 += X[i + 3, j] * vj
+    return s0, s1, s2, s3
+
+
+@jit
+def _dot1(X, i, v):
+    d = X.shape[1]
+    s = X[i, 0] * v[0]
+    for j in range(1, d):
+        s += X[i, j] * v[j]
+    return s
+
+
+@jit
+def _axpy4(X, i, t, acc):
+    """``acc += sum_r t[r] X[i + r]`` for r = 0..3 (one load and store of acc per 4 rows)."""
+    d = X.shape[1]
+    t0 = t[0]
+    t1 = t[1]
+    t2 = t[2]
+    t3 = t[3]
+    for j in range(d):
+        acc[j] += t0 * X[i, j] + t1 * X[i + 1, j] + t2 * X[i + 2, j] + t3 * X[i + 3, j]
+
+
+@jit
+def _axpy1(X, i, t, acc):
+    d = X.shape[1]
+    for j in range(d):
+        acc[j] += t * X[i, j]
+
+
+@jit
+def _flush1(acc, buf):
+    for j in range(acc.shape[0]):
+        buf[j] += acc[j]
+        acc[j] = 0
+
+
 @jit(parallel=True)
 def value_grad_k1(X, starts, coef, b, y, a, fam, eta, r, h, gbuf, gbbuf, lbuf):
     """Loss, gradient and curvature weights of a single-output GLM in one pass.
 
-    In: X (n, d), coef (d,) and scalar ``b`` (X's dtype), y (n,), a (n,) float64, ``fam``.
+    In: X (n, d), coef (d,) (X's dtype) and scalar ``b``, y (n,), a (n,) float64, ``fam``.
     Out: eta (n,), r (n,) = l'(eta), h (n,) = l''(eta) (float64, unweighted);
     ``gbuf[c] = sum a_i r_i x_i``, ``gbbuf[c] = sum a_i r_i``, ``lbuf[c] = sum a_i l_i``
-    over the rows of chunk c.
+    over the rows of chunk c. Rows go four at a time (one load of ``coef`` and one update of
+    the accumulator per four rows).
     """
     n_chunks = starts.shape[0] - 1
     d = X.shape[1]
     for c in prange(n_chunks):
         acc = np.zeros(d, dtype=X.dtype)
-        tcast = np.zeros(1, dtype=X.dtype)
+        t = np.zeros(4, dtype=X.dtype)
+        s = np.zeros(4)
         lsum = 0.0
         bsum = 0.0
         count = 0
-        for i in range(starts[c], starts[c + 1]):
-            s = X[i, 0] * coef[0]
-            for j in range(1, d):
-                s += X[i, j] * coef[j]
-            e = np.float64(s) + b
-            loss, d1, d2 = pointwise(fam, e, y[i])
-            eta[i] = e
-            r[i] = d1
-            h[i] = d2
-            t = a[i] * d1
-            lsum += a[i] * loss
-            bsum += t
-            tcast[0] = t
-            tt = tcast[0]
-            for j in range(d):
-                acc[j] += tt * X[i, j]
-            count += 1
-            if count == FLUSH:
-                for j in range(d):
-                    gbuf[c, j] += acc[j]
-                    acc[j] = 0
+        i = starts[c]
+        stop = starts[c + 1]
+        while i < stop:
+            nr = min(4, stop - i)
+            if nr == 4:
+                s[0], s[1], s[2], s[3] = _dot4(X, i, coef)
+            else:
+                for q in range(nr):
+                    s[q] = _dot1(X, i + q, coef)
+            for q in range(nr):
+                row = i + q
+                e = s[q] + b
+                loss, d1, d2 = pointwise(fam, e, y[row])
+                eta[row] = e
+                r[row] = d1
+                h[row] = d2
+                tq = a[row] * d1
+                lsum += a[row] * loss
+                bsum += tq
+                t[q] = tq
+            if nr == 4:
+                _axpy4(X, i, t, acc)
+            else:
+                for q in range(nr):
+                    _axpy1(X, i + q, t[q], acc)
+            i += nr
+            count += nr
+            if count >= FLUSH:
+                _flush1(acc, gbuf[c])
                 count = 0
-        for j in range(d):
-            gbuf[c, j] += acc[j]
+        _flush1(acc, gbuf[c])
         gbbuf[c] = bsum
         lbuf[c] = lsum
 
@@ -169,27 +353,34 @@ def weighted_gram_vec_k1(X, starts, v, vb, cw, gbuf, gbbuf):
     d = X.shape[1]
     for c in prange(n_chunks):
         acc = np.zeros(d, dtype=X.dtype)
-        tcast = np.zeros(1, dtype=X.dtype)
+        t = np.zeros(4, dtype=X.dtype)
+        s = np.zeros(4)
         bsum = 0.0
         count = 0
-        for i in range(starts[c], starts[c + 1]):
-            s = X[i, 0] * v[0]
-            for j in range(1, d):
-                s += X[i, j] * v[j]
-            t = cw[i] * (np.float64(s) + vb)
-            bsum += t
-            tcast[0] = t
-            tt = tcast[0]
-            for j in range(d):
-                acc[j] += tt * X[i, j]
-            count += 1
-            if count == FLUSH:
-                for j in range(d):
-                    gbuf[c, j] += acc[j]
-                    acc[j] = 0
+        i = starts[c]
+        stop = starts[c + 1]
+        while i < stop:
+            nr = min(4, stop - i)
+            if nr == 4:
+                s[0], s[1], s[2], s[3] = _dot4(X, i, v)
+            else:
+                for q in range(nr):
+                    s[q] = _dot1(X, i + q, v)
+            for q in range(nr):
+                tq = cw[i + q] * (s[q] + vb)
+                bsum += tq
+                t[q] = tq
+            if nr == 4:
+                _axpy4(X, i, t, acc)
+            else:
+                for q in range(nr):
+                    _axpy1(X, i + q, t[q], acc)
+            i += nr
+            count += nr
+            if count >= FLUSH:
+                _flush1(acc, gbuf[c])
                 count = 0
-        for j in range(d):
-            gbuf[c, j] += acc[j]
+        _flush1(acc, gbuf[c])
         gbbuf[c] = bsum
 
 
@@ -198,17 +389,19 @@ def weighted_gram_vec_k1(X, starts, v, vb, cw, gbuf, gbbuf):
 def value_grad_gen(X, starts, Wt, b, y, a, fam, eta, r, h, gbuf, gbbuf, lbuf):
     """Loss, gradient and curvature of a K-output GLM (multinomial or multi-output) in one pass.
 
-    In: Wt (K, d) the transposed weights, b (K,) (X's dtype), y (n, Ky) (labels in column 0
-    for the multinomial), a (n,). Out: eta, r (n, K); h (n, K) = diag of l'' (for the
-    multinomial, h = p, with l'' = diag(p) - p p^T); ``gbuf[c]`` (K, d) = sum a_i r_i x_i^T,
+    In: Wt (Kp, d) the transposed weights and b (Kp,) (X's dtype), zero-padded to Kp rows,
+    a multiple of ``tile_width(K)``; y (n, Ky) (labels in column 0 for the multinomial),
+    a (n,). Out: eta, r (n, K); h (n, K) = diag of l'' (for the multinomial, h = p, with
+    l'' = diag(p) - p p^T); ``gbuf[c]`` (Kp, d) = sum a_i r_i x_i^T (rows >= K stay 0),
     ``gbbuf[c]`` (K,), ``lbuf[c]``.
     """
     n_chunks = starts.shape[0] - 1
-    K, d = Wt.shape
+    Kp, d = Wt.shape
+    K = eta.shape[1]
     for c in prange(n_chunks):
-        acc = np.zeros((K, d), dtype=X.dtype)
-        U = np.zeros((4, K), dtype=X.dtype)
-        T = np.zeros((4, K), dtype=X.dtype)
+        acc = np.zeros((Kp, d), dtype=X.dtype)
+        U = np.zeros((4, Kp), dtype=X.dtype)
+        T = np.zeros((4, Kp), dtype=X.dtype)
         e64 = np.zeros(K)
         p64 = np.zeros(K)
         r64 = np.zeros(K)
@@ -266,14 +459,16 @@ def weighted_gram_vec_gen(X, starts, Vt, vb, Dw, Q, qa, use_q, m, gbuf, gbbuf):
     ``out = sum_i x~_i (x) (H~_i (V~^T x~_i))`` with ``H~_i = diag(Dw_i) + qa_i Q_i Q_i^T``
     applied to each of the m vectors: the multinomial Hessian is ``Dw = a p``, ``Q = p``,
     ``qa = -a``; the empirical Fisher ``Dw = 0``, ``Q = r``, ``qa = a``.
-    In: Vt (L, d) and vb (L,) with L = K m (X's dtype). Out: ``gbuf[c]`` (L, d), ``gbbuf[c]`` (L,).
+    In: Vt (Lp, d) and vb (Lp,) (X's dtype) for L = K m columns, zero-padded to Lp rows, a
+    multiple of ``tile_width(L)``. Out: ``gbuf[c]`` (Lp, d) (rows >= L stay 0), ``gbbuf[c]`` (L,).
     """
     n_chunks = starts.shape[0] - 1
-    L, d = Vt.shape
+    Lp, d = Vt.shape
+    L = Dw.shape[1] * m
     for c in prange(n_chunks):
-        acc = np.zeros((L, d), dtype=X.dtype)
-        U = np.zeros((4, L), dtype=X.dtype)
-        T = np.zeros((4, L), dtype=X.dtype)
+        acc = np.zeros((Lp, d), dtype=X.dtype)
+        U = np.zeros((4, Lp), dtype=X.dtype)
+        T = np.zeros((4, Lp), dtype=X.dtype)
         u64 = np.zeros(L)
         t64 = np.zeros(L)
         count = 0

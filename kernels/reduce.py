@@ -7,9 +7,6 @@ any number of threads and on every run.
 """
 
 import numpy as np
-from numba import prange
-
-from ._jit import jit
 
 #: upper bound on the number of chunks of a partition
 MAX_CHUNKS = 32
@@ -33,18 +30,3 @@ def nnz_partition(indptr):
     inner = np.searchsorted(np.asarray(indptr, dtype=np.int64), targets, side="left")
     starts = np.concatenate(([0], inner, [n_rows])).astype(np.int64)
     return np.maximum.accumulate(starts)
-
-
-@jit(parallel=True)
-def sum_chunks(buf, out):
-    """``out[j] = sum_c buf[c, j]`` summed in chunk order; buf (C, M) float64, out (M,)."""
-    n_chunks, m = buf.shape
-    n_blocks = (m + 1023) // 1024
-    for blk in prange(n_blocks):
-        lo = blk * 1024
-        hi = min(m, lo + 1024)
-        for j in range(lo, hi):
-            out[j] = buf[0, j]
-        for c in range(1, n_chunks):
-            for j in range(lo, hi):
-                out[j] += buf[c, j]

@@ -18,14 +18,23 @@ from ..kernels.losses import MULTINOMIAL
 
 
 def _reduce(buf):
-    """Sum per-chunk buffers (C, ...) in chunk order into one float64 array of shape (...)."""
-    out = np.empty(buf.shape[1:], dtype=np.float64)
-    reduce.sum_chunks(buf.reshape(buf.shape[0], -1), out.reshape(-1))
-    return out
+    """Sum per-chunk buffers (C, ...) in chunk order into one float64 array of shape (...).
+
+    NumPy reduces over the leading axis of a C-contiguous array row after row (pairwise
+    summation only applies along the contiguous axis), single-threaded: a fixed order.
+    """
+    return buf.sum(axis=0)
 
 
-def _dummy(n):
-    return np.zeros((n, 1)), np.zeros(n)
+def _padded_t(V, vb):
+    """``V.T`` (L, d) and ``vb`` zero-padded to a multiple of the dense kernels' tile width."""
+    L, d = V.shape[1], V.shape[0]
+    Lp = -(-L // int(glm_dense.tile_width(L))) * int(glm_dense.tile_width(L))
+    Vt = np.zeros((Lp, d), dtype=V.dtype)
+    Vt[:L] = V.T
+    vbp = np.zeros(Lp, dtype=V.dtype)
+    vbp[:L] = vb
+    return Vt, vbp
 
 
 class DenseDesign:
@@ -59,12 +68,12 @@ class DenseDesign:
             )
             g = _reduce(gbuf).reshape(d, 1)
         else:
-            gbuf = np.zeros((C, K, d))
+            Wt, bp = _padded_t(Wmat, b)
+            gbuf = np.zeros((C, Wt.shape[0], d))
             glm_dense.value_grad_gen(
-                self.X, self.starts, np.ascontiguousarray(Wmat.T), b, y2, a, fam,
-                eta, r, h, gbuf, gbbuf, lbuf,
+                self.X, self.starts, Wt, bp, y2, a, fam, eta, r, h, gbuf, gbbuf, lbuf
             )
-            g = _reduce(gbuf).T
+            g = _reduce(gbuf)[:K].T
         return float(lbuf.sum()), g, _reduce(gbbuf), eta, r, h
 
     def curv_vec(self, V, vb, weights):
@@ -83,11 +92,12 @@ class DenseDesign:
             )
             return _reduce(gbuf).reshape(d, 1), _reduce(gbbuf)
         _, Dw, Q, qa, use_q, m = weights
-        gbuf = np.zeros((C, L, d))
+        Vt, vbp = _padded_t(V, vb)
+        gbuf = np.zeros((C, Vt.shape[0], d))
         glm_dense.weighted_gram_vec_gen(
-            self.X, self.starts, np.ascontiguousarray(V.T), vb, Dw, Q, qa, use_q, m, gbuf, gbbuf
+            self.X, self.starts, Vt, vbp, Dw, Q, qa, use_q, m, gbuf, gbbuf
         )
-        return _reduce(gbuf).T, _reduce(gbbuf)
+        return _reduce(gbuf)[:L].T, _reduce(gbbuf)
 
     def sq_colsum(self, cw):
         """``sum_i cw[i, k] x_ij^2`` as (d, K) float64."""
