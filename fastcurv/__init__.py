@@ -2,8 +2,11 @@
 
 Public API (everything else is private)::
 
-    GLM        generalized linear models: value, grad, hvp, ggn_vp, fisher_vp, jvp, vjp, ...
-    warmup     compile the common kernels ahead of time
+    GLM                 generalized linear models: value, grad, hvp, ggn_vp, fisher_vp, jvp, ...
+    HessianOperator, GGNOperator, FisherOperator, JacobianOperator
+                        scipy.sparse.linalg.LinearOperator views of the curvature
+    newton_cg           truncated Newton (line search or trust region) with CG
+    warmup              compile the common kernels ahead of time
 """
 
 import os as _os
@@ -16,8 +19,25 @@ if not _os.path.isdir(_os.path.join(__path__[0], "kernels")) and _os.path.isfile
 ):
     __path__.append(_root)
 
+from .newton import NewtonResult, newton_cg  # noqa: E402
+from .operators import (  # noqa: E402
+    FisherOperator,
+    GGNOperator,
+    HessianOperator,
+    JacobianOperator,
+)
 from .problems.glm import GLM  # noqa: E402
 from .warmup import warmup  # noqa: E402
 
 __version__ = "0.1.0"
-__all__ = ["GLM", "warmup", "__version__"]
+__all__ = [
+    "GLM",
+    "HessianOperator",
+    "GGNOperator",
+    "FisherOperator",
+    "JacobianOperator",
+    "newton_cg",
+    "NewtonResult",
+    "warmup",
+    "__version__",
+]

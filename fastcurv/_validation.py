@@ -119,7 +119,8 @@ def check_csr_X(X):
     indices = np.ascontiguousarray(indices[:nnz])
     if indices.dtype not in (np.dtype(np.int32), np.dtype(np.int64)):
         indices = indices.astype(np.int64)
-    indptr = np.ascontiguousarray(indptr, dtype=np.int64 if indptr.dtype.itemsize > 4 else np.int32)
+    idx_t = np.int64 if indptr.dtype.itemsize > 4 else np.int32
+    indptr = np.ascontiguousarray(indptr, dtype=idx_t)
     code, row, _ = validate.check_csr_rows(indptr, indices, d)
     if code == 1:
         raise ValueError(

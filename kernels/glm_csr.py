@@ -12,8 +12,8 @@ import numpy as np
 from numba import prange
 
 from ._jit import jit
-from .losses import MULTINOMIAL, pointwise, softmax_row
 from .glm_dense import _apply_curvature
+from .losses import MULTINOMIAL, pointwise, softmax_row
 
 
 @jit(parallel=True)
@@ -162,3 +162,21 @@ def weighted_sq_colsum(data, indices, indptr, starts, cw, gbuf):
                 j = indices[p]
                 for k in range(K):
                     acc[j, k] += x2 * cw[i, k]
+
+
+@jit(parallel=True)
+def forward(data, indices, indptr, starts, V, vb, out):
+    """``out[i, l] = x_i . V[:, l] + vb[l]`` (float64 out); V (d, L) in C order."""
+    n_chunks = starts.shape[0] - 1
+    L = V.shape[1]
+    for c in prange(n_chunks):
+        for i in range(starts[c], starts[c + 1]):
+            lo = np.uint64(indptr[i])
+            hi = np.uint64(indptr[i + 1])
+            for l in range(L):
+                out[i, l] = vb[l]
+            for p in range(lo, hi):
+                x = data[p]
+                j = indices[p]
+                for l in range(L):
+                    out[i, l] += x * V[j, l]

@@ -524,3 +524,49 @@ def weighted_sq_colsum(X, starts, cw, gbuf):
                 _flush(acc, gbuf[c])
                 count = 0
         _flush(acc, gbuf[c])
+
+
+# ----------------------------------------------------------------------------- forward
+@jit(parallel=True)
+def forward_k1(X, starts, v, vb, out):
+    """``out[i] = x_i . v + vb`` (float64 out), four rows at a time."""
+    n_chunks = starts.shape[0] - 1
+    for c in prange(n_chunks):
+        i = starts[c]
+        stop = starts[c + 1]
+        while i + 4 <= stop:
+            s0, s1, s2, s3 = _dot4(X, i, v)
+            out[i] = s0 + vb
+            out[i + 1] = s1 + vb
+            out[i + 2] = s2 + vb
+            out[i + 3] = s3 + vb
+            i += 4
+        while i < stop:
+            out[i] = _dot1(X, i, v) + vb
+            i += 1
+
+
+@jit(parallel=True)
+def forward_gen(X, starts, Vt, vb, out):
+    """``out[i, l] = x_i . Vt[l] + vb[l]`` for the first L = out.shape[1] columns.
+
+    Vt (Lp, d) and vb (Lp,) zero-padded to a multiple of ``tile_width(L)``.
+    """
+    n_chunks = starts.shape[0] - 1
+    Lp = Vt.shape[0]
+    L = out.shape[1]
+    for c in prange(n_chunks):
+        U = np.zeros((4, Lp), dtype=X.dtype)
+        i = starts[c]
+        stop = starts[c + 1]
+        while i < stop:
+            nr = min(4, stop - i)
+            if nr == 4:
+                _fwd4(X, i, Vt, vb, U)
+            else:
+                for q in range(nr):
+                    _fwd1(X, i + q, Vt, vb, U, q)
+            for q in range(nr):
+                for l in range(L):
+                    out[i + q, l] = U[q, l]
+            i += nr

@@ -107,9 +107,17 @@ class DenseDesign:
         return _reduce(gbuf).T
 
     # -------------------------------------------------------------- plain products
-    def matmul(self, V):
-        """``X @ V`` for V (d, L)."""
-        return self.X @ V
+    def forward(self, V, vb):
+        """``X @ V + vb`` as (n, L) float64, one parallel pass (V (d, L), vb (L,), data dtype)."""
+        L = V.shape[1]
+        out = np.empty((self.n, L))
+        if L == 1:
+            glm_dense.forward_k1(self.X, self.starts, np.ascontiguousarray(V[:, 0]),
+                                 float(vb[0]), out.reshape(self.n))
+        else:
+            Vt, vbp = _padded_t(V, vb)
+            glm_dense.forward_gen(self.X, self.starts, Vt, vbp, out)
+        return out
 
     def rmatmul(self, U):
         """``X^T @ U`` for U (n, L)."""
@@ -190,8 +198,10 @@ class CSRDesign:
         glm_csr.weighted_sq_colsum(*self._args(), cw, gbuf)
         return _reduce(gbuf)
 
-    def matmul(self, V):
-        return np.asarray(self.X @ V)
+    def forward(self, V, vb):
+        out = np.empty((self.n, V.shape[1]))
+        glm_csr.forward(*self._args(), np.ascontiguousarray(V), vb, out)
+        return out
 
     def rmatmul(self, U):
         return np.asarray(self.X.T @ U)

@@ -79,7 +79,9 @@ def prepare_targets(family, y, n, n_classes=None):
             )
     if family == "poisson" and np.any(y2 < 0):
         i = int(np.flatnonzero((y2 < 0).any(axis=1))[0])
-        raise ValueError(f"poisson targets are counts and must be >= 0, got a negative value in row {i}")
+        raise ValueError(
+            f"poisson targets are counts and must be >= 0, got a negative value in row {i}"
+        )
     return y2, y2.shape[1]
 
 
@@ -92,7 +94,8 @@ def sample_residuals(family, eta, h, rng):
     if family == "gaussian":
         return -rng.standard_normal(eta.shape)
     if family == "logistic":
-        mu = np.where(eta >= 0, 1.0 / (1.0 + np.exp(-np.abs(eta))), np.exp(-np.abs(eta)) / (1.0 + np.exp(-np.abs(eta))))
+        z = np.exp(-np.abs(eta))
+        mu = np.where(eta >= 0, 1.0 / (1.0 + z), z / (1.0 + z))
         return mu - (rng.random(eta.shape) < mu)
     if family == "poisson":
         mu = np.exp(eta)

@@ -4,7 +4,8 @@ import numpy as np
 import scipy.sparse as sp
 
 from .. import _validation as val
-from ..kernels.losses import MULTINOMIAL
+from ..kernels import reduce
+from ..kernels.losses import LOGISTIC, MULTINOMIAL, loss_along
 from . import families
 from ._design import make_design
 
@@ -89,7 +90,7 @@ class GLM:
         if not isinstance(fit_intercept, (bool, np.bool_)):
             raise TypeError(f"fit_intercept must be True or False, got {fit_intercept!r}")
         self.fit_intercept = bool(fit_intercept)
-        self._state = None
+        self._states = []  # the two most recent _State, newest first
 
     # ------------------------------------------------------------------ attributes
     @property
@@ -190,16 +191,23 @@ class GLM:
         return np.concatenate(parts, axis=0).astype(self.dtype, copy=False)
 
     # ------------------------------------------------------------------ state
+    def _cached_state(self, theta):
+        for st in self._states:
+            if np.array_equal(st.theta, theta):
+                return st
+        return None
+
     def _state_at(self, theta):
-        st = self._state
-        if st is not None and np.array_equal(st.theta, theta):
-            return st
-        Wmat, b = self._split(theta)
-        loss, gW, gb, eta, r, h = self._design.value_grad(
-            Wmat, np.ascontiguousarray(b), self._y2, self._a, self._fam
-        )
-        st = _State(theta.copy(), loss, gW, gb, eta, r, h)
-        self._state = st
+        """The fused-pass results at ``theta``: cached for the two most recent points (a
+        Newton iterate and its trial step), computed in one pass over ``X`` otherwise."""
+        st = self._cached_state(theta)
+        if st is None:
+            Wmat, b = self._split(theta)
+            loss, gW, gb, eta, r, h = self._design.value_grad(
+                Wmat, np.ascontiguousarray(b), self._y2, self._a, self._fam
+            )
+            st = _State(theta.copy(), loss, gW, gb, eta, r, h)
+        self._states = [st] + [s for s in self._states if s is not st][:1]
         return st
 
     def _penalty_mask(self):
@@ -372,7 +380,7 @@ class GLM:
         V = v.reshape(self.n_params, -1)
         m = V.shape[1]
         Vw, vb = self._split_block(V)
-        out = self._design.matmul(np.ascontiguousarray(Vw)) + vb
+        out = self._design.forward(Vw, vb).astype(self.dtype, copy=False)
         out = out.reshape(self.n_samples, self._K, m)
         return out[:, :, 0] if v.ndim == 1 else out
 
@@ -401,6 +409,62 @@ class GLM:
         ob = U.sum(axis=0, dtype=np.float64)
         out = self._join_block(np.asarray(oW, dtype=np.float64), ob, m)
         return out if block else out[:, 0]
+
+    def value_along(self, theta, direction):
+        """``α ↦ F(θ + α d)`` evaluated in O(n K) per call, for line searches.
+
+        Every trial reuses ``X θ`` (kept from the value-and-gradient pass at ``θ``) and ``X d``.
+        ``X d`` costs one pass over ``X``, unless the point ``θ + d`` was evaluated last (as
+        a line search's first trial is): then it is ``X(θ + d) - X θ`` and costs no pass.
+        """
+        theta = self._check_theta(theta)
+        d = val.check_vector(direction, self.n_params, self.dtype, "direction")
+        st = self._state_at(theta)
+        Dw, db = self._split_block(d.reshape(-1, 1))
+        end = self._cached_state(theta + d)
+        U = end.eta - st.eta if end is not None else self._design.forward(Dw, db)
+        Wmat, _ = self._split(theta)
+        W64 = Wmat.astype(np.float64).reshape(-1)
+        D64 = Dw.astype(np.float64).reshape(-1)
+        ww, wd, dd = float(W64 @ W64), float(W64 @ D64), float(D64 @ D64)
+        starts = reduce.row_partition(self.n_samples)
+        lbuf = np.zeros(len(starts) - 1)
+        y2, a, fam, l2 = self._y2, self._a, self._fam, self.l2
+
+        def phi(alpha):
+            alpha = float(alpha)
+            loss_along(fam, st.eta, U, alpha, y2, a, starts, lbuf)
+            return float(lbuf.sum()) + 0.5 * l2 * (ww + 2.0 * alpha * wd + alpha * alpha * dd)
+
+        return phi
+
+    def _diverging_message(self, theta):
+        """A message when the objective has no finite minimizer that θ is running towards.
+
+        With ``l2 = 0`` and 0/1 labels, if θ classifies every weighted sample correctly
+        (logistic: ``η_i > 0`` exactly when ``y_i = 1``; multinomial: ``argmax η_i = y_i``),
+        then scaling θ up lowers every loss: the data are separable and the infimum is only
+        approached as ``||θ|| → ∞``.
+        """
+        if self.l2 != 0.0 or self._fam not in (LOGISTIC, MULTINOMIAL):
+            return None
+        st = self._state_at(self._check_theta(theta))
+        live = self._w > 0
+        if self._fam == LOGISTIC:
+            y = self._y2
+            if np.any((y != 0) & (y != 1)):
+                return None
+            correct = np.where(y == 1, st.eta > 0, st.eta < 0).all(axis=1)
+        else:
+            top = st.eta.argmax(axis=1)
+            margin = np.take_along_axis(st.eta, top[:, None], 1)[:, 0]
+            second = np.partition(st.eta, -2, axis=1)[:, -2]
+            correct = (top == self._y2[:, 0].astype(np.int64)) & (margin > second)
+        if not np.all(correct[live]):
+            return None
+        return ("The data are separable: the current parameters classify every sample "
+                "correctly, so with l2 = 0 the loss keeps decreasing as ||theta|| grows and has "
+                "no finite minimizer. Set l2 > 0 (for example l2=1e-4).")
 
     def per_sample_grads(self, theta, rows=None):
         """Per-sample loss gradients ``g_i = x̃_i ⊗ ℓ'_i`` (no weight, no penalty), (m, P).

@@ -1,0 +1,170 @@
+"""Reading data files: ``.npz`` (X, y), CSV and svmlight/libsvm text.
+
+Every reader returns ``(X, y)`` with ``X`` a dense float64 array or a CSR matrix and ``y`` a
+float64 vector, and raises :class:`DataError` (a ``ValueError``) with the file, the line and
+what is wrong when a file cannot be used.
+"""
+
+import os
+
+import numpy as np
+import scipy.sparse as sp
+
+from .kernels import svmlight
+
+
+class DataError(ValueError):
+    """A data file that cannot be read as asked; the message says where and why."""
+
+
+def load(path, *, fmt=None, target=-1):
+    """Read ``path`` by its extension (or ``fmt``: 'npz', 'csv', 'svmlight')."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise DataError(f"{path}: no such file")
+    if fmt is None:
+        ext = os.path.splitext(path)[1].lower()
+        fmt = {".npz": "npz", ".csv": "csv", ".svm": "svmlight", ".svmlight": "svmlight",
+               ".libsvm": "svmlight", ".txt": "svmlight"}.get(ext)
+        if fmt is None:
+            raise DataError(f"{path}: unknown extension {ext!r}; use .npz, .csv or .svmlight "
+                            "(or pass the format explicitly)")
+    if fmt == "npz":
+        return load_npz(path)
+    if fmt == "csv":
+        return load_csv(path, target=target)
+    if fmt == "svmlight":
+        return load_svmlight(path)
+    raise DataError(f"unknown format {fmt!r}; use 'npz', 'csv' or 'svmlight'")
+
+
+def load_npz(path):
+    """``.npz`` with arrays ``X`` and ``y``; ``X`` may also be stored by ``scipy.sparse.save_npz``
+    next to ``y`` as ``X_data, X_indices, X_indptr, X_shape``."""
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            keys = set(f.files)
+            if "y" not in keys:
+                raise DataError(f"{path}: no array 'y' (found: {', '.join(sorted(keys))})")
+            y = np.asarray(f["y"])
+            if "X" in keys:
+                X = np.asarray(f["X"])
+            elif {"X_data", "X_indices", "X_indptr", "X_shape"} <= keys:
+                X = sp.csr_matrix((f["X_data"], f["X_indices"], f["X_indptr"]),
+                                  shape=tuple(f["X_shape"]))
+            else:
+                raise DataError(f"{path}: no array 'X' (found: {', '.join(sorted(keys))})")
+    except DataError:
+        raise
+    except Exception as exc:  # a corrupt or non-npz file
+        raise DataError(f"{path}: not a readable .npz file ({exc})") from None
+    if y.ndim != 1:
+        y = y.reshape(-1) if y.ndim == 2 and 1 in y.shape else y
+    if X.ndim != 2 or y.shape[0] != X.shape[0]:
+        raise DataError(f"{path}: X has shape {X.shape} but y has shape {y.shape}")
+    return X, y
+
+
+def load_csv(path, *, target=-1, delimiter=","):
+    """Numeric CSV, one sample per line; column ``target`` (default the last) is ``y``.
+
+    A header line is skipped if it is not numeric. Empty fields and NaN are errors.
+    """
+    with open(path, "rb") as fh:
+        first = fh.readline().decode("utf-8", "replace").strip()
+    skip = 0
+    try:
+        [float(t) for t in first.split(delimiter)]
+    except ValueError:
+        skip = 1
+    try:
+        data = np.loadtxt(path, delimiter=delimiter, skiprows=skip, dtype=np.float64, ndmin=2)
+    except ValueError as exc:
+        raise DataError(f"{path}: {_first_line(str(exc))} (missing or non-numeric value?)") \
+            from None
+    if data.shape[0] == 0:
+        raise DataError(f"{path}: no data rows")
+    if data.shape[1] < 2:
+        raise DataError(f"{path}: needs at least one feature column and one target column")
+    bad = ~np.isfinite(data)
+    if bad.any():
+        i, j = map(int, np.argwhere(bad)[0])
+        raise DataError(f"{path}: line {i + 1 + skip}, column {j + 1}: missing or non-finite "
+                        "value; remove or impute it")
+    t = target % data.shape[1]
+    y = data[:, t].copy()
+    X = np.ascontiguousarray(np.delete(data, t, axis=1))
+    return X, y
+
+
+def _first_line(text):
+    return text.strip().splitlines()[0] if text.strip() else text
+
+
+_SVM_ERRORS = {
+    1: "the label is not a number",
+    2: "an entry is not of the form index:value with a numeric value (missing value?)",
+    3: "a feature index is not a non-negative integer",
+    4: "feature indices must increase along a line",
+}
+
+
+def load_svmlight(path, *, zero_based="auto", n_features=None):
+    """svmlight / libsvm text: ``label idx:val ...`` per line, ``#`` comments, ``qid:`` ignored.
+
+    Indices are one-based unless ``zero_based`` is True; ``"auto"`` treats the file as
+    zero-based only if an index 0 occurs (scikit-learn's rule). Parsed in one compiled pass;
+    numbers are converted exactly (see :mod:`fastcurv.kernels.svmlight`).
+    """
+    buf = np.fromfile(path, dtype=np.uint8)
+    n_lines = int(np.count_nonzero(buf == 10)) + 1
+    n_pairs = int(np.count_nonzero(buf == 58))
+    labels = np.empty(n_lines)
+    indices = np.empty(n_pairs, dtype=np.int64)
+    values = np.empty(n_pairs)
+    indptr = np.empty(n_lines + 1, dtype=np.int64)
+    slow_buf = np.empty(buf.shape[0] + n_lines + n_pairs + 1, dtype=np.uint8)
+    slow_at = np.empty(n_lines + n_pairs, dtype=np.int64)
+    n, nnz, n_slow, n_bytes, err, line = svmlight.parse(
+        buf, labels, indices, values, indptr, slow_buf, slow_at
+    )
+    if err:
+        raw = bytes(buf[_line_start(buf, line):][:200]).split(b"\n", 1)[0]
+        text = raw.decode("utf-8", "replace")
+        raise DataError(f"{path}: line {line}: {_SVM_ERRORS[err]}: {text[:80]!r}")
+    if n == 0:
+        raise DataError(f"{path}: no data lines")
+    if n_slow:
+        # numbers off the exact fast path: one correctly rounded C conversion for all of them
+        exact = np.fromstring(slow_buf[:n_bytes].tobytes(), dtype=np.float64, sep=" ")
+        if exact.shape[0] != n_slow:
+            raise DataError(f"{path}: a number could not be converted")
+        at = slow_at[:n_slow]
+        is_label = at < 0
+        labels[-1 - at[is_label]] = exact[is_label]
+        values[at[~is_label]] = exact[~is_label]
+    labels, indices, values, indptr = labels[:n], indices[:nnz], values[:nnz], indptr[: n + 1]
+    if not (np.all(np.isfinite(values)) and np.all(np.isfinite(labels))):
+        raise DataError(f"{path}: the file holds NaN or inf values; remove or impute them")
+    if nnz:
+        one_based = (zero_based is False) or (zero_based == "auto" and indices.min() > 0)
+        if one_based:
+            if indices.min() < 1:
+                raise DataError(f"{path}: feature index 0 in a one-based file")
+            indices = indices - 1
+    d = int(indices.max()) + 1 if nnz else 1
+    if n_features is not None:
+        if d > n_features:
+            raise DataError(f"{path}: feature index {d} exceeds n_features = {n_features}")
+        d = int(n_features)
+    idx_dtype = np.int32 if d < 2**31 and nnz < 2**31 else np.int64
+    X = sp.csr_matrix((values, indices.astype(idx_dtype), indptr.astype(idx_dtype)),
+                      shape=(n, d))
+    return X, labels
+
+
+def _line_start(buf, line):
+    if line <= 1:
+        return 0
+    nl = np.flatnonzero(buf == 10)
+    return int(nl[line - 2]) + 1 if line - 2 < len(nl) else 0

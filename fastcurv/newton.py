@@ -1,0 +1,326 @@
+"""Truncated Newton methods: line-search Newton-CG and trust-region Newton (Steihaug-Toint CG)."""
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy.sparse.linalg import LinearOperator, cg
+
+from ._validation import as_float_scalar
+from .operators import GGNOperator, HessianOperator
+
+#: Armijo sufficient-decrease constant (Nocedal & Wright, eq. 3.4)
+ARMIJO_C1 = 1e-4
+#: at most this many step halvings in the backtracking line search
+MAX_BACKTRACKS = 40
+#: trust-region acceptance threshold and radius update thresholds (N&W Algorithm 4.1)
+TR_ETA, TR_SHRINK_BELOW, TR_GROW_ABOVE = 1e-4, 0.25, 0.75
+
+
+@dataclass
+class NewtonResult:
+    """Outcome of :func:`newton_cg`.
+
+    Attributes
+    ----------
+    x : (P,) final parameters; fun : objective there; grad_norm : max |gradient| there
+    n_iter : Newton iterations (accepted or rejected steps); n_hvp : curvature-vector products;
+    n_cg : CG iterations in all; success : whether ``grad_norm <= gtol``; message : what
+    happened, in words, and what to try when it failed; history : one dict per iteration
+    (``iter, fun, grad_norm, n_cg, step, time``).
+    """
+
+    x: np.ndarray
+    fun: float
+    grad_norm: float
+    n_iter: int
+    n_hvp: int
+    n_cg: int
+    success: bool
+    message: str
+    history: list = field(default_factory=list, repr=False)
+
+    def __repr__(self):
+        return (f"NewtonResult(success={self.success}, fun={self.fun:.10g}, "
+                f"grad_norm={self.grad_norm:.3g}, n_iter={self.n_iter}, n_cg={self.n_cg}, "
+                f"n_hvp={self.n_hvp}, message={self.message!r})")
+
+
+class _Counted(LinearOperator):
+    """Wraps an operator and counts the vectors it is applied to."""
+
+    def __init__(self, op):
+        self.op = op
+        self.count = 0
+        super().__init__(dtype=op.dtype, shape=op.shape)
+
+    def _matvec(self, v):
+        self.count += 1
+        return self.op.matvec(v)
+
+    def _matmat(self, V):
+        self.count += V.shape[1]
+        return self.op.matmat(V)
+
+    def _adjoint(self):
+        return self
+
+
+def _diag_preconditioner(p, theta, curvature, damping, mix):
+    """``M⁻¹ = 1 / ((1 - mix) mean(D) + mix D)`` from the exact curvature diagonal ``D``."""
+    D = np.asarray(p.hessian_diag(theta) if curvature == "hessian" else p.ggn_diag(theta),
+                   dtype=np.float64) + damping
+    mean = float(np.mean(np.abs(D))) or 1.0
+    Dm = (1.0 - mix) * mean + mix * D
+    Dm = np.where(Dm > 1e-12 * mean, Dm, 1e-12 * mean)
+    return Dm
+
+
+def _make_preconditioner(preconditioner, p, theta, curvature, damping, mix):
+    """(diagonal vector or None, LinearOperator or None) for the chosen preconditioner."""
+    if preconditioner is None:
+        return None, None
+    if isinstance(preconditioner, str):
+        if preconditioner == "diag":
+            Dm = _diag_preconditioner(p, theta, curvature, damping, mix)
+            inv = (1.0 / Dm).astype(p.dtype)
+            P = p.n_params
+            op = LinearOperator((P, P), matvec=lambda v: inv * np.ravel(v),
+                                matmat=lambda V: inv[:, None] * V, dtype=p.dtype)
+            return Dm, op
+        if preconditioner == "kfac":
+            raise NotImplementedError(
+                "preconditioner='kfac' needs fastcurv.KFACOperator, which is not in this "
+                "release yet; use preconditioner='diag' or None"
+            )
+        raise ValueError(f"preconditioner must be None, 'diag' or 'kfac', got {preconditioner!r}")
+    if isinstance(preconditioner, LinearOperator) or hasattr(preconditioner, "matvec"):
+        return None, preconditioner
+    raise TypeError("preconditioner must be None, 'diag', 'kfac' or a LinearOperator "
+                    "applying the inverse preconditioner")
+
+
+def _steihaug(A, g, radius, rtol, maxiter, Dm):
+    """Steihaug-Toint truncated CG for ``min g's + s'As/2`` s.t. ``||s||_M <= radius``.
+
+    Nocedal & Wright, Algorithm 7.2, preconditioned with ``M = diag(Dm)`` (the trust region is
+    measured in the M-norm, Conn, Gould & Toint 2000, Alg. 7.5.1). Returns the step, ``A s``,
+    the number of CG iterations and how it stopped ('converged', 'boundary', 'negative
+    curvature', 'max iterations').
+    """
+    Mw = np.ones_like(g) if Dm is None else Dm
+    s = np.zeros_like(g)
+    As = np.zeros_like(g)
+    r = g.copy()
+    y = r / Mw
+    d = -y
+    ry = float(r @ y)
+    gnorm = float(np.linalg.norm(g))
+    if gnorm == 0.0:
+        return s, As, 0, "converged"
+
+    def to_boundary(s, d):
+        a = float(d @ (Mw * d))
+        b = float(s @ (Mw * d))
+        c = float(s @ (Mw * s)) - radius * radius
+        return (-b + np.sqrt(max(b * b - a * c, 0.0))) / a
+
+    for it in range(1, maxiter + 1):
+        Ad = np.asarray(A.matvec(d), dtype=np.float64)
+        dAd = float(d @ Ad)
+        if dAd <= 1e-14 * float(d @ (Mw * d)) * max(1.0, abs(ry)):
+            tau = to_boundary(s, d)
+            return s + tau * d, As + tau * Ad, it, "negative curvature"
+        alpha = ry / dAd
+        s_new = s + alpha * d
+        if float(s_new @ (Mw * s_new)) >= radius * radius:
+            tau = to_boundary(s, d)
+            return s + tau * d, As + tau * Ad, it, "boundary"
+        s = s_new
+        As = As + alpha * Ad
+        r = r + alpha * Ad
+        if float(np.linalg.norm(r)) <= rtol * gnorm:
+            return s, As, it, "converged"
+        y = r / Mw
+        ry_new = float(r @ y)
+        d = -y + (ry_new / ry) * d
+        ry = ry_new
+    return s, As, maxiter, "max iterations"
+
+
+def newton_cg(p, theta0=None, *, gtol=1e-8, max_iter=100, method="line-search",
+              curvature="hessian", preconditioner=None, damping=0.0, callback=None,
+              progress=False, cg_max_iter=None, precond_mix=1.0):
+    r"""Minimize a problem's objective by truncated (inexact) Newton with conjugate gradients.
+
+    ``method="line-search"``: Newton-CG with a backtracking Armijo line search (Nocedal &
+    Wright, *Numerical Optimization*, 2nd ed., Algorithm 7.1 with Algorithm 3.1). The Newton
+    system ``(H + δI) d = -g`` is solved by SciPy's ``scipy.sparse.linalg.cg`` on a
+    :class:`~fastcurv.HessianOperator` (or :class:`~fastcurv.GGNOperator`) with the forcing
+    sequence ``rtol = min(0.5, sqrt(||g||))`` (N&W eq. 7.3, superlinear convergence). It needs
+    positive definite curvature (any GLM with ``l2 > 0`` or a damped GGN). On problems that
+    provide ``value_along`` (GLMs) a line-search trial costs O(n), not a pass over ``X``.
+
+    ``method="trust-region"``: trust-region Newton with Steihaug-Toint CG (N&W Algorithm 7.2
+    inside Algorithm 4.1), which stops CG at the trust-region boundary or at a direction of
+    zero or negative curvature, so it also works with indefinite Hessians.
+
+    Parameters
+    ----------
+    p : problem (fastcurv.GLM or any object with the problem API)
+    theta0 : (P,) starting point (warm start); default ``p.init()``
+    gtol : stop when ``max |∇F(θ)| <= gtol``
+    max_iter : maximum number of Newton iterations
+    method : {"line-search", "trust-region"}
+    curvature : {"hessian", "ggn"}
+    preconditioner : None, "diag", "kfac" or a LinearOperator applying ``M⁻¹``
+        ``"diag"`` uses the exact curvature diagonal ``D`` at each iterate, mixed as
+        ``(1 - precond_mix) mean(D) + precond_mix D`` (``precond_mix=1`` is Jacobi).
+    damping : δ ≥ 0 added to the curvature
+    callback : called as ``callback(theta, info)`` after each iteration (info: the history row)
+    progress : print one line per iteration (iteration, loss, max|grad|, CG iterations, step,
+        elapsed time)
+    cg_max_iter : CG iterations per Newton step (default ``min(P, 250)``)
+
+    Returns
+    -------
+    NewtonResult
+    """
+    if method not in ("line-search", "trust-region"):
+        raise ValueError(f"method must be 'line-search' or 'trust-region', got {method!r}")
+    if curvature not in ("hessian", "ggn"):
+        raise ValueError(f"curvature must be 'hessian' or 'ggn', got {curvature!r}")
+    gtol = as_float_scalar(gtol, "gtol", low=0.0)
+    damping = as_float_scalar(damping, "damping", low=0.0)
+    mix = as_float_scalar(precond_mix, "precond_mix", low=0.0)
+    if mix > 1.0:
+        raise ValueError(f"precond_mix must lie in [0, 1], got {mix}")
+    if isinstance(max_iter, bool) or not isinstance(max_iter, (int, np.integer)) or max_iter < 0:
+        raise ValueError(f"max_iter must be a non-negative integer, got {max_iter!r}")
+    P = p.n_params
+    cg_max = int(cg_max_iter) if cg_max_iter is not None else int(min(P, 250))
+    theta = p.init() if theta0 is None else p._check_theta(theta0).copy()
+    Op = HessianOperator if curvature == "hessian" else GGNOperator
+
+    t0 = time.perf_counter()
+    history = []
+    n_hvp = 0
+    n_cg = 0
+    f, g = p.value_and_grad(theta)
+    gmax = float(np.max(np.abs(g)))
+    radius = None
+    message = None
+    success = False
+
+    def log(it, f, gmax, cg_it, step):
+        row = dict(iter=it, fun=float(f), grad_norm=gmax, n_cg=cg_it, step=float(step),
+                   time=time.perf_counter() - t0)
+        history.append(row)
+        if progress:
+            if it == 0:
+                print(f"{'iter':>4} {'loss':>22} {'max|grad|':>10} {'cg':>4} {'step':>9} "
+                      f"{'time':>8}", flush=True)
+            print(f"{it:4d} {f:22.15g} {gmax:10.3e} {cg_it:4d} {step:9.3g} "
+                  f"{row['time']:7.2f}s", flush=True)
+        if callback is not None:
+            callback(theta, row)
+
+    log(0, f, gmax, 0, 0.0)
+    it = 0
+    while True:
+        if not np.isfinite(f) or not np.all(np.isfinite(g)):
+            message = (f"The objective or gradient became non-finite at iteration {it}; "
+                       "check the data scale, or add damping or an L2 penalty.")
+            break
+        if gmax <= gtol:
+            success = True
+            message = f"Converged: max|grad| = {gmax:.3e} <= gtol = {gtol:.1e}."
+            break
+        diverging = getattr(p, "_diverging_message", None)
+        msg = diverging(theta) if diverging is not None else None
+        if msg:
+            message = msg
+            break
+        if it >= max_iter:
+            message = (f"Stopped after max_iter = {max_iter} Newton iterations with max|grad| = "
+                       f"{gmax:.3e} > gtol = {gtol:.1e}; increase max_iter, loosen gtol, or "
+                       "try preconditioner='diag'.")
+            break
+        it += 1
+        op = _Counted(Op(p, theta, damping=damping))
+        Dm, M = _make_preconditioner(preconditioner, p, theta, curvature, damping, mix)
+        gnorm = float(np.linalg.norm(g))
+        rtol = min(0.5, np.sqrt(gnorm))
+        g64 = np.asarray(g, dtype=np.float64)
+
+        if method == "line-search":
+            count = [0]
+            d, _info = cg(op, -g, rtol=rtol, atol=0.0, maxiter=cg_max, M=M,
+                          callback=lambda xk, c=count: c.__setitem__(0, c[0] + 1))
+            d = np.asarray(d, dtype=p.dtype)
+            n_cg += count[0]
+            n_hvp += op.count
+            slope = float(g64 @ d)
+            if not slope < 0.0:
+                d = -g.copy()
+                slope = -float(g64 @ g64)
+            # first trial: the full step, evaluated with its gradient (kept if accepted)
+            trial = theta + d
+            f_new, g_new = p.value_and_grad(trial)
+            alpha = 1.0
+            backtracks = 0
+            if not (f_new <= f + ARMIJO_C1 * slope):
+                # backtracking: on GLMs each trial is O(n) (X theta and X d are known)
+                phi = p.value_along(theta, d) if hasattr(p, "value_along") else (
+                    lambda a, th=theta, d=d: p.value(th + np.asarray(a, p.dtype) * d))
+                while not (f_new <= f + ARMIJO_C1 * alpha * slope):
+                    backtracks += 1
+                    if backtracks > MAX_BACKTRACKS:
+                        break
+                    alpha *= 0.5
+                    f_new = phi(alpha)
+                if backtracks > MAX_BACKTRACKS:
+                    eps = np.finfo(p.dtype).eps
+                    message = (f"The line search found no decrease along the Newton direction "
+                               f"at iteration {it} (max|grad| = {gmax:.3e}). ")
+                    if abs(slope) <= 100 * eps * max(1.0, abs(f)):
+                        message += (f"The remaining decrease is below {np.dtype(p.dtype).name} "
+                                    "rounding: loosen gtol (about 1e-4 for float32) or use "
+                                    "float64.")
+                    else:
+                        message += "Try method='trust-region', damping > 0 or an L2 penalty."
+                    break
+                trial = theta + np.asarray(alpha, p.dtype) * d
+                f_new, g_new = p.value_and_grad(trial)
+            theta, f, g = trial, f_new, g_new
+            gmax = float(np.max(np.abs(g)))
+            log(it, f, gmax, count[0], alpha)
+        else:
+            if radius is None:
+                radius = max(gnorm, 1e-3)
+            s, As, cg_it, _how = _steihaug(op, g64, radius, rtol, cg_max, Dm)
+            n_cg += cg_it
+            n_hvp += op.count
+            pred = -(float(g64 @ s) + 0.5 * float(s @ As))
+            s_norm = float(np.sqrt(s @ ((Dm if Dm is not None else 1.0) * s)))
+            trial = theta + s.astype(p.dtype)
+            f_new, g_new = p.value_and_grad(trial)
+            rho = (f - f_new) / pred if pred > 0 else -np.inf
+            if not np.isfinite(f_new) or rho < TR_SHRINK_BELOW:
+                radius = 0.25 * min(radius, s_norm if s_norm > 0 else radius)
+            elif rho > TR_GROW_ABOVE and s_norm >= 0.99 * radius:
+                radius = 2.0 * radius
+            accepted = np.isfinite(f_new) and rho > TR_ETA
+            if accepted:
+                theta, f, g = trial, f_new, g_new
+                gmax = float(np.max(np.abs(g)))
+            log(it, f, gmax, cg_it, s_norm if accepted else 0.0)
+            scale = max(1.0, float(np.linalg.norm(theta)))
+            if radius < 1e3 * np.finfo(p.dtype).eps * scale:
+                message = (f"The trust region shrank to {radius:.2e} at iteration {it} "
+                           f"(max|grad| = {gmax:.3e}): no further decrease is measurable in "
+                           f"{np.dtype(p.dtype).name}; loosen gtol or use float64 data.")
+                break
+
+    return NewtonResult(x=theta, fun=float(f), grad_norm=gmax, n_iter=it, n_hvp=n_hvp,
+                        n_cg=n_cg, success=success, message=message, history=history)

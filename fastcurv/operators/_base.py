@@ -1,0 +1,49 @@
+"""Shared bookkeeping of the curvature operators: shapes, dtype, damping, blocks."""
+
+import numpy as np
+from scipy.sparse.linalg import LinearOperator
+
+from .._validation import as_float_scalar
+
+
+class CurvatureOperator(LinearOperator):
+    """A symmetric (P, P) operator ``v ↦ C(θ) v + δ v`` at fixed parameters ``θ``.
+
+    Subclasses define ``_product(V)`` for a (P, m) block. ``matvec``, ``matmat`` (one pass
+    over the data for the whole block), ``rmatvec`` and ``adjoint`` (the operator itself) come
+    from here. The dtype is the problem's, so SciPy never probes the operator.
+    """
+
+    def __init__(self, problem, theta, damping=0.0):
+        self.problem = problem
+        self.theta = problem._check_theta(theta).copy()
+        self.damping = as_float_scalar(damping, "damping", low=0.0)
+        P = problem.n_params
+        super().__init__(dtype=np.dtype(problem.dtype), shape=(P, P))
+
+    def _product(self, V):
+        raise NotImplementedError
+
+    def _matmat(self, V):
+        V = np.asarray(V)
+        out = self._product(V)
+        if self.damping:
+            out = out + self.damping * V
+        return out
+
+    def _matvec(self, v):
+        v = np.asarray(v).reshape(-1)
+        return self._matmat(v[:, None])[:, 0]
+
+    def _rmatvec(self, v):
+        return self._matvec(v)
+
+    def _rmatmat(self, V):
+        return self._matmat(V)
+
+    def _adjoint(self):
+        return self
+
+    def __repr__(self):
+        name = type(self).__name__
+        return f"<{name} {self.shape[0]}x{self.shape[1]} {self.dtype}, damping={self.damping}>"
