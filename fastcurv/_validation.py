@@ -100,7 +100,8 @@ def check_csr_X(X):
     if indptr.ndim != 1 or indptr.shape[0] != n + 1:
         raise ValueError(
             f"X is a broken CSR matrix: indptr has length {indptr.shape[0]}, expected "
-            f"n_rows + 1 = {n + 1}; rebuild it with scipy.sparse.csr_matrix((data, indices, indptr))"
+            f"n_rows + 1 = {n + 1}; rebuild it with "
+            "scipy.sparse.csr_matrix((data, indices, indptr))"
         )
     if indptr.dtype.kind not in "iu" or indices.dtype.kind not in "iu":
         raise TypeError("X's indptr and indices must be integer arrays")
