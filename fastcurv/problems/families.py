@@ -98,8 +98,14 @@ def sample_residuals(family, eta, h, rng):
         mu = np.where(eta >= 0, 1.0 / (1.0 + z), z / (1.0 + z))
         return mu - (rng.random(eta.shape) < mu)
     if family == "poisson":
+        # counts beyond 1e7 are drawn from the normal approximation N(mu, mu), whose residual
+        # has the same second moment (numpy's Poisson sampler stops near 9e18)
         mu = np.exp(eta)
-        return mu - rng.poisson(mu)
+        big = mu > 1e7
+        r = np.empty_like(mu)
+        r[~big] = mu[~big] - rng.poisson(mu[~big])
+        r[big] = -np.sqrt(mu[big]) * rng.standard_normal(int(big.sum()))
+        return r
     # multinomial: r = p - e_{y~}
     p = h
     u = rng.random((p.shape[0], 1))

@@ -85,7 +85,9 @@ class GLM:
         n = self._design.n
         self._y2, self._K = families.prepare_targets(family, y, n, n_classes)
         self._w = val.check_sample_weight(sample_weight, n)
-        self._a = self._w / self._w.sum()
+        # a_i = w_i / W, scaled by max(w) first so that W cannot overflow
+        scaled = self._w / self._w.max()
+        self._a = scaled / scaled.sum()
         self.l2 = val.as_float_scalar(l2, "l2", low=0.0)
         if not isinstance(fit_intercept, (bool, np.bool_)):
             raise TypeError(f"fit_intercept must be True or False, got {fit_intercept!r}")
@@ -325,12 +327,14 @@ class GLM:
         the model (an unbiased estimate of the exact diagonal), seeded by ``seed``.
         """
         theta = self._check_theta(theta)
+        if mc_samples is not None and (
+            isinstance(mc_samples, bool) or not isinstance(mc_samples, (int, np.integer))
+            or mc_samples < 1
+        ):
+            raise ValueError(f"mc_samples must be a positive integer or None, got {mc_samples!r}")
         st = self._state_at(theta)
         if mc_samples is None:
             return self._diag(st, "hess")
-        if isinstance(mc_samples, bool) or not isinstance(mc_samples, (int, np.integer)) \
-                or mc_samples < 1:
-            raise ValueError(f"mc_samples must be a positive integer or None, got {mc_samples!r}")
         rng = np.random.default_rng(seed)
         acc = np.zeros_like(st.r)
         for _ in range(int(mc_samples)):

@@ -1,0 +1,259 @@
+"""Numerical behaviour: float32 vs float64, stability at extreme linear predictors,
+bitwise determinism across thread counts and repeated calls.
+"""
+
+import dataclasses
+from decimal import Decimal
+
+import numba
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from cases import CASES, assert_close
+from fastcurv.kernels import reduce
+from reference import hp_logistic, hp_poisson, hp_value_grad
+
+import fastcurv as fc
+
+EPS32 = float(np.finfo(np.float32).eps)
+
+
+# ---------------------------------------------------------------------- float32
+@pytest.fixture(params=CASES, ids=lambda c: c.name + "-f32")
+def case32(request):
+    """Float32 twin of each catalogue case, with n = 301 (more than one 256-row block of the
+    float32 partial sums)."""
+    return dataclasses.replace(request.param, n=301, dtype=np.float32)
+
+
+def test_float32_matches_float64_reference(case32):
+    """float32 data and θ give float32 results within 50 float32 eps (normwise) of the float64
+    reference on the same (float32-representable) numbers.
+
+    Budget: d-term float32 dot products for η, float32 partial sums over blocks of rows before
+    float64 accumulation, and the final rounding to float32; the worst case observed over the
+    catalogue is ~4 eps, and any float32 error growth with n would exceed 50 eps quickly.
+    """
+    case = case32
+    p, ref = case.glm(), case.ref()
+    theta, v, V = case.theta(), case.vectors(), case.vectors(m=2)
+    assert p.dtype == np.dtype(np.float32)
+    tol = 50 * EPS32
+    val = p.value(theta)
+    assert isinstance(val, float)
+    np.testing.assert_allclose(val, ref.value(theta), rtol=tol)
+    H = ref.hessian(theta)
+    out = {
+        "grad": (p.grad(theta), ref.grad(theta)),
+        "hvp": (p.hvp(theta, v), H @ v),
+        "block hvp": (p.hvp(theta, V), H @ V),
+        "fisher_vp": (p.fisher_vp(theta, v), ref.fisher(theta) @ v),
+        "hessian_diag": (p.hessian_diag(theta), np.diag(H)),
+        "hessian": (p.hessian(theta), H),
+        "per_sample_grads": (p.per_sample_grads(theta), ref.per_sample_grads(theta)),
+        "jvp": (p.jvp(theta, v), ref.jacobian_rows() @ v),
+    }
+    for key, (got, want) in out.items():
+        assert got.dtype == np.float32, f"{key} dtype {got.dtype}"
+        assert_close(got, want, tol, f"float32 {key}")
+
+
+# ---------------------------------------------------------------------- extreme η
+def _hp_check(p, family, Xt, y, theta, w, rtol):
+    """Value and gradient of ``p`` at θ against the decimal (60-digit) reference."""
+    K = p.n_outputs
+    value, g = hp_value_grad(family, Xt, y, theta.reshape(Xt.shape[1], K).astype(np.float64), w)
+    got_v, got_g = p.value_and_grad(theta)
+    assert np.isfinite(got_v) and np.all(np.isfinite(got_g))
+    np.testing.assert_allclose(got_v, value, rtol=rtol)
+    assert_close(got_g, g, rtol, f"{family} grad at extreme η")
+
+
+# rows with coordinates in {±1, ±1/2, ±1/20}: every η = x θ below is exact in float32/64
+_X1 = np.array([[1.0], [-1.0], [0.5], [-0.5], [1.0], [-1.0], [0.05], [-0.05]])
+_Y1 = np.array([1.0, 1.0, 0.0, 1.0, 0.0, 0.0, 1.0, 0.25])
+
+
+@pytest.mark.parametrize("dtype,big", [(np.float64, 700.0), (np.float32, 80.0)],
+                         ids=["f64-700", "f32-80"])
+def test_logistic_extreme_eta(dtype, big):
+    """η in {±big, ±big/2, ±big/20}, correctly and wrongly classified: finite and accurate."""
+    X = _X1.astype(dtype)
+    w = np.array([1.0, 2.0, 0.5, 1.0, 1.0, 3.0, 1.0, 1.0])
+    p = fc.GLM(X, _Y1, family="logistic", sample_weight=w)
+    theta = np.array([big, 0.0], dtype=dtype)
+    Xt = np.hstack([_X1, np.ones((8, 1))])
+    rtol = 1e-12 if dtype == np.float64 else 50 * EPS32
+    _hp_check(p, "logistic", Xt, _Y1, theta, w, rtol)
+    # curvature: tiny but finite, non-negative, accurate
+    h = np.array([hp_logistic(big * x, yy)[2] for x, yy in zip(_X1[:, 0], _Y1, strict=True)])
+    a = w / w.sum()
+    expected = np.array([np.sum(a * _X1[:, 0] ** 2 * h), np.sum(a * h)])
+    d = p.hessian_diag(theta)
+    assert np.all(np.isfinite(d)) and np.all(d >= 0)
+    assert_close(d, expected, rtol, "logistic hessian_diag at extreme η")
+    Hv = p.hvp(theta, np.ones(2, dtype=dtype))
+    assert np.all(np.isfinite(Hv))
+    assert np.all(np.isfinite(p.fisher_vp(theta, np.ones(2, dtype=dtype))))
+    assert np.all(np.isfinite(p.ggn_diag(theta, mc_samples=4, seed=0)))
+
+
+def test_logistic_tiny_loss_keeps_its_digits():
+    """Every sample right with margin 30..40: F ≈ 1e-14 must still be accurate to 1e-12
+    relative (log1p(e^-η), σ - 1 = -e^-η/(1 + e^-η); a naive 1 - σ loses every digit)."""
+    X = np.array([[1.0], [0.75], [0.875], [-1.0], [-0.8125]])
+    y = np.array([1.0, 1.0, 1.0, 0.0, 0.0])
+    p = fc.GLM(X, y, family="logistic", fit_intercept=False)
+    theta = np.array([40.0])
+    value, g = hp_value_grad("logistic", X, y, theta.reshape(1, 1), np.ones(5))
+    assert 0 < value < 1e-12
+    np.testing.assert_allclose(p.value(theta), value, rtol=1e-12)
+    np.testing.assert_allclose(p.grad(theta), g, rtol=1e-12)
+
+
+# multinomial rows and weights: η = x W with W = big * [[1, 0, -1], [0, 1/2, -1/2]]
+_XM = np.array([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [0.0, -1.0], [0.5, 0.5], [0.5, -1.0],
+                [0.0, 0.0], [0.05, 0.0]])
+_YM = np.array([0, 0, 2, 1, 1, 2, 1, 0])
+
+
+@pytest.mark.parametrize("dtype,big", [(np.float64, 700.0), (np.float32, 80.0)],
+                         ids=["f64-700", "f32-80"])
+def test_multinomial_extreme_eta(dtype, big):
+    p = fc.GLM(_XM.astype(dtype), _YM, family="multinomial", n_classes=3)
+    Wt = np.zeros((3, 3))
+    Wt[0] = [big, 0.0, -big]
+    Wt[1] = [0.0, big / 2, -big / 2]
+    theta = Wt.reshape(-1).astype(dtype)
+    eta = _XM @ Wt[:2]
+    assert np.abs(eta).max() == big
+    Xt = np.hstack([_XM, np.ones((8, 1))])
+    rtol = 1e-12 if dtype == np.float64 else 50 * EPS32
+    _hp_check(p, "multinomial", Xt, _YM, theta, np.ones(8), rtol)
+    H = p.hessian(theta).astype(np.float64)
+    assert np.all(np.isfinite(H))
+    eig = np.linalg.eigvalsh(0.5 * (H + H.T))
+    assert eig.min() >= -1e-6 * max(eig.max(), 1e-30)  # PSD up to the data precision
+    assert np.all(np.isfinite(p.hvp(theta, np.ones(9, dtype=dtype))))
+    assert np.all(np.isfinite(p.fisher_vp(theta, np.ones(9, dtype=dtype))))
+    assert np.all(np.isfinite(p.ggn_diag(theta, mc_samples=4, seed=0)))
+
+
+def test_multinomial_tiny_loss_keeps_its_digits():
+    """Labels on the top class with margins 30..40: the loss log1p(Σ_{k≠y} e^{η_k-η_y}) and
+    the residual p_y - 1 keep full relative precision."""
+    X = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 0.125], [0.125, 0.875]])
+    y = np.array([0, 1, 0, 1])
+    W = np.array([[40.0, 0.0, 0.0], [0.0, 40.0, 0.0]])  # margins 40, 40, 35, 30
+    p = fc.GLM(X, y, family="multinomial", n_classes=3, fit_intercept=False)
+    value, g = hp_value_grad("multinomial", X, y, W, np.ones(4))
+    assert 0 < value < 1e-12
+    np.testing.assert_allclose(p.value(W.reshape(-1)), value, rtol=1e-12)
+    assert_close(p.grad(W.reshape(-1)), g, 1e-12, "tiny multinomial gradient")
+
+
+@pytest.mark.parametrize("dtype,big", [(np.float64, 700.0), (np.float32, 80.0)],
+                         ids=["f64-700", "f32-80"])
+def test_poisson_extreme_eta(dtype, big):
+    """e^η up to e^700 ≈ 1e304 (float64) / e^80 ≈ 5.5e34 (float32) stays finite."""
+    X = _X1.astype(dtype)
+    y = np.array([3.0, 0.0, 1.0, 7.0, 2.0, 0.0, 1.0, 4.0])
+    p = fc.GLM(X, y, family="poisson")
+    theta = np.array([big, 0.0], dtype=dtype)
+    Xt = np.hstack([_X1, np.ones((8, 1))])
+    rtol = 1e-12 if dtype == np.float64 else 50 * EPS32
+    _hp_check(p, "poisson", Xt, y, theta, np.ones(8), rtol)
+    mu = np.array([hp_poisson(big * x, 0.0)[2] for x in _X1[:, 0]])
+    expected = np.array([np.mean(_X1[:, 0] ** 2 * mu), np.mean(mu)])
+    assert_close(p.hessian_diag(theta), expected, rtol, "poisson hessian_diag at extreme η")
+
+
+def test_poisson_mc_ggn_diag_large_eta():
+    """The MC diagonal must stay usable where the exact one is (η = 50 here, e^η ≈ 5e21)."""
+    X = np.array([[1.0], [-1.0], [0.5], [0.05]])
+    y = np.array([1.0, 0.0, 3.0, 2.0])
+    p = fc.GLM(X, y, family="poisson")
+    theta = np.array([50.0, 0.0])
+    est = p.ggn_diag(theta, mc_samples=2000, seed=0)
+    assert np.all(np.isfinite(est)) and np.all(est >= 0)
+    assert_close(est, p.hessian_diag(theta), 0.2, "MC diagonal at large Poisson mean")
+
+
+def test_decimal_reference_sanity():
+    """The high-precision reference itself keeps e^-700 next to 1 (no cancellation)."""
+    tiny = float(Decimal(-700).exp())
+    loss, d1, d2 = hp_logistic(700.0, 0.0)
+    assert loss == 700.0 and d1 == 1.0
+    np.testing.assert_allclose(d2, tiny, rtol=1e-12)
+    loss, d1, _ = hp_logistic(700.0, 1.0)
+    np.testing.assert_allclose([loss, -d1], [tiny, tiny], rtol=1e-12)
+
+
+# ---------------------------------------------------------------------- determinism
+def _outputs(p, theta, v, V):
+    return {
+        "value": np.array([p.value(theta)]),
+        "grad": p.grad(theta),
+        "hvp": p.hvp(theta, v),
+        "block_hvp": p.hvp(theta, V),
+        "ggn_vp": p.ggn_vp(theta, v),
+        "fisher_vp": p.fisher_vp(theta, v),
+        "block_fisher_vp": p.fisher_vp(theta, V),
+        "hessian_diag": p.hessian_diag(theta),
+        "ggn_diag_mc": p.ggn_diag(theta, mc_samples=2, seed=3),
+        "jvp": p.jvp(theta, v),
+        "block_jvp": p.jvp(theta, V),
+        "value_along": np.array([p.value_along(theta, v)(0.7)]),
+    }
+
+
+def _big_problems():
+    rng = np.random.default_rng(42)
+    n, d = 5000, 5
+    X = rng.standard_normal((n, d))
+    Xs = sp.random(4000, 40, density=0.65, format="csr", random_state=rng)
+    Xs.data = rng.standard_normal(Xs.nnz)
+    assert len(reduce.row_partition(n)) - 1 >= 8
+    assert len(reduce.nnz_partition(Xs.indptr)) - 1 >= 3
+    yl = (rng.random(n) < 0.5).astype(float)
+    ym = rng.integers(0, 3, n)
+    yp = rng.poisson(1.0, (n, 2)).astype(float)
+    w = rng.uniform(0.0, 2.0, n)
+    ysl = (rng.random(4000) < 0.5).astype(float)
+    ysm = rng.integers(0, 3, 4000)
+    return {
+        "dense-logistic": lambda: fc.GLM(X, yl, "logistic", l2=0.1, sample_weight=w),
+        "dense-multinomial": lambda: fc.GLM(X, ym, "multinomial", l2=0.1, sample_weight=w),
+        "dense-poisson2": lambda: fc.GLM(0.3 * X, yp, "poisson"),
+        "csr-logistic": lambda: fc.GLM(Xs, ysl, "logistic", l2=0.1),
+        "csr-multinomial": lambda: fc.GLM(Xs, ysm, "multinomial"),
+    }
+
+
+@pytest.fixture
+def restore_threads():
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("Numba was started with fewer than 2 threads")
+    old = numba.get_num_threads()
+    yield
+    numba.set_num_threads(old)
+
+
+def test_bitwise_identical_across_thread_counts_and_calls(restore_threads):
+    for name, make in _big_problems().items():
+        p0 = make()
+        rng = np.random.default_rng(0)
+        theta = (0.2 * rng.standard_normal(p0.n_params)).astype(p0.dtype)
+        v = rng.standard_normal(p0.n_params)
+        V = rng.standard_normal((p0.n_params, 3))
+        results = []
+        for threads in (1, 2, 1, 2):
+            numba.set_num_threads(threads)
+            results.append(_outputs(make(), theta, v, V))  # a fresh problem: no cached state
+        numba.set_num_threads(2)
+        p = make()
+        results.append(_outputs(p, theta, v, V))
+        results.append(_outputs(p, theta, v, V))  # repeated calls on one problem
+        for key in results[0]:
+            for r in results[1:]:
+                assert np.array_equal(results[0][key], r[key]), f"{name}: {key} differs"
