@@ -25,6 +25,10 @@ from .losses import MULTINOMIAL, pointwise, softmax_row
 
 #: rows accumulated in the data dtype before they are added into the float64 chunk buffer
 FLUSH = 256
+#: what a fused pass computes: the loss, gradient and per-sample curvature at parameters, or
+#: a curvature-vector product with per-sample curvature computed before
+VALUE_GRAD = 0
+CURVATURE = 1
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -288,15 +292,27 @@ def _flush1(acc, buf):
         acc[j] = 0
 
 
-@jit(parallel=True)
-def value_grad_k1(X, starts, coef, b, y, a, fam, eta, r, h, gbuf, gbbuf, lbuf):
-    """Loss, gradient and curvature weights of a single-output GLM in one pass.
+@jit
+def _row_value_grad(fam, e, y, a, row, eta, r, h):
+    """Single output: store ``eta, l', l''`` of row ``row`` at ``e``; return (a l', a l)."""
+    loss, d1, d2 = pointwise(fam, e, y)
+    eta[row] = e
+    r[row] = d1
+    h[row] = d2
+    return a * d1, a * loss
 
-    In: X (n, d), coef (d,) (X's dtype) and scalar ``b``, y (n,), a (n,) float64, ``fam``.
-    Out: eta (n,), r (n,) = l'(eta), h (n,) = l''(eta) (float64, unweighted);
-    ``gbuf[c] = sum a_i r_i x_i``, ``gbbuf[c] = sum a_i r_i``, ``lbuf[c] = sum a_i l_i``
-    over the rows of chunk c. Rows go four at a time (one load of ``coef`` and one update of
-    the accumulator per four rows).
+
+@jit(parallel=True)
+def pass_k1(X, starts, v, vb, mode, fam, y, a, cw, eta, r, h, lbuf, gbuf, gbbuf):
+    """One fused pass of a single-output GLM: ``s_i = x_i . v + vb``, ``t_i = f(s_i)``,
+    ``gbuf[c] += sum t_i x_i``, ``gbbuf[c] = sum t_i`` over the rows of chunk c.
+
+    ``mode == VALUE_GRAD``: v, vb are the parameters; ``f = a_i l'(s_i)``; ``eta, r, h``
+    (n,) receive ``s_i, l'_i, l''_i`` (float64, unweighted) and ``lbuf[c] = sum a_i l_i``.
+    ``mode == CURVATURE``: ``f = cw_i s_i`` with ``cw_i = a_i l''_i`` (Hessian) or
+    ``a_i r_i^2`` (empirical Fisher); y, a, eta, r, h and lbuf are not touched.
+
+    Rows go four at a time: one load of ``v`` and one update of the accumulator per four rows.
     """
     n_chunks = starts.shape[0] - 1
     d = X.shape[1]
@@ -305,56 +321,6 @@ def value_grad_k1(X, starts, coef, b, y, a, fam, eta, r, h, gbuf, gbbuf, lbuf):
         t = np.zeros(4, dtype=X.dtype)
         s = np.zeros(4)
         lsum = 0.0
-        bsum = 0.0
-        count = 0
-        i = starts[c]
-        stop = starts[c + 1]
-        while i < stop:
-            nr = min(4, stop - i)
-            if nr == 4:
-                s[0], s[1], s[2], s[3] = _dot4(X, i, coef)
-            else:
-                for q in range(nr):
-                    s[q] = _dot1(X, i + q, coef)
-            for q in range(nr):
-                row = i + q
-                e = s[q] + b
-                loss, d1, d2 = pointwise(fam, e, y[row])
-                eta[row] = e
-                r[row] = d1
-                h[row] = d2
-                tq = a[row] * d1
-                lsum += a[row] * loss
-                bsum += tq
-                t[q] = tq
-            if nr == 4:
-                _axpy4(X, i, t, acc)
-            else:
-                for q in range(nr):
-                    _axpy1(X, i + q, t[q], acc)
-            i += nr
-            count += nr
-            if count >= FLUSH:
-                _flush1(acc, gbuf[c])
-                count = 0
-        _flush1(acc, gbuf[c])
-        gbbuf[c] = bsum
-        lbuf[c] = lsum
-
-
-@jit(parallel=True)
-def weighted_gram_vec_k1(X, starts, v, vb, cw, gbuf, gbbuf):
-    """Hessian-vector product of a single-output GLM: ``sum_i cw_i (x_i . v + vb) x_i``.
-
-    ``cw_i = a_i l''_i`` (or ``a_i r_i^2`` for the empirical Fisher). Out: ``gbuf[c]`` (d,)
-    and ``gbbuf[c]`` (the intercept part, ``sum cw_i (x_i . v + vb)``) per chunk.
-    """
-    n_chunks = starts.shape[0] - 1
-    d = X.shape[1]
-    for c in prange(n_chunks):
-        acc = np.zeros(d, dtype=X.dtype)
-        t = np.zeros(4, dtype=X.dtype)
-        s = np.zeros(4)
         bsum = 0.0
         count = 0
         i = starts[c]
@@ -367,7 +333,12 @@ def weighted_gram_vec_k1(X, starts, v, vb, cw, gbuf, gbbuf):
                 for q in range(nr):
                     s[q] = _dot1(X, i + q, v)
             for q in range(nr):
-                tq = cw[i + q] * (s[q] + vb)
+                row = i + q
+                if mode == VALUE_GRAD:
+                    tq, lq = _row_value_grad(fam, s[q] + vb, y[row], a[row], row, eta, r, h)
+                    lsum += lq
+                else:
+                    tq = cw[row] * (s[q] + vb)
                 bsum += tq
                 t[q] = tq
             if nr == 4:
@@ -382,29 +353,81 @@ def weighted_gram_vec_k1(X, starts, v, vb, cw, gbuf, gbbuf):
                 count = 0
         _flush1(acc, gbuf[c])
         gbbuf[c] = bsum
+        lbuf[c] = lsum
 
 
-# ------------------------------------------------------------------------- L columns
+@jit
+def _rows_value_grad(fam, U, T, nr, i, y, a, eta, r, h, e64, p64, r64, gb):
+    """K outputs: per row of the block, store ``eta, l', l''`` (for the multinomial h = p),
+    set ``T[q] = a l'`` and add it to ``gb`` (in float64); return the block's ``sum a l``."""
+    K = eta.shape[1]
+    lsum = 0.0
+    for q in range(nr):
+        row = i + q
+        for k in range(K):
+            e64[k] = U[q, k]
+            eta[row, k] = U[q, k]
+        if fam == MULTINOMIAL:
+            loss = softmax_row(e64, int(y[row, 0]), p64, r64)
+            for k in range(K):
+                r[row, k] = r64[k]
+                h[row, k] = p64[k]
+        else:
+            loss = 0.0
+            for k in range(K):
+                lk, d1, d2 = pointwise(fam, e64[k], y[row, k])
+                loss += lk
+                r[row, k] = d1
+                h[row, k] = d2
+        lsum += a[row] * loss
+        for k in range(K):
+            t = a[row] * r[row, k]
+            T[q, k] = t
+            gb[k] += t
+    return lsum
+
+
+@jit
+def _rows_curvature(U, T, nr, i, Dw, Q, qa, use_q, m, u64, t64, gb):
+    """``T[q] = H~_{i+q} U[q]`` for each row of the block (see ``_apply_curvature``), also
+    added to ``gb`` in float64."""
+    L = Dw.shape[1] * m
+    for q in range(nr):
+        for l in range(L):
+            u64[l] = U[q, l]
+        _apply_curvature(u64, t64, i + q, Dw, Q, qa, use_q, m)
+        for l in range(L):
+            T[q, l] = t64[l]
+            gb[l] += t64[l]
+
+
 @jit(parallel=True)
-def value_grad_gen(X, starts, Wt, b, y, a, fam, eta, r, h, gbuf, gbbuf, lbuf):
-    """Loss, gradient and curvature of a K-output GLM (multinomial or multi-output) in one pass.
+def pass_gen(X, starts, Vt, vb, mode, fam, y, a, eta, r, h, Dw, Q, qa, use_q, m,
+             lbuf, gbuf, gbbuf):
+    """One fused pass of a K-output GLM over L columns: ``U_i = Vt x_i + vb``,
+    ``T_i = f(U_i)``, ``gbuf[c] += sum T_i x_i^T``, ``gbbuf[c] += sum T_i``.
 
-    In: Wt (Kp, d) the transposed weights and b (Kp,) (X's dtype), zero-padded to Kp rows,
-    a multiple of ``tile_width(K)``; y (n, Ky) (labels in column 0 for the multinomial),
-    a (n,). Out: eta, r (n, K); h (n, K) = diag of l'' (for the multinomial, h = p, with
-    l'' = diag(p) - p p^T); ``gbuf[c]`` (Kp, d) = sum a_i r_i x_i^T (rows >= K stay 0),
-    ``gbbuf[c]`` (K,), ``lbuf[c]``.
+    ``Vt`` (Lp, d) and ``vb`` (Lp,) are zero-padded to a multiple of ``tile_width(L)``, and so
+    is ``gbuf[c]`` (Lp, d) (its padding rows stay 0).
+
+    ``mode == VALUE_GRAD`` (L = K): Vt, vb are the transposed weights and the intercepts;
+    ``f = a_i l'(U_i)``; eta, r, h (n, K) receive ``U_i``, ``l'_i`` and the diagonal of
+    ``l''_i`` (for the multinomial, h = p with ``l'' = diag(p) - p p^T``); y (n, Ky) holds
+    labels in column 0 for the multinomial; ``lbuf[c] = sum a_i l_i``.
+    ``mode == CURVATURE`` (L = K m, m vectors, vector mm's output k in column k m + mm):
+    ``f = H~_i U_i`` with ``H~_i = diag(Dw_i) + qa_i Q_i Q_i^T`` per vector: the multinomial
+    Hessian is ``Dw = a p, Q = p, qa = -a``; the empirical Fisher ``Dw = 0, Q = r, qa = a``.
     """
     n_chunks = starts.shape[0] - 1
-    Kp, d = Wt.shape
-    K = eta.shape[1]
+    Lp, d = Vt.shape
+    L = eta.shape[1] if mode == VALUE_GRAD else Dw.shape[1] * m
     for c in prange(n_chunks):
-        acc = np.zeros((Kp, d), dtype=X.dtype)
-        U = np.zeros((4, Kp), dtype=X.dtype)
-        T = np.zeros((4, Kp), dtype=X.dtype)
-        e64 = np.zeros(K)
-        p64 = np.zeros(K)
-        r64 = np.zeros(K)
+        acc = np.zeros((Lp, d), dtype=X.dtype)
+        U = np.zeros((4, Lp), dtype=X.dtype)
+        T = np.zeros((4, Lp), dtype=X.dtype)
+        w1 = np.zeros(L)
+        w2 = np.zeros(L)
+        w3 = np.zeros(L)
         lsum = 0.0
         count = 0
         i = starts[c]
@@ -412,32 +435,15 @@ def value_grad_gen(X, starts, Wt, b, y, a, fam, eta, r, h, gbuf, gbbuf, lbuf):
         while i < stop:
             nr = min(4, stop - i)
             if nr == 4:
-                _fwd4(X, i, Wt, b, U)
+                _fwd4(X, i, Vt, vb, U)
             else:
                 for q in range(nr):
-                    _fwd1(X, i + q, Wt, b, U, q)
-            for q in range(nr):
-                row = i + q
-                for k in range(K):
-                    e64[k] = U[q, k]
-                    eta[row, k] = U[q, k]
-                if fam == MULTINOMIAL:
-                    loss = softmax_row(e64, int(y[row, 0]), p64, r64)
-                    for k in range(K):
-                        r[row, k] = r64[k]
-                        h[row, k] = p64[k]
-                else:
-                    loss = 0.0
-                    for k in range(K):
-                        lk, d1, d2 = pointwise(fam, e64[k], y[row, k])
-                        loss += lk
-                        r[row, k] = d1
-                        h[row, k] = d2
-                lsum += a[row] * loss
-                for k in range(K):
-                    t = a[row] * r[row, k]
-                    T[q, k] = t
-                    gbbuf[c, k] += t
+                    _fwd1(X, i + q, Vt, vb, U, q)
+            if mode == VALUE_GRAD:
+                lsum += _rows_value_grad(fam, U, T, nr, i, y, a, eta, r, h, w1, w2, w3,
+                                         gbbuf[c])
+            else:
+                _rows_curvature(U, T, nr, i, Dw, Q, qa, use_q, m, w1, w2, gbbuf[c])
             if nr == 4:
                 _bwd4(X, i, T, acc)
             else:
@@ -450,55 +456,6 @@ def value_grad_gen(X, starts, Wt, b, y, a, fam, eta, r, h, gbuf, gbbuf, lbuf):
             i += nr
         _flush(acc, gbuf[c])
         lbuf[c] = lsum
-
-
-@jit(parallel=True)
-def weighted_gram_vec_gen(X, starts, Vt, vb, Dw, Q, qa, use_q, m, gbuf, gbbuf):
-    """Curvature-vector products of a K-output GLM for m vectors at once, in one pass.
-
-    ``out = sum_i x~_i (x) (H~_i (V~^T x~_i))`` with ``H~_i = diag(Dw_i) + qa_i Q_i Q_i^T``
-    applied to each of the m vectors: the multinomial Hessian is ``Dw = a p``, ``Q = p``,
-    ``qa = -a``; the empirical Fisher ``Dw = 0``, ``Q = r``, ``qa = a``.
-    In: Vt (Lp, d) and vb (Lp,) (X's dtype) for L = K m columns, zero-padded to Lp rows, a
-    multiple of ``tile_width(L)``. Out: ``gbuf[c]`` (Lp, d) (rows >= L stay 0), ``gbbuf[c]`` (L,).
-    """
-    n_chunks = starts.shape[0] - 1
-    Lp, d = Vt.shape
-    L = Dw.shape[1] * m
-    for c in prange(n_chunks):
-        acc = np.zeros((Lp, d), dtype=X.dtype)
-        U = np.zeros((4, Lp), dtype=X.dtype)
-        T = np.zeros((4, Lp), dtype=X.dtype)
-        u64 = np.zeros(L)
-        t64 = np.zeros(L)
-        count = 0
-        i = starts[c]
-        stop = starts[c + 1]
-        while i < stop:
-            nr = min(4, stop - i)
-            if nr == 4:
-                _fwd4(X, i, Vt, vb, U)
-            else:
-                for q in range(nr):
-                    _fwd1(X, i + q, Vt, vb, U, q)
-            for q in range(nr):
-                for l in range(L):
-                    u64[l] = U[q, l]
-                _apply_curvature(u64, t64, i + q, Dw, Q, qa, use_q, m)
-                for l in range(L):
-                    T[q, l] = t64[l]
-                    gbbuf[c, l] += t64[l]
-            if nr == 4:
-                _bwd4(X, i, T, acc)
-            else:
-                for q in range(nr):
-                    _bwd1(X, i + q, T, q, acc)
-            count += nr
-            if count >= FLUSH:
-                _flush(acc, gbuf[c])
-                count = 0
-            i += nr
-        _flush(acc, gbuf[c])
 
 
 # ---------------------------------------------------------------------------- diagonal

@@ -14,6 +14,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from ..kernels import glm_csr, glm_dense, reduce
+from ..kernels.glm_dense import CURVATURE, VALUE_GRAD
 from ..kernels.losses import MULTINOMIAL
 
 
@@ -37,7 +38,45 @@ def _padded_t(V, vb):
     return Vt, vbp
 
 
-class DenseDesign:
+# placeholders for the arguments a pass of the other mode does not touch
+_NO1 = np.zeros(1)
+_NO2 = np.zeros((1, 1))
+
+
+class _Design:
+    """The fused passes, written once over the storage-specific ``_run_k1`` / ``_run_gen``."""
+
+    def value_grad(self, Wmat, b, y2, a, fam):
+        """Loss sum, gradient (d, K), intercept gradient (K,) and the (n, K) state
+        ``eta, r = l', h = diag l''`` (for the multinomial, h = p) in one pass."""
+        n, K = self.n, Wmat.shape[1]
+        eta = np.empty((n, K))
+        r = np.empty((n, K))
+        h = np.empty((n, K))
+        lbuf = np.zeros(self.n_chunks)
+        if K == 1 and fam != MULTINOMIAL:
+            g, gb = self._run_k1(Wmat[:, 0], b[0], VALUE_GRAD, fam, y2[:, 0], a, _NO1,
+                                 eta.reshape(n), r.reshape(n), h.reshape(n), lbuf)
+        else:
+            g, gb = self._run_gen(Wmat, b, VALUE_GRAD, fam, y2, a, eta, r, h,
+                                  _NO2, _NO2, _NO1, False, 1, lbuf)
+        return float(lbuf.sum()), g, gb, eta, r, h
+
+    def curv_vec(self, V, vb, weights):
+        """``sum_i x~_i (x) t_i`` with ``t_i`` from ``weights`` applied to ``u_i = x_i V + vb``.
+
+        V (d, L) and vb (L,) in the data dtype. Returns (d, L) and (L,) float64.
+        """
+        lbuf = np.zeros(self.n_chunks)
+        if weights[0] == "k1":
+            return self._run_k1(V[:, 0], vb[0], CURVATURE, 0, _NO1, _NO1, weights[1],
+                                _NO1, _NO1, _NO1, lbuf)
+        _, Dw, Q, qa, use_q, m = weights
+        return self._run_gen(V, vb, CURVATURE, 0, _NO2, _NO1, _NO2, _NO2, _NO2,
+                             Dw, Q, qa, use_q, m, lbuf)
+
+
+class DenseDesign(_Design):
     """Dense ``X`` (n, d), float32 or float64, any memory layout; never copied."""
 
     is_sparse = False
@@ -49,54 +88,20 @@ class DenseDesign:
         self.starts = reduce.row_partition(self.n)
         self.n_chunks = len(self.starts) - 1
 
-    # -------------------------------------------------------------- fused passes
-    def value_grad(self, Wmat, b, y2, a, fam):
-        """Loss sum, gradient (d, K), intercept gradient (K,) and the (n, K) state."""
-        n, d, C = self.n, self.d, self.n_chunks
-        K = Wmat.shape[1]
-        eta = np.empty((n, K))
-        r = np.empty((n, K))
-        h = np.empty((n, K))
-        lbuf = np.zeros(C)
-        gbbuf = np.zeros((C, K))
-        if K == 1 and fam != MULTINOMIAL:
-            gbuf = np.zeros((C, d))
-            glm_dense.value_grad_k1(
-                self.X, self.starts, np.ascontiguousarray(Wmat[:, 0]), float(b[0]),
-                np.ascontiguousarray(y2[:, 0]), a, fam,
-                eta.reshape(n), r.reshape(n), h.reshape(n), gbuf, gbbuf.reshape(C), lbuf,
-            )
-            g = _reduce(gbuf).reshape(d, 1)
-        else:
-            Wt, bp = _padded_t(Wmat, b)
-            gbuf = np.zeros((C, Wt.shape[0], d))
-            glm_dense.value_grad_gen(
-                self.X, self.starts, Wt, bp, y2, a, fam, eta, r, h, gbuf, gbbuf, lbuf
-            )
-            g = _reduce(gbuf)[:K].T
-        return float(lbuf.sum()), g, _reduce(gbbuf), eta, r, h
-
-    def curv_vec(self, V, vb, weights):
-        """``sum_i x~_i (x) t_i`` with ``t_i`` from ``weights`` applied to ``u_i = x_i V + vb``.
-
-        V (d, L) and vb (L,) in the data dtype. Returns (d, L) and (L,) float64.
-        """
+    def _run_k1(self, v, vb, *args):
         C, d = self.n_chunks, self.d
+        gbuf = np.zeros((C, d))
+        gbbuf = np.zeros(C)
+        glm_dense.pass_k1(self.X, self.starts, np.ascontiguousarray(v), float(vb), *args,
+                          gbuf, gbbuf)
+        return _reduce(gbuf).reshape(d, 1), _reduce(gbbuf).reshape(1)
+
+    def _run_gen(self, V, vb, *args):
         L = V.shape[1]
-        gbbuf = np.zeros((C, L))
-        if weights[0] == "k1":
-            gbuf = np.zeros((C, d))
-            glm_dense.weighted_gram_vec_k1(
-                self.X, self.starts, np.ascontiguousarray(V[:, 0]), float(vb[0]), weights[1],
-                gbuf, gbbuf.reshape(C),
-            )
-            return _reduce(gbuf).reshape(d, 1), _reduce(gbbuf)
-        _, Dw, Q, qa, use_q, m = weights
         Vt, vbp = _padded_t(V, vb)
-        gbuf = np.zeros((C, Vt.shape[0], d))
-        glm_dense.weighted_gram_vec_gen(
-            self.X, self.starts, Vt, vbp, Dw, Q, qa, use_q, m, gbuf, gbbuf
-        )
+        gbuf = np.zeros((self.n_chunks, Vt.shape[0], self.d))
+        gbbuf = np.zeros((self.n_chunks, L))
+        glm_dense.pass_gen(self.X, self.starts, Vt, vbp, *args, gbuf, gbbuf)
         return _reduce(gbuf)[:L].T, _reduce(gbbuf)
 
     def sq_colsum(self, cw):
@@ -131,7 +136,7 @@ class DenseDesign:
         return np.ascontiguousarray(self.X[rows])
 
 
-class CSRDesign:
+class CSRDesign(_Design):
     """CSR ``X`` (validated: sorted, unique, in-range indices); kernels see unsigned indices."""
 
     is_sparse = True
@@ -150,47 +155,18 @@ class CSRDesign:
     def _args(self):
         return self.data, self.indices, self.indptr, self.starts
 
-    def value_grad(self, Wmat, b, y2, a, fam):
-        n, d, C = self.n, self.d, self.n_chunks
-        K = Wmat.shape[1]
-        eta = np.empty((n, K))
-        r = np.empty((n, K))
-        h = np.empty((n, K))
-        lbuf = np.zeros(C)
-        gbbuf = np.zeros((C, K))
-        if K == 1 and fam != MULTINOMIAL:
-            gbuf = np.zeros((C, d))
-            glm_csr.value_grad_k1(
-                *self._args(), np.ascontiguousarray(Wmat[:, 0]), float(b[0]),
-                np.ascontiguousarray(y2[:, 0]), a, fam,
-                eta.reshape(n), r.reshape(n), h.reshape(n), gbuf, gbbuf.reshape(C), lbuf,
-            )
-            g = _reduce(gbuf).reshape(d, 1)
-        else:
-            gbuf = np.zeros((C, d, K))
-            glm_csr.value_grad_gen(
-                *self._args(), np.ascontiguousarray(Wmat), b, y2, a, fam,
-                eta, r, h, gbuf, gbbuf, lbuf,
-            )
-            g = _reduce(gbuf)
-        return float(lbuf.sum()), g, _reduce(gbbuf), eta, r, h
-
-    def curv_vec(self, V, vb, weights):
+    def _run_k1(self, v, vb, *args):
         C, d = self.n_chunks, self.d
+        gbuf = np.zeros((C, d))
+        gbbuf = np.zeros(C)
+        glm_csr.pass_k1(*self._args(), np.ascontiguousarray(v), float(vb), *args, gbuf, gbbuf)
+        return _reduce(gbuf).reshape(d, 1), _reduce(gbbuf).reshape(1)
+
+    def _run_gen(self, V, vb, *args):
         L = V.shape[1]
-        gbbuf = np.zeros((C, L))
-        if weights[0] == "k1":
-            gbuf = np.zeros((C, d))
-            glm_csr.weighted_gram_vec_k1(
-                *self._args(), np.ascontiguousarray(V[:, 0]), float(vb[0]), weights[1],
-                gbuf, gbbuf.reshape(C),
-            )
-            return _reduce(gbuf).reshape(d, 1), _reduce(gbbuf)
-        _, Dw, Q, qa, use_q, m = weights
-        gbuf = np.zeros((C, d, L))
-        glm_csr.weighted_gram_vec_gen(
-            *self._args(), np.ascontiguousarray(V), vb, Dw, Q, qa, use_q, m, gbuf, gbbuf
-        )
+        gbuf = np.zeros((self.n_chunks, self.d, L))
+        gbbuf = np.zeros((self.n_chunks, L))
+        glm_csr.pass_gen(*self._args(), np.ascontiguousarray(V), vb, *args, gbuf, gbbuf)
         return _reduce(gbuf), _reduce(gbbuf)
 
     def sq_colsum(self, cw):
