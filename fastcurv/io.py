@@ -62,43 +62,69 @@ def load_npz(path):
         y = y.reshape(-1) if y.ndim == 2 and 1 in y.shape else y
     if X.ndim != 2 or y.shape[0] != X.shape[0]:
         raise DataError(f"{path}: X has shape {X.shape} but y has shape {y.shape}")
-    return X, y
+    if X.dtype.kind not in "biuf" or y.dtype.kind not in "biuf":
+        raise DataError(f"{path}: X and y must be numeric (got {X.dtype} and {y.dtype})")
+    return X.astype(np.float64, copy=False), y.astype(np.float64, copy=False)
 
 
 def load_csv(path, *, target=-1, delimiter=","):
     """Numeric CSV, one sample per line; column ``target`` (default the last) is ``y``.
 
-    A header line is skipped if it is not numeric. Empty fields and NaN are errors.
+    A first line with a non-numeric field is a header and is skipped; blank lines and lines
+    starting with ``#`` are ignored. An empty field, NaN or inf is an error naming its line.
     """
     with open(path, "rb") as fh:
-        first = fh.readline().decode("utf-8", "replace").strip()
+        head = fh.readline().decode("utf-8", "replace").strip()
+    fields = [t.strip() for t in head.split(delimiter)]
     skip = 0
+    if head and all(fields):
+        try:
+            [float(t) for t in fields]
+        except ValueError:
+            skip = 1
     try:
-        [float(t) for t in first.split(delimiter)]
+        data = np.loadtxt(path, delimiter=delimiter, skiprows=skip, dtype=np.float64,
+                          ndmin=2, comments="#")
     except ValueError:
-        skip = 1
-    try:
-        data = np.loadtxt(path, delimiter=delimiter, skiprows=skip, dtype=np.float64, ndmin=2)
-    except ValueError as exc:
-        raise DataError(f"{path}: {_first_line(str(exc))} (missing or non-numeric value?)") \
-            from None
+        raise DataError(_csv_problem(path, delimiter, skip)) from None
     if data.shape[0] == 0:
         raise DataError(f"{path}: no data rows")
     if data.shape[1] < 2:
         raise DataError(f"{path}: needs at least one feature column and one target column")
-    bad = ~np.isfinite(data)
-    if bad.any():
-        i, j = map(int, np.argwhere(bad)[0])
-        raise DataError(f"{path}: line {i + 1 + skip}, column {j + 1}: missing or non-finite "
-                        "value; remove or impute it")
-    t = target % data.shape[1]
+    if not np.all(np.isfinite(data)):
+        raise DataError(_csv_problem(path, delimiter, skip))
+    ncol = data.shape[1]
+    if not -ncol <= target < ncol:
+        raise DataError(f"{path}: target column {target} does not exist (the file has {ncol} "
+                        "columns)")
+    t = target % ncol
     y = data[:, t].copy()
     X = np.ascontiguousarray(np.delete(data, t, axis=1))
     return X, y
 
 
-def _first_line(text):
-    return text.strip().splitlines()[0] if text.strip() else text
+def _csv_problem(path, delimiter, skip):
+    """Describe the first bad line of a CSV file (only run once reading has failed)."""
+    width = None
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        for no, line in enumerate(fh, start=1):
+            text = line.strip()
+            if no <= skip or not text or text.startswith("#"):
+                continue
+            fields = [t.strip() for t in text.split(delimiter)]
+            if width is None:
+                width = len(fields)
+            elif len(fields) != width:
+                return f"{path}: line {no} has {len(fields)} fields, expected {width}"
+            for col, tok in enumerate(fields, start=1):
+                try:
+                    ok = np.isfinite(float(tok))
+                except ValueError:
+                    ok = False
+                if not ok:
+                    what = "missing value" if tok == "" else f"value {tok!r} is not a finite number"
+                    return f"{path}: line {no}, column {col}: {what}; remove or impute it"
+    return f"{path}: could not be read as numeric CSV"
 
 
 _SVM_ERRORS = {

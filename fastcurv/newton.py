@@ -66,6 +66,16 @@ class _Counted(LinearOperator):
         return self
 
 
+def _in_noise(f, f_new, model_decrease, gmax, g_new, dtype):
+    """True if a step's predicted decrease is below the rounding of ``F`` and the step does not
+    raise ``F`` beyond that rounding but lowers max|grad|: near the optimum function values
+    stop telling steps apart, so the gradient decides (as in Nocedal & Wright, section 3.5)."""
+    noise = 64.0 * np.finfo(dtype).eps * max(1.0, abs(f))
+    if not np.isfinite(f_new) or abs(model_decrease) > noise or f_new > f + noise:
+        return False
+    return float(np.max(np.abs(g_new))) < gmax
+
+
 def _diag_preconditioner(p, theta, curvature, damping, mix):
     """``M⁻¹ = 1 / ((1 - mix) mean(D) + mix D)`` from the exact curvature diagonal ``D``."""
     D = np.asarray(p.hessian_diag(theta) if curvature == "hessian" else p.ggn_diag(theta),
@@ -269,7 +279,8 @@ def newton_cg(p, theta0=None, *, gtol=1e-8, max_iter=100, method="line-search",
             f_new, g_new = p.value_and_grad(trial)
             alpha = 1.0
             backtracks = 0
-            if not (f_new <= f + ARMIJO_C1 * slope):
+            if not (f_new <= f + ARMIJO_C1 * slope
+                    or _in_noise(f, f_new, slope, gmax, g_new, p.dtype)):
                 # backtracking: on GLMs each trial is O(n) (X theta and X d are known)
                 phi = p.value_along(theta, d) if hasattr(p, "value_along") else (
                     lambda a, th=theta, d=d: p.value(th + np.asarray(a, p.dtype) * d))
@@ -306,6 +317,8 @@ def newton_cg(p, theta0=None, *, gtol=1e-8, max_iter=100, method="line-search",
             trial = theta + s.astype(p.dtype)
             f_new, g_new = p.value_and_grad(trial)
             rho = (f - f_new) / pred if pred > 0 else -np.inf
+            if _in_noise(f, f_new, -pred, gmax, g_new, p.dtype):
+                rho = 1.0  # the decrease is below rounding: judge the step by its gradient
             if not np.isfinite(f_new) or rho < TR_SHRINK_BELOW:
                 radius = 0.25 * min(radius, s_norm if s_norm > 0 else radius)
             elif rho > TR_GROW_ABOVE and s_norm >= 0.99 * radius:
@@ -319,7 +332,8 @@ def newton_cg(p, theta0=None, *, gtol=1e-8, max_iter=100, method="line-search",
             if radius < 1e3 * np.finfo(p.dtype).eps * scale:
                 message = (f"The trust region shrank to {radius:.2e} at iteration {it} "
                            f"(max|grad| = {gmax:.3e}): no further decrease is measurable in "
-                           f"{np.dtype(p.dtype).name}; loosen gtol or use float64 data.")
+                           f"{np.dtype(p.dtype).name}; loosen gtol"
+                           + (" or use float64 data." if p.dtype == np.float32 else "."))
                 break
 
     return NewtonResult(x=theta, fun=float(f), grad_norm=gmax, n_iter=it, n_hvp=n_hvp,

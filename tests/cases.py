@@ -209,3 +209,33 @@ def assert_close(actual, desired, rtol, what=""):
     scale = max(np.max(np.abs(desired), initial=0.0), np.finfo(np.float64).tiny)
     err = np.max(np.abs(actual - desired), initial=0.0)
     assert err <= rtol * scale, f"{what}: max error {err:.3e} > {rtol:.1e} * scale {scale:.3e}"
+
+
+# ---------------------------------------------------------------------- larger fitting data
+def synthetic(family, n=400, d=5, seed=0, K=3, density=None, dtype=np.float64):
+    """(X, y) drawn from a GLM of the family, for fitting tests (solvers vs oracles).
+
+    Features are standard normal (so the Hessian at the optimum is well conditioned), scaled
+    by 0.7; ``density`` < 1 zeroes entries at random and returns CSR. Multinomial labels are
+    integers 0..K-1, logistic labels 0/1, Poisson counts, Gaussian real targets.
+    """
+    rng = np.random.default_rng(seed)
+    X = 0.7 * rng.standard_normal((n, d))
+    if density is not None:
+        X[rng.random((n, d)) >= density] = 0.0
+    Xf = X.astype(dtype)
+    X64 = Xf.astype(np.float64)
+    if family == "multinomial":
+        eta = X64 @ rng.normal(0.0, 0.8, (d, K)) + rng.normal(0.0, 0.3, K)
+        y = np.argmax(eta + rng.gumbel(size=(n, K)), axis=1).astype(np.int64)
+    else:
+        eta = X64 @ rng.normal(0.0, 0.6, d) + 0.3
+        if family == "logistic":
+            y = (rng.random(n) < 1.0 / (1.0 + np.exp(-eta))).astype(np.float64)
+        elif family == "poisson":
+            y = rng.poisson(np.exp(eta)).astype(np.float64)
+        elif family == "gaussian":
+            y = eta + rng.standard_normal(n)
+        else:
+            raise ValueError(family)
+    return (sp.csr_matrix(Xf) if density is not None else Xf), y

@@ -1,0 +1,213 @@
+"""The ``fastcurv newton`` command, run in-process through ``fastcurv.cli.main(argv)`` (and once
+as ``python -m fastcurv.cli``). Data are small; the embedded default problem (100,000 x 300) is
+never run here.
+
+The fitted coefficients are checked against scikit-learn with the CLI's defaults
+(l2 = 1e-3, gtol = 1e-8) mapped as in test_newton.py (C = 1/(n l2), Ridge α = n l2), to 1e-6
+normwise relative (the gtol → parameter-error argument of test_newton.py, with μ ≥ 0.05 here).
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from cases import assert_close, synthetic
+
+import fastcurv as fc
+from fastcurv.cli import main
+
+skd = pytest.importorskip("sklearn.datasets")
+sklm = pytest.importorskip("sklearn.linear_model")
+
+L2 = 1e-3  # the CLI default
+
+
+def _sk_logistic(X, y, l2=L2):
+    m = sklm.LogisticRegression(C=1.0 / (X.shape[0] * l2), solver="newton-cholesky", tol=1e-12,
+                                max_iter=1000).fit(X, y)
+    return m.coef_.ravel(), m.intercept_
+
+
+def _iteration_lines(out):
+    return [ln for ln in out.splitlines() if ln.split() and ln.split()[0].isdigit()]
+
+
+def _one_error_line(err):
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("fastcurv: error:")
+    assert "Traceback" not in err
+
+
+@pytest.fixture(scope="module")
+def logistic_npz(tmp_path_factory):
+    X, y = synthetic("logistic", n=300, d=4, seed=21)
+    path = tmp_path_factory.mktemp("cli") / "small.npz"
+    np.savez(path, X=X, y=y)
+    return path, X, y
+
+
+def test_newton_npz_writes_outputs(logistic_npz, tmp_path, capsys):
+    path, X, y = logistic_npz
+    out_dir = tmp_path / "fit"
+    rc = main(["newton", "--data", str(path), "--family", "logistic", "--out", str(out_dir)])
+    out, err = capsys.readouterr()
+    assert rc == 0, out + err
+    assert "converged" in out and "NOT converged" not in out
+    assert len(_iteration_lines(out)) >= 2  # iteration 0 and at least one Newton step
+    coef = np.load(out_dir / "coef.npy")
+    intercept = np.load(out_dir / "intercept.npy")
+    with open(out_dir / "summary.json") as fh:
+        summary = json.load(fh)
+    assert coef.size == 4 and intercept.size == 1
+    # the same fit through the library with the CLI's defaults
+    res = fc.newton_cg(fc.GLM(X, y, family="logistic", l2=L2), preconditioner="diag")
+    assert_close(coef.ravel(), res.x[:4], 1e-6, "coef vs newton_cg")
+    assert_close(intercept.ravel(), res.x[4:], 1e-6, "intercept vs newton_cg")
+    # and against scikit-learn
+    sk_coef, sk_b = _sk_logistic(X, y)
+    assert_close(np.r_[coef.ravel(), intercept.ravel()], np.r_[sk_coef, sk_b], 1e-6,
+                 "coef vs sklearn")
+    assert summary["success"] is True
+    assert summary["family"] == "logistic" and summary["n_samples"] == 300
+    assert summary["n_features"] == 4 and summary["l2"] == L2
+    assert isinstance(summary["history"], list) and len(summary["history"]) >= 2
+
+
+def test_newton_svmlight_pm1_labels(tmp_path, capsys):
+    X, y01 = synthetic("logistic", n=300, d=5, seed=22, density=0.5)
+    ypm = 2.0 * y01 - 1.0
+    path = tmp_path / "d.svmlight"
+    skd.dump_svmlight_file(X, ypm, str(path), zero_based=False)
+    out_dir = tmp_path / "fit"
+    rc = main(["newton", "--data", str(path), "--out", str(out_dir), "--method",
+               "trust-region"])
+    out, err = capsys.readouterr()
+    assert rc == 0, out + err
+    assert "note:" in out and "-1/+1" in out
+    assert "CSR" in out
+    coef = np.load(out_dir / "coef.npy").ravel()
+    intercept = np.load(out_dir / "intercept.npy").ravel()
+    sk_coef, sk_b = _sk_logistic(X.toarray(), y01)
+    assert_close(np.r_[coef, intercept], np.r_[sk_coef, sk_b], 1e-6, "svmlight fit vs sklearn")
+
+
+def test_newton_csv_gaussian(tmp_path, capsys):
+    X, y = synthetic("gaussian", n=200, d=3, seed=23)
+    path = tmp_path / "d.csv"
+    with open(path, "w") as fh:
+        fh.write("x1,x2,x3,target\n")
+        for row, t in zip(X, y, strict=True):
+            fh.write(",".join(repr(float(v)) for v in (*row, t)) + "\n")
+    out_dir = tmp_path / "fit"
+    rc = main(["newton", "--data", str(path), "--family", "gaussian", "--quiet", "--out",
+               str(out_dir)])
+    out, err = capsys.readouterr()
+    assert rc == 0, out + err
+    assert not _iteration_lines(out)  # --quiet
+    m = sklm.Ridge(alpha=200 * L2, solver="cholesky").fit(X, y)
+    fit = np.r_[np.load(out_dir / "coef.npy").ravel(), np.load(out_dir / "intercept.npy")]
+    assert_close(fit, np.r_[m.coef_, m.intercept_], 1e-6, "CSV ridge vs sklearn")
+
+
+def test_newton_multinomial_labels_are_mapped(tmp_path, capsys):
+    X, y = synthetic("multinomial", n=200, d=3, seed=24)
+    np.savez(tmp_path / "m.npz", X=X, y=y + 1.0)  # classes 1, 2, 3
+    rc = main(["newton", "--data", str(tmp_path / "m.npz"), "--family", "multinomial",
+               "--quiet"])
+    out, err = capsys.readouterr()
+    assert rc == 0, out + err
+    assert "note:" in out and "mapped" in out
+
+
+def test_newton_not_converged_exit_code(logistic_npz, capsys):
+    path, _, _ = logistic_npz
+    rc = main(["newton", "--data", str(path), "--max-iter", "1", "--quiet"])
+    out, _ = capsys.readouterr()
+    assert rc != 0
+    assert "NOT converged" in out
+
+
+def _write_bad(tmp_path, kind):
+    if kind == "bad-svmlight":
+        path = tmp_path / "bad.svm"
+        path.write_text("1 1:2\nfoo 2:3\n")
+    elif kind == "missing":
+        path = tmp_path / "missing.npz"
+    elif kind == "wrong-labels":
+        path = tmp_path / "three.npz"
+        np.savez(path, X=np.random.default_rng(0).standard_normal((30, 2)),
+                 y=np.arange(30) % 3)
+    elif kind == "nan-csv":
+        path = tmp_path / "nan.csv"
+        path.write_text("a,b,y\n1,2,0\n3,nan,1\n")
+    elif kind == "not-npz":
+        path = tmp_path / "fake.npz"
+        path.write_text("hello")
+    elif kind == "unknown-extension":
+        path = tmp_path / "data.parquet"
+        path.write_text("1,2,0\n")
+    return path
+
+
+@pytest.mark.parametrize("kind", ["bad-svmlight", "missing", "wrong-labels", "nan-csv",
+                                  "not-npz", "unknown-extension"])
+def test_newton_errors_are_one_line(tmp_path, capsys, kind):
+    path = _write_bad(tmp_path, kind)
+    rc = main(["newton", "--data", str(path), "--family", "logistic", "--quiet"])
+    out, err = capsys.readouterr()
+    assert rc != 0
+    _one_error_line(err)
+    if kind in ("bad-svmlight", "nan-csv"):
+        assert "line" in err
+
+
+def test_newton_invalid_option_value(logistic_npz, capsys):
+    path, _, _ = logistic_npz
+    rc = main(["newton", "--data", str(path), "--l2", "-1", "--quiet"])
+    _, err = capsys.readouterr()
+    assert rc != 0
+    _one_error_line(err)
+
+
+def test_help_exits_zero(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["newton", "--help"])
+    assert info.value.code == 0
+    assert "--data" in capsys.readouterr().out
+
+
+def test_no_command_prints_help(capsys):
+    rc = main([])
+    assert rc != 0
+    assert "newton" in capsys.readouterr().out
+
+
+def test_float32_option(logistic_npz, capsys):
+    path, X, y = logistic_npz
+    rc = main(["newton", "--data", str(path), "--dtype", "float32", "--gtol", "1e-4",
+               "--quiet"])
+    out, err = capsys.readouterr()
+    assert rc == 0, out + err
+    assert "float32" in out
+
+
+def test_float32_npz_is_fitted_in_float64_by_default(tmp_path, capsys):
+    X, y = synthetic("logistic", n=300, d=4, seed=21)
+    np.savez(tmp_path / "f32.npz", X=X.astype(np.float32), y=y)
+    rc = main(["newton", "--data", str(tmp_path / "f32.npz"), "--quiet"])
+    out, _ = capsys.readouterr()
+    assert "float64" in out
+    assert rc == 0
+
+
+def test_module_entry_point_subprocess(logistic_npz):
+    path, _, _ = logistic_npz
+    proc = subprocess.run([sys.executable, "-m", "fastcurv.cli", "newton", "--data", str(path),
+                           "--quiet"], capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "converged" in proc.stdout and "NOT converged" not in proc.stdout

@@ -1,0 +1,317 @@
+"""Data readers: svmlight/libsvm (bitwise against scikit-learn's reader), CSV, npz and the
+dispatching ``load``. Every bad file must raise ``DataError`` (a ``ValueError``) that names the
+line when there is one.
+
+svmlight numbers must be the correctly rounded doubles of their decimal text, as
+``sklearn.datasets.load_svmlight_file`` (strtod) gives them: compared bit for bit (``-0.0`` and
+subnormals included), not to a tolerance.
+"""
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from fastcurv.io import DataError, load, load_csv, load_npz, load_svmlight
+
+skd = pytest.importorskip("sklearn.datasets")
+
+
+def _bits(a):
+    return np.ascontiguousarray(a, dtype=np.float64).view(np.uint64)
+
+
+def assert_same_as_sklearn(path, **kw):
+    Xs, ys = skd.load_svmlight_file(str(path), **kw)
+    Xf, yf = load_svmlight(path, **kw)
+    assert sp.issparse(Xf) and Xf.format == "csr" and Xf.dtype == np.float64
+    assert yf.dtype == np.float64 and yf.shape == ys.shape
+    assert Xf.shape == Xs.shape
+    np.testing.assert_array_equal(Xf.indptr, Xs.indptr)
+    np.testing.assert_array_equal(Xf.indices, Xs.indices)
+    np.testing.assert_array_equal(_bits(Xf.data), _bits(Xs.data))
+    np.testing.assert_array_equal(_bits(yf), _bits(ys))
+    return Xf, yf
+
+
+# ---------------------------------------------------------------------- svmlight vs sklearn
+def _matrix(n, d, density, seed):
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, d)) * 10.0 ** rng.integers(-8, 9, (n, d))
+    X[rng.random((n, d)) >= density] = 0.0
+    X[0, 0] = 1e-300
+    X[1, 1] = 1.5e10
+    X[2, 2] = 5e-324  # the smallest subnormal
+    X[3, :] = 0.0  # a row with no entries
+    return X
+
+
+@pytest.mark.parametrize("density,zero_based,labels,sparse_in", [
+    (0.9, True, "pm1", False),
+    (0.9, False, "multiclass", True),
+    (0.1, False, "pm1", True),
+    (0.1, True, "real", False),
+], ids=["dense-zero", "dense-one-multiclass", "sparse-one", "sparse-zero-real"])
+def test_svmlight_dump_roundtrip_matches_sklearn(tmp_path, density, zero_based, labels,
+                                                 sparse_in):
+    n, d = 60, 9
+    X = _matrix(n, d, density, seed=int(density * 10) + zero_based)
+    rng = np.random.default_rng(1)
+    y = {"pm1": np.where(rng.random(n) < 0.5, -1.0, 1.0),
+         "multiclass": rng.integers(0, 5, n).astype(np.float64),
+         "real": rng.standard_normal(n) * 1e5}[labels]
+    path = tmp_path / "data.svmlight"
+    skd.dump_svmlight_file(sp.csr_matrix(X) if sparse_in else X, y, str(path),
+                           zero_based=zero_based, comment="written by\nthe test")
+    Xf, yf = assert_same_as_sklearn(path)
+    # and the values are the dumped ones (dump writes %.16g: equal to 16 digits)
+    assert_same_as_sklearn(path, zero_based=zero_based)
+    np.testing.assert_allclose(Xf.toarray()[:, :X.shape[1]], X, rtol=1e-15, atol=0)
+
+
+def test_svmlight_query_ids_are_skipped(tmp_path):
+    X = _matrix(30, 5, 0.5, seed=3)
+    y = np.arange(30) % 3
+    qid = np.repeat(np.arange(10), 3)
+    path = tmp_path / "q.svm"
+    skd.dump_svmlight_file(X, y, str(path), query_id=qid, zero_based=False)
+    assert "qid:" in path.read_text()
+    assert_same_as_sklearn(path)
+
+
+def test_svmlight_handwritten_numbers_comments_blank_lines(tmp_path):
+    rng = np.random.default_rng(4)
+    # repr() gives the shortest round-trip form (up to 17 digits) over a wide exponent range
+    vals = rng.standard_normal(40) * 10.0 ** rng.integers(-300, 300, 40)
+    long = [repr(float(v)) for v in vals]
+    lines = [
+        "# a header comment",
+        "",
+        "-1 qid:3 1:1e-300 3:1.5E+10 7:-0.0 # trailing comment",
+        "+1 2:0.30000000000000004 4:1e22 5:1e23 6:-2.5e-5 8:.5 9:5.",
+        "   ",
+        "2.0\t1:0.1000000000000000055511151231257827 2:9007199254740993 3:4.9406564584124654e-324",
+        "1e0 1:2.2250738585072011e-308 2:123456789012345e-22 3:999999999999999e22 10:0",
+        "3 " + " ".join(f"{j + 1}:{v}" for j, v in enumerate(long[:20])),
+        "\r",
+        "-2.5 " + " ".join(f"{j + 1}:{v}" for j, v in enumerate(long[20:])) + "\r",
+        "0",  # a label with no features
+        "# the end",
+    ]
+    path = tmp_path / "h.txt"
+    path.write_text("\n".join(lines) + "\n")
+    X, y = assert_same_as_sklearn(path)
+    assert X.shape[0] == 7
+    assert_same_as_sklearn(path, zero_based=False)
+    # the explicit -0.0 is stored, with its sign bit (the third entry of the first row)
+    assert X.indices[2] == 6 and X.data[2] == 0.0 and np.signbit(X.data[2])
+
+
+def test_svmlight_n_features(tmp_path):
+    path = tmp_path / "n.svm"
+    path.write_text("1 1:1 3:2\n0 2:4\n")
+    X, y = load_svmlight(path, n_features=6)
+    Xs, _ = skd.load_svmlight_file(str(path), n_features=6)
+    assert X.shape == Xs.shape == (2, 6)
+    np.testing.assert_array_equal(X.toarray(), Xs.toarray())
+    with pytest.raises(DataError):
+        load_svmlight(path, n_features=2)
+
+
+BAD_LINES = {
+    "label": "abc 1:2",
+    "index": "1 x:2",
+    "negative-index": "1 -3:2",
+    "missing-value": "1 3:",
+    "nan-value": "1 3:nan",
+    "inf-value": "1 3:inf",
+    "bad-value": "1 3:2x",
+    "decreasing": "1 3:1 2:4",
+    "duplicate": "1 3:1 3:4",
+    "exponent": "1 3:1e",
+}
+
+
+@pytest.mark.parametrize("bad", list(BAD_LINES.values()), ids=list(BAD_LINES))
+def test_svmlight_bad_line_raises_with_line_number(tmp_path, bad):
+    path = tmp_path / "bad.svm"
+    path.write_text(f"# comment\n1 1:1\n\n{bad}\n1 2:1\n")  # the bad line is line 4
+    with pytest.raises(DataError, match=r"\bline 4\b") as info:
+        load_svmlight(path)
+    assert isinstance(info.value, ValueError)
+    assert str(path) in str(info.value)
+
+
+def test_svmlight_other_errors(tmp_path):
+    empty = tmp_path / "empty.svm"
+    empty.write_text("# only a comment\n\n")
+    with pytest.raises(DataError):
+        load_svmlight(empty)
+    zero = tmp_path / "zero.svm"
+    zero.write_text("1 0:1 2:3\n")
+    with pytest.raises(DataError):
+        load_svmlight(zero, zero_based=False)  # index 0 in a one-based file
+    X, _ = load_svmlight(zero)  # "auto": an index 0 makes it zero-based
+    np.testing.assert_array_equal(X.toarray(), [[1.0, 0.0, 3.0]])
+
+
+# ---------------------------------------------------------------------- CSV
+def _write_csv(path, data, header=None):
+    with open(path, "w") as fh:
+        if header:
+            fh.write(",".join(header) + "\n")
+        for row in data:
+            fh.write(",".join(repr(float(v)) for v in row) + "\n")
+
+
+@pytest.mark.parametrize("header", [None, ["a", "b", "c", "target"]], ids=["plain", "header"])
+@pytest.mark.parametrize("target", [-1, 0, 1, -3])
+def test_csv_columns_and_target(tmp_path, header, target):
+    rng = np.random.default_rng(5)
+    data = rng.standard_normal((7, 4)) * 10.0 ** rng.integers(-5, 5, (7, 4))
+    path = tmp_path / "d.csv"
+    _write_csv(path, data, header)
+    X, y = load_csv(path, target=target)
+    t = target % 4
+    np.testing.assert_array_equal(y, data[:, t])
+    np.testing.assert_array_equal(X, np.delete(data, t, axis=1))
+    assert X.dtype == np.float64 and y.dtype == np.float64 and X.flags.c_contiguous
+
+
+def test_csv_nan_raises_with_line(tmp_path):
+    path = tmp_path / "nan.csv"
+    path.write_text("x1,x2,y\n1,2,0\n3,4,1\n5,nan,1\n")
+    with pytest.raises(DataError, match=r"\bline 4\b"):
+        load_csv(path)
+
+
+def test_csv_empty_field_raises(tmp_path):
+    """A missing value is an error, never a silent NaN or a dropped row (the line number in
+    the message is checked by test_csv_error_names_the_file_line)."""
+    path = tmp_path / "empty.csv"
+    path.write_text("x1,x2,y\n1,2,0\n3,,1\n")
+    with pytest.raises(DataError):
+        load_csv(path)
+    path.write_text("1,2,0\n3,4,\n")  # a missing target at the end of a line
+    with pytest.raises(DataError):
+        load_csv(path)
+
+
+def test_csv_too_few_columns(tmp_path):
+    path = tmp_path / "one.csv"
+    path.write_text("1\n2\n")
+    with pytest.raises(DataError):
+        load_csv(path)
+
+
+def test_csv_ragged_rows(tmp_path):
+    path = tmp_path / "ragged.csv"
+    path.write_text("1,2,0\n3,4\n")
+    with pytest.raises(DataError):
+        load_csv(path)
+
+
+@pytest.mark.parametrize("text,line", [
+    ("x1,x2,y\n1,2,0\n3,,1\n", 3),  # empty field on line 3
+    ("x1,x2,y\n1,2,0\n\n# note\n3,nan,1\n", 5),  # NaN on line 5 after a blank and a comment
+], ids=["empty-field", "nan-after-blank-line"])
+def test_csv_error_names_the_file_line(tmp_path, text, line):
+    path = tmp_path / "m.csv"
+    path.write_text(text)
+    with pytest.raises(DataError, match=rf"\bline {line}\b"):
+        load_csv(path)
+
+
+def test_csv_missing_value_on_first_line(tmp_path):
+    path = tmp_path / "first.csv"
+    path.write_text("1,,0\n1,2,0\n3,4,1\n")
+    with pytest.raises(DataError, match=r"\bline 1\b"):
+        load_csv(path)
+
+
+def test_csv_target_out_of_range(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_text("1,2,0\n3,4,1\n")
+    with pytest.raises(DataError):
+        load_csv(path, target=3)
+
+
+# ---------------------------------------------------------------------- npz
+def test_npz_dense(tmp_path):
+    rng = np.random.default_rng(6)
+    X, y = rng.standard_normal((9, 3)), rng.standard_normal(9)
+    np.savez(tmp_path / "d.npz", X=X, y=y)
+    Xl, yl = load_npz(tmp_path / "d.npz")
+    np.testing.assert_array_equal(Xl, X)
+    np.testing.assert_array_equal(yl, y)
+    # y stored as a column is accepted as (n,)
+    np.savez(tmp_path / "c.npz", X=X, y=y[:, None])
+    assert load_npz(tmp_path / "c.npz")[1].shape == (9,)
+
+
+def test_npz_sparse_parts(tmp_path):
+    A = sp.random(12, 7, density=0.3, format="csr", random_state=7)
+    y = np.arange(12.0)
+    np.savez(tmp_path / "s.npz", X_data=A.data, X_indices=A.indices, X_indptr=A.indptr,
+             X_shape=np.array(A.shape), y=y)
+    X, yl = load_npz(tmp_path / "s.npz")
+    assert sp.issparse(X) and X.format == "csr" and X.shape == (12, 7)
+    np.testing.assert_array_equal(X.toarray(), A.toarray())
+    np.testing.assert_array_equal(yl, y)
+
+
+@pytest.mark.parametrize("arrays", [
+    dict(X=np.ones((3, 2))),  # no y
+    dict(y=np.ones(3)),  # no X
+    dict(X=np.ones((3, 2)), y=np.ones(4)),  # lengths differ
+    dict(X=np.ones(3), y=np.ones(3)),  # X not 2-D
+], ids=["no-y", "no-X", "length", "X-1d"])
+def test_npz_errors(tmp_path, arrays):
+    path = tmp_path / "bad.npz"
+    np.savez(path, **arrays)
+    with pytest.raises(DataError):
+        load_npz(path)
+
+
+def test_npz_not_an_npz(tmp_path):
+    path = tmp_path / "fake.npz"
+    path.write_text("this is not a zip file\n")
+    with pytest.raises(DataError):
+        load_npz(path)
+
+
+def test_npz_returns_float64(tmp_path):
+    np.savez(tmp_path / "f.npz", X=np.ones((3, 2), np.float32), y=np.array([0, 1, 1]))
+    X, y = load_npz(tmp_path / "f.npz")
+    assert X.dtype == np.float64 and y.dtype == np.float64
+
+
+# ---------------------------------------------------------------------- load()
+def test_load_dispatches_by_extension(tmp_path):
+    data = np.array([[1.0, 2.0, 0.0], [3.0, 4.0, 1.0]])
+    _write_csv(tmp_path / "a.csv", data)
+    _write_csv(tmp_path / "A.CSV", data)
+    np.savez(tmp_path / "a.npz", X=data[:, :2], y=data[:, 2])
+    for name in ("a.csv", "A.CSV", "a.npz"):
+        X, y = load(tmp_path / name)
+        np.testing.assert_array_equal(X, data[:, :2])
+        np.testing.assert_array_equal(y, data[:, 2])
+    for ext in (".svm", ".svmlight", ".libsvm", ".txt"):
+        (tmp_path / f"a{ext}").write_text("0 1:1 2:2\n1 1:3 2:4\n")
+        X, y = load(tmp_path / f"a{ext}")
+        assert sp.issparse(X)
+        np.testing.assert_array_equal(X.toarray(), data[:, :2])
+        np.testing.assert_array_equal(y, data[:, 2])
+    # an explicit format overrides the extension; target is passed to the CSV reader
+    _write_csv(tmp_path / "a.data", data)
+    X, y = load(tmp_path / "a.data", fmt="csv", target=0)
+    np.testing.assert_array_equal(y, data[:, 0])
+
+
+def test_load_errors(tmp_path):
+    with pytest.raises(DataError):
+        load(tmp_path / "missing.csv")
+    (tmp_path / "a.dat").write_text("1,2\n")
+    with pytest.raises(DataError, match="extension"):
+        load(tmp_path / "a.dat")
+    with pytest.raises(DataError):
+        load(tmp_path / "a.dat", fmt="parquet")

@@ -1,0 +1,398 @@
+"""newton_cg against established solvers: scikit-learn (LogisticRegression, Ridge,
+PoissonRegressor) and statsmodels GLM, plus the result fields and the edge cases.
+
+Conventions mapped onto the oracles (DESIGN.md objective F = (1/W) Σ w_i ℓ_i + λ/2 ‖coef‖²):
+* LogisticRegression minimizes C Σ w_i ℓ_i + ½‖coef‖²  ->  C = 1 / (W λ);
+* Ridge minimizes Σ w_i (y_i − η_i)² + α‖coef‖²         ->  α = W λ;
+* PoissonRegressor minimizes (1/W) Σ w_i ½ deviance_i + α/2 ‖coef‖², and ½ deviance is the
+  Poisson loss e^η − yη plus a constant in η                  ->  α = λ;
+* statsmodels GLM (Binomial, Poisson) is the unpenalized maximum-likelihood fit (λ = 0).
+sklearn's multinomial coef_ is (K, d), fastcurv's (d, K); the softmax is invariant to a common
+shift of the K intercepts, so intercepts are compared centered (and probabilities directly).
+
+Tolerances:
+* optimum vs oracle: 1e-6 normwise relative at gtol = 1e-8 (the default). For μ-strongly
+  convex F, ‖θ − θ*‖ ≤ ‖∇F(θ)‖/μ ≤ sqrt(P)·gtol/μ; on these data μ ≥ 0.05 and P ≤ 18, so the
+  solver's own error is below 1e-6 of the coefficient scale (~0.3–1); the oracles are run at
+  tol = 1e-12.
+* gradient at the returned point: max|∇F| ≤ gtol, with ∇F from the dense float64 reference
+  (tests/reference.py), plus 1e-13 for the rounding difference between the two routes.
+* float32 data: gtol = 1e-4 (float32 carries ~7 digits; the objective's rounding, ~6e-8 ·|F|,
+  hides decreases below ‖g‖²/h ≈ eps·|F|, i.e. ‖g‖ ≈ 1e-4). The float64 reference gradient at
+  the float32 answer must be ≤ gtol + 1e-5 (float32 rounding of a sum of 400 terms of size
+  ~1: ≤ 400 · 6e-8 ≈ 2.4e-5 worst case, ~1e-6 typical), and its distance to the oracle is
+  bounded by 2 ‖∇F‖/μ.
+"""
+
+import warnings
+
+import numpy as np
+import pytest
+from cases import assert_close, synthetic
+from reference import RefGLM, dense64
+
+import fastcurv as fc
+
+sm = pytest.importorskip("statsmodels.api")
+sklm = pytest.importorskip("sklearn.linear_model")
+
+GTOL = 1e-8
+RTOL = 1e-6
+
+
+# ---------------------------------------------------------------------- oracles
+def _center(theta, d, K, fit_intercept=True):
+    """θ with the K intercepts shifted to mean zero (the multinomial's null direction)."""
+    theta = np.array(theta, dtype=np.float64)
+    if fit_intercept and K > 1:
+        theta[d * K:] -= theta[d * K:].mean()
+    return theta
+
+
+def oracle(family, X, y, l2, sample_weight=None, fit_intercept=True):
+    """The minimizer of F in fastcurv's layout [coef (d, K) C-order, intercept (K)], from
+    scikit-learn (l2 > 0) or statsmodels (l2 = 0); multinomial intercepts centered."""
+    Xd = dense64(X)
+    n, d = Xd.shape
+    w = np.ones(n) if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
+    W = w.sum()
+    if l2 == 0.0:
+        assert family in ("logistic", "poisson") and fit_intercept
+        fam = sm.families.Binomial() if family == "logistic" else sm.families.Poisson()
+        res = sm.GLM(y, sm.add_constant(Xd, prepend=False, has_constant="add"), family=fam,
+                     freq_weights=w).fit(tol=1e-13, maxiter=200)
+        return np.asarray(res.params, dtype=np.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # ConvergenceWarning at tol=1e-12 is about rounding
+        if family in ("logistic", "multinomial"):
+            m = sklm.LogisticRegression(C=1.0 / (W * l2), solver="newton-cholesky", tol=1e-12,
+                                        max_iter=1000, fit_intercept=fit_intercept)
+        elif family == "gaussian":
+            m = sklm.Ridge(alpha=W * l2, fit_intercept=fit_intercept, solver="cholesky")
+        elif family == "poisson":
+            m = sklm.PoissonRegressor(alpha=l2, solver="newton-cholesky", tol=1e-12,
+                                      max_iter=1000, fit_intercept=fit_intercept)
+        m.fit(Xd, y, sample_weight=w)
+    coef = np.atleast_2d(m.coef_)  # (K, d)
+    K = coef.shape[0]
+    parts = [coef.T.reshape(-1)]
+    if fit_intercept:
+        parts.append(np.atleast_1d(m.intercept_).astype(np.float64))
+    return _center(np.concatenate(parts), d, K, fit_intercept)
+
+
+def _ref(family, X, y, l2, w=None, fit_intercept=True, K=1):
+    return RefGLM(dense64(X), y, family, K, l2, fit_intercept, w)
+
+
+def _weights(n, seed=5):
+    rng = np.random.default_rng(seed)
+    w = rng.uniform(0.2, 3.0, n)
+    w[:5] = 0.0
+    return w
+
+
+def _check_gradient(ref, x, gtol):
+    g = ref.grad(np.asarray(x, dtype=np.float64))
+    assert np.max(np.abs(g)) <= gtol + 1e-13, f"max|grad| {np.max(np.abs(g)):.3e} > {gtol}"
+
+
+# ---------------------------------------------------------------------- vs oracles, float64
+FITS = [
+    # family, storage, method, preconditioner, weighted
+    ("logistic", "dense", "line-search", None, False),
+    ("logistic", "csr", "line-search", "diag", True),
+    ("logistic", "csr", "trust-region", None, False),
+    ("logistic", "dense", "trust-region", "diag", True),
+    ("multinomial", "dense", "line-search", "diag", False),
+    ("multinomial", "csr", "trust-region", None, True),
+    ("gaussian", "dense", "line-search", None, True),
+    ("gaussian", "csr", "trust-region", "diag", False),
+    ("poisson", "csr", "line-search", "diag", True),
+    ("poisson", "dense", "trust-region", None, False),
+]
+
+
+@pytest.mark.parametrize("family,storage,method,precond,weighted", FITS,
+                         ids=["-".join(str(t) for t in f) for f in FITS])
+def test_optimum_matches_sklearn(family, storage, method, precond, weighted):
+    l2 = 1e-2
+    X, y = synthetic(family, seed=1, density=0.6 if storage == "csr" else None)
+    w = _weights(len(y)) if weighted else None
+    p = fc.GLM(X, y, family=family, l2=l2, sample_weight=w)
+    K = p.n_outputs
+    res = fc.newton_cg(p, method=method, preconditioner=precond)
+    assert res.success, res.message
+    assert res.x.dtype == np.float64 and res.x.shape == (p.n_params,)
+    expected = oracle(family, X, y, l2, w)
+    assert_close(_center(res.x, p.n_features, K), expected, RTOL, "newton_cg vs sklearn")
+    ref = _ref(family, X, y, l2, w, K=K)
+    _check_gradient(ref, res.x, GTOL)
+    np.testing.assert_allclose(res.fun, ref.value(res.x), rtol=1e-12)
+    np.testing.assert_allclose(res.grad_norm, np.max(np.abs(ref.grad(res.x))), rtol=1e-6,
+                               atol=1e-14)
+
+
+def test_multinomial_probabilities_match_sklearn():
+    X, y = synthetic("multinomial", seed=2, K=4)
+    l2 = 3e-3
+    p = fc.GLM(X, y, family="multinomial", l2=l2)
+    res = fc.newton_cg(p, method="trust-region", preconditioner="diag")
+    assert res.success, res.message
+    m = sklm.LogisticRegression(C=1.0 / (len(y) * l2), solver="lbfgs", tol=1e-12,
+                                max_iter=10_000).fit(X, y)
+    Wt = res.x.reshape(X.shape[1] + 1, 4)
+    eta = X @ Wt[:-1] + Wt[-1]
+    prob = np.exp(eta - eta.max(axis=1, keepdims=True))
+    prob /= prob.sum(axis=1, keepdims=True)
+    # lbfgs (tol 1e-12) agrees with newton-cholesky to ~1e-8 relative on these problems
+    np.testing.assert_allclose(prob, m.predict_proba(X), rtol=1e-6, atol=1e-9)
+    assert_close(Wt[:-1], m.coef_.T, RTOL, "coef")
+
+
+@pytest.mark.parametrize("family,method", [("logistic", "trust-region"),
+                                           ("poisson", "line-search")])
+def test_unpenalized_matches_statsmodels(family, method):
+    X, y = synthetic(family, n=500, d=4, seed=3)
+    p = fc.GLM(X, y, family=family, l2=0.0)
+    res = fc.newton_cg(p, method=method, preconditioner="diag")
+    assert res.success, res.message
+    assert_close(res.x, oracle(family, X, y, 0.0), RTOL, f"{family} vs statsmodels GLM")
+    _check_gradient(_ref(family, X, y, 0.0), res.x, GTOL)
+
+
+def test_statsmodels_frequency_weights():
+    """Integer weights = repeated rows; statsmodels freq_weights is the oracle."""
+    X, y = synthetic("poisson", n=300, d=3, seed=4)
+    w = np.random.default_rng(6).integers(0, 4, len(y)).astype(np.float64)
+    p = fc.GLM(X, y, family="poisson", sample_weight=w)
+    res = fc.newton_cg(p, method="trust-region")
+    assert res.success, res.message
+    assert_close(res.x, oracle("poisson", X, y, 0.0, w), RTOL, "weighted Poisson")
+
+
+@pytest.mark.parametrize("curvature,damping", [("ggn", 0.0), ("hessian", 0.5), ("ggn", 0.1)])
+def test_curvature_and_damping_do_not_move_the_optimum(curvature, damping):
+    """The GGN equals the Hessian for canonical-link GLMs; damping changes steps, not F.
+
+    Damped Newton converges linearly, at rate about δ/(μ + δ) with μ ≈ 0.1 here (0.83 for
+    δ = 0.5: ~100 iterations from ‖g‖ = 0.1 to 1e-8), hence max_iter=300."""
+    X, y = synthetic("logistic", seed=7)
+    p = fc.GLM(X, y, family="logistic", l2=1e-2)
+    res = fc.newton_cg(p, curvature=curvature, damping=damping, max_iter=300)
+    assert res.success, res.message
+    assert_close(res.x, oracle("logistic", X, y, 1e-2), RTOL, f"{curvature}, δ={damping}")
+
+
+# ---------------------------------------------------------------------- float32
+F32 = [
+    ("logistic", "dense", "line-search", None),
+    ("multinomial", "csr", "trust-region", "diag"),
+    ("gaussian", "dense", "line-search", "diag"),
+    ("poisson", "dense", "trust-region", None),
+]
+
+
+@pytest.mark.parametrize("family,storage,method,precond", F32,
+                         ids=["-".join(str(t) for t in f) for f in F32])
+def test_float32(family, storage, method, precond):
+    gtol = 1e-4
+    l2 = 1e-2
+    X, y = synthetic(family, seed=8, density=0.6 if storage == "csr" else None,
+                     dtype=np.float32)
+    p = fc.GLM(X, y, family=family, l2=l2)
+    assert p.dtype == np.float32
+    res = fc.newton_cg(p, gtol=gtol, method=method, preconditioner=precond)
+    assert res.success, res.message
+    assert res.x.dtype == np.float32
+    K = p.n_outputs
+    ref = _ref(family, X, y, l2, K=K)  # the float32 numbers, in float64
+    x = res.x.astype(np.float64)
+    g = ref.grad(x)
+    assert np.max(np.abs(g)) <= gtol + 1e-5
+    x_star = oracle(family, X, y, l2)
+    H = ref.hessian(x_star)
+    ev = np.linalg.eigvalsh(H)
+    mu = ev[ev > 1e-10 * ev[-1]][0]  # skip the multinomial intercept null direction
+    dist = np.linalg.norm(_center(x, p.n_features, K) - x_star)
+    assert dist <= 2 * np.linalg.norm(g) / mu + 1e-6 * np.abs(x_star).max()
+
+
+# ---------------------------------------------------------------------- result, callback, progress
+def test_result_fields_history_callback_and_progress(capsys):
+    X, y = synthetic("logistic", seed=9)
+    p = fc.GLM(X, y, family="logistic", l2=1e-2)
+    ref = _ref("logistic", X, y, 1e-2)
+    calls = []
+    res = fc.newton_cg(p, callback=lambda th, info: calls.append((th.copy(), dict(info))),
+                       progress=True)
+    out = capsys.readouterr().out
+    assert isinstance(res, fc.NewtonResult)
+    assert res.success is True and isinstance(res.message, str) and "onverged" in res.message
+    assert isinstance(res.n_iter, int) and res.n_iter >= 1
+    assert isinstance(res.n_hvp, int) and isinstance(res.n_cg, int)
+    assert res.n_hvp >= res.n_cg >= res.n_iter  # at least one CG iteration per Newton step
+    assert isinstance(res.fun, float) and isinstance(res.grad_norm, float)
+    np.testing.assert_allclose(res.fun, ref.value(res.x), rtol=1e-12)
+    # history: one dict per iteration, iteration 0 being the starting point
+    assert isinstance(res.history, list) and len(res.history) == res.n_iter + 1
+    keys = {"iter", "fun", "grad_norm", "n_cg", "step", "time"}
+    for i, row in enumerate(res.history):
+        assert isinstance(row, dict) and keys <= set(row)
+        assert row["iter"] == i
+    assert sum(row["n_cg"] for row in res.history) == res.n_cg
+    np.testing.assert_allclose(res.history[0]["fun"], np.log(2.0), rtol=1e-14)  # θ = 0
+    assert res.history[-1]["grad_norm"] == res.grad_norm
+    # the objective decreases along a line-search run
+    funs = [row["fun"] for row in res.history]
+    assert all(b <= a for a, b in zip(funs[:-1], funs[1:], strict=True))
+    # callback: once per iteration, with the iterate and its history row
+    assert [info["iter"] for _, info in calls] == list(range(res.n_iter + 1))
+    for th, info in calls:
+        np.testing.assert_allclose(info["fun"], ref.value(th), rtol=1e-12)
+    np.testing.assert_array_equal(calls[-1][0], res.x)
+    # progress: a header and one line per iteration, starting with the iteration number
+    lines = [ln for ln in out.splitlines() if ln.strip()]
+    it_lines = [ln for ln in lines if ln.split()[0].isdigit()]
+    assert [int(ln.split()[0]) for ln in it_lines] == list(range(res.n_iter + 1))
+
+
+def test_progress_false_prints_nothing(capsys):
+    X, y = synthetic("gaussian", n=100, d=3, seed=10)
+    fc.newton_cg(fc.GLM(X, y, family="gaussian", l2=1e-2))
+    assert capsys.readouterr().out == ""
+
+
+def test_trust_region_history_and_callback():
+    X, y = synthetic("poisson", seed=11)
+    p = fc.GLM(X, y, family="poisson", l2=1e-2)
+    iters = []
+    res = fc.newton_cg(p, method="trust-region", callback=lambda th, info: iters.append(
+        info["iter"]))
+    assert res.success, res.message
+    assert iters == list(range(res.n_iter + 1)) and len(res.history) == res.n_iter + 1
+
+
+# ---------------------------------------------------------------------- edge cases
+def test_one_feature():
+    rng = np.random.default_rng(12)
+    X = rng.standard_normal((200, 1))
+    y = (rng.random(200) < 1 / (1 + np.exp(-1.5 * X[:, 0]))).astype(np.float64)
+    for method in ("line-search", "trust-region"):
+        res = fc.newton_cg(fc.GLM(X, y, l2=1e-2), method=method)
+        assert res.success and res.x.shape == (2,)
+        assert_close(res.x, oracle("logistic", X, y, 1e-2), RTOL, method)
+
+
+@pytest.mark.parametrize("method", ["line-search", "trust-region"])
+@pytest.mark.parametrize("family", ["logistic", "multinomial"])
+def test_separable_without_penalty_stops_and_says_so(family, method):
+    rng = np.random.default_rng(13)
+    X = rng.standard_normal((200, 3))
+    if family == "logistic":
+        y = (X[:, 0] > 0).astype(np.float64)
+    else:
+        y = np.digitize(X[:, 0], [-0.5, 0.5])  # classes ordered along x0: separable
+    p = fc.GLM(X, y, family=family, l2=0.0)
+    res = fc.newton_cg(p, method=method, max_iter=100)
+    assert res.success is False
+    assert "separable" in res.message and "l2" in res.message
+    assert res.n_iter < 100  # detected, not run to max_iter
+
+
+def test_constant_columns():
+    """A column of ones next to the intercept (identified only through l2 > 0) and an
+    all-zero column (its coefficient's optimum is exactly 0 with l2 > 0)."""
+    X0, y = synthetic("logistic", n=300, d=3, seed=14)
+    X = np.column_stack([X0, np.ones(300), np.zeros(300)])
+    l2 = 0.1
+    expected = oracle("logistic", X, y, l2)
+    for method, precond in (("line-search", "diag"), ("trust-region", None),
+                            ("line-search", None), ("trust-region", "diag")):
+        res = fc.newton_cg(fc.GLM(X, y, l2=l2), method=method, preconditioner=precond)
+        assert res.success, (method, precond, res.message)
+        assert_close(res.x, expected, RTOL, f"{method}/{precond}")
+        assert abs(res.x[4]) <= 1e-12
+
+
+def test_zero_column_without_penalty():
+    """l2 = 0 and an all-zero column: the Hessian is singular along that coefficient (which
+    does not change F); the other coefficients are statsmodels' fit without the column."""
+    X0, y = synthetic("poisson", n=300, d=3, seed=15)
+    X = np.column_stack([X0[:, :2], np.zeros(300), X0[:, 2:]])
+    expected = oracle("poisson", X0, y, 0.0)
+    for method, precond in (("line-search", "diag"), ("trust-region", None)):
+        res = fc.newton_cg(fc.GLM(X, y, family="poisson"), method=method,
+                           preconditioner=precond)
+        assert res.success, (method, res.message)
+        assert np.all(np.isfinite(res.x))
+        assert_close(np.delete(res.x, 2), expected, RTOL, method)
+
+
+@pytest.mark.parametrize("method", ["line-search", "trust-region"])
+def test_warm_start_at_optimum(method):
+    X, y = synthetic("multinomial", n=200, seed=16)
+    p = fc.GLM(X, y, family="multinomial", l2=1e-2)
+    first = fc.newton_cg(p, method=method)
+    assert first.success
+    theta0 = first.x.copy()
+    again = fc.newton_cg(p, theta0, method=method)
+    assert again.success and again.n_iter == 0 and again.n_cg == 0
+    np.testing.assert_array_equal(again.x, first.x)
+    np.testing.assert_array_equal(theta0, first.x)  # the start is not modified
+    assert len(again.history) == 1
+
+
+def test_warm_start_elsewhere_converges_to_same_point():
+    X, y = synthetic("gaussian", seed=17)
+    p = fc.GLM(X, y, family="gaussian", l2=1e-2)
+    start = np.full(p.n_params, 3.0)
+    res = fc.newton_cg(p, start, method="trust-region")
+    assert res.success
+    assert_close(res.x, oracle("gaussian", X, y, 1e-2), RTOL, "from a far start")
+    assert np.all(start == 3.0)
+
+
+@pytest.mark.parametrize("method", ["line-search", "trust-region"])
+def test_max_iter_one(method):
+    X, y = synthetic("logistic", seed=18)
+    res = fc.newton_cg(fc.GLM(X, y, l2=1e-2), max_iter=1, method=method)
+    assert res.success is False
+    assert "max_iter" in res.message
+    assert res.n_iter == 1 and len(res.history) == 2
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(method="bfgs"), dict(curvature="fisher"), dict(preconditioner="jacobi"),
+    dict(gtol=-1.0), dict(gtol=float("nan")), dict(max_iter=-1), dict(damping=-0.1),
+], ids=["method", "curvature", "preconditioner", "gtol-neg", "gtol-nan", "max_iter", "damping"])
+def test_invalid_arguments(kwargs):
+    X, y = synthetic("logistic", n=50, d=2, seed=19)
+    with pytest.raises(ValueError):
+        fc.newton_cg(fc.GLM(X, y, l2=1e-2), **kwargs)
+
+
+def test_kfac_preconditioner_not_implemented():
+    X, y = synthetic("logistic", n=50, d=2, seed=19)
+    with pytest.raises(NotImplementedError):
+        fc.newton_cg(fc.GLM(X, y, l2=1e-2), preconditioner="kfac")
+
+
+# ---------------------------------------------------------------------- known bug
+@pytest.mark.parametrize("method", ["line-search", "trust-region"])
+def test_reaches_tight_gtol_on_a_quadratic(method):
+    failures = []
+    for seed in range(20):
+        rng = np.random.default_rng(seed)
+        n, d = 200, 5
+        X = 0.5 * rng.standard_normal((n, d))
+        y = 0.5 * X @ rng.standard_normal(d) + rng.standard_normal(n)
+        p = fc.GLM(X, y, family="gaussian", l2=1e-2)
+        ref = _ref("gaussian", X, y, 1e-2)
+        # the exact minimizer (one linear solve) has max|grad| ~ 1e-16: 1e-11 is attainable
+        x_star = np.linalg.solve(ref.hessian(np.zeros(6)), -ref.grad(np.zeros(6)))
+        assert np.max(np.abs(ref.grad(x_star))) < 1e-14
+        res = fc.newton_cg(p, gtol=1e-11, method=method)
+        if not res.success:
+            failures.append((seed, res.grad_norm, res.n_iter, res.message))
+    assert not failures, failures
