@@ -74,7 +74,11 @@ def _newton(args):
     print(f"model: {family} GLM, {p.n_samples:,} samples x {p.n_features:,} features{nnz} "
           f"({kind} {np.dtype(p.dtype).name}), {p.n_params:,} parameters, l2={args.l2:g}")
     precond = None if args.precond == "none" else args.precond
-    fc.warmup(dtypes=(np.dtype(p.dtype).name,), sparse=p.is_sparse)
+    # compile (or load from Numba's cache) exactly the kernels this fit uses, on a few rows
+    t0 = time.perf_counter()
+    fc.newton_cg(p.subset(np.arange(min(p.n_samples, 64))), max_iter=2, method=args.method,
+                 preconditioner=precond)
+    print(f"kernels ready in {time.perf_counter() - t0:.2f}s (compiled once, then cached)")
     t0 = time.perf_counter()
     res = fc.newton_cg(p, gtol=args.gtol, max_iter=args.max_iter, method=args.method,
                        preconditioner=precond, progress=not args.quiet)
@@ -144,6 +148,9 @@ def main(argv=None):
         return 2
     try:
         return args.func(args)
+    except BrokenPipeError:  # output piped into a command that stopped reading (head, less)
+        sys.stderr.close()
+        return 0
     except (ValueError, TypeError, OSError, NotImplementedError) as exc:
         print(f"fastcurv: error: {exc}", file=sys.stderr)
         return 2

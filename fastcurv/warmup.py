@@ -4,8 +4,13 @@ import numpy as np
 import scipy.sparse as sp
 
 
-def warmup(dtypes=("float64", "float32"), sparse=True):
+FAMILIES = ("logistic", "gaussian", "poisson", "multinomial")
+
+
+def warmup(dtypes=("float64", "float32"), sparse=True, families=FAMILIES):
     """Run every GLM kernel once on tiny data so later calls do not pay compile time.
+
+    ``dtypes``, ``sparse`` (also CSR, not only dense) and ``families`` choose what to compile.
 
     With Numba's on-disk cache warm (``cache=True``), this loads compiled code in well under
     a second; on a fresh install it compiles once and fills the cache. Returns None.
@@ -17,12 +22,14 @@ def warmup(dtypes=("float64", "float32"), sparse=True):
         X = rng.standard_normal((8, 3)).astype(dt)
         inputs = [X, sp.csr_matrix(X)] if sparse else [X]
         for Xi in inputs:
-            for family, y in (
-                ("logistic", (rng.random(8) < 0.5).astype(float)),
-                ("gaussian", rng.standard_normal(8)),
-                ("poisson", rng.poisson(1.0, 8).astype(float)),
-                ("multinomial", np.arange(8) % 3),
-            ):
+            targets = {
+                "logistic": (rng.random(8) < 0.5).astype(float),
+                "gaussian": rng.standard_normal(8),
+                "poisson": rng.poisson(1.0, 8).astype(float),
+                "multinomial": np.arange(8) % 3,
+            }
+            for family in families:
+                y = targets[family]
                 p = GLM(Xi, y, family=family, l2=0.1)
                 theta = p.init()
                 v = np.ones(p.n_params, dtype=dt)
@@ -31,3 +38,4 @@ def warmup(dtypes=("float64", "float32"), sparse=True):
                 p.hvp(theta, np.stack([v, v], axis=1))
                 p.fisher_vp(theta, v)
                 p.hessian_diag(theta)
+                p.value_along(theta, v)(0.5)
