@@ -185,7 +185,11 @@ def newton_cg(p, theta0=None, *, gtol=1e-8, max_iter=100, method="line-search",
     curvature : {"hessian", "ggn"}
     preconditioner : None, "diag", "kfac" or a LinearOperator applying ``M⁻¹``
         ``"diag"`` uses the exact curvature diagonal ``D`` at each iterate, mixed as
-        ``(1 - precond_mix) mean(D) + precond_mix D`` (``precond_mix=1`` is Jacobi).
+        ``(1 - precond_mix) mean(D) + precond_mix D`` (``precond_mix=1`` is Jacobi, the
+        default: on logistic, Poisson and multinomial problems with badly scaled or sparse
+        binary columns, mixes 0.5 / 0.9 / 0.99 / 1 took 645 / 293 / 133 / 17, 160 / 48 / 21 / 17
+        and 899 / 439 / 325 / 267 CG iterations, so pure Jacobi won; on uncentered features
+        every diagonal preconditioner lost to none, 185 vs 23 CG iterations).
     damping : δ ≥ 0 added to the curvature
     callback : called as ``callback(theta, info)`` after each iteration (info: the history row)
     progress : print one line per iteration (iteration, loss, max|grad|, CG iterations, step,

@@ -3,7 +3,6 @@
 import numpy as np
 import scipy.sparse as sp
 
-
 FAMILIES = ("logistic", "gaussian", "poisson", "multinomial")
 
 
