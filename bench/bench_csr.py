@@ -7,7 +7,7 @@ single-threaded; fastcurv runs on 2 threads.
 import baselines as bl
 import pytest
 from datasets import CSR
-from harness import FreshTheta, agree_value_grad, assert_agree, measure
+from harness import FreshTheta, agree_value_grad, assert_agree, hugepage_fraction, measure
 from probe import check_probe, probe
 
 import fastcurv as fc
@@ -40,7 +40,8 @@ def test_hvp_probe(benchmark, csr):
     pr = probe(csr.X)
     check_probe(pr, csr.X)
     measure(benchmark, pr, key="csr.hvp.probe", nbytes=pr.nbytes,
-            note="reads data + indices + indptr once")
+            note="reads data + indices + indptr once",
+            x_hugepage_fraction=hugepage_fraction(csr.X.data))
 
 
 @pytest.mark.benchmark(group=G_HVP)

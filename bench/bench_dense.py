@@ -8,7 +8,7 @@ import baselines as bl
 import numpy as np
 import pytest
 from datasets import DENSE
-from harness import FreshTheta, agree_value_grad, assert_agree, measure
+from harness import FreshTheta, agree_value_grad, assert_agree, hugepage_fraction, measure
 from probe import check_probe, probe
 
 import fastcurv as fc
@@ -46,7 +46,8 @@ def ref(dense64):
 def test_hvp_probe(benchmark, dense64):
     pr = probe(dense64.X)
     check_probe(pr, dense64.X)
-    measure(benchmark, pr, key="dense64.hvp.probe", nbytes=pr.nbytes)
+    measure(benchmark, pr, key="dense64.hvp.probe", nbytes=pr.nbytes,
+            x_hugepage_fraction=hugepage_fraction(dense64.X))
 
 
 @pytest.mark.benchmark(group=G_HVP)
@@ -123,7 +124,8 @@ def test_value_grad_sklearn(benchmark, dense64, ref):
 def test_dtype_probe_f32(benchmark, dense32):
     pr = probe(dense32.X)
     check_probe(pr, dense32.X)
-    measure(benchmark, pr, key="dense32.hvp.probe", nbytes=pr.nbytes)
+    measure(benchmark, pr, key="dense32.hvp.probe", nbytes=pr.nbytes,
+            x_hugepage_fraction=hugepage_fraction(dense32.X))
 
 
 @pytest.mark.benchmark(group=G_DTYPE)

@@ -9,7 +9,7 @@ import baselines as bl
 import numpy as np
 import pytest
 from datasets import MULTI
-from harness import FreshTheta, agree_value_grad, assert_agree, measure
+from harness import FreshTheta, agree_value_grad, assert_agree, hugepage_fraction, measure
 from probe import check_probe, probe
 
 import fastcurv as fc
@@ -68,7 +68,8 @@ def test_layout_conversion_roundtrip(multi):
 def test_hvp_probe(benchmark, multi):
     pr = probe(multi.X)
     check_probe(pr, multi.X)
-    measure(benchmark, pr, key="multi.hvp.probe", nbytes=pr.nbytes)
+    measure(benchmark, pr, key="multi.hvp.probe", nbytes=pr.nbytes,
+            x_hugepage_fraction=hugepage_fraction(multi.X))
 
 
 @pytest.mark.benchmark(group=G_HVP)

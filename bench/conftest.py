@@ -28,8 +28,10 @@ def _bench_requested(config):
 
 
 def pytest_collect_file(file_path, parent):
+    # a file named on the command line is already collected by pytest's own python plugin
+    # (whatever its name): collecting it here too would run every benchmark twice
     if (file_path.suffix == ".py" and file_path.name.startswith("bench_")
-            and _bench_requested(parent.config)):
+            and _bench_requested(parent.config) and not parent.session.isinitpath(file_path)):
         return pytest.Module.from_parent(parent, path=file_path)
     return None
 

@@ -43,14 +43,14 @@ def _sum_rows(X, starts, out):
             r1 = X[i + 1]
             r2 = X[i + 2]
             r3 = X[i + 3]
-            t = r0[0] * 0
+            t = r0[0] - r0[0]  # zero in the data dtype (r0[0] * 0 would be float64)
             for j in range(d):
                 t += (r0[j] + r1[j]) + (r2[j] + r3[j])
             s += t
             i += 4
         while i < stop:
             r0 = X[i]
-            t = r0[0] * 0
+            t = r0[0] - r0[0]  # zero in the data dtype (r0[0] * 0 would be float64)
             for j in range(d):
                 t += r0[j]
             s += t
@@ -66,7 +66,7 @@ def _sum_csr(data, indices, indptr, starts, out, iout):
         r1 = starts[c + 1]
         seg = data[indptr[r0]:indptr[r1]]
         idx = indices[indptr[r0]:indptr[r1]]
-        s = seg[0] * 0 if seg.shape[0] > 0 else 0.0
+        s = seg[0] - seg[0] if seg.shape[0] > 0 else 0.0
         for p in range(seg.shape[0]):
             s += seg[p]
         t = 0

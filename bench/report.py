@@ -73,17 +73,28 @@ def clean_stats(b):
     """
     s = b.get("stats") or b
     data = s.get("data")
-    shares = (b.get("extra_info") or {}).get("round_foreign_share")
+    info = b.get("extra_info") or {}
+    shares = info.get("round_foreign_share")
     n = s.get("rounds") or (len(data) if data else 0)
     if not data or not shares or len(shares) != len(data):
         return s["median"], None, n, s["median"]
-    clean = sorted(t for t, f in zip(data, shares, strict=True) if f <= CLEAN_SHARE)
+    # whole fits / file reads (bench_newton.py, bench_io.py) have few, long rounds whose load
+    # share is precise: they set their own clean threshold and minimum clean count
+    limit = info.get("clean_share", CLEAN_SHARE)
+    clean = sorted(t for t, f in zip(data, shares, strict=True) if f <= limit)
     med_all = s["median"]
-    if len(clean) >= max(5, len(data) // 3):
+    if len(clean) >= _min_clean(b, len(data)):
         m = len(clean)
         med = clean[m // 2] if m % 2 else 0.5 * (clean[m // 2 - 1] + clean[m // 2])
         return med, m, len(data), med_all
     return med_all, len(clean), len(data), med_all
+
+
+def _min_clean(b, rounds):
+    """Clean rounds needed to use their median: max(5, rounds / 3), or the benchmark's own
+    ``clean_min`` (whole fits and file reads: few rounds of seconds each)."""
+    own = (b.get("extra_info") or {}).get("clean_min")
+    return max(5, rounds // 3) if own is None else min(int(own), rounds)
 
 
 def _median(b):
@@ -121,7 +132,11 @@ def timing_rows(benchmarks):
             "rounds": n,
             "clean": n_clean,
             "gbs": (nb / med / 1e9) if nb else None,
-            "busy": info.get("foreign_cpu_share"),
+            # mean over the timed rounds (the whole phase also counts the gaps in which the
+            # gate waited for other processes, which did not slow any round)
+            "busy": (sum(info["round_foreign_share"]) / len(info["round_foreign_share"])
+                     if info.get("round_foreign_share") else info.get("foreign_cpu_share")),
+            "min_clean": _min_clean(b, n),
         })
     return rows
 
@@ -210,7 +225,7 @@ def render(benchmarks, results=None, env=None, markdown=False):
     def load(r):
         if r["busy"] is None:
             return "—"
-        few = r["clean"] is not None and r["clean"] < max(5, (r["rounds"] or 0) // 3)
+        few = r["clean"] is not None and r["clean"] < r["min_clean"]
         return f"{100 * r['busy']:.0f}%" + (" !" if few or (r["clean"] is None
                                                             and r["busy"] > BUSY) else "")
 
@@ -220,6 +235,11 @@ def render(benchmarks, results=None, env=None, markdown=False):
                      _fmt(r["min_ms"]), _fmt(r["iqr_ms"]), _fmt(r["gbs"], 1),
                      f"{'—' if r['clean'] is None else r['clean']}/{r['rounds']}", load(r))
                     for r in trows])
+    hp = [(b["extra_info"]["problem"], b["extra_info"].get("x_hugepage_fraction"))
+          for b in benchmarks if (b.get("extra_info") or {}).get("impl") == "probe"]
+    if any(f is not None for _, f in hp):
+        lines.append("X backed by transparent huge pages: " + ", ".join(
+            f"{p} {100 * f:.0f}%" for p, f in hp if f is not None))
     lines.append("median ms: over the clean rounds (no other process competed for the CPUs); "
                  "GB/s = bytes one pass reads / median; other load: share of the CPUs other "
                  "processes used while the row was timed")
@@ -244,7 +264,129 @@ def render(benchmarks, results=None, env=None, markdown=False):
         lines.append("")
         lines += table(["informational ratio (baseline / fastcurv)", "value"],
                        [(r["label"], _fmt(r["ratio"])) for r in irows])
+    lines += fit_section(benchmarks, table)
     return "\n".join(lines)
+
+
+# ------------------------------------------------------------------ whole fits and readers
+# (bench/bench_newton.py, bench/bench_io.py; keys ``<problem>.fit.<impl>`` / ``svmlight.read.*``)
+
+#: (label, problem, baseline impl, minimum speed-up of fastcurv); each is judged for both
+#: fastcurv variants (preconditioner None and "diag")
+FIT_TARGETS = [
+    ("dense logistic fit vs scikit-learn newton-cg", "fitdense", "sklearn_newton_cg", 4.0),
+    ("dense logistic fit vs scikit-learn lbfgs", "fitdense", "sklearn_lbfgs", 6.0),
+    ("dense logistic fit vs scikit-learn newton-cholesky", "fitdense",
+     "sklearn_newton_cholesky", 1.0),
+    ("CSR logistic fit vs scikit-learn newton-cg", "fitcsr", "sklearn_newton_cg", 3.0),
+    ("CSR logistic fit vs scikit-learn lbfgs", "fitcsr", "sklearn_lbfgs", 3.0),
+    ("multinomial fit vs scikit-learn newton-cg", "fitmulti", "sklearn_newton_cg", 3.0),
+    ("multinomial fit vs scikit-learn lbfgs", "fitmulti", "sklearn_lbfgs", 3.0),
+]
+FIT_VARIANTS = (("fastcurv_none", "fastcurv (no precond.)"), ("fastcurv_diag", "fastcurv diag"))
+
+
+def _g(x, fmt=".2e"):
+    return "—" if x is None else format(x, fmt)
+
+
+def fit_rows(benchmarks):
+    rows = []
+    for b in benchmarks:
+        info = b.get("extra_info") or {}
+        if info.get("op") != "fit":
+            continue
+        med, n_clean, n, _ = clean_stats(b)
+        per_step = info.get("cg_per_step")
+        rows.append({
+            "problem": info.get("problem"), "impl": info.get("impl"), "median_s": med,
+            "min_s": _min(b), "clean": n_clean, "rounds": n,
+            "max_grad": info.get("max_grad"), "reached": info.get("reached_gtol"),
+            "df": info.get("f_minus_ref"), "n_iter": info.get("n_iter"),
+            "n_cg": info.get("n_cg"), "n_hvp": info.get("n_hvp"),
+            "cg_per_step": "—" if not per_step else ",".join(str(c) for c in per_step),
+            "passes": info.get("passes"), "tol": info.get("tol"), "note": info.get("note", ""),
+        })
+    return rows
+
+
+def fit_target_rows(benchmarks):
+    idx = index(benchmarks)
+    rows = []
+    for label, prob, base, lo in FIT_TARGETS:
+        bkey = f"{prob}.fit.{base}"
+        for impl, name in FIT_VARIANTS:
+            fkey = f"{prob}.fit.{impl}"
+            if bkey not in idx or fkey not in idx:
+                continue
+            r = _median(idx[bkey]) / _median(idx[fkey])
+            binfo = idx[bkey].get("extra_info") or {}
+            note = "" if binfo.get("reached_gtol", True) else (
+                f"baseline stopped at max abs grad {binfo.get('max_grad'):.2e} > gtol")
+            rows.append({"label": f"{label} ({name})", "ratio": r,
+                         "ratio_min": _min(idx[bkey]) / _min(idx[fkey]),
+                         "target": f">= {lo:g}" if lo > 1 else "> 1", "met": r >= lo if lo > 1
+                         else r > lo, "note": note})
+    return rows
+
+
+def read_rows(benchmarks):
+    rows = []
+    for b in benchmarks:
+        info = b.get("extra_info") or {}
+        if info.get("op") != "read":
+            continue
+        med = _median(b)
+        rows.append({"impl": info.get("impl"), "median_s": med, "min_s": _min(b),
+                     "mbs": info.get("file_bytes", 0) / med / 1e6,
+                     "file_mb": info.get("file_bytes", 0) / 1e6, "key": info.get("key"),
+                     "long16": info.get("share_16_digit_values"),
+                     "clean": clean_stats(b)[1], "rounds": clean_stats(b)[2]})
+    return rows
+
+
+def fit_section(benchmarks, table):
+    """Lines for the whole-fit and reader benchmarks (none if the run had neither)."""
+    lines = []
+    frows = fit_rows(benchmarks)
+    if frows:
+        lines += ["", "whole fits (one round = one complete fit from zero; medians over clean "
+                  "rounds; max abs grad = max|p.grad| of fastcurv at the returned coefficients; "
+                  "F - F* vs the reference fit)"]
+        lines += table(["problem", "solver", "median s", "min s", "clean/rounds", "max abs grad",
+                        "<= gtol", "F - F*", "Newton it", "CG it", "HVPs", "CG per step",
+                        "passes/evals", "tol"],
+                       [(r["problem"], r["impl"], _fmt(r["median_s"], 3), _fmt(r["min_s"], 3),
+                         f"{'—' if r['clean'] is None else r['clean']}/{r['rounds']}",
+                         _g(r["max_grad"]), {True: "yes", False: "NO", None: "—"}[r["reached"]],
+                         _g(r["df"], ".1e"), "—" if r["n_iter"] is None else r["n_iter"],
+                         "—" if r["n_cg"] is None else r["n_cg"],
+                         "—" if r["n_hvp"] is None else r["n_hvp"], r["cg_per_step"],
+                         r["passes"] or "—", _g(r["tol"], ".0e")) for r in frows])
+        trows = fit_target_rows(benchmarks)
+        if trows:
+            lines.append("")
+            lines += table(["whole-fit target (baseline median / fastcurv median)", "speed-up",
+                            "target", "met", "ratio of mins", "note"],
+                           [(r["label"], _fmt(r["ratio"]), r["target"],
+                             "yes" if r["met"] else "NO", _fmt(r["ratio_min"]), r["note"])
+                            for r in trows])
+    rrows = read_rows(benchmarks)
+    if rrows:
+        long16 = rrows[0]["long16"]
+        lines += ["", "svmlight readers (same file, in the page cache" + (
+            "" if long16 is None else f"; {100 * long16:.0f}% of its values are written with 16 "
+            "digits by dump_svmlight_file's %.16g") + ")"]
+        lines += table(["reader", "median s", "min s", "MB/s", "file MB", "clean/rounds"],
+                       [(r["impl"], _fmt(r["median_s"], 3), _fmt(r["min_s"], 3),
+                         _fmt(r["mbs"], 0), _fmt(r["file_mb"], 1),
+                         f"{'—' if r['clean'] is None else r['clean']}/{r['rounds']}")
+                        for r in rrows])
+        by = {r["impl"]: r for r in rrows}
+        if "fastcurv" in by and "sklearn" in by:
+            lines.append(f"fastcurv.io.load_svmlight / sklearn load_svmlight_file speed: "
+                         f"{by['sklearn']['median_s'] / by['fastcurv']['median_s']:.2f}x")
+    return lines
 
 
 def main(argv=None):

@@ -49,7 +49,7 @@ def tile_width(L):
 @jit
 def _fwd4x5(X, i, Vt, l, U):
     d = Vt.shape[1]
-    z = X[i, 0] * 0
+    z = X[i, 0] - X[i, 0]  # zero in the data dtype (X[i, 0] * 0 would be float64)
     s00 = s01 = s02 = s03 = s04 = s10 = s11 = s12 = s13 = s14 = z
     s20 = s21 = s22 = s23 = s24 = s30 = s31 = s32 = s33 = s34 = z
     for j in range(d):
@@ -91,7 +91,7 @@ def _fwd4x5(X, i, Vt, l, U):
 @jit
 def _fwd4x4(X, i, Vt, l, U):
     d = Vt.shape[1]
-    z = X[i, 0] * 0
+    z = X[i, 0] - X[i, 0]  # zero in the data dtype (X[i, 0] * 0 would be float64)
     s00 = s01 = s02 = s03 = s10 = s11 = s12 = s13 = z
     s20 = s21 = s22 = s23 = s30 = s31 = s32 = s33 = z
     for j in range(d):
