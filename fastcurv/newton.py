@@ -222,9 +222,17 @@ def newton_cg(p, theta0=None, *, gtol=1e-8, max_iter=100, method="line-search",
     products gain nothing from threads, and spinning BLAS threads slow the parallel curvature
     kernels that follow).
     """
-    with _single_threaded_blas():
-        return _newton_cg(p, theta0, gtol, max_iter, method, curvature, preconditioner,
-                          damping, callback, progress, cg_max_iter, precond_mix)
+    fuse = preconditioner == "diag" and curvature == "hessian" and hasattr(p, "fuse_diag")
+    before = p.fuse_diag if fuse else None
+    try:
+        if fuse:  # the diagonal comes with every value-and-gradient pass: no extra pass
+            p.fuse_diag = True
+        with _single_threaded_blas():
+            return _newton_cg(p, theta0, gtol, max_iter, method, curvature, preconditioner,
+                              damping, callback, progress, cg_max_iter, precond_mix)
+    finally:
+        if fuse:
+            p.fuse_diag = before
 
 
 def _newton_cg(p, theta0, gtol, max_iter, method, curvature, preconditioner, damping,

@@ -12,16 +12,27 @@ import numpy as np
 from numba import prange
 
 from ._jit import jit
-from .glm_dense import VALUE_GRAD, _row_value_grad, _rows_curvature, _rows_value_grad
+from .glm_dense import (
+    CURVATURE,
+    VALUE_GRAD,
+    VALUE_GRAD_DIAG,
+    _row_value_grad,
+    _rows_curvature,
+    _rows_value_grad,
+)
 
 
 @jit(parallel=True)
 def pass_k1(data, indices, indptr, starts, v, vb, mode, fam, y, a, cw, eta, r, h,
-            lbuf, gbuf, gbbuf):
+            lbuf, dbuf, gbuf, gbbuf):
     """One fused pass of a single-output GLM (see ``glm_dense.pass_k1``); ``gbuf[c]`` (d,)."""
     n_chunks = starts.shape[0] - 1
+    diag = mode == VALUE_GRAD_DIAG
     for c in prange(n_chunks):
         acc = gbuf[c]
+        dacc = dbuf[0]  # a placeholder unless the diagonal is asked for
+        if diag:
+            dacc = dbuf[c]
         lsum = 0.0
         bsum = 0.0
         for i in range(starts[c], starts[c + 1]):
@@ -30,14 +41,21 @@ def pass_k1(data, indices, indptr, starts, v, vb, mode, fam, y, a, cw, eta, r, h
             s = 0.0
             for p in range(lo, hi):
                 s += data[p] * v[indices[p]]
-            if mode == VALUE_GRAD:
+            if mode != CURVATURE:
                 t, li = _row_value_grad(fam, s + vb, y[i], a[i], i, eta, r, h)
                 lsum += li
             else:
                 t = cw[i] * (s + vb)
             bsum += t
-            for p in range(lo, hi):
-                acc[indices[p]] += t * data[p]
+            if diag:
+                w = a[i] * h[i]
+                for p in range(lo, hi):
+                    x = data[p]
+                    acc[indices[p]] += t * x
+                    dacc[indices[p]] += w * x * x
+            else:
+                for p in range(lo, hi):
+                    acc[indices[p]] += t * data[p]
         gbbuf[c] = bsum
         lbuf[c] = lsum
 

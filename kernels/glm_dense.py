@@ -29,6 +29,9 @@ FLUSH = 256
 #: a curvature-vector product with per-sample curvature computed before
 VALUE_GRAD = 0
 CURVATURE = 1
+#: VALUE_GRAD plus the exact curvature diagonal sum_i a_i l''_i x_ij^2 in the same pass
+#: (single-output kernels only: there the extra arithmetic hides under the memory traffic)
+VALUE_GRAD_DIAG = 2
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -286,6 +289,29 @@ def _axpy1(X, i, t, acc):
 
 
 @jit
+def _sqaxpy4(X, i, w, acc):
+    """``acc += sum_r w[r] X[i + r]^2`` for r = 0..3."""
+    d = X.shape[1]
+    w0 = w[0]
+    w1 = w[1]
+    w2 = w[2]
+    w3 = w[3]
+    for j in range(d):
+        x0 = X[i, j]
+        x1 = X[i + 1, j]
+        x2 = X[i + 2, j]
+        x3 = X[i + 3, j]
+        acc[j] += w0 * x0 * x0 + w1 * x1 * x1 + w2 * x2 * x2 + w3 * x3 * x3
+
+
+@jit
+def _sqaxpy1(X, i, w, acc):
+    d = X.shape[1]
+    for j in range(d):
+        acc[j] += w * X[i, j] * X[i, j]
+
+
+@jit
 def _flush1(acc, buf):
     for j in range(acc.shape[0]):
         buf[j] += acc[j]
@@ -303,21 +329,26 @@ def _row_value_grad(fam, e, y, a, row, eta, r, h):
 
 
 @jit(parallel=True)
-def pass_k1(X, starts, v, vb, mode, fam, y, a, cw, eta, r, h, lbuf, gbuf, gbbuf):
+def pass_k1(X, starts, v, vb, mode, fam, y, a, cw, eta, r, h, lbuf, dbuf, gbuf, gbbuf):
     """One fused pass of a single-output GLM: ``s_i = x_i . v + vb``, ``t_i = f(s_i)``,
     ``gbuf[c] += sum t_i x_i``, ``gbbuf[c] = sum t_i`` over the rows of chunk c.
 
     ``mode == VALUE_GRAD``: v, vb are the parameters; ``f = a_i l'(s_i)``; ``eta, r, h``
     (n,) receive ``s_i, l'_i, l''_i`` (float64, unweighted) and ``lbuf[c] = sum a_i l_i``.
+    ``mode == VALUE_GRAD_DIAG``: the same, and ``dbuf[c] = sum a_i l''_i x_i^2`` (the
+    Hessian diagonal's data part) from the rows while they are in cache.
     ``mode == CURVATURE``: ``f = cw_i s_i`` with ``cw_i = a_i l''_i`` (Hessian) or
-    ``a_i r_i^2`` (empirical Fisher); y, a, eta, r, h and lbuf are not touched.
+    ``a_i r_i^2`` (empirical Fisher); y, a, eta, r, h, lbuf and dbuf are not touched.
 
     Rows go four at a time: one load of ``v`` and one update of the accumulator per four rows.
     """
     n_chunks = starts.shape[0] - 1
     d = X.shape[1]
+    diag = mode == VALUE_GRAD_DIAG
     for c in prange(n_chunks):
         acc = np.zeros(d, dtype=X.dtype)
+        dacc = np.zeros(d if diag else 1, dtype=X.dtype)
+        w = np.zeros(4, dtype=X.dtype)
         t = np.zeros(4, dtype=X.dtype)
         s = np.zeros(4)
         lsum = 0.0
@@ -334,24 +365,33 @@ def pass_k1(X, starts, v, vb, mode, fam, y, a, cw, eta, r, h, lbuf, gbuf, gbbuf)
                     s[q] = _dot1(X, i + q, v)
             for q in range(nr):
                 row = i + q
-                if mode == VALUE_GRAD:
+                if mode != CURVATURE:
                     tq, lq = _row_value_grad(fam, s[q] + vb, y[row], a[row], row, eta, r, h)
                     lsum += lq
+                    w[q] = a[row] * h[row]
                 else:
                     tq = cw[row] * (s[q] + vb)
                 bsum += tq
                 t[q] = tq
             if nr == 4:
                 _axpy4(X, i, t, acc)
+                if diag:
+                    _sqaxpy4(X, i, w, dacc)
             else:
                 for q in range(nr):
                     _axpy1(X, i + q, t[q], acc)
+                    if diag:
+                        _sqaxpy1(X, i + q, w[q], dacc)
             i += nr
             count += nr
             if count >= FLUSH:
                 _flush1(acc, gbuf[c])
+                if diag:
+                    _flush1(dacc, dbuf[c])
                 count = 0
         _flush1(acc, gbuf[c])
+        if diag:
+            _flush1(dacc, dbuf[c])
         gbbuf[c] = bsum
         lbuf[c] = lsum
 

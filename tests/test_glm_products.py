@@ -383,3 +383,19 @@ def test_config_catalogue_is_what_it_says():
         p = by_name(f"logistic-dense-{name}").glm()
         assert p.fit_intercept == fi and p.l2 == l2
         assert (kind is None) == np.all(p.sample_weight == 1.0)
+
+
+@pytest.mark.parametrize("name", ["logistic-dense-weighted", "poisson-csr-weighted",
+                                  "gaussian-dense-noint", "multinomial-dense-weighted",
+                                  "logistic-csr-noint"])
+def test_fused_diagonal_equals_reference(name):
+    """With ``fuse_diag`` the value-and-gradient pass also yields the Hessian diagonal (single
+    output); it must equal the reference diagonal, and the gradient must be unchanged."""
+    case = by_name(name)
+    p = case.glm()
+    p.fuse_diag = True
+    theta = case.theta()
+    ref = case.ref()
+    assert_close(p.grad(theta), ref.grad(theta), REF_RTOL, "grad with fused diagonal")
+    assert_close(p.hessian_diag(theta), np.diag(ref.hessian(theta)), REF_RTOL,
+                 "fused hessian_diag")

@@ -14,7 +14,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from ..kernels import glm_csr, glm_dense, reduce
-from ..kernels.glm_dense import CURVATURE, VALUE_GRAD
+from ..kernels.glm_dense import CURVATURE, VALUE_GRAD, VALUE_GRAD_DIAG
 from ..kernels.losses import MULTINOMIAL
 
 
@@ -46,21 +46,30 @@ _NO2 = np.zeros((1, 1))
 class _Design:
     """The fused passes, written once over the storage-specific ``_run_k1`` / ``_run_gen``."""
 
-    def value_grad(self, Wmat, b, y2, a, fam):
+    def value_grad(self, Wmat, b, y2, a, fam, want_diag=False):
         """Loss sum, gradient (d, K), intercept gradient (K,) and the (n, K) state
-        ``eta, r = l', h = diag l''`` (for the multinomial, h = p) in one pass."""
+        ``eta, r = l', h = diag l''`` (for the multinomial, h = p) in one pass.
+
+        With ``want_diag`` a single-output pass also returns ``sum_i a_i h_i x_i^2`` (d, 1)
+        (the data part of the Hessian diagonal); otherwise, or for K outputs, that is None.
+        """
         n, K = self.n, Wmat.shape[1]
         eta = np.empty((n, K))
         r = np.empty((n, K))
         h = np.empty((n, K))
         lbuf = np.zeros(self.n_chunks)
+        diag = None
         if K == 1 and fam != MULTINOMIAL:
-            g, gb = self._run_k1(Wmat[:, 0], b[0], VALUE_GRAD, fam, y2[:, 0], a, _NO1,
-                                 eta.reshape(n), r.reshape(n), h.reshape(n), lbuf)
+            dbuf = np.zeros((self.n_chunks, self.d)) if want_diag else _NO2
+            g, gb = self._run_k1(Wmat[:, 0], b[0], VALUE_GRAD_DIAG if want_diag else VALUE_GRAD,
+                                 fam, y2[:, 0], a, _NO1, eta.reshape(n), r.reshape(n),
+                                 h.reshape(n), lbuf, dbuf)
+            if want_diag:
+                diag = _reduce(dbuf).reshape(self.d, 1)
         else:
             g, gb = self._run_gen(Wmat, b, VALUE_GRAD, fam, y2, a, eta, r, h,
                                   _NO2, _NO2, _NO1, False, 1, lbuf)
-        return float(lbuf.sum()), g, gb, eta, r, h
+        return float(lbuf.sum()), g, gb, eta, r, h, diag
 
     def curv_vec(self, V, vb, weights):
         """``sum_i x~_i (x) t_i`` with ``t_i`` from ``weights`` applied to ``u_i = x_i V + vb``.
@@ -70,7 +79,7 @@ class _Design:
         lbuf = np.zeros(self.n_chunks)
         if weights[0] == "k1":
             return self._run_k1(V[:, 0], vb[0], CURVATURE, 0, _NO1, _NO1, weights[1],
-                                _NO1, _NO1, _NO1, lbuf)
+                                _NO1, _NO1, _NO1, lbuf, _NO2)
         _, Dw, Q, qa, use_q, m = weights
         return self._run_gen(V, vb, CURVATURE, 0, _NO2, _NO1, _NO2, _NO2, _NO2,
                              Dw, Q, qa, use_q, m, lbuf)

@@ -93,6 +93,9 @@ class GLM:
             raise TypeError(f"fit_intercept must be True or False, got {fit_intercept!r}")
         self.fit_intercept = bool(fit_intercept)
         self._states = []  # the two most recent _State, newest first
+        #: compute the Hessian diagonal in every value-and-gradient pass (single output only);
+        #: newton_cg turns this on while it uses the diagonal preconditioner
+        self.fuse_diag = False
 
     # ------------------------------------------------------------------ attributes
     @property
@@ -205,10 +208,12 @@ class GLM:
         st = self._cached_state(theta)
         if st is None:
             Wmat, b = self._split(theta)
-            loss, gW, gb, eta, r, h = self._design.value_grad(
-                Wmat, np.ascontiguousarray(b), self._y2, self._a, self._fam
+            loss, gW, gb, eta, r, h, diag = self._design.value_grad(
+                Wmat, np.ascontiguousarray(b), self._y2, self._a, self._fam, self.fuse_diag
             )
             st = _State(theta.copy(), loss, gW, gb, eta, r, h)
+            if diag is not None:
+                st._cache["hess_diag_data"] = diag
         self._states = [st] + [s for s in self._states if s is not st][:1]
         return st
 
@@ -305,10 +310,14 @@ class GLM:
         return a[:, None] * st.h, None, None
 
     def _diag(self, st, which, cw=None):
+        fused = st._cache.get("hess_diag_data") if (which == "hess" and cw is None) else None
         if cw is None:
             Dw, Q, qa = self._curv_matrices(st, which)
             cw = Dw if Q is None else Dw + qa[:, None] * Q * Q
-        dW = self._design.sq_colsum(np.ascontiguousarray(cw))
+        if fused is not None:
+            dW = fused  # computed in the value-and-gradient pass at this theta
+        else:
+            dW = self._design.sq_colsum(np.ascontiguousarray(cw))
         db = cw.sum(axis=0)
         if which != "fisher" and self.l2 != 0.0:
             dW = dW + self.l2
