@@ -114,16 +114,53 @@ def _make_preconditioner(preconditioner, p, theta, curvature, damping, mix):
             op = LinearOperator((P, P), matvec=lambda v: inv * np.ravel(v),
                                 matmat=lambda V: inv[:, None] * V, dtype=p.dtype)
             return Dm, op
+        if preconditioner == "cholesky":
+            return None, _cholesky_preconditioner(p, theta, curvature, damping)
         if preconditioner == "kfac":
             raise NotImplementedError(
                 "preconditioner='kfac' needs fastcurv.KFACOperator, which is not in this "
                 "release yet; use preconditioner='diag' or None"
             )
-        raise ValueError(f"preconditioner must be None, 'diag' or 'kfac', got {preconditioner!r}")
+        raise ValueError("preconditioner must be None, 'diag', 'cholesky' or 'kfac', got "
+                         f"{preconditioner!r}")
     if isinstance(preconditioner, LinearOperator) or hasattr(preconditioner, "matvec"):
         return None, preconditioner
     raise TypeError("preconditioner must be None, 'diag', 'kfac' or a LinearOperator "
                     "applying the inverse preconditioner")
+
+
+#: largest parameter count for preconditioner="cholesky" (a dense P x P factor)
+MAX_CHOLESKY_PARAMS = 4096
+#: rebuild the Cholesky preconditioner when a Newton step needed more CG iterations than this
+CHOLESKY_REFRESH_CG = 8
+
+
+def _cholesky_preconditioner(p, theta, curvature, damping):
+    """``M⁻¹ = (C(θ) + δI + εI)⁻¹`` from the Cholesky factor of the dense curvature at ``θ``.
+
+    Built at one iterate and kept while CG converges fast with it (the curvature changes
+    slowly along a Newton path), so its cost (one pass over X with BLAS-3 work, n P² flops,
+    plus P³/3) is paid once or a few times per fit. ``ε = 1e-10 mean|diag|`` keeps it positive
+    definite on exact null directions (multinomial intercepts); steps may then move along such
+    a direction, which leaves the objective and every prediction unchanged.
+    """
+    from scipy.linalg import cho_factor, cho_solve
+
+    P = p.n_params
+    if P > MAX_CHOLESKY_PARAMS:
+        raise ValueError(f"preconditioner='cholesky' factors a dense {P}x{P} matrix; it is meant "
+                         f"for up to {MAX_CHOLESKY_PARAMS} parameters: use 'diag' here")
+    H = np.asarray(p.hessian(theta) if curvature == "hessian" else p.ggn(theta)
+                   if hasattr(p, "ggn") else p.hessian(theta), dtype=np.float64)
+    eps = 1e-10 * float(np.mean(np.abs(np.diag(H)))) or 1e-12
+    H[np.diag_indices(P)] += damping + eps
+    factor = cho_factor(H, lower=True, overwrite_a=True, check_finite=False)
+    dtype = p.dtype
+    return LinearOperator(
+        (P, P), dtype=dtype,
+        matvec=lambda v: cho_solve(factor, np.asarray(v, np.float64).reshape(-1)).astype(dtype),
+        matmat=lambda V: cho_solve(factor, np.asarray(V, np.float64)).astype(dtype),
+    )
 
 
 def _steihaug(A, g, radius, rtol, maxiter, Dm):
@@ -199,7 +236,11 @@ def newton_cg(p, theta0=None, *, gtol=1e-8, max_iter=100, method="line-search",
     max_iter : maximum number of Newton iterations
     method : {"line-search", "trust-region"}
     curvature : {"hessian", "ggn"}
-    preconditioner : None, "diag", "kfac" or a LinearOperator applying ``M⁻¹``
+    preconditioner : None, "diag", "cholesky", "kfac" or a LinearOperator applying ``M⁻¹``
+        ``"cholesky"`` (line search, up to 4096 parameters) factors the dense curvature at one
+        iterate and keeps it as the preconditioner while CG converges in at most 8 iterations
+        per step, refreshing it otherwise: on ill-conditioned data (correlated features) it
+        cuts CG iterations several-fold for the price of a few ``n P²`` BLAS passes.
         ``"diag"`` uses the exact curvature diagonal ``D`` at each iterate, mixed as
         ``(1 - precond_mix) mean(D) + precond_mix D`` (``precond_mix=1`` is Jacobi, the
         default: on logistic, Poisson and multinomial problems with badly scaled or sparse
@@ -260,6 +301,8 @@ def _newton_cg(p, theta0, gtol, max_iter, method, curvature, preconditioner, dam
     f, g = p.value_and_grad(theta)
     gmax = float(np.max(np.abs(g)))
     radius = None
+    chol = None  # the Cholesky preconditioner, kept across Newton steps
+    last_cg = 0
     message = None
     success = False
 
@@ -299,7 +342,14 @@ def _newton_cg(p, theta0, gtol, max_iter, method, curvature, preconditioner, dam
             break
         it += 1
         op = _Counted(Op(p, theta, damping=damping))
-        Dm, M = _make_preconditioner(preconditioner, p, theta, curvature, damping, mix)
+        if preconditioner == "cholesky":
+            if method != "line-search":
+                raise ValueError("preconditioner='cholesky' works with method='line-search'")
+            if chol is None or last_cg > CHOLESKY_REFRESH_CG:
+                chol = _cholesky_preconditioner(p, theta, curvature, damping)
+            Dm, M = None, chol
+        else:
+            Dm, M = _make_preconditioner(preconditioner, p, theta, curvature, damping, mix)
         gnorm = float(np.linalg.norm(g))
         rtol = min(0.5, np.sqrt(gnorm))
         g64 = np.asarray(g, dtype=np.float64)
@@ -346,6 +396,7 @@ def _newton_cg(p, theta0, gtol, max_iter, method, curvature, preconditioner, dam
                 f_new, g_new = p.value_and_grad(trial)
             theta, f, g = trial, f_new, g_new
             gmax = float(np.max(np.abs(g)))
+            last_cg = count[0]
             log(it, f, gmax, count[0], alpha)
         else:
             if radius is None:
