@@ -63,12 +63,18 @@ SK_TOL = {
     ("fitcsr", "lbfgs"): 1e-8,
     ("fitmulti", "newton-cg"): 2e-8,
     ("fitmulti", "lbfgs"): 1e-8,
+    ("fitcorr", "newton-cg"): 1e-8,
+    ("fitcorr", "lbfgs"): 1e-8,
+    ("fitcorr", "newton-cholesky"): 5e-8,
 }
 #: fits that cannot reach GTOL through scikit-learn's API, and the limit they are held to:
 #: multinomial lbfgs stops at max|grad| 1.098e-8 for every tol <= 2e-8 (down to 1e-10),
 #: because scikit-learn hard-codes L-BFGS-B's ftol = 64 eps (scipy: "RELATIVE REDUCTION OF
 #: F <= FACTR*EPSMCH" after 26 iterations); its time is that of a slightly *less* converged fit
-KNOWN_STALLS = {("fitmulti", "lbfgs"): 1.2e-8}
+KNOWN_STALLS = {("fitmulti", "lbfgs"): 1.2e-8,
+                # on the correlated problem lbfgs stops at 1.54e-7 (ftol) and newton-cholesky
+                # at 1.049e-8 for every tol down to 1e-10 / 2e-8 (checked 2026-11-26)
+                ("fitcorr", "lbfgs"): 2e-7, ("fitcorr", "newton-cholesky"): 1.1e-8}
 MAX_ITER = 10_000
 
 _D, _C, _M = datasets.FIT_DENSE, datasets.FIT_CSR, datasets.MULTI
@@ -76,6 +82,7 @@ _TAIL = f"l2={L2:g}, to max abs grad <= {GTOL:g}"
 G_DENSE = f"whole fit: dense logistic {_D['n']}x{_D['d']}, {_TAIL}"
 G_CSR = f"whole fit: CSR logistic {_C['n']}x{_C['d']} {_C['nnz_per_row']}nnz/row, {_TAIL}"
 G_MULTI = f"whole fit: multinomial K={_M['K']} {_M['n']}x{_M['d']}, {_TAIL}"
+G_CORR = f"whole fit: dense logistic {_D['n']}x{_D['d']} make_classification (correlated), {_TAIL}"
 
 
 # ----------------------------------------------------------------------------- problems
@@ -140,6 +147,11 @@ class FitProblem:
 @pytest.fixture(scope="module")
 def fit_dense():
     return FitProblem("fitdense", datasets.dense_fit_logistic())
+
+
+@pytest.fixture(scope="module")
+def fit_corr():
+    return FitProblem("fitcorr", datasets.dense_correlated_logistic())
 
 
 @pytest.fixture(scope="module")
@@ -383,3 +395,20 @@ def test_multi_fastcurv_diag(benchmark, fit_multi):
 @pytest.mark.parametrize("solver", ["newton-cg", "lbfgs"])
 def test_multi_sklearn(benchmark, fit_multi, solver):
     _sk(benchmark, fit_multi, solver)
+
+
+# --------------------------------------------------- dense binary, correlated features
+@pytest.mark.benchmark(group=G_CORR)
+def test_corr_fastcurv_none(benchmark, fit_corr):
+    _fc(benchmark, fit_corr, None, "fastcurv_none")
+
+
+@pytest.mark.benchmark(group=G_CORR)
+def test_corr_fastcurv_cholesky(benchmark, fit_corr):
+    _fc(benchmark, fit_corr, "cholesky", "fastcurv_cholesky")
+
+
+@pytest.mark.benchmark(group=G_CORR)
+@pytest.mark.parametrize("solver", ["newton-cg", "lbfgs", "newton-cholesky"])
+def test_corr_sklearn(benchmark, fit_corr, solver):
+    _sk(benchmark, fit_corr, solver)

@@ -149,6 +149,19 @@ def dense_fit_logistic(n=FIT_DENSE["n"], d=FIT_DENSE["d"], seed=0):
                    z, "logistic")
 
 
+def dense_correlated_logistic(n=FIT_DENSE["n"], d=FIT_DENSE["d"], seed=0):
+    """An ill-conditioned dense problem like ANCHORS.md's whole-fit row:
+    ``sklearn.datasets.make_classification(n, d, n_informative=30, n_redundant=30)``
+    (correlated, redundant features; plain Newton-CG needs ~140 CG iterations here)."""
+    from sklearn.datasets import make_classification
+
+    X, y = make_classification(n_samples=n, n_features=d, n_informative=30, n_redundant=30,
+                               random_state=seed)
+    z = np.zeros(d + 1)
+    return Problem(f"dense logistic {n}x{d} f64 (make_classification, correlated)", X,
+                   y.astype(np.float64), z, z, z, "logistic")
+
+
 def csr_classification(n=FIT_CSR["n"], d=FIT_CSR["d"], nnz_per_row=FIT_CSR["nnz_per_row"],
                        n_informative=FIT_CSR["n_informative"], seed=4):
     """Binary logistic on random CSR (as :func:`random_csr`) with labels sampled from a *sparse*

@@ -282,8 +282,13 @@ FIT_TARGETS = [
     ("CSR logistic fit vs scikit-learn lbfgs", "fitcsr", "sklearn_lbfgs", 3.0),
     ("multinomial fit vs scikit-learn newton-cg", "fitmulti", "sklearn_newton_cg", 3.0),
     ("multinomial fit vs scikit-learn lbfgs", "fitmulti", "sklearn_lbfgs", 3.0),
+    ("correlated dense fit vs scikit-learn newton-cg", "fitcorr", "sklearn_newton_cg", 4.0),
+    ("correlated dense fit vs scikit-learn lbfgs", "fitcorr", "sklearn_lbfgs", 6.0),
+    ("correlated dense fit vs scikit-learn newton-cholesky", "fitcorr",
+     "sklearn_newton_cholesky", 1.0),
 ]
-FIT_VARIANTS = (("fastcurv_none", "fastcurv (no precond.)"), ("fastcurv_diag", "fastcurv diag"))
+FIT_VARIANTS = (("fastcurv_none", "fastcurv (no precond.)"), ("fastcurv_diag", "fastcurv diag"),
+                ("fastcurv_cholesky", "fastcurv cholesky"))
 
 
 def _g(x, fmt=".2e"):
