@@ -74,6 +74,13 @@ class GLM:
         Non-negative weights, not all zero. Integer weights are equivalent to repeated rows.
     n_classes : int, optional
         Number of classes K of a multinomial model; inferred as ``max(y) + 1`` if omitted.
+
+    Attributes
+    ----------
+    fuse_diag : bool, default False
+        If True, every value-and-gradient pass of a single-output model also computes the
+        exact Hessian diagonal (no extra pass for :meth:`hessian_diag` at that ``θ``).
+        :func:`fastcurv.newton_cg` sets it while it uses ``preconditioner="diag"``.
     """
 
     def __init__(self, X, y, family="logistic", l2=0.0, fit_intercept=True, sample_weight=None,
