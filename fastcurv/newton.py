@@ -114,8 +114,6 @@ def _make_preconditioner(preconditioner, p, theta, curvature, damping, mix):
             op = LinearOperator((P, P), matvec=lambda v: inv * np.ravel(v),
                                 matmat=lambda V: inv[:, None] * V, dtype=p.dtype)
             return Dm, op
-        if preconditioner == "cholesky":
-            return None, _cholesky_preconditioner(p, theta, curvature, damping)
         if preconditioner == "kfac":
             raise NotImplementedError(
                 "preconditioner='kfac' needs fastcurv.KFACOperator, which is not in this "
@@ -150,8 +148,9 @@ def _cholesky_preconditioner(p, theta, curvature, damping):
     if P > MAX_CHOLESKY_PARAMS:
         raise ValueError(f"preconditioner='cholesky' factors a dense {P}x{P} matrix; it is meant "
                          f"for up to {MAX_CHOLESKY_PARAMS} parameters: use 'diag' here")
-    H = np.asarray(p.hessian(theta) if curvature == "hessian" else p.ggn(theta)
-                   if hasattr(p, "ggn") else p.hessian(theta), dtype=np.float64)
+    # a dense GGN is the problem's ``ggn`` where it has one; for GLMs it equals the Hessian
+    dense = p.ggn if curvature == "ggn" and hasattr(p, "ggn") else p.hessian
+    H = np.asarray(dense(theta), dtype=np.float64)
     eps = 1e-10 * float(np.mean(np.abs(np.diag(H)))) or 1e-12
     H[np.diag_indices(P)] += damping + eps
     factor = cho_factor(H, lower=True, overwrite_a=True, check_finite=False)
