@@ -3,6 +3,7 @@
 Public API (everything else is private)::
 
     GLM                 generalized linear models: value, grad, hvp, ggn_vp, fisher_vp, jvp, ...
+    MLP                 multilayer perceptrons with the same problem API
     HessianOperator, GGNOperator, FisherOperator, JacobianOperator
                         scipy.sparse.linalg.LinearOperator views of the curvature
     newton_cg           truncated Newton (line search or trust region) with CG
@@ -27,11 +28,13 @@ from .operators import (  # noqa: E402
     JacobianOperator,
 )
 from .problems.glm import GLM  # noqa: E402
+from .problems.mlp import MLP  # noqa: E402
 from .warmup import warmup  # noqa: E402
 
 __version__ = "0.1.0"
 __all__ = [
     "GLM",
+    "MLP",
     "HessianOperator",
     "GGNOperator",
     "FisherOperator",

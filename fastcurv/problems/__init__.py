@@ -1,5 +1,6 @@
 """Problems: model + loss + data + penalty, with methods of the parameters ``theta``."""
 
 from .glm import GLM
+from .mlp import MLP
 
-__all__ = ["GLM"]
+__all__ = ["GLM", "MLP"]

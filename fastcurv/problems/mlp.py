@@ -1,0 +1,520 @@
+"""Multilayer perceptrons: the objective, its gradient and exact curvature products."""
+
+import numbers
+
+import numpy as np
+import scipy.sparse as sp
+
+from .. import _validation as val
+from ..kernels import activations as acts
+from ..kernels import mlp as K_
+from ..kernels.losses import GAUSSIAN, LOGISTIC, MULTINOMIAL, POISSON
+from . import families
+
+ACTIVATIONS = {"identity": acts.IDENTITY, "tanh": acts.TANH, "relu": acts.RELU,
+               "sigmoid": acts.SIGMOID, "softplus": acts.SOFTPLUS, "gelu": acts.GELU}
+LOSSES = {"mse": GAUSSIAN, "sigmoid_cross_entropy": LOGISTIC, "poisson": POISSON,
+          "softmax_cross_entropy": MULTINOMIAL}
+_FAMILY = {"mse": "gaussian", "sigmoid_cross_entropy": "logistic", "poisson": "poisson",
+           "softmax_cross_entropy": "multinomial"}
+_HE = ("relu", "gelu")
+
+#: dense Hessians above this many entries are refused (use the operators instead)
+MAX_DENSE_ENTRIES = 2**28
+#: the exact Hessian diagonal costs P Hessian-vector products: refused above this many params
+MAX_EXACT_HESSIAN_DIAG = 20_000
+#: target number of elements in each row-block buffer (the default ``batch_size``)
+_BLOCK_ELEMENTS = 2**24
+#: Hessian columns computed per call by :meth:`MLP.hessian`
+_HESSIAN_BLOCK = 64
+
+
+def _check_sizes(sizes, d):
+    if isinstance(sizes, (str, bytes)) or not hasattr(sizes, "__len__"):
+        raise TypeError(f"sizes must be a sequence of layer widths (d, h1, ..., K), got {sizes!r}")
+    out = []
+    for s in sizes:
+        if isinstance(s, (bool, np.bool_)) or not isinstance(s, numbers.Integral):
+            raise TypeError(f"sizes must hold integers, got {s!r} in {tuple(sizes)!r}")
+        if s < 1:
+            raise ValueError(f"every layer width must be >= 1, got {tuple(sizes)!r}")
+        out.append(int(s))
+    if len(out) < 2:
+        raise ValueError(f"sizes needs at least (d, K), got {tuple(sizes)!r}")
+    if out[0] != d:
+        raise ValueError(
+            f"sizes[0] = {out[0]} does not match X, which has {d} features; pass sizes=({d}, ...)"
+        )
+    return tuple(out)
+
+
+def _check_activations(activation, n_hidden):
+    names = [activation] * n_hidden if isinstance(activation, str) else list(activation)
+    if not isinstance(activation, str) and len(names) != n_hidden:
+        raise ValueError(
+            f"activation lists {len(names)} names but the network has {n_hidden} hidden "
+            "layers; give one name for all or one per hidden layer"
+        )
+    for a in names:
+        if not isinstance(a, str) or a not in ACTIVATIONS:
+            raise ValueError(
+                f"unknown activation {a!r}; choose one of {', '.join(map(repr, ACTIVATIONS))}"
+            )
+    return tuple(names)
+
+
+class MLP:
+    r"""A multilayer perceptron with a loss, an L2 penalty and sample weights.
+
+    Network and objective (DESIGN.md conventions)
+
+    .. math::
+
+        h_0 = x,\quad z_l = h_{l-1} W_l + b_l,\quad h_l = \varphi_l(z_l)\ (l < L),
+        \quad \eta = z_L,
+
+        F(\theta) = \frac{1}{W}\sum_i w_i\,\ell(y_i, \eta_i)
+        + \frac{\lambda}{2}\sum_l \|W_l\|_F^2 .
+
+    ``η`` is the pre-link output (no activation on the last layer). Biases are not penalized.
+    Parameters: layer by layer the augmented matrix ``[W_l; b_l]`` of shape
+    ``(n_in + 1, n_out)`` flattened in C order, concatenated into ``θ`` of length ``P``.
+
+    Products (one compiled call each; all row blocks, all layers):
+
+    * ``hvp``: exact Hessian by Pearlmutter's R-operator (forward-over-reverse, derived by
+      hand in :mod:`fastcurv.kernels.mlp`): one forward, one backward, one R-forward and one
+      R-backward pass.
+    * ``ggn_vp``: ``(1/W) Σ w_i J_iᵀ ∇²ℓ_i J_i v + λ v_weights`` (forward, R-forward, backward).
+    * ``fisher_vp``: empirical Fisher ``(1/W) Σ w_i g_i g_iᵀ v`` (no penalty).
+    * ``jvp`` / ``vjp``: the Jacobian of ``η`` (unweighted) and its transpose.
+
+    Matrix products run in BLAS; activations, their derivatives and the loss are fused loops.
+    Rows are processed in blocks of ``batch_size``: nothing of size ``n × width`` is kept
+    between calls, and sums over rows are taken block by block in a fixed order, so results do
+    not depend on the thread count.
+
+    Parameters
+    ----------
+    X : array_like (n, d) or scipy.sparse matrix
+        Dense data (float32 or float64; a non-C-contiguous array is copied once to C order),
+        or sparse data, used as CSR by the first layer. The dtype of ``X`` is the dtype of
+        every result.
+    y : array_like
+        ``(n,)`` targets for one output or class labels in ``[0, K)`` (softmax), ``(n, K)``
+        for K outputs (mse, sigmoid cross-entropy, poisson).
+    sizes : sequence of int
+        Layer widths ``(d, h1, ..., K)``; ``sizes[0]`` must be ``d``. ``(d, K)`` is a GLM.
+    activation : str or sequence of str, default "tanh"
+        ``"tanh" | "relu" | "sigmoid" | "softplus" | "gelu" | "identity"`` for all hidden
+        layers, or one name per hidden layer.
+    loss : {"mse", "sigmoid_cross_entropy", "softmax_cross_entropy", "poisson"}
+    l2 : float, default 0
+        λ on the weights (not the biases).
+    sample_weight : array_like (n,), optional
+        Non-negative weights, not all zero.
+    batch_size : int, optional
+        Rows per block (memory bound). Default: about 2²⁴ buffer elements per block.
+    """
+
+    def __init__(self, X, y, sizes, activation="tanh", loss="mse", l2=0.0, sample_weight=None,
+                 *, batch_size=None):
+        if not isinstance(loss, str) or loss not in LOSSES:
+            raise ValueError(f"unknown loss {loss!r}; choose one of {', '.join(map(repr, LOSSES))}")
+        self.loss = loss
+        self._lc = LOSSES[loss]
+        if sp.issparse(X):
+            Xv = val.check_csr_X(X)
+            self._sparse = True
+        else:
+            Xv = np.ascontiguousarray(val.check_dense_X(X))
+            self._sparse = False
+        self._X = Xv
+        n, d = Xv.shape
+        self.sizes = _check_sizes(sizes, d)
+        self.activations = _check_activations(activation, len(self.sizes) - 2)
+        K = self.sizes[-1]
+        if loss == "softmax_cross_entropy" and K < 2:
+            raise ValueError("softmax_cross_entropy needs sizes[-1] = K >= 2 outputs")
+        n_classes = K if loss == "softmax_cross_entropy" else None
+        y2, Ky = families.prepare_targets(_FAMILY[loss], y, n, n_classes)
+        if Ky != K:
+            raise ValueError(
+                f"y has {Ky} column(s) but the network has sizes[-1] = {K} outputs; "
+                f"pass y of shape ({n},) for one output or ({n}, {K})"
+            )
+        self._y2 = y2
+        self._w = val.check_sample_weight(sample_weight, n)
+        scaled = self._w / self._w.max()
+        self._cw = scaled / scaled.sum()
+        self.l2 = val.as_float_scalar(l2, "l2", low=0.0)
+        if batch_size is None:
+            per_row = 7 * sum(self.sizes[1:]) + 2 * max(self.sizes[1:])
+            batch_size = max(256, _BLOCK_ELEMENTS // per_row)
+        elif isinstance(batch_size, (bool, np.bool_)) or not isinstance(batch_size,
+                                                                         numbers.Integral):
+            raise TypeError(f"batch_size must be a positive integer, got {batch_size!r}")
+        elif batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.batch_size = int(min(batch_size, n))
+        L = len(self.sizes) - 1
+        self._sizes = np.array(self.sizes, dtype=np.int64)
+        self._acts = np.array([ACTIVATIONS[a] for a in self.activations] + [acts.IDENTITY],
+                              dtype=np.int64)
+        self._poff = np.zeros(L + 1, dtype=np.int64)
+        self._poff[1:] = np.cumsum([(self.sizes[l] + 1) * self.sizes[l + 1] for l in range(L)])
+        B = self.batch_size
+        self._aoff = np.zeros(L + 1, dtype=np.int64)
+        self._aoff[1:] = B * np.cumsum(self.sizes[1:])
+        ins = list(self.sizes[:-1])
+        if self._sparse:
+            ins[0] = 0  # a CSR first layer squares its stored values instead
+        self._aoff_in = np.zeros(L + 1, dtype=np.int64)
+        self._aoff_in[1:] = B * np.cumsum(ins)
+        mask = np.zeros(self.n_params)
+        for l in range(L):
+            mask[self._poff[l]:self._poff[l] + self.sizes[l] * self.sizes[l + 1]] = 1.0
+        self._wmask = mask
+        self._ws = None
+
+    # ------------------------------------------------------------------ attributes
+    @property
+    def X(self):
+        """The data as used by the kernels (a C-ordered ndarray or a CSR matrix)."""
+        return self._X
+
+    @property
+    def n_samples(self):
+        return self._X.shape[0]
+
+    @property
+    def n_features(self):
+        return self.sizes[0]
+
+    @property
+    def n_outputs(self):
+        return self.sizes[-1]
+
+    @property
+    def n_params(self):
+        return int(self._poff[-1])
+
+    @property
+    def dtype(self):
+        return self._X.dtype
+
+    @property
+    def is_sparse(self):
+        return self._sparse
+
+    def __repr__(self):
+        kind = "CSR" if self._sparse else "dense"
+        return (f"MLP(sizes={self.sizes}, activations={self.activations}, loss={self.loss!r}, "
+                f"n_samples={self.n_samples}, l2={self.l2}, {kind} {self.dtype})")
+
+    # ------------------------------------------------------------------ parameters
+    def init(self, seed=0):
+        """Random starting weights (zero biases): Glorot-uniform ``U(±√(6/(n_in + n_out)))``
+        for tanh, sigmoid, softplus and identity layers, He-normal ``N(0, 2/n_in)`` for the
+        layers feeding relu or gelu; the output layer is Glorot."""
+        rng = np.random.default_rng(seed)
+        parts = []
+        L = len(self.sizes) - 1
+        for l in range(L):
+            n_in, n_out = self.sizes[l], self.sizes[l + 1]
+            Wt = np.zeros((n_in + 1, n_out))
+            if l < L - 1 and self.activations[l] in _HE:
+                Wt[:n_in] = rng.standard_normal((n_in, n_out)) * np.sqrt(2.0 / n_in)
+            else:
+                lim = np.sqrt(6.0 / (n_in + n_out))
+                Wt[:n_in] = rng.uniform(-lim, lim, (n_in, n_out))
+            parts.append(Wt)
+        return self.flatten(parts)
+
+    def unflatten(self, theta):
+        """Per-layer augmented weights ``[W_l; b_l]``, shapes ``(n_in + 1, n_out)`` (views)."""
+        theta = self._check_theta(theta)
+        L = len(self.sizes) - 1
+        return [theta[self._poff[l]:self._poff[l + 1]].reshape(self.sizes[l] + 1,
+                                                                self.sizes[l + 1])
+                for l in range(L)]
+
+    def flatten(self, parts):
+        """Inverse of :meth:`unflatten`."""
+        L = len(self.sizes) - 1
+        if isinstance(parts, np.ndarray) or len(parts) != L:
+            raise ValueError(f"this MLP has {L} layers: pass a list of {L} arrays")
+        out = []
+        for l, Wt in enumerate(parts):
+            shape = (self.sizes[l] + 1, self.sizes[l + 1])
+            Wt = np.asarray(Wt)
+            if Wt.shape != shape:
+                raise ValueError(f"layer {l} must have shape {shape}, got {Wt.shape}")
+            out.append(Wt.reshape(-1))
+        return np.ascontiguousarray(np.concatenate(out), dtype=self.dtype)
+
+    def _check_theta(self, theta):
+        return val.check_vector(theta, self.n_params, self.dtype, "theta")
+
+    # ------------------------------------------------------------------ kernel calls
+    def _workspace(self, want_sq=False):
+        """Row-block buffers, allocated once and reused by every call."""
+        if self._ws is None:
+            B, dt = self.batch_size, self.dtype
+            S = int(self._aoff[-1])
+            wmax = max(self.sizes[1:])
+            L = len(self.sizes) - 1
+            gt = max(self.sizes[l] * self.sizes[l + 1] for l in range(L))
+            self._ws = {name: np.empty(S, dtype=dt) for name in ("Z", "A", "D", "DP", "RZ", "RA",
+                                                                  "RD")}
+            self._ws["T"] = np.empty(B * wmax, dtype=dt)
+            self._ws["T2"] = np.empty(B * wmax, dtype=dt)
+            self._ws["GT"] = np.empty(gt, dtype=dt)
+            self._ws["HS"] = np.empty((B, self.n_outputs))
+            self._ws["SQ"] = np.empty(1, dtype=dt)
+        if want_sq and self._ws["SQ"].shape[0] < max(int(self._aoff_in[-1]), 1):
+            self._ws["SQ"] = np.empty(int(self._aoff_in[-1]), dtype=self.dtype)
+        return self._ws
+
+    def _data_args(self):
+        if self._sparse:
+            X = self._X
+            return (np.zeros((1, 1), dtype=self.dtype), X.data, X.indices, X.indptr, True)
+        z = np.zeros(1, dtype=self.dtype)
+        return (self._X, z, np.zeros(1, dtype=np.int32), np.zeros(2, dtype=np.int32), False)
+
+    def _run(self, mode, theta, V=None, U=None, m_out=1, J=None):
+        ws = self._workspace(want_sq=mode == K_.GGN_DIAG)
+        dt = self.dtype
+        P, K = self.n_params, self.n_outputs
+        V = np.zeros((1, P), dtype=dt) if V is None else V
+        U = np.zeros((1, 1, K), dtype=dt) if U is None else U
+        J = np.zeros((1, 1, K), dtype=dt) if J is None else J
+        out = np.zeros((m_out, P))
+        total = K_.run(mode, *self._data_args(), self._lc, self._y2, self._cw, theta,
+                       self._sizes, self._acts, self._poff, self._aoff, self._aoff_in,
+                       self.batch_size, V, U, out, J, ws["Z"], ws["A"], ws["D"], ws["DP"],
+                       ws["RZ"], ws["RA"], ws["RD"], ws["T"], ws["T2"], ws["GT"], ws["HS"],
+                       ws["SQ"])
+        return total, out
+
+    def _block(self, v, name="v"):
+        """``v`` (P,) or (P, m) as a C-contiguous (m, P) array of the problem dtype."""
+        v = val.check_vector(v, self.n_params, self.dtype, name, allow_block=True)
+        return v, np.ascontiguousarray(v.reshape(self.n_params, -1).T)
+
+    def _penalty(self, theta):
+        w = np.asarray(theta, dtype=np.float64) * self._wmask
+        return 0.5 * self.l2 * float(w @ w)
+
+    # ------------------------------------------------------------------ objective
+    def value(self, theta):
+        """``F(θ)``, a Python float."""
+        theta = self._check_theta(theta)
+        total, _ = self._run(K_.VALUE, theta)
+        return float(total) + self._penalty(theta)
+
+    def grad(self, theta):
+        """``∇F(θ)``, shape (P,)."""
+        return self.value_and_grad(theta)[1]
+
+    def value_and_grad(self, theta):
+        """``(F(θ), ∇F(θ))`` in one forward and one backward pass."""
+        theta = self._check_theta(theta)
+        total, out = self._run(K_.VALUE_GRAD, theta)
+        g = out[0]
+        if self.l2:
+            g += self.l2 * self._wmask * theta
+        return float(total) + self._penalty(theta), g.astype(self.dtype)
+
+    # ------------------------------------------------------------------ curvature products
+    def _product(self, mode, theta, v, penalty):
+        theta = self._check_theta(theta)
+        v, Vt = self._block(v)
+        _, out = self._run(mode, theta, V=Vt, m_out=Vt.shape[0])
+        if penalty and self.l2:
+            out += self.l2 * self._wmask * Vt
+        out = out.T.astype(self.dtype)
+        return out[:, 0] if v.ndim == 1 else out
+
+    def hvp(self, theta, v):
+        """Exact Hessian of ``F`` (penalty included) times ``v`` (P,) or a block (P, m)."""
+        return self._product(K_.HVP, theta, v, True)
+
+    def ggn_vp(self, theta, v):
+        """Generalized Gauss-Newton ``(1/W) Σ w_i J_iᵀ ∇²ℓ_i J_i v + λ v_weights``."""
+        return self._product(K_.GGN, theta, v, True)
+
+    def fisher_vp(self, theta, v):
+        """Empirical Fisher ``(1/W) Σ w_i g_i (g_iᵀ v)`` (per-sample loss gradients, no
+        penalty)."""
+        return self._product(K_.FISHER, theta, v, False)
+
+    def jvp(self, theta, v):
+        """Jacobian of the outputs ``η`` times ``v``: shape (n, K), or (n, K, m) for (P, m)."""
+        theta = self._check_theta(theta)
+        v, Vt = self._block(v)
+        m = Vt.shape[0]
+        J = np.empty((m, self.n_samples, self.n_outputs), dtype=self.dtype)
+        self._run(K_.JVP, theta, V=Vt, J=J)
+        return J[0] if v.ndim == 1 else np.ascontiguousarray(J.transpose(1, 2, 0))
+
+    def vjp(self, theta, u):
+        """``Σ_i J_iᵀ u_i`` for ``u`` of shape (n, K) ((n,) when K = 1), or (n, K, m).
+
+        Unweighted and unnormalized: the adjoint of :meth:`jvp`."""
+        theta = self._check_theta(theta)
+        n, K = self.n_samples, self.n_outputs
+        U = np.asarray(u)
+        if U.dtype.kind not in "biuf":
+            raise TypeError(f"u must be a real array, got dtype {U.dtype}")
+        if U.ndim == 1 and K == 1 and U.shape[0] == n:
+            U = U.reshape(n, 1)
+        if not (U.ndim in (2, 3) and U.shape[0] == n and U.shape[1] == K):
+            raise ValueError(f"u must have shape ({n}, {K}) or ({n}, {K}, m), got {np.shape(u)}")
+        block = U.ndim == 3
+        Ut = np.ascontiguousarray((U if block else U[:, :, None]).transpose(2, 0, 1),
+                                  dtype=self.dtype)
+        if not np.all(np.isfinite(Ut)):
+            raise ValueError("u contains NaN or inf")
+        _, out = self._run(K_.VJP, theta, U=Ut, m_out=Ut.shape[0])
+        out = out.T.astype(self.dtype)
+        return out if block else out[:, 0]
+
+    # ------------------------------------------------------------------ dense and diagonal
+    def _dense(self, theta, product):
+        P = self.n_params
+        if P * P > MAX_DENSE_ENTRIES:
+            raise ValueError(
+                f"a dense ({P}, {P}) matrix is too large; use fc.HessianOperator(p, theta) "
+                "or fc.GGNOperator with scipy.sparse.linalg instead"
+            )
+        theta = self._check_theta(theta)
+        H = np.empty((P, P), dtype=self.dtype)
+        for a in range(0, P, _HESSIAN_BLOCK):
+            b = min(P, a + _HESSIAN_BLOCK)
+            E = np.zeros((P, b - a), dtype=self.dtype)
+            E[np.arange(a, b), np.arange(b - a)] = 1.0
+            H[:, a:b] = product(theta, E)
+        return 0.5 * (H + H.T)
+
+    def hessian(self, theta):
+        """The dense exact Hessian (P, P) of ``F``, built from P Hessian-vector products in
+        blocks of 64 and symmetrized (``(H + Hᵀ)/2``)."""
+        return self._dense(theta, self.hvp)
+
+    def ggn(self, theta):
+        """The dense Gauss-Newton matrix (P, P) (penalty included), from GGN products."""
+        return self._dense(theta, self.ggn_vp)
+
+    def hessian_diag(self, theta):
+        """Exact diagonal of the Hessian of ``F`` (P HVPs: small models only)."""
+        P = self.n_params
+        if P > MAX_EXACT_HESSIAN_DIAG:
+            raise ValueError(
+                f"the exact Hessian diagonal of an MLP costs one HVP per parameter ({P} here, "
+                f"limit {MAX_EXACT_HESSIAN_DIAG}); estimate it with "
+                "fc.hutchinson_diag(fc.HessianOperator(p, theta), n_probes), or use "
+                "p.ggn_diag(theta) (exact, K backward passes)"
+            )
+        theta = self._check_theta(theta)
+        out = np.empty(P, dtype=self.dtype)
+        for a in range(0, P, _HESSIAN_BLOCK):
+            b = min(P, a + _HESSIAN_BLOCK)
+            E = np.zeros((P, b - a), dtype=self.dtype)
+            E[np.arange(a, b), np.arange(b - a)] = 1.0
+            out[a:b] = self.hvp(theta, E)[np.arange(a, b), np.arange(b - a)]
+        return out
+
+    def ggn_diag(self, theta, mc_samples=None, seed=None):
+        """Diagonal of the Gauss-Newton matrix (penalty included).
+
+        Exact (``mc_samples=None``): with ``∇²ℓ_i = S_i S_iᵀ`` (``S = diag(√ℓ'')``, or
+        ``diag(√p) − p√pᵀ`` for the softmax), ``diag = (1/W) Σ_i w_i Σ_c (J_iᵀ S_i e_c)²``:
+        K backward passes per row block, each followed by the squared-input products.
+        Monte Carlo (``mc_samples=s``): the mean over ``s`` draws of ``(1/W) Σ_i w_i (J_iᵀ
+        ℓ'(η_i, ỹ_i))²`` with labels ``ỹ_i`` sampled from the model (seeded); one backward
+        pass per draw. Its expectation is the exact diagonal.
+        """
+        theta = self._check_theta(theta)
+        if mc_samples is None:
+            _, out = self._run(K_.GGN_DIAG, theta)
+            d = out[0]
+        else:
+            if (isinstance(mc_samples, (bool, np.bool_))
+                    or not isinstance(mc_samples, numbers.Integral) or mc_samples < 1):
+                raise ValueError(f"mc_samples must be a positive integer, got {mc_samples!r}")
+            d = self._mc_diag(theta, int(mc_samples), np.random.default_rng(seed))
+        return (d + self.l2 * self._wmask).astype(self.dtype)
+
+    def _mc_diag(self, theta, mc, rng):
+        ws = self._workspace(want_sq=True)
+        Xa = self._data_args()
+        L, K = len(self.sizes) - 1, self.n_outputs
+        out = np.zeros(self.n_params)
+        fam = _FAMILY[self.loss]
+        for s in range(0, self.n_samples, self.batch_size):
+            e = min(self.n_samples, s + self.batch_size)
+            nb = e - s
+            K_.forward(*Xa, s, e, theta, self._sizes, self._acts, self._poff, self._aoff,
+                       ws["Z"], ws["A"])
+            HS = ws["HS"][:nb]
+            K_.loss_block(self._lc, ws["Z"], self._aoff, self._sizes, self._y2, self._cw, s, e,
+                          ws["HS"], ws["D"], False)
+            K_.square_inputs(Xa[0], Xa[4], s, e, self._sizes, self._aoff_in, ws["A"],
+                             self._aoff, ws["SQ"])
+            o = self._aoff[L - 1]
+            eta = ws["Z"][o:o + nb * K].reshape(nb, K).astype(np.float64)
+            Dout = ws["D"][o:o + nb * K].reshape(nb, K)
+            for _ in range(mc):
+                Dout[:] = families.sample_residuals(fam, eta, HS, rng)
+                K_.backward(*Xa, s, e, theta, self._sizes, self._acts, self._poff, self._aoff,
+                            ws["Z"], ws["A"], ws["D"], ws["DP"], ws["GT"], out, False)
+                K_.diag_layers(*Xa, s, e, self._cw, self._sizes, self._poff, self._aoff,
+                               self._aoff_in, ws["D"], ws["SQ"], ws["T2"], ws["GT"], out)
+        return out / mc
+
+    # ------------------------------------------------------------------ per-sample
+    def per_sample_grads(self, theta, rows=None):
+        """Per-sample loss gradients ``g_i = ∇_θ ℓ(y_i, η_i)`` (no weight, no penalty), as a
+        dense (m, P) array for the rows ``rows`` (default all)."""
+        theta = self._check_theta(theta)
+        idx = val.check_rows(rows, self.n_samples)
+        if idx.size == 0:
+            return np.empty((0, self.n_params), dtype=self.dtype)
+        p = self if rows is None else self._take(idx)
+        ws = p._workspace()
+        Xa = p._data_args()
+        G = np.empty((p.n_samples, p.n_params), dtype=p.dtype)
+        for s in range(0, p.n_samples, p.batch_size):
+            e = min(p.n_samples, s + p.batch_size)
+            K_.forward(*Xa, s, e, theta, p._sizes, p._acts, p._poff, p._aoff, ws["Z"], ws["A"])
+            K_.loss_block(p._lc, ws["Z"], p._aoff, p._sizes, p._y2, p._cw, s, e, ws["HS"],
+                          ws["D"], False)
+            K_.backward(*Xa, s, e, theta, p._sizes, p._acts, p._poff, p._aoff, ws["Z"], ws["A"],
+                        ws["D"], ws["DP"], ws["GT"], np.zeros(1), False)
+            K_.per_sample_block(*Xa, s, e, p._sizes, p._poff, p._aoff, ws["A"], ws["D"], G)
+        return G
+
+    # ------------------------------------------------------------------ new problems
+    def _take(self, idx):
+        X = self._X[idx]
+        y = self._y2[idx]
+        y = y[:, 0] if self._y2.shape[1] == 1 else y
+        return self._like(X, y, self._w[idx], self.batch_size)
+
+    def subset(self, rows):
+        """The same model and penalty on the rows ``rows`` (a copy of those rows)."""
+        idx = val.check_rows(rows, self.n_samples)
+        if idx.size == 0:
+            raise ValueError("subset needs at least one row")
+        return self._take(idx)
+
+    def with_data(self, X, y, sample_weight=None):
+        """The same model and penalty on other data."""
+        return self._like(X, y, sample_weight, None)
+
+    def _like(self, X, y, sample_weight, batch_size):
+        return MLP(X, y, sizes=self.sizes, activation=list(self.activations) or "tanh",
+                   loss=self.loss, l2=self.l2, sample_weight=sample_weight,
+                   batch_size=batch_size)

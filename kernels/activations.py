@@ -1,0 +1,203 @@
+"""Hidden-layer activations φ and their first two derivatives, as loops that vectorize.
+
+Codes (shared with :mod:`fastcurv.problems.mlp`)::
+
+    IDENTITY = 0   φ = z                  φ' = 1                φ'' = 0
+    TANH = 1       φ = tanh z             φ' = 1 − a²           φ'' = −2 a (1 − a²)
+    RELU = 2       φ = max(z, 0)          φ' = [z > 0]          φ'' = 0
+    SIGMOID = 3    φ = 1 / (1 + e^−z)     φ' = a (1 − a)        φ'' = a (1 − a)(1 − 2a)
+    SOFTPLUS = 4   φ = log(1 + e^z)       φ' = σ(z)             φ'' = σ(z) σ(−z)
+    GELU = 5       φ = z Φ(z)             φ' = Φ(z) + z ϕ(z)    φ'' = ϕ(z) (2 − z²)
+
+(``a = φ(z)``, ``Φ``/``ϕ`` the standard normal cdf/pdf; relu'(0) = 0.)
+
+Without Intel SVML, LLVM turns ``math.tanh``/``math.exp`` into one libm call per element (about
+20 ns: 20 ms for the 10⁶ hidden units of a 1,024-row 512-512 MLP, more than its matrix
+products). ``tanh`` and the sigmoid are therefore written here from a branch-free ``exp`` (Cephes'
+Padé form on ``|r| ≤ ln2/2`` and ``2^k`` built from its bit pattern) that LLVM vectorizes:
+``tanh`` is within 2 ulp of the correctly rounded value in float64 (tested against mpmath),
+at about 2 ns per element. Float32 data are evaluated in float64 and rounded once.
+"""
+
+import math
+
+import numpy as np
+from numba import types
+from numba.extending import intrinsic
+
+from ._jit import jit
+
+IDENTITY = 0
+TANH = 1
+RELU = 2
+SIGMOID = 3
+SOFTPLUS = 4
+GELU = 5
+
+_LN2_HI = 6.93145751953125e-1
+_LN2_LO = 1.42860682030941723212e-6
+_LOG2E = 1.4426950408889634073599
+_INV_SQRT2 = 0.70710678118654752440
+_INV_SQRT2PI = 0.39894228040143267794
+
+
+@intrinsic
+def _bits_as_f64(typingctx, k):
+    """Reinterpret the bits of an int64 as a float64 (free: a register move)."""
+    sig = types.float64(types.int64)
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], context.get_value_type(types.float64))
+
+    return sig, codegen
+
+
+@jit(inline=True)
+def exp_nonpos(t):
+    """``e^t`` for ``t <= 0`` (Cephes exp: Padé on the reduced argument ``|r| <= ln2/2``,
+    times ``2^k`` as two normal powers of two so that subnormal results round once)."""
+    t = max(t, -746.0)
+    k = math.floor(t * _LOG2E + 0.5)
+    r = (t - k * _LN2_HI) - k * _LN2_LO
+    rr = r * r
+    px = r * ((1.26177193074810590878e-4 * rr + 3.02994407707441961300e-2) * rr
+              + 9.99999999999999999910e-1)
+    qx = (((3.00198505138664455042e-6 * rr + 2.52448340349684104192e-3) * rr
+           + 2.27265548208155028766e-1) * rr + 2.00000000000000000009e0)
+    e = 1.0 + 2.0 * px / (qx - px)
+    ki = np.int64(k)
+    k1 = ki >> 1
+    return (e * _bits_as_f64((k1 + 1023) << 52)) * _bits_as_f64((ki - k1 + 1023) << 52)
+
+
+@jit(inline=True)
+def tanh(x):
+    """tanh in float64: Cephes' rational form below 0.625, ``(1 − e)/(1 + e)`` with
+    ``e = e^{−2|x|}`` above (|x| clamped at 20, where tanh rounds to ±1). NaN stays NaN."""
+    ax = min(abs(x), 20.0)
+    z = ax * ax
+    small = ax + ax * z * (((-9.64399179425052238628e-1 * z - 9.92877231001918586564e1) * z
+                            - 1.61468768441708447952e3)
+                           / (((z + 1.12811678491632931402e2) * z + 2.23548839060100448583e3) * z
+                              + 4.84406305325125486048e3))
+    e = exp_nonpos(-2.0 * ax)
+    big = (1.0 - e) / (1.0 + e)
+    t = small if ax < 0.625 else big
+    if x != x:
+        return x
+    return math.copysign(t, x)
+
+
+@jit(inline=True)
+def sigmoid(x):
+    """``1 / (1 + e^−x)`` without overflow, from ``e = e^{−|x|}`` only. NaN stays NaN."""
+    e = exp_nonpos(-abs(x))
+    s = 1.0 / (1.0 + e) if x >= 0.0 else e / (1.0 + e)
+    return s if x == x else x
+
+
+@jit(inline=True)
+def value(code, z):
+    """``φ(z)`` in float64."""
+    if code == TANH:
+        return tanh(z)
+    if code == RELU:
+        return z if z > 0.0 else 0.0
+    if code == SIGMOID:
+        return sigmoid(z)
+    if code == SOFTPLUS:
+        return max(z, 0.0) + math.log1p(math.exp(-abs(z)))
+    if code == GELU:
+        return z * 0.5 * math.erfc(-z * _INV_SQRT2)
+    return z
+
+
+@jit(inline=True)
+def d1(code, z, a):
+    """``φ'(z)`` from ``z`` and ``a = φ(z)`` (float64)."""
+    if code == TANH:
+        return (1.0 - a) * (1.0 + a)
+    if code == RELU:
+        return 1.0 if z > 0.0 else 0.0
+    if code == SIGMOID:
+        return a * (1.0 - a)
+    if code == SOFTPLUS:
+        return sigmoid(z)
+    if code == GELU:
+        return 0.5 * math.erfc(-z * _INV_SQRT2) + z * _INV_SQRT2PI * math.exp(-0.5 * z * z)
+    return 1.0
+
+
+@jit(inline=True)
+def d2(code, z, a):
+    """``φ''(z)`` from ``z`` and ``a = φ(z)`` (float64)."""
+    if code == TANH:
+        return -2.0 * a * (1.0 - a) * (1.0 + a)
+    if code == SIGMOID:
+        return a * (1.0 - a) * (1.0 - 2.0 * a)
+    if code == SOFTPLUS:
+        s = sigmoid(z)
+        return s * sigmoid(-z)
+    if code == GELU:
+        return _INV_SQRT2PI * math.exp(-0.5 * z * z) * (2.0 - z * z)
+    return 0.0
+
+
+@jit
+def bias_act(code, Z, b, A):
+    """``Z += b`` (per row), then ``A = φ(Z)``; A may be unused (code < 0: bias only)."""
+    nb, w = Z.shape
+    if code == TANH:
+        for i in range(nb):
+            for j in range(w):
+                z = Z[i, j] + b[j]
+                Z[i, j] = z
+                A[i, j] = tanh(np.float64(z))
+    elif code < 0:
+        for i in range(nb):
+            for j in range(w):
+                Z[i, j] += b[j]
+    else:
+        for i in range(nb):
+            for j in range(w):
+                z = Z[i, j] + b[j]
+                Z[i, j] = z
+                A[i, j] = value(code, np.float64(z))
+
+
+@jit
+def times_d1(code, Z, A, G, out):
+    """``out = G ⊙ φ'(Z)`` (out may be G)."""
+    nb, w = Z.shape
+    if code == TANH:
+        for i in range(nb):
+            for j in range(w):
+                a = A[i, j]
+                out[i, j] = G[i, j] * ((1.0 - a) * (1.0 + a))
+    elif code == IDENTITY:
+        for i in range(nb):
+            for j in range(w):
+                out[i, j] = G[i, j]
+    else:
+        for i in range(nb):
+            for j in range(w):
+                out[i, j] = G[i, j] * d1(code, np.float64(Z[i, j]), np.float64(A[i, j]))
+
+
+@jit
+def r_backward_fuse(code, Z, A, RD, T, DP, RZ):
+    """``RD = (RD + T) ⊙ φ'(Z) + DP ⊙ φ''(Z) ⊙ RZ``: the R-operator of ``δ = (δ' Wᵀ) ⊙ φ'``."""
+    nb, w = Z.shape
+    if code == TANH:
+        for i in range(nb):
+            for j in range(w):
+                a = A[i, j]
+                g = (1.0 - a) * (1.0 + a)
+                RD[i, j] = (RD[i, j] + T[i, j]) * g - 2.0 * a * g * DP[i, j] * RZ[i, j]
+    else:
+        for i in range(nb):
+            for j in range(w):
+                z = np.float64(Z[i, j])
+                a = np.float64(A[i, j])
+                RD[i, j] = ((RD[i, j] + T[i, j]) * d1(code, z, a)
+                            + DP[i, j] * d2(code, z, a) * RZ[i, j])
