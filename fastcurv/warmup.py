@@ -6,8 +6,9 @@ import scipy.sparse as sp
 FAMILIES = ("logistic", "gaussian", "poisson", "multinomial")
 
 
-def warmup(dtypes=("float64", "float32"), sparse=True, families=FAMILIES):
-    """Run every GLM kernel once on tiny data so later calls do not pay compile time.
+def warmup(dtypes=("float64", "float32"), sparse=True, families=FAMILIES, mlp=True):
+    """Run every GLM (and, with ``mlp``, MLP) kernel once on tiny data so later calls do not
+    pay compile time.
 
     ``dtypes``, ``sparse`` (also CSR, not only dense) and ``families`` choose what to compile.
 
@@ -38,3 +39,23 @@ def warmup(dtypes=("float64", "float32"), sparse=True, families=FAMILIES):
                 p.fisher_vp(theta, v)
                 p.hessian_diag(theta)
                 p.value_along(theta, v)(0.5)
+        if mlp:
+            _warm_mlp(X, sp.csr_matrix(X) if sparse else None, rng)
+
+
+def _warm_mlp(X, Xs, rng):
+    from .problems.mlp import MLP
+
+    for Xi in (X, Xs):
+        if Xi is None:
+            continue
+        p = MLP(Xi, np.arange(8) % 3, sizes=(3, 4, 3), activation="tanh",
+                loss="softmax_cross_entropy", l2=0.1)
+        theta = p.init()
+        v = np.ones(p.n_params, dtype=X.dtype)
+        p.value_and_grad(theta)
+        p.hvp(theta, v)
+        p.ggn_vp(theta, v)
+        p.fisher_vp(theta, v)
+        p.jvp(theta, v)
+        p.ggn_diag(theta)

@@ -15,15 +15,15 @@ Without Intel SVML, LLVM turns ``math.tanh``/``math.exp`` into one libm call per
 20 ns: 20 ms for the 10⁶ hidden units of a 1,024-row 512-512 MLP, more than its matrix
 products). ``tanh`` and the sigmoid are therefore written here from a branch-free ``exp`` (Cephes'
 Padé form on ``|r| ≤ ln2/2`` and ``2^k`` built from its bit pattern) that LLVM vectorizes:
-``tanh`` is within 2 ulp of the correctly rounded value in float64 (tested against mpmath),
-at about 2 ns per element. Float32 data are evaluated in float64 and rounded once.
+each with a single division: ``tanh`` is within 2 ulp of the correctly rounded value (tested
+against mpmath). Float32 data get a float32 ``tanh`` (16 lanes per AVX-512 vector).
 """
 
 import math
 
 import numpy as np
 from numba import types
-from numba.extending import intrinsic
+from numba.extending import intrinsic, overload
 
 from ._jit import jit
 
@@ -52,10 +52,23 @@ def _bits_as_f64(typingctx, k):
     return sig, codegen
 
 
+@intrinsic
+def _bits_as_f32(typingctx, k):
+    """Reinterpret the bits of an int32 as a float32."""
+    sig = types.float32(types.int32)
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], context.get_value_type(types.float32))
+
+    return sig, codegen
+
+
 @jit(inline=True)
-def exp_nonpos(t):
-    """``e^t`` for ``t <= 0`` (Cephes exp: Padé on the reduced argument ``|r| <= ln2/2``,
-    times ``2^k`` as two normal powers of two so that subnormal results round once)."""
+def _exp_pade(t):
+    """``e^t = 2^k (q + p) / (q − p)`` for ``t <= 0`` (Cephes exp: Padé form on the reduced
+    argument ``|r| <= ln2/2``). Returns ``(q − p, q + p, s1, s2)`` with ``2^k = s1 s2`` split
+    into two normal powers of two, so that the caller does a single division and subnormal
+    results round once."""
     t = max(t, -746.0)
     k = math.floor(t * _LOG2E + 0.5)
     r = (t - k * _LN2_HI) - k * _LN2_LO
@@ -64,35 +77,97 @@ def exp_nonpos(t):
               + 9.99999999999999999910e-1)
     qx = (((3.00198505138664455042e-6 * rr + 2.52448340349684104192e-3) * rr
            + 2.27265548208155028766e-1) * rr + 2.00000000000000000009e0)
-    e = 1.0 + 2.0 * px / (qx - px)
     ki = np.int64(k)
     k1 = ki >> 1
-    return (e * _bits_as_f64((k1 + 1023) << 52)) * _bits_as_f64((ki - k1 + 1023) << 52)
+    return qx - px, qx + px, _bits_as_f64((k1 + 1023) << 52), _bits_as_f64((ki - k1 + 1023) << 52)
+
+
+@jit(inline=True)
+def exp_nonpos(t):
+    """``e^t`` for ``t <= 0`` (float64, within 1 ulp)."""
+    den, num, s1, s2 = _exp_pade(t)
+    return ((num * s1) * s2) / den
 
 
 @jit(inline=True)
 def tanh(x):
-    """tanh in float64: Cephes' rational form below 0.625, ``(1 − e)/(1 + e)`` with
-    ``e = e^{−2|x|}`` above (|x| clamped at 20, where tanh rounds to ±1). NaN stays NaN."""
+    """tanh in float64 with one division: Cephes' rational form ``x + x z P(z)/Q(z)`` below
+    0.625, ``(1 − E)/(1 + E)`` with ``E = e^{−2|x|}`` in Padé form above (|x| clamped at 20,
+    where tanh rounds to ±1). Within 2 ulp (tested against mpmath). NaN stays NaN."""
     ax = min(abs(x), 20.0)
     z = ax * ax
-    small = ax + ax * z * (((-9.64399179425052238628e-1 * z - 9.92877231001918586564e1) * z
-                            - 1.61468768441708447952e3)
-                           / (((z + 1.12811678491632931402e2) * z + 2.23548839060100448583e3) * z
-                              + 4.84406305325125486048e3))
-    e = exp_nonpos(-2.0 * ax)
-    big = (1.0 - e) / (1.0 + e)
-    t = small if ax < 0.625 else big
+    num_s = ax * z * ((-9.64399179425052238628e-1 * z - 9.92877231001918586564e1) * z
+                      - 1.61468768441708447952e3)
+    den_s = ((z + 1.12811678491632931402e2) * z + 2.23548839060100448583e3) * z \
+        + 4.84406305325125486048e3
+    qm, qp, s1, s2 = _exp_pade(-2.0 * ax)
+    e = (qp * s1) * s2
+    small = ax < 0.625
+    num = num_s if small else qm - e
+    den = den_s if small else qm + e
+    t = (ax if small else 0.0) + num / den
     if x != x:
         return x
     return math.copysign(t, x)
 
 
+_F32_CLAMP = np.float32(9.0)
+_F32_SMALL = np.float32(0.625)
+_F32_LOG2E = np.float32(1.44269504088896341)
+_F32_C1 = np.float32(0.693359375)
+_F32_C2 = np.float32(-2.12194440e-4)
+_F32_HALF = np.float32(0.5)
+_F32_ONE = np.float32(1.0)
+_F32_TWO = np.float32(2.0)
+_F32_T = (np.float32(-5.70498872745e-3), np.float32(2.06390887954e-2),
+          np.float32(-5.37397155531e-2), np.float32(1.33314422036e-1),
+          np.float32(-3.33332819422e-1))
+_F32_E = (np.float32(1.9875691500e-4), np.float32(1.3981999507e-3), np.float32(8.3334519073e-3),
+          np.float32(4.1665795894e-2), np.float32(1.6666665459e-1), np.float32(5.0000001201e-1))
+
+
+@jit(inline=True)
+def tanh32(x):
+    """tanh in float32 arithmetic (16 lanes per AVX-512 vector): Cephes' tanhf polynomial
+    below 0.625, ``1 − 2/(e^{2|x|} + 1)`` with Cephes' expf above (|x| clamped at 9, where
+    float32 tanh rounds to ±1). Within 2 float32 ulp (tested). NaN stays NaN."""
+    ax = min(abs(x), _F32_CLAMP)
+    z = ax * ax
+    c = _F32_T
+    small = ((((c[0] * z + c[1]) * z + c[2]) * z + c[3]) * z + c[4]) * z * ax + ax
+    t = _F32_TWO * ax
+    kf = np.floor(t * _F32_LOG2E + _F32_HALF)
+    r = (t - kf * _F32_C1) - kf * _F32_C2
+    q = _F32_E
+    e = ((((((q[0] * r + q[1]) * r + q[2]) * r + q[3]) * r + q[4]) * r + q[5]) * (r * r)
+         + r + _F32_ONE)
+    E = e * _bits_as_f32((np.int32(kf) + np.int32(127)) << np.int32(23))
+    big = _F32_ONE - _F32_TWO / (E + _F32_ONE)
+    y = small if ax < _F32_SMALL else big
+    if x != x:
+        return x
+    return np.float32(math.copysign(y, x))
+
+
+def tanh_t(x):
+    """tanh in the precision of ``x`` (float32 arithmetic for float32, else float64)."""
+    return math.tanh(x)
+
+
+@overload(tanh_t, inline="always")
+def _tanh_t(x):
+    if isinstance(x, types.Float) and x.bitwidth == 32:
+        return lambda x: tanh32(x)
+    return lambda x: tanh(np.float64(x))
+
+
 @jit(inline=True)
 def sigmoid(x):
-    """``1 / (1 + e^−x)`` without overflow, from ``e = e^{−|x|}`` only. NaN stays NaN."""
-    e = exp_nonpos(-abs(x))
-    s = 1.0 / (1.0 + e) if x >= 0.0 else e / (1.0 + e)
+    """``1 / (1 + e^−x)`` without overflow and with one division, from ``e^{−|x|}`` in Padé
+    form. NaN stays NaN."""
+    qm, qp, s1, s2 = _exp_pade(-abs(x))
+    e = (qp * s1) * s2
+    s = (qm if x >= 0.0 else e) / (qm + e)
     return s if x == x else x
 
 
@@ -152,7 +227,7 @@ def bias_act(code, Z, b, A):
             for j in range(w):
                 z = Z[i, j] + b[j]
                 Z[i, j] = z
-                A[i, j] = tanh(np.float64(z))
+                A[i, j] = tanh_t(z)
     elif code < 0:
         for i in range(nb):
             for j in range(w):

@@ -6,7 +6,8 @@ Network (one block of rows at a time; ``L`` layers, hidden activations ``φ_l``)
 
 Backward pass (``δ_L = c ⊙ ℓ'(η)``, ``c_i = w_i / W``)::
 
-    ∇W_l = h_{l−1}ᵀ δ_l,   ∇b_l = Σ_rows δ_l,   P_{l−1} = δ_l W_lᵀ,   δ_{l−1} = P_{l−1} ⊙ φ'(z_{l−1})
+    ∇W_l = h_{l−1}ᵀ δ_l,   ∇b_l = Σ_rows δ_l,
+    P_{l−1} = δ_l W_lᵀ,    δ_{l−1} = P_{l−1} ⊙ φ'(z_{l−1})
 
 R-forward pass along ``V = (VW_l, Vb_l)`` (Pearlmutter's R-operator, ``R{·}`` = directional
 derivative; ``R h_0 = 0``)::
@@ -39,7 +40,7 @@ import numpy as np
 
 from . import activations as act
 from ._jit import jit
-from .losses import MULTINOMIAL, POISSON, pointwise, softmax_row
+from .losses import MULTINOMIAL, pointwise, softmax_row
 
 # modes of run()
 VALUE = 0
@@ -370,10 +371,10 @@ def square_inputs(X, sparse, s, e, sizes, aoff_in, A, aoff, SQ):
     L = sizes.shape[0] - 1
     for l in range(L):
         n_in = sizes[l]
+        if l == 0 and sparse:
+            continue
         Q = _rows(SQ, aoff_in, l, nb, n_in)
         if l == 0:
-            if sparse:
-                continue
             for i in range(nb):
                 for j in range(n_in):
                     x = X[s + i, j]

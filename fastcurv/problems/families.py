@@ -33,7 +33,7 @@ def prepare_targets(family, y, n, n_classes=None):
         raise ValueError(f"y must have {n} rows to match X, got shape {arr.shape}")
     y64 = np.asarray(arr, dtype=np.float64)
     if not np.all(np.isfinite(y64)):
-        i = int(np.flatnonzero(~np.isfinite(y64.reshape(n, -1)).any(axis=1))[0])
+        i = int(np.flatnonzero((~np.isfinite(y64.reshape(n, -1))).any(axis=1))[0])
         raise ValueError(f"y contains a non-finite value in row {i}; remove or impute it")
     if family == "multinomial":
         if y64.ndim != 1:
@@ -85,30 +85,40 @@ def prepare_targets(family, y, n, n_classes=None):
     return y2, y2.shape[1]
 
 
-def sample_residuals(family, eta, h, rng):
+class LabelStreams:
+    """Independent random streams for sampled labels (uniform, normal and Poisson draws),
+    spawned from ``seed``. Each stream is consumed row by row, so a sample does not depend on
+    how the rows are split into blocks."""
+
+    def __init__(self, seed):
+        rng = np.random.default_rng(seed)
+        self.uniform, self.normal, self.poisson = rng.spawn(3)
+
+
+def sample_residuals(family, eta, h, streams):
     """Residuals ``l'(eta, y~)`` at labels ``y~`` drawn from the model's own distribution.
 
     ``eta`` and ``h`` are the (n, K) linear predictor and curvature state (for the
-    multinomial, h holds the probabilities). Their second moment has expectation ``l''``.
+    multinomial, h holds the probabilities); ``streams`` a :class:`LabelStreams`. Their second
+    moment has expectation ``l''``.
     """
     if family == "gaussian":
-        return -rng.standard_normal(eta.shape)
+        return -streams.normal.standard_normal(eta.shape)
     if family == "logistic":
         z = np.exp(-np.abs(eta))
         mu = np.where(eta >= 0, 1.0 / (1.0 + z), z / (1.0 + z))
-        return mu - (rng.random(eta.shape) < mu)
+        return mu - (streams.uniform.random(eta.shape) < mu)
     if family == "poisson":
         # counts beyond 1e7 are drawn from the normal approximation N(mu, mu), whose residual
         # has the same second moment (numpy's Poisson sampler stops near 9e18)
         mu = np.exp(eta)
         big = mu > 1e7
-        r = np.empty_like(mu)
-        r[~big] = mu[~big] - rng.poisson(mu[~big])
-        r[big] = -np.sqrt(mu[big]) * rng.standard_normal(int(big.sum()))
-        return r
+        counts = streams.poisson.poisson(np.where(big, 0.0, mu))
+        normal = streams.normal.standard_normal(mu.shape)
+        return np.where(big, -np.sqrt(mu) * normal, mu - counts)
     # multinomial: r = p - e_{y~}
     p = h
-    u = rng.random((p.shape[0], 1))
+    u = streams.uniform.random((p.shape[0], 1))
     cdf = np.cumsum(p, axis=1)
     labels = np.minimum((cdf < u).sum(axis=1), p.shape[1] - 1)
     r = p.copy()

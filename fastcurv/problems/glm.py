@@ -351,10 +351,10 @@ class GLM:
         st = self._state_at(theta)
         if mc_samples is None:
             return self._diag(st, "hess")
-        rng = np.random.default_rng(seed)
+        streams = families.LabelStreams(seed)
         acc = np.zeros_like(st.r)
         for _ in range(int(mc_samples)):
-            rs = families.sample_residuals(self.family, st.eta, st.h, rng)
+            rs = families.sample_residuals(self.family, st.eta, st.h, streams)
             acc += rs * rs
         cw = self._a[:, None] * acc / int(mc_samples)
         return self._diag(st, "hess", cw=cw)

@@ -49,6 +49,12 @@ def _check_sizes(sizes, d):
 
 
 def _check_activations(activation, n_hidden):
+    if not isinstance(activation, str) and not (
+            hasattr(activation, "__len__") and hasattr(activation, "__iter__")):
+        raise TypeError(
+            f"activation must be a name such as 'tanh' or a sequence of names (one per hidden "
+            f"layer), got {activation!r}"
+        )
     names = [activation] * n_hidden if isinstance(activation, str) else list(activation)
     if not isinstance(activation, str) and len(names) != n_hidden:
         raise ValueError(
@@ -272,6 +278,9 @@ class MLP:
             self._ws["GT"] = np.empty(gt, dtype=dt)
             self._ws["HS"] = np.empty((B, self.n_outputs))
             self._ws["SQ"] = np.empty(1, dtype=dt)
+            self._ws["V0"] = np.zeros((1, self.n_params), dtype=dt)
+            self._ws["U0"] = np.zeros((1, 1, self.n_outputs), dtype=dt)
+            self._ws["out1"] = np.zeros((1, self.n_params))
         if want_sq and self._ws["SQ"].shape[0] < max(int(self._aoff_in[-1]), 1):
             self._ws["SQ"] = np.empty(int(self._aoff_in[-1]), dtype=self.dtype)
         return self._ws
@@ -285,12 +294,15 @@ class MLP:
 
     def _run(self, mode, theta, V=None, U=None, m_out=1, J=None):
         ws = self._workspace(want_sq=mode == K_.GGN_DIAG)
-        dt = self.dtype
-        P, K = self.n_params, self.n_outputs
-        V = np.zeros((1, P), dtype=dt) if V is None else V
-        U = np.zeros((1, 1, K), dtype=dt) if U is None else U
-        J = np.zeros((1, 1, K), dtype=dt) if J is None else J
-        out = np.zeros((m_out, P))
+        P = self.n_params
+        V = ws["V0"] if V is None else V
+        U = ws["U0"] if U is None else U
+        J = ws["U0"] if J is None else J
+        if m_out == 1:
+            out = ws["out1"]  # reused: callers copy what they keep
+            out.fill(0.0)
+        else:
+            out = np.zeros((m_out, P))
         total = K_.run(mode, *self._data_args(), self._lc, self._y2, self._cw, theta,
                        self._sizes, self._acts, self._poff, self._aoff, self._aoff_in,
                        self.batch_size, V, U, out, J, ws["Z"], ws["A"], ws["D"], ws["DP"],
@@ -303,9 +315,24 @@ class MLP:
         v = val.check_vector(v, self.n_params, self.dtype, name, allow_block=True)
         return v, np.ascontiguousarray(v.reshape(self.n_params, -1).T)
 
+    def _weight_slices(self):
+        return [slice(int(self._poff[l]), int(self._poff[l]) + self.sizes[l] * self.sizes[l + 1])
+                for l in range(len(self.sizes) - 1)]
+
     def _penalty(self, theta):
-        w = np.asarray(theta, dtype=np.float64) * self._wmask
-        return 0.5 * self.l2 * float(w @ w)
+        if not self.l2:
+            return 0.0
+        total = 0.0
+        for sl in self._weight_slices():
+            w = theta[sl].astype(np.float64)
+            total += float(np.dot(w, w))
+        return 0.5 * self.l2 * total
+
+    def _add_penalty(self, out, Vt):
+        """``out[j] += λ Vt[j]`` on the weight coordinates (not the biases)."""
+        if self.l2:
+            for sl in self._weight_slices():
+                out[:, sl] += self.l2 * Vt[:, sl]
 
     # ------------------------------------------------------------------ objective
     def value(self, theta):
@@ -322,18 +349,16 @@ class MLP:
         """``(F(θ), ∇F(θ))`` in one forward and one backward pass."""
         theta = self._check_theta(theta)
         total, out = self._run(K_.VALUE_GRAD, theta)
-        g = out[0]
-        if self.l2:
-            g += self.l2 * self._wmask * theta
-        return float(total) + self._penalty(theta), g.astype(self.dtype)
+        self._add_penalty(out, theta[None, :])
+        return float(total) + self._penalty(theta), out[0].astype(self.dtype)
 
     # ------------------------------------------------------------------ curvature products
     def _product(self, mode, theta, v, penalty):
         theta = self._check_theta(theta)
         v, Vt = self._block(v)
         _, out = self._run(mode, theta, V=Vt, m_out=Vt.shape[0])
-        if penalty and self.l2:
-            out += self.l2 * self._wmask * Vt
+        if penalty:
+            self._add_penalty(out, Vt)
         out = out.T.astype(self.dtype)
         return out[:, 0] if v.ndim == 1 else out
 
@@ -444,30 +469,35 @@ class MLP:
             if (isinstance(mc_samples, (bool, np.bool_))
                     or not isinstance(mc_samples, numbers.Integral) or mc_samples < 1):
                 raise ValueError(f"mc_samples must be a positive integer, got {mc_samples!r}")
-            d = self._mc_diag(theta, int(mc_samples), np.random.default_rng(seed))
+            d = self._mc_diag(theta, int(mc_samples), seed)
         return (d + self.l2 * self._wmask).astype(self.dtype)
 
-    def _mc_diag(self, theta, mc, rng):
+    def _mc_diag(self, theta, mc, seed):
+        """Draw by draw, block by block: the label streams are consumed row by row in the same
+        order whatever ``batch_size`` is (one forward pass per block and draw, unless all rows
+        fit in one block)."""
         ws = self._workspace(want_sq=True)
         Xa = self._data_args()
         L, K = len(self.sizes) - 1, self.n_outputs
         out = np.zeros(self.n_params)
         fam = _FAMILY[self.loss]
-        for s in range(0, self.n_samples, self.batch_size):
-            e = min(self.n_samples, s + self.batch_size)
-            nb = e - s
-            K_.forward(*Xa, s, e, theta, self._sizes, self._acts, self._poff, self._aoff,
-                       ws["Z"], ws["A"])
-            HS = ws["HS"][:nb]
-            K_.loss_block(self._lc, ws["Z"], self._aoff, self._sizes, self._y2, self._cw, s, e,
-                          ws["HS"], ws["D"], False)
-            K_.square_inputs(Xa[0], Xa[4], s, e, self._sizes, self._aoff_in, ws["A"],
-                             self._aoff, ws["SQ"])
-            o = self._aoff[L - 1]
-            eta = ws["Z"][o:o + nb * K].reshape(nb, K).astype(np.float64)
-            Dout = ws["D"][o:o + nb * K].reshape(nb, K)
-            for _ in range(mc):
-                Dout[:] = families.sample_residuals(fam, eta, HS, rng)
+        streams = families.LabelStreams(seed)
+        n, B = self.n_samples, self.batch_size
+        o = self._aoff[L - 1]
+        for j in range(mc):
+            for s in range(0, n, B):
+                e = min(n, s + B)
+                nb = e - s
+                if j == 0 or n > B:
+                    K_.forward(*Xa, s, e, theta, self._sizes, self._acts, self._poff,
+                               self._aoff, ws["Z"], ws["A"])
+                    K_.loss_block(self._lc, ws["Z"], self._aoff, self._sizes, self._y2,
+                                  self._cw, s, e, ws["HS"], ws["D"], False)
+                    K_.square_inputs(Xa[0], Xa[4], s, e, self._sizes, self._aoff_in, ws["A"],
+                                     self._aoff, ws["SQ"])
+                eta = ws["Z"][o:o + nb * K].reshape(nb, K).astype(np.float64)
+                Dout = ws["D"][o:o + nb * K].reshape(nb, K)
+                Dout[:] = families.sample_residuals(fam, eta, ws["HS"][:nb], streams)
                 K_.backward(*Xa, s, e, theta, self._sizes, self._acts, self._poff, self._aoff,
                             ws["Z"], ws["A"], ws["D"], ws["DP"], ws["GT"], out, False)
                 K_.diag_layers(*Xa, s, e, self._cw, self._sizes, self._poff, self._aoff,
