@@ -7,6 +7,7 @@ Public API (everything else is private)::
     HessianOperator, GGNOperator, FisherOperator, JacobianOperator
                         scipy.sparse.linalg.LinearOperator views of the curvature
     newton_cg           truncated Newton (line search or trust region) with CG
+    hutchinson_diag     stochastic diagonal estimate of any symmetric operator
     warmup              compile the common kernels ahead of time
 """
 
@@ -20,6 +21,7 @@ if not _os.path.isdir(_os.path.join(__path__[0], "kernels")) and _os.path.isfile
 ):
     __path__.append(_root)
 
+from .estimators import DiagonalEstimate, hutchinson_diag  # noqa: E402
 from .newton import NewtonResult, newton_cg  # noqa: E402
 from .operators import (  # noqa: E402
     FisherOperator,
@@ -40,6 +42,8 @@ __all__ = [
     "FisherOperator",
     "JacobianOperator",
     "newton_cg",
+    "hutchinson_diag",
+    "DiagonalEstimate",
     "NewtonResult",
     "warmup",
     "__version__",

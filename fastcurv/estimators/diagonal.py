@@ -1,0 +1,72 @@
+"""Hutchinson's stochastic estimate of the diagonal of a symmetric operator."""
+
+import numbers
+from typing import NamedTuple
+
+import numpy as np
+
+
+class DiagonalEstimate(NamedTuple):
+    """``diag``: the estimate (P,); ``std_error``: its per-coordinate standard error (P,)
+    (sample standard deviation of the probes over ``sqrt(n_probes)``; NaN for one probe);
+    ``n_probes``: the number of probes used."""
+
+    diag: np.ndarray
+    std_error: np.ndarray
+    n_probes: int
+
+
+def hutchinson_diag(op, n_probes, seed=None, block=32):
+    r"""Estimate ``diag(A)`` of a symmetric (P, P) operator from Rademacher probes.
+
+    .. math::
+
+        \widehat{\mathrm{diag}}(A) = \frac{1}{S}\sum_{s=1}^{S} z_s \odot (A z_s),
+        \qquad z_s \in \{-1, +1\}^P \text{ uniform},
+
+    which is unbiased; coordinate ``j`` has variance ``Σ_{k≠j} A_jk² / S``. Probes are applied
+    ``block`` at a time through ``op.matmat`` (one data pass per block for fastcurv
+    operators). The standard error is estimated from the spread of the per-probe values.
+
+    Parameters
+    ----------
+    op : scipy.sparse.linalg.LinearOperator (or anything with ``shape`` and ``matmat``)
+    n_probes : int >= 1
+    seed : int or numpy.random.Generator, optional
+    block : int, default 32
+        Probes per ``matmat`` call.
+
+    Returns
+    -------
+    DiagonalEstimate(diag, std_error, n_probes), arrays in float64.
+    """
+    if isinstance(n_probes, (bool, np.bool_)) or not isinstance(n_probes, numbers.Integral) \
+            or n_probes < 1:
+        raise ValueError(f"n_probes must be a positive integer, got {n_probes!r}")
+    if isinstance(block, (bool, np.bool_)) or not isinstance(block, numbers.Integral) \
+            or block < 1:
+        raise ValueError(f"block must be a positive integer, got {block!r}")
+    shape = getattr(op, "shape", None)
+    if shape is None or len(shape) != 2 or shape[0] != shape[1]:
+        raise ValueError(f"op must be a square (P, P) operator, got shape {shape}")
+    P = int(shape[0])
+    dtype = np.dtype(getattr(op, "dtype", None) or np.float64)
+    rng = np.random.default_rng(seed)
+    total = np.zeros(P)
+    total_sq = np.zeros(P)
+    done = 0
+    while done < n_probes:
+        m = min(int(block), n_probes - done)
+        Z = (2 * rng.integers(0, 2, size=(P, m)) - 1).astype(dtype)
+        AZ = np.asarray(op.matmat(Z), dtype=np.float64).reshape(P, m)
+        vals = Z.astype(np.float64) * AZ
+        total += vals.sum(axis=1)
+        total_sq += (vals * vals).sum(axis=1)
+        done += m
+    mean = total / n_probes
+    if n_probes > 1:
+        var = np.maximum(total_sq - n_probes * mean * mean, 0.0) / (n_probes - 1)
+        se = np.sqrt(var / n_probes)
+    else:
+        se = np.full(P, np.nan)
+    return DiagonalEstimate(mean, se, int(n_probes))

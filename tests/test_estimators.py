@@ -1,0 +1,69 @@
+"""fc.hutchinson_diag against exact diagonals of dense matrices built independently."""
+
+import numpy as np
+import pytest
+from scipy.sparse.linalg import aslinearoperator
+
+import fastcurv as fc
+
+
+def _sym(P, seed):
+    rng = np.random.default_rng(seed)
+    B = rng.standard_normal((P, P))
+    return B @ B.T / P
+
+
+def test_diagonal_matrix_is_exact_with_one_probe():
+    d = np.linspace(-2.0, 3.0, 17)
+    est = fc.hutchinson_diag(aslinearoperator(np.diag(d)), 1, seed=0)
+    np.testing.assert_array_equal(est.diag, d)
+    assert est.n_probes == 1 and np.all(np.isnan(est.std_error))
+
+
+def test_same_seed_same_result_and_block_size_does_not_matter():
+    A = aslinearoperator(_sym(30, 1))
+    a = fc.hutchinson_diag(A, 50, seed=3, block=7)
+    b = fc.hutchinson_diag(A, 50, seed=3, block=7)
+    np.testing.assert_array_equal(a.diag, b.diag)
+    # probes are drawn block by block: a different block size is a different (valid) sample
+    c = fc.hutchinson_diag(A, 50, seed=3, block=50)
+    assert np.all(np.isfinite(c.diag))
+
+
+def test_error_shrinks_like_one_over_sqrt_probes_and_std_error_is_calibrated():
+    M = _sym(40, 2)
+    A = aslinearoperator(M)
+    true = np.diag(M)
+    # exact per-coordinate standard deviation of one probe: sqrt(sum_{k != j} M_jk^2)
+    sd1 = np.sqrt((M * M).sum(axis=1) - true ** 2)
+    errs = {}
+    for S in (16, 256):
+        runs = [fc.hutchinson_diag(A, S, seed=s) for s in range(40)]
+        errs[S] = np.sqrt(np.mean([np.mean((r.diag - true) ** 2) for r in runs]))
+        expected = np.sqrt(np.mean(sd1 ** 2 / S))
+        assert 0.7 * expected < errs[S] < 1.3 * expected
+        se = np.mean([r.std_error for r in runs], axis=0)
+        np.testing.assert_allclose(se, sd1 / np.sqrt(S), rtol=0.25)
+    assert 3.0 < errs[16] / errs[256] < 5.5  # sqrt(16) = 4
+
+
+def test_works_on_fastcurv_operators():
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((60, 4))
+    p = fc.MLP(X, rng.standard_normal(60), sizes=(4, 5, 1), loss="mse")
+    theta = p.init(0)
+    exact = np.diag(p.hessian(theta))
+    est = fc.hutchinson_diag(fc.HessianOperator(p, theta), 2000, seed=0)
+    z = (est.diag - exact) / est.std_error
+    assert np.sqrt(np.mean(z ** 2)) < 2.0
+
+
+@pytest.mark.parametrize("bad", [0, -1, 2.5, True, None])
+def test_bad_n_probes(bad):
+    with pytest.raises(ValueError, match="n_probes"):
+        fc.hutchinson_diag(aslinearoperator(np.eye(3)), bad)
+
+
+def test_non_square_operator():
+    with pytest.raises(ValueError, match="square"):
+        fc.hutchinson_diag(aslinearoperator(np.ones((3, 4))), 4)
