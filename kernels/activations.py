@@ -219,25 +219,32 @@ def d2(code, z, a):
 
 
 @jit
-def bias_act(code, Z, b, A):
-    """``Z += b`` (per row), then ``A = φ(Z)``; A may be unused (code < 0: bias only)."""
+def bias_act(code, Z, b, A, add_bias):
+    """``Z += b`` (per row, if ``add_bias``), then ``A[:, :w] = φ(Z)``; if ``A`` has a column
+    more than ``Z`` (the augmented input ``[h, 1]`` of the next layer) it is set to 1.
+    ``code < 0``: bias only, ``A`` unused."""
     nb, w = Z.shape
-    if code == TANH:
+    if code < 0:
+        if add_bias:
+            for i in range(nb):
+                for j in range(w):
+                    Z[i, j] += b[j]
+        return
+    if A.shape[1] > w:
         for i in range(nb):
-            for j in range(w):
-                z = Z[i, j] + b[j]
-                Z[i, j] = z
-                A[i, j] = tanh_t(z)
-    elif code < 0:
+            A[i, w] = 1.0
+    if add_bias:
         for i in range(nb):
             for j in range(w):
                 Z[i, j] += b[j]
+    if code == TANH:
+        for i in range(nb):
+            for j in range(w):
+                A[i, j] = tanh_t(Z[i, j])
     else:
         for i in range(nb):
             for j in range(w):
-                z = Z[i, j] + b[j]
-                Z[i, j] = z
-                A[i, j] = value(code, np.float64(z))
+                A[i, j] = value(code, np.float64(Z[i, j]))
 
 
 @jit

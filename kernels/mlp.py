@@ -23,15 +23,24 @@ The Gauss-Newton product drops the terms that carry ``δ`` (it backpropagates ``
 gradient). All matrix products go to BLAS through ``np.dot(a, b, out)``; the elementwise work
 (activation, its derivatives, bias, loss) is fused into single loops over each block.
 
-Buffers (all C-contiguous, allocated once by the caller and reused across calls): per layer
-``l`` and block of ``nb`` rows, the views ``Z, A, D, DP, RZ, RA, RD`` of shape ``(nb, w_l)``
-start at ``aoff[l]`` (``aoff[l] = B Σ_{j<l} w_j``) of flat arrays of size ``B Σ_l w_l``; ``T``
-and ``T2`` hold ``B max_l w_l`` (and ``B d`` for the first layer), ``GT`` one layer's weight
-matrix, ``HS`` (B, K) float64 the per-row loss curvature (``ℓ''`` or the softmax ``p``).
-Parameters: layer ``l``'s ``[W_l; b_l]`` starts at ``poff[l]`` of ``theta``.
+Layout. A hidden layer's output is stored augmented, ``h̃ = [h, 1]``, so that the next layer
+is one product with its parameter block ``W̃ = [W; b]`` (``z = h̃ W̃``, bias included) and its
+gradient is one product ``h̃ᵀ δ`` written straight into the ``(n_in + 1, n_out)`` block of the
+output. The Hessian's two weight terms are one product too: ``[h̃; R h̃]ᵀ [Rδ; δ]``, with ``h̃``
+and ``R h̃`` (whose last column is 0) stacked by rows in one buffer ``H`` and ``Rδ``, ``δ``
+stacked the same way in ``D``. Only the first layer (the user's ``X``, dense or CSR, never
+copied) handles its bias separately.
 
-Sums over rows: inside a block BLAS sums rows in its own fixed order; blocks are added in
-order into float64 accumulators. No result depends on the number of threads.
+Buffers (C-contiguous, allocated once by the caller and reused across calls), for a block of
+``nb <= B`` rows: ``Z``, ``DP``, ``RZ`` hold ``(nb, w_l)`` per layer from ``aoff[l] = B
+Σ_{j<l} w_j``; ``H`` holds ``(2 nb, w_l + 1)`` per hidden layer from ``hoff[l]``; ``D``
+``(2 nb, w_l)`` per layer from ``2 aoff[l]``; ``T``, ``T2`` one ``(nb, max w)`` temporary,
+``GT`` one layer's parameter block, ``HS`` (B, K) float64 the per-row loss curvature (``ℓ''``
+or the softmax ``p``), ``ones`` (B,) ones. Parameters: layer ``l``'s ``W̃_l`` starts at
+``poff[l]``.
+
+Sums over rows: inside a block BLAS sums rows in its own fixed order; the first block writes
+the output, later blocks are added in order. No result depends on the number of threads.
 """
 
 import math
@@ -54,17 +63,23 @@ GGN_DIAG = 7
 
 
 @jit(inline=True)
-def _rows(buf, aoff, l, nb, w):
-    o = aoff[l]
+def _rows(buf, off, l, nb, w):
+    """Layer ``l``'s (nb, w) view of a flat buffer."""
+    o = off[l]
     return buf[o:o + nb * w].reshape((nb, w))
 
 
 @jit(inline=True)
-def _weights(theta, poff, sizes, l):
-    n_in = sizes[l]
-    w = sizes[l + 1]
-    o = poff[l]
-    return theta[o:o + n_in * w].reshape((n_in, w)), theta[o + n_in * w:o + (n_in + 1) * w]
+def _stack(buf, off, l, nb, w):
+    """Layer ``l``'s (2 nb, w) stacked view of a flat buffer (``off[l]`` counts 2B rows)."""
+    o = off[l]
+    return buf[o:o + 2 * nb * w].reshape((2 * nb, w))
+
+
+@jit(inline=True)
+def _block(theta, poff, sizes, l):
+    """Layer ``l``'s parameter block ``W̃ = [W; b]`` (n_in + 1, n_out)."""
+    return theta[poff[l]:poff[l + 1]].reshape((sizes[l] + 1, sizes[l + 1]))
 
 
 # ----------------------------------------------------------------------------- first layer
@@ -88,9 +103,8 @@ def x_times(X, xd, xi, xp, sparse, s, e, M, out):
 
 @jit
 def xt_times(X, xd, xi, xp, sparse, s, e, D, out, square):
-    """``out = X[s:e]ᵀ @ D`` (or ``(X ⊙ X)[s:e]ᵀ @ D`` if ``square``) for dense or CSR ``X``.
-
-    Dense ``square`` products are not done here (the caller squares into a buffer)."""
+    """``out = X[s:e]ᵀ @ D``, or ``(X ⊙ X)[s:e]ᵀ @ D`` if ``square`` (CSR only: dense squares
+    come from a buffer)."""
     if not sparse:
         np.dot(X[s:e].T, D, out)
         return
@@ -107,68 +121,78 @@ def xt_times(X, xd, xi, xp, sparse, s, e, D, out, square):
                 o[j] += v * r[j]
 
 
-# ----------------------------------------------------------------------------- accumulation
-@jit(inline=True)
-def _acc(out, o, GT):
-    """``out[o : o + GT.size] += GT`` (float64 accumulator)."""
-    g = GT.ravel()
-    for t in range(g.shape[0]):
-        out[o + t] += g[t]
-
-
-@jit(inline=True)
-def _acc_colsum(out, o, D):
-    nb, w = D.shape
-    for i in range(nb):
-        for j in range(w):
-            out[o + j] += D[i, j]
-
-
+# ----------------------------------------------------------------------------- gradient blocks
 @jit
-def acc_layer(X, xd, xi, xp, sparse, s, e, sizes, poff, aoff, A, l, Dl, GT, out, bias):
-    """``out[layer l] += [h_{l−1}ᵀ Dl; Σ_rows Dl]`` (the bias row only if ``bias``)."""
+def grad_block(X, xd, xi, xp, sparse, s, e, sizes, poff, H, hoff, l, Dl, Hl, GT, ones, out,
+               first):
+    """``out[layer l] (+)= h̃_{l−1}ᵀ Dl``, written into the (n_in + 1, w) block of ``out``.
+
+    ``Hl`` is the layer input for l > 0 (``h̃``, or the stacked ``[h̃; R h̃]`` with a stacked
+    ``Dl``); the first layer uses ``X`` and a row sum for the bias. ``first``: overwrite."""
     nb = e - s
     n_in = sizes[l]
     w = sizes[l + 1]
-    G = GT[:n_in * w].reshape((n_in, w))
+    o = poff[l]
     if l == 0:
-        xt_times(X, xd, xi, xp, sparse, s, e, Dl, G, False)
+        Gw = out[o:o + n_in * w].reshape((n_in, w))
+        gb = out[o + n_in * w:o + (n_in + 1) * w]
+        if first:
+            xt_times(X, xd, xi, xp, sparse, s, e, Dl, Gw, False)
+            np.dot(ones[:nb], Dl, gb)
+        else:
+            T = GT[:n_in * w].reshape((n_in, w))
+            xt_times(X, xd, xi, xp, sparse, s, e, Dl, T, False)
+            Gw += T
+            tb = GT[:w]
+            np.dot(ones[:nb], Dl, tb)
+            gb += tb
+        return
+    G = out[o:o + (n_in + 1) * w].reshape((n_in + 1, w))
+    if first:
+        np.dot(Hl.T, Dl, G)
     else:
-        np.dot(_rows(A, aoff, l - 1, nb, n_in).T, Dl, G)
-    _acc(out, poff[l], G)
-    if bias:
-        _acc_colsum(out, poff[l] + n_in * w, Dl)
+        T = GT[:(n_in + 1) * w].reshape((n_in + 1, w))
+        np.dot(Hl.T, Dl, T)
+        G += T
+
+
+@jit(inline=True)
+def _input(H, hoff, sizes, l, nb):
+    """``h̃_{l−1}`` (nb, n_in + 1) for l > 0."""
+    return _stack(H, hoff, l - 1, nb, sizes[l] + 1)[:nb]
 
 
 # ----------------------------------------------------------------------------- passes
 @jit
-def forward(X, xd, xi, xp, sparse, s, e, theta, sizes, acts, poff, aoff, Z, A):
-    """Pre-activations ``Z`` and activations ``A`` of every layer for rows ``s:e``."""
+def forward(X, xd, xi, xp, sparse, s, e, theta, sizes, acts, poff, aoff, hoff, Z, H):
+    """Pre-activations ``Z`` and augmented activations ``h̃`` of every layer for rows ``s:e``."""
     nb = e - s
     L = sizes.shape[0] - 1
     for l in range(L):
-        W, b = _weights(theta, poff, sizes, l)
+        Wt = _block(theta, poff, sizes, l)
+        n_in = sizes[l]
         w = sizes[l + 1]
         Zl = _rows(Z, aoff, l, nb, w)
         if l == 0:
-            x_times(X, xd, xi, xp, sparse, s, e, W, Zl)
+            x_times(X, xd, xi, xp, sparse, s, e, Wt[:n_in], Zl)
         else:
-            np.dot(_rows(A, aoff, l - 1, nb, sizes[l]), W, Zl)
+            np.dot(_input(H, hoff, sizes, l, nb), Wt, Zl)  # bias included (h̃ = [h, 1])
+        # the first layer adds its bias here, fused with the activation
         if l < L - 1:
-            act.bias_act(acts[l], Zl, b, _rows(A, aoff, l, nb, w))
-        else:
-            act.bias_act(-1, Zl, b, Zl)
+            act.bias_act(acts[l], Zl, Wt[n_in], _stack(H, hoff, l, nb, w + 1)[:nb], l == 0)
+        elif l == 0:
+            act.bias_act(-1, Zl, Wt[n_in], Zl, True)
 
 
 @jit
 def loss_block(lc, Z, aoff, sizes, Y, cw, s, e, HS, D, scaled):
     """Loss of rows ``s:e`` (weighted by ``c_i``); writes the output-layer residual
-    ``D = c_i ℓ'(η_i)`` (or ``ℓ'(η_i)`` if not ``scaled``) and the curvature state ``HS``."""
+    ``δ = c_i ℓ'(η_i)`` (or ``ℓ'(η_i)`` if not ``scaled``) and the curvature state ``HS``."""
     nb = e - s
     L = sizes.shape[0] - 1
     K = sizes[L]
     eta = _rows(Z, aoff, L - 1, nb, K)
-    U = _rows(D, aoff, L - 1, nb, K)
+    U = _stack(D, 2 * aoff, L - 1, nb, K)[nb:]
     ev = np.empty(K)
     p = np.empty(K)
     r = np.empty(K)
@@ -212,111 +236,137 @@ def loss_hess_apply(lc, HS, cw, s, R, out):
 
 
 @jit
-def backward(X, xd, xi, xp, sparse, s, e, theta, sizes, acts, poff, aoff, Z, A, D, DP,
-             GT, out, want_grad):
-    """Backpropagate the output-layer ``D`` to every layer (``D_l``, and ``DP_l = D_{l+1}
-    W_{l+1}ᵀ`` before the activation derivative); add the gradient to ``out`` if asked."""
+def backward(X, xd, xi, xp, sparse, s, e, theta, sizes, acts, poff, aoff, hoff, Z, H, D, DP,
+             GT, ones, out, want_grad, first):
+    """Backpropagate the output-layer ``δ`` (the lower half of layer L's ``D`` stack) to every
+    layer (``δ_l``, and ``DP_l = δ_{l+1} W_{l+1}ᵀ`` before the activation derivative); write
+    or add (``first``) the gradient into ``out`` if ``want_grad``."""
     nb = e - s
     L = sizes.shape[0] - 1
-    for l in range(L - 1, -1, -1):
-        w = sizes[l + 1]
-        Dl = _rows(D, aoff, l, nb, w)
-        if want_grad:
-            acc_layer(X, xd, xi, xp, sparse, s, e, sizes, poff, aoff, A, l, Dl, GT, out, True)
-        if l > 0:
-            W, _ = _weights(theta, poff, sizes, l)
-            n_in = sizes[l]
-            DPp = _rows(DP, aoff, l - 1, nb, n_in)
-            np.dot(Dl, W.T, DPp)
-            act.times_d1(acts[l - 1], _rows(Z, aoff, l - 1, nb, n_in),
-                         _rows(A, aoff, l - 1, nb, n_in), DPp, _rows(D, aoff, l - 1, nb, n_in))
-
-
-@jit
-def r_forward(X, xd, xi, xp, sparse, s, e, theta, v, sizes, acts, poff, aoff, Z, A, RZ, RA, T):
-    """``RZ_l``, ``RA_l`` of every layer along the direction ``v`` (P,); ``RZ_L = J v``."""
-    nb = e - s
-    L = sizes.shape[0] - 1
-    for l in range(L):
-        W, _ = _weights(theta, poff, sizes, l)
-        VW, Vb = _weights(v, poff, sizes, l)
-        w = sizes[l + 1]
-        RZl = _rows(RZ, aoff, l, nb, w)
-        if l == 0:
-            x_times(X, xd, xi, xp, sparse, s, e, VW, RZl)
-            for i in range(nb):
-                for j in range(w):
-                    RZl[i, j] += Vb[j]
-        else:
-            n_in = sizes[l]
-            np.dot(_rows(RA, aoff, l - 1, nb, n_in), W, RZl)
-            Tl = T[:nb * w].reshape((nb, w))
-            np.dot(_rows(A, aoff, l - 1, nb, n_in), VW, Tl)
-            for i in range(nb):
-                for j in range(w):
-                    RZl[i, j] += Tl[i, j] + Vb[j]
-        if l < L - 1:
-            act.times_d1(acts[l], _rows(Z, aoff, l, nb, w), _rows(A, aoff, l, nb, w), RZl,
-                         _rows(RA, aoff, l, nb, w))
-
-
-@jit
-def r_backward(X, xd, xi, xp, sparse, s, e, theta, v, sizes, acts, poff, aoff, Z, A, D, DP,
-               RZ, RA, RD, T, GT, out):
-    """Exact Hessian product: add ``R∇θ`` of rows ``s:e`` to ``out`` given ``RD_L``."""
-    nb = e - s
-    L = sizes.shape[0] - 1
+    doff = 2 * aoff
     for l in range(L - 1, -1, -1):
         w = sizes[l + 1]
         n_in = sizes[l]
-        RDl = _rows(RD, aoff, l, nb, w)
-        acc_layer(X, xd, xi, xp, sparse, s, e, sizes, poff, aoff, A, l, RDl, GT, out, True)
+        Dl = _stack(D, doff, l, nb, w)[nb:]
+        if want_grad:
+            Hl = _input(H, hoff, sizes, l, nb) if l > 0 else _stack(H, hoff, 0, 0, 1)
+            grad_block(X, xd, xi, xp, sparse, s, e, sizes, poff, H, hoff, l, Dl, Hl, GT, ones,
+                       out, first)
         if l > 0:
-            Dl = _rows(D, aoff, l, nb, w)
-            # R h_{l-1}ᵀ δ_l joins the weight part
-            acc_layer(X, xd, xi, xp, sparse, s, e, sizes, poff, aoff, RA, l, Dl, GT, out, False)
-            W, _ = _weights(theta, poff, sizes, l)
-            VW, _ = _weights(v, poff, sizes, l)
-            RDp = _rows(RD, aoff, l - 1, nb, n_in)
-            np.dot(RDl, W.T, RDp)
-            Tl = T[:nb * n_in].reshape((nb, n_in))
-            np.dot(Dl, VW.T, Tl)
-            act.r_backward_fuse(acts[l - 1], _rows(Z, aoff, l - 1, nb, n_in),
-                                _rows(A, aoff, l - 1, nb, n_in), RDp, Tl,
-                                _rows(DP, aoff, l - 1, nb, n_in), _rows(RZ, aoff, l - 1, nb, n_in))
+            Wt = _block(theta, poff, sizes, l)
+            DPp = _rows(DP, aoff, l - 1, nb, n_in)
+            np.dot(Dl, Wt[:n_in].T, DPp)
+            act.times_d1(acts[l - 1], _rows(Z, aoff, l - 1, nb, n_in),
+                         _stack(H, hoff, l - 1, nb, n_in + 1), DPp,
+                         _stack(D, doff, l - 1, nb, n_in)[nb:])
 
 
 @jit
-def fisher_block(X, xd, xi, xp, sparse, s, e, cw, v, sizes, poff, aoff, A, D, T, T2, GT, out):
-    """Empirical Fisher on rows ``s:e``: ``out += Σ_i c_i (g_i · v) g_i`` from the unscaled
-    per-layer residuals ``D`` (``g_i`` = per-sample gradient, ``h_{l−1,i} ⊗ δ_{l,i}``)."""
+def r_forward(X, xd, xi, xp, sparse, s, e, theta, v, sizes, acts, poff, aoff, hoff, Z, H, RZ,
+              T):
+    """``R z_l`` of every layer and ``R h̃_l`` (lower half of the ``H`` stacks) along the
+    direction ``v`` (P,); ``R z_L = J v``."""
     nb = e - s
     L = sizes.shape[0] - 1
+    for l in range(L):
+        Wt = _block(theta, poff, sizes, l)
+        Vt = _block(v, poff, sizes, l)
+        n_in = sizes[l]
+        w = sizes[l + 1]
+        RZl = _rows(RZ, aoff, l, nb, w)
+        if l == 0:
+            x_times(X, xd, xi, xp, sparse, s, e, Vt[:n_in], RZl)
+            vb = Vt[n_in]
+            for i in range(nb):
+                for j in range(w):
+                    RZl[i, j] += vb[j]
+        else:
+            S = _stack(H, hoff, l - 1, nb, n_in + 1)
+            np.dot(S[nb:], Wt, RZl)          # R h̃ has a zero last column: no bias term
+            Tl = T[:nb * w].reshape((nb, w))
+            np.dot(S[:nb], Vt, Tl)           # h̃ Ṽ = h VW + Vb
+            for i in range(nb):
+                for j in range(w):
+                    RZl[i, j] += Tl[i, j]
+        if l < L - 1:
+            S = _stack(H, hoff, l, nb, w + 1)
+            RH = S[nb:]
+            act.times_d1(acts[l], _rows(Z, aoff, l, nb, w), S[:nb], RZl, RH)
+            for i in range(nb):
+                RH[i, w] = 0.0
+
+
+@jit
+def r_backward(X, xd, xi, xp, sparse, s, e, theta, v, sizes, acts, poff, aoff, hoff, Z, H, D,
+               DP, RZ, T, GT, ones, out, first):
+    """Exact Hessian product of rows ``s:e`` into ``out`` given ``Rδ_L`` (upper half of layer
+    L's ``D`` stack): ``R∇W̃_l = [h̃; R h̃]ᵀ [Rδ; δ]`` in one product per hidden layer."""
+    nb = e - s
+    L = sizes.shape[0] - 1
+    doff = 2 * aoff
+    for l in range(L - 1, -1, -1):
+        w = sizes[l + 1]
+        n_in = sizes[l]
+        Ds = _stack(D, doff, l, nb, w)
+        if l == 0:
+            grad_block(X, xd, xi, xp, sparse, s, e, sizes, poff, H, hoff, 0, Ds[:nb],
+                       _stack(H, hoff, 0, 0, 1), GT, ones, out, first)
+            continue
+        grad_block(X, xd, xi, xp, sparse, s, e, sizes, poff, H, hoff, l, Ds,
+                   _stack(H, hoff, l - 1, nb, n_in + 1), GT, ones, out, first)
+        Wt = _block(theta, poff, sizes, l)
+        Vt = _block(v, poff, sizes, l)
+        RDp = _stack(D, doff, l - 1, nb, n_in)[:nb]
+        np.dot(Ds[:nb], Wt[:n_in].T, RDp)
+        Tl = T[:nb * n_in].reshape((nb, n_in))
+        np.dot(Ds[nb:], Vt[:n_in].T, Tl)
+        act.r_backward_fuse(acts[l - 1], _rows(Z, aoff, l - 1, nb, n_in),
+                            _stack(H, hoff, l - 1, nb, n_in + 1), RDp, Tl,
+                            _rows(DP, aoff, l - 1, nb, n_in), _rows(RZ, aoff, l - 1, nb, n_in))
+
+
+@jit
+def fisher_block(X, xd, xi, xp, sparse, s, e, cw, v, sizes, poff, aoff, hoff, H, D, T, T2, GT,
+                 ones, out, first):
+    """Empirical Fisher on rows ``s:e``: ``out (+)= Σ_i c_i (g_i · v) g_i`` from the unscaled
+    per-layer residuals ``δ`` (``g_i`` = per-sample gradient, ``h̃_{l−1,i} ⊗ δ_{l,i}``)."""
+    nb = e - s
+    L = sizes.shape[0] - 1
+    doff = 2 * aoff
     sv = np.zeros(nb)
     for l in range(L):
         w = sizes[l + 1]
-        VW, Vb = _weights(v, poff, sizes, l)
+        n_in = sizes[l]
+        Vt = _block(v, poff, sizes, l)
         Tl = T[:nb * w].reshape((nb, w))
+        Dl = _stack(D, doff, l, nb, w)[nb:]
         if l == 0:
-            x_times(X, xd, xi, xp, sparse, s, e, VW, Tl)
+            x_times(X, xd, xi, xp, sparse, s, e, Vt[:n_in], Tl)
+            vb = Vt[n_in]
+            for i in range(nb):
+                t = 0.0
+                for j in range(w):
+                    t += (Tl[i, j] + vb[j]) * Dl[i, j]
+                sv[i] += t
         else:
-            np.dot(_rows(A, aoff, l - 1, nb, sizes[l]), VW, Tl)
-        Dl = _rows(D, aoff, l, nb, w)
-        for i in range(nb):
-            t = 0.0
-            for j in range(w):
-                t += (Tl[i, j] + Vb[j]) * Dl[i, j]
-            sv[i] += t
+            np.dot(_input(H, hoff, sizes, l, nb), Vt, Tl)
+            for i in range(nb):
+                t = 0.0
+                for j in range(w):
+                    t += Tl[i, j] * Dl[i, j]
+                sv[i] += t
     for i in range(nb):
         sv[i] *= cw[s + i]
     for l in range(L):
         w = sizes[l + 1]
-        Dl = _rows(D, aoff, l, nb, w)
+        Dl = _stack(D, doff, l, nb, w)[nb:]
         Sl = T2[:nb * w].reshape((nb, w))
         for i in range(nb):
             for j in range(w):
                 Sl[i, j] = sv[i] * Dl[i, j]
-        acc_layer(X, xd, xi, xp, sparse, s, e, sizes, poff, aoff, A, l, Sl, GT, out, True)
+        Hl = _input(H, hoff, sizes, l, nb) if l > 0 else _stack(H, hoff, 0, 0, 1)
+        grad_block(X, xd, xi, xp, sparse, s, e, sizes, poff, H, hoff, l, Sl, Hl, GT, ones, out,
+                   first)
 
 
 @jit
@@ -339,158 +389,184 @@ def sqrt_hess_column(lc, HS, c, out):
 
 
 @jit
-def diag_layers(X, xd, xi, xp, sparse, s, e, cw, sizes, poff, aoff, aoff_in, D, SQ, T2, GT,
-                out):
-    """``out += Σ_i c_i (h̃_{l−1,i} ⊙ h̃_{l−1,i}) ⊗ (δ_{l,i} ⊙ δ_{l,i})`` for every layer:
-    the diagonal of ``Σ_i c_i g_i g_iᵀ`` for per-sample gradients ``g_i`` built from ``D``.
-    ``SQ`` holds the squared layer inputs (dense first layer included)."""
+def square_inputs(X, sparse, s, e, sizes, qoff, H, hoff, SQ):
+    """``SQ_l = h̃_{l−1} ⊙ h̃_{l−1}`` for every layer (the first layer only for dense X)."""
     nb = e - s
     L = sizes.shape[0] - 1
     for l in range(L):
-        w = sizes[l + 1]
-        n_in = sizes[l]
-        Dl = _rows(D, aoff, l, nb, w)
-        Sl = T2[:nb * w].reshape((nb, w))
-        for i in range(nb):
-            c = cw[s + i]
-            for j in range(w):
-                Sl[i, j] = c * Dl[i, j] * Dl[i, j]
-        G = GT[:n_in * w].reshape((n_in, w))
-        if l == 0 and sparse:
-            xt_times(X, xd, xi, xp, sparse, s, e, Sl, G, True)
-        else:
-            np.dot(_rows(SQ, aoff_in, l, nb, n_in).T, Sl, G)
-        _acc(out, poff[l], G)
-        _acc_colsum(out, poff[l] + n_in * w, Sl)
-
-
-@jit
-def square_inputs(X, sparse, s, e, sizes, aoff_in, A, aoff, SQ):
-    """``SQ_l = h_{l−1} ⊙ h_{l−1}`` for every layer (the first layer only for dense X)."""
-    nb = e - s
-    L = sizes.shape[0] - 1
-    for l in range(L):
-        n_in = sizes[l]
-        if l == 0 and sparse:
-            continue
-        Q = _rows(SQ, aoff_in, l, nb, n_in)
         if l == 0:
+            if sparse:
+                continue
+            n_in = sizes[0]
+            Q = _rows(SQ, qoff, 0, nb, n_in)
             for i in range(nb):
                 for j in range(n_in):
                     x = X[s + i, j]
                     Q[i, j] = x * x
         else:
-            H = _rows(A, aoff, l - 1, nb, n_in)
+            n_in = sizes[l] + 1
+            Q = _rows(SQ, qoff, l, nb, n_in)
+            Hl = _input(H, hoff, sizes, l, nb)
             for i in range(nb):
                 for j in range(n_in):
-                    Q[i, j] = H[i, j] * H[i, j]
+                    Q[i, j] = Hl[i, j] * Hl[i, j]
+
+
+@jit
+def diag_layers(X, xd, xi, xp, sparse, s, e, cw, sizes, poff, aoff, qoff, D, SQ, T2, GT, ones,
+                out):
+    """``out += Σ_i c_i (h̃_{l−1,i} ⊙ h̃_{l−1,i}) ⊗ (δ_{l,i} ⊙ δ_{l,i})`` for every layer:
+    the diagonal of ``Σ_i c_i g_i g_iᵀ`` for per-sample gradients ``g_i`` built from ``δ``.
+    ``SQ`` holds the squared layer inputs (dense first layer included)."""
+    nb = e - s
+    L = sizes.shape[0] - 1
+    doff = 2 * aoff
+    for l in range(L):
+        w = sizes[l + 1]
+        n_in = sizes[l]
+        Dl = _stack(D, doff, l, nb, w)[nb:]
+        Sl = T2[:nb * w].reshape((nb, w))
+        for i in range(nb):
+            c = cw[s + i]
+            for j in range(w):
+                Sl[i, j] = c * Dl[i, j] * Dl[i, j]
+        o = poff[l]
+        if l == 0:
+            G = GT[:n_in * w].reshape((n_in, w))
+            if sparse:
+                xt_times(X, xd, xi, xp, sparse, s, e, Sl, G, True)
+            else:
+                np.dot(_rows(SQ, qoff, 0, nb, n_in).T, Sl, G)
+            g = G.ravel()
+            for t in range(n_in * w):
+                out[o + t] += g[t]
+            tb = GT[:w]
+            np.dot(ones[:nb], Sl, tb)
+            for j in range(w):
+                out[o + n_in * w + j] += tb[j]
+        else:
+            G = GT[:(n_in + 1) * w].reshape((n_in + 1, w))
+            np.dot(_rows(SQ, qoff, l, nb, n_in + 1).T, Sl, G)
+            g = G.ravel()
+            for t in range((n_in + 1) * w):
+                out[o + t] += g[t]
 
 
 # ----------------------------------------------------------------------------- driver
 @jit
-def run(mode, X, xd, xi, xp, sparse, lc, Y, cw, theta, sizes, acts, poff, aoff, aoff_in,
-        block, V, U, out, J, Z, A, D, DP, RZ, RA, RD, T, T2, GT, HS, SQ):
-    """One call for a whole product over all rows, block by block.
+def run(mode, X, xd, xi, xp, sparse, lc, Y, cw, theta, sizes, acts, poff, aoff, hoff, qoff,
+        block, V, U, out, J, Z, H, D, DP, RZ, T, T2, GT, HS, SQ, ones):
+    """One call for a whole product over all rows, block by block; ``out`` is written.
 
-    * ``VALUE``: returns the loss ``Σ c_i ℓ_i``;  ``VALUE_GRAD``: also ``out[0] += ∇``.
-    * ``HVP`` / ``GGN`` / ``FISHER``: ``out[j] += C V[j]`` for each direction ``V[j]`` (P,)
+    * ``VALUE``: returns the loss ``Σ c_i ℓ_i``;  ``VALUE_GRAD``: also ``out[0] = ∇``.
+    * ``HVP`` / ``GGN`` / ``FISHER``: ``out[j] = C V[j]`` for each direction ``V[j]`` (P,)
       (data term only: the caller adds the penalty).
-    * ``JVP``: ``J[j, rows] = (J_θ V[j])`` (n, K);  ``VJP``: ``out[j] += Σ_i J_iᵀ U[j, i]``.
-    * ``GGN_DIAG``: ``out[0] += diag(Σ_i c_i J_iᵀ ∇²ℓ_i J_i)`` (K backward passes per block).
+    * ``JVP``: ``J[j, rows] = (J_θ V[j])`` (n, K);  ``VJP``: ``out[j] = Σ_i J_iᵀ U[j, i]``.
+    * ``GGN_DIAG``: ``out[0] = diag(Σ_i c_i J_iᵀ ∇²ℓ_i J_i)`` (K backward passes per block;
+      ``out`` must be zero on entry).
     """
     n = cw.shape[0]
     L = sizes.shape[0] - 1
     K = sizes[L]
     m = V.shape[0]
+    doff = 2 * aoff
     total = 0.0
     for s in range(0, n, block):
         e = min(n, s + block)
         nb = e - s
-        forward(X, xd, xi, xp, sparse, s, e, theta, sizes, acts, poff, aoff, Z, A)
+        first = s == 0
+        forward(X, xd, xi, xp, sparse, s, e, theta, sizes, acts, poff, aoff, hoff, Z, H)
         if mode == JVP:
             for j in range(m):
                 r_forward(X, xd, xi, xp, sparse, s, e, theta, V[j], sizes, acts, poff, aoff,
-                          Z, A, RZ, RA, T)
+                          hoff, Z, H, RZ, T)
                 RZo = _rows(RZ, aoff, L - 1, nb, K)
                 for i in range(nb):
                     for k in range(K):
                         J[j, s + i, k] = RZo[i, k]
             continue
+        Dout = _stack(D, doff, L - 1, nb, K)
         if mode == VJP:
-            Do = _rows(D, aoff, L - 1, nb, K)
             for j in range(U.shape[0]):
                 for i in range(nb):
                     for k in range(K):
-                        Do[i, k] = U[j, s + i, k]
-                backward(X, xd, xi, xp, sparse, s, e, theta, sizes, acts, poff, aoff, Z, A, D,
-                         DP, GT, out[j], True)
+                        Dout[nb + i, k] = U[j, s + i, k]
+                backward(X, xd, xi, xp, sparse, s, e, theta, sizes, acts, poff, aoff, hoff, Z,
+                         H, D, DP, GT, ones, out[j], True, first)
             continue
         scaled = mode != FISHER and mode != GGN_DIAG
         total += loss_block(lc, Z, aoff, sizes, Y, cw, s, e, HS, D, scaled)
         if mode == VALUE:
             continue
         if mode == VALUE_GRAD:
-            backward(X, xd, xi, xp, sparse, s, e, theta, sizes, acts, poff, aoff, Z, A, D, DP,
-                     GT, out[0], True)
+            backward(X, xd, xi, xp, sparse, s, e, theta, sizes, acts, poff, aoff, hoff, Z, H, D,
+                     DP, GT, ones, out[0], True, first)
         elif mode == HVP:
-            backward(X, xd, xi, xp, sparse, s, e, theta, sizes, acts, poff, aoff, Z, A, D, DP,
-                     GT, out[0], False)
+            backward(X, xd, xi, xp, sparse, s, e, theta, sizes, acts, poff, aoff, hoff, Z, H, D,
+                     DP, GT, ones, out[0], False, first)
             for j in range(m):
                 r_forward(X, xd, xi, xp, sparse, s, e, theta, V[j], sizes, acts, poff, aoff,
-                          Z, A, RZ, RA, T)
-                loss_hess_apply(lc, HS, cw, s, _rows(RZ, aoff, L - 1, nb, K),
-                                _rows(RD, aoff, L - 1, nb, K))
+                          hoff, Z, H, RZ, T)
+                loss_hess_apply(lc, HS, cw, s, _rows(RZ, aoff, L - 1, nb, K), Dout[:nb])
                 r_backward(X, xd, xi, xp, sparse, s, e, theta, V[j], sizes, acts, poff, aoff,
-                           Z, A, D, DP, RZ, RA, RD, T, GT, out[j])
+                           hoff, Z, H, D, DP, RZ, T, GT, ones, out[j], first)
         elif mode == GGN:
             for j in range(m):
                 r_forward(X, xd, xi, xp, sparse, s, e, theta, V[j], sizes, acts, poff, aoff,
-                          Z, A, RZ, RA, T)
-                loss_hess_apply(lc, HS, cw, s, _rows(RZ, aoff, L - 1, nb, K),
-                                _rows(RD, aoff, L - 1, nb, K))
-                backward(X, xd, xi, xp, sparse, s, e, theta, sizes, acts, poff, aoff, Z, A, RD,
-                         DP, GT, out[j], True)
+                          hoff, Z, H, RZ, T)
+                # the GGN backpropagates c ∇²ℓ J v like a residual (δ itself is not needed)
+                loss_hess_apply(lc, HS, cw, s, _rows(RZ, aoff, L - 1, nb, K), Dout[nb:])
+                backward(X, xd, xi, xp, sparse, s, e, theta, sizes, acts, poff, aoff, hoff, Z,
+                         H, D, DP, GT, ones, out[j], True, first)
         elif mode == FISHER:
-            backward(X, xd, xi, xp, sparse, s, e, theta, sizes, acts, poff, aoff, Z, A, D, DP,
-                     GT, out[0], False)
+            backward(X, xd, xi, xp, sparse, s, e, theta, sizes, acts, poff, aoff, hoff, Z, H, D,
+                     DP, GT, ones, out[0], False, first)
             for j in range(m):
-                fisher_block(X, xd, xi, xp, sparse, s, e, cw, V[j], sizes, poff, aoff, A, D, T,
-                             T2, GT, out[j])
+                fisher_block(X, xd, xi, xp, sparse, s, e, cw, V[j], sizes, poff, aoff, hoff, H,
+                             D, T, T2, GT, ones, out[j], first)
         elif mode == GGN_DIAG:
-            square_inputs(X, sparse, s, e, sizes, aoff_in, A, aoff, SQ)
+            square_inputs(X, sparse, s, e, sizes, qoff, H, hoff, SQ)
             for c in range(K):
-                sqrt_hess_column(lc, HS, c, _rows(D, aoff, L - 1, nb, K))
-                backward(X, xd, xi, xp, sparse, s, e, theta, sizes, acts, poff, aoff, Z, A, D,
-                         DP, GT, out[0], False)
-                diag_layers(X, xd, xi, xp, sparse, s, e, cw, sizes, poff, aoff, aoff_in, D, SQ,
-                            T2, GT, out[0])
+                sqrt_hess_column(lc, HS, c, Dout[nb:])
+                backward(X, xd, xi, xp, sparse, s, e, theta, sizes, acts, poff, aoff, hoff, Z,
+                         H, D, DP, GT, ones, out[0], False, first)
+                diag_layers(X, xd, xi, xp, sparse, s, e, cw, sizes, poff, aoff, qoff, D, SQ, T2,
+                            GT, ones, out[0])
     return total
 
 
 @jit
-def per_sample_block(X, xd, xi, xp, sparse, s, e, sizes, poff, aoff, A, D, G):
+def per_sample_block(X, xd, xi, xp, sparse, s, e, sizes, poff, aoff, hoff, H, D, G):
     """Rows ``s:e`` of the per-sample gradients ``G[i] = [h̃_{l−1,i} ⊗ δ_{l,i}]_l`` (dense)."""
     nb = e - s
     L = sizes.shape[0] - 1
+    doff = 2 * aoff
     for l in range(L):
         n_in = sizes[l]
         w = sizes[l + 1]
         o = poff[l]
-        Dl = _rows(D, aoff, l, nb, w)
+        Dl = _stack(D, doff, l, nb, w)[nb:]
         for i in range(nb):
             g = G[s + i]
-            if l == 0 and sparse:
-                for t in range(n_in * w):
-                    g[o + t] = 0.0
-                for k in range(xp[s + i], xp[s + i + 1]):
-                    v = xd[k]
-                    base = o + xi[k] * w
-                    for j in range(w):
-                        g[base + j] = v * Dl[i, j]
+            if l == 0:
+                if sparse:
+                    for t in range(n_in * w):
+                        g[o + t] = 0.0
+                    for k in range(xp[s + i], xp[s + i + 1]):
+                        v = xd[k]
+                        base = o + xi[k] * w
+                        for j in range(w):
+                            g[base + j] = v * Dl[i, j]
+                else:
+                    for a in range(n_in):
+                        x = X[s + i, a]
+                        for j in range(w):
+                            g[o + a * w + j] = x * Dl[i, j]
+                for j in range(w):
+                    g[o + n_in * w + j] = Dl[i, j]
             else:
-                for a in range(n_in):
-                    x = X[s + i, a] if l == 0 else A[aoff[l - 1] + i * n_in + a]
+                Hl = _input(H, hoff, sizes, l, nb)
+                for a in range(n_in + 1):
+                    x = Hl[i, a]
                     for j in range(w):
                         g[o + a * w + j] = x * Dl[i, j]
-            for j in range(w):
-                g[o + n_in * w + j] = Dl[i, j]

@@ -172,16 +172,20 @@ class MLP:
         B = self.batch_size
         self._aoff = np.zeros(L + 1, dtype=np.int64)
         self._aoff[1:] = B * np.cumsum(self.sizes[1:])
-        ins = list(self.sizes[:-1])
-        if self._sparse:
-            ins[0] = 0  # a CSR first layer squares its stored values instead
-        self._aoff_in = np.zeros(L + 1, dtype=np.int64)
-        self._aoff_in[1:] = B * np.cumsum(ins)
+        # augmented hidden outputs [h, 1] and their R-images, stacked: 2B rows of w + 1
+        self._hoff = np.zeros(max(L, 1), dtype=np.int64)
+        self._hoff[1:] = 2 * B * np.cumsum([w + 1 for w in self.sizes[1:L]])
+        # squared layer inputs (ggn_diag): d columns for a dense first layer (none for CSR,
+        # which squares its stored values), n_in + 1 for the others
+        ins = [0 if self._sparse else self.sizes[0]] + [w + 1 for w in self.sizes[1:L]]
+        self._qoff = np.zeros(L + 1, dtype=np.int64)
+        self._qoff[1:] = B * np.cumsum(ins)
         mask = np.zeros(self.n_params)
         for l in range(L):
             mask[self._poff[l]:self._poff[l] + self.sizes[l] * self.sizes[l + 1]] = 1.0
         self._wmask = mask
         self._ws = None
+        self._dargs = None
 
     # ------------------------------------------------------------------ attributes
     @property
@@ -270,9 +274,12 @@ class MLP:
             S = int(self._aoff[-1])
             wmax = max(self.sizes[1:])
             L = len(self.sizes) - 1
-            gt = max(self.sizes[l] * self.sizes[l + 1] for l in range(L))
-            self._ws = {name: np.empty(S, dtype=dt) for name in ("Z", "A", "D", "DP", "RZ", "RA",
-                                                                  "RD")}
+            gt = max((self.sizes[l] + 1) * self.sizes[l + 1] for l in range(L))
+            self._ws = {name: np.empty(S, dtype=dt) for name in ("Z", "DP", "RZ")}
+            self._ws["D"] = np.empty(2 * S, dtype=dt)
+            self._ws["H"] = np.zeros(max(2 * B * sum(w + 1 for w in self.sizes[1:L]), 1),
+                                     dtype=dt)
+            self._ws["ones"] = np.ones(B, dtype=dt)
             self._ws["T"] = np.empty(B * wmax, dtype=dt)
             self._ws["T2"] = np.empty(B * wmax, dtype=dt)
             self._ws["GT"] = np.empty(gt, dtype=dt)
@@ -280,12 +287,18 @@ class MLP:
             self._ws["SQ"] = np.empty(1, dtype=dt)
             self._ws["V0"] = np.zeros((1, self.n_params), dtype=dt)
             self._ws["U0"] = np.zeros((1, 1, self.n_outputs), dtype=dt)
-            self._ws["out1"] = np.zeros((1, self.n_params))
-        if want_sq and self._ws["SQ"].shape[0] < max(int(self._aoff_in[-1]), 1):
-            self._ws["SQ"] = np.empty(int(self._aoff_in[-1]), dtype=self.dtype)
+            self._ws["out1"] = np.zeros((1, self.n_params), dtype=dt)
+        if want_sq and self._ws["SQ"].shape[0] < max(int(self._qoff[-1]), 1):
+            self._ws["SQ"] = np.empty(int(self._qoff[-1]), dtype=self.dtype)
         return self._ws
 
     def _data_args(self):
+        if getattr(self, "_dargs", None) is not None:
+            return self._dargs
+        self._dargs = self._make_data_args()
+        return self._dargs
+
+    def _make_data_args(self):
         if self._sparse:
             X = self._X
             return (np.zeros((1, 1), dtype=self.dtype), X.data, X.indices, X.indptr, True)
@@ -300,14 +313,14 @@ class MLP:
         J = ws["U0"] if J is None else J
         if m_out == 1:
             out = ws["out1"]  # reused: callers copy what they keep
-            out.fill(0.0)
         else:
-            out = np.zeros((m_out, P))
+            out = np.empty((m_out, P), dtype=self.dtype)
+        if mode == K_.GGN_DIAG:
+            out.fill(0.0)
         total = K_.run(mode, *self._data_args(), self._lc, self._y2, self._cw, theta,
-                       self._sizes, self._acts, self._poff, self._aoff, self._aoff_in,
-                       self.batch_size, V, U, out, J, ws["Z"], ws["A"], ws["D"], ws["DP"],
-                       ws["RZ"], ws["RA"], ws["RD"], ws["T"], ws["T2"], ws["GT"], ws["HS"],
-                       ws["SQ"])
+                       self._sizes, self._acts, self._poff, self._aoff, self._hoff, self._qoff,
+                       self.batch_size, V, U, out, J, ws["Z"], ws["H"], ws["D"], ws["DP"],
+                       ws["RZ"], ws["T"], ws["T2"], ws["GT"], ws["HS"], ws["SQ"], ws["ones"])
         return total, out
 
     def _block(self, v, name="v"):
@@ -350,7 +363,7 @@ class MLP:
         theta = self._check_theta(theta)
         total, out = self._run(K_.VALUE_GRAD, theta)
         self._add_penalty(out, theta[None, :])
-        return float(total) + self._penalty(theta), out[0].astype(self.dtype)
+        return float(total) + self._penalty(theta), out[0].copy()
 
     # ------------------------------------------------------------------ curvature products
     def _product(self, mode, theta, v, penalty):
@@ -359,8 +372,7 @@ class MLP:
         _, out = self._run(mode, theta, V=Vt, m_out=Vt.shape[0])
         if penalty:
             self._add_penalty(out, Vt)
-        out = out.T.astype(self.dtype)
-        return out[:, 0] if v.ndim == 1 else out
+        return out[0].copy() if v.ndim == 1 else np.ascontiguousarray(out.T)
 
     def hvp(self, theta, v):
         """Exact Hessian of ``F`` (penalty included) times ``v`` (P,) or a block (P, m)."""
@@ -403,8 +415,7 @@ class MLP:
         if not np.all(np.isfinite(Ut)):
             raise ValueError("u contains NaN or inf")
         _, out = self._run(K_.VJP, theta, U=Ut, m_out=Ut.shape[0])
-        out = out.T.astype(self.dtype)
-        return out if block else out[:, 0]
+        return np.ascontiguousarray(out.T) if block else out[0].copy()
 
     # ------------------------------------------------------------------ dense and diagonal
     def _dense(self, theta, product):
@@ -479,29 +490,32 @@ class MLP:
         ws = self._workspace(want_sq=True)
         Xa = self._data_args()
         L, K = len(self.sizes) - 1, self.n_outputs
-        out = np.zeros(self.n_params)
+        out = np.zeros(self.n_params, dtype=self.dtype)
         fam = _FAMILY[self.loss]
         streams = families.LabelStreams(seed)
         n, B = self.n_samples, self.batch_size
-        o = self._aoff[L - 1]
+        o = 2 * self._aoff[L - 1]
         for j in range(mc):
             for s in range(0, n, B):
                 e = min(n, s + B)
                 nb = e - s
                 if j == 0 or n > B:
                     K_.forward(*Xa, s, e, theta, self._sizes, self._acts, self._poff,
-                               self._aoff, ws["Z"], ws["A"])
+                               self._aoff, self._hoff, ws["Z"], ws["H"])
                     K_.loss_block(self._lc, ws["Z"], self._aoff, self._sizes, self._y2,
                                   self._cw, s, e, ws["HS"], ws["D"], False)
-                    K_.square_inputs(Xa[0], Xa[4], s, e, self._sizes, self._aoff_in, ws["A"],
-                                     self._aoff, ws["SQ"])
-                eta = ws["Z"][o:o + nb * K].reshape(nb, K).astype(np.float64)
-                Dout = ws["D"][o:o + nb * K].reshape(nb, K)
+                    K_.square_inputs(Xa[0], Xa[4], s, e, self._sizes, self._qoff, ws["H"],
+                                     self._hoff, ws["SQ"])
+                oz = self._aoff[L - 1]
+                eta = ws["Z"][oz:oz + nb * K].reshape(nb, K).astype(np.float64)
+                Dout = ws["D"][o + nb * K:o + 2 * nb * K].reshape(nb, K)  # the δ half
                 Dout[:] = families.sample_residuals(fam, eta, ws["HS"][:nb], streams)
                 K_.backward(*Xa, s, e, theta, self._sizes, self._acts, self._poff, self._aoff,
-                            ws["Z"], ws["A"], ws["D"], ws["DP"], ws["GT"], out, False)
+                            self._hoff, ws["Z"], ws["H"], ws["D"], ws["DP"], ws["GT"],
+                            ws["ones"], out, False, False)
                 K_.diag_layers(*Xa, s, e, self._cw, self._sizes, self._poff, self._aoff,
-                               self._aoff_in, ws["D"], ws["SQ"], ws["T2"], ws["GT"], out)
+                               self._qoff, ws["D"], ws["SQ"], ws["T2"], ws["GT"], ws["ones"],
+                               out)
         return out / mc
 
     # ------------------------------------------------------------------ per-sample
@@ -518,12 +532,15 @@ class MLP:
         G = np.empty((p.n_samples, p.n_params), dtype=p.dtype)
         for s in range(0, p.n_samples, p.batch_size):
             e = min(p.n_samples, s + p.batch_size)
-            K_.forward(*Xa, s, e, theta, p._sizes, p._acts, p._poff, p._aoff, ws["Z"], ws["A"])
+            K_.forward(*Xa, s, e, theta, p._sizes, p._acts, p._poff, p._aoff, p._hoff, ws["Z"],
+                       ws["H"])
             K_.loss_block(p._lc, ws["Z"], p._aoff, p._sizes, p._y2, p._cw, s, e, ws["HS"],
                           ws["D"], False)
-            K_.backward(*Xa, s, e, theta, p._sizes, p._acts, p._poff, p._aoff, ws["Z"], ws["A"],
-                        ws["D"], ws["DP"], ws["GT"], np.zeros(1), False)
-            K_.per_sample_block(*Xa, s, e, p._sizes, p._poff, p._aoff, ws["A"], ws["D"], G)
+            K_.backward(*Xa, s, e, theta, p._sizes, p._acts, p._poff, p._aoff, p._hoff, ws["Z"],
+                        ws["H"], ws["D"], ws["DP"], ws["GT"], ws["ones"], ws["out1"][0], False,
+                        False)
+            K_.per_sample_block(*Xa, s, e, p._sizes, p._poff, p._aoff, p._hoff, ws["H"],
+                                ws["D"], G)
         return G
 
     # ------------------------------------------------------------------ new problems
