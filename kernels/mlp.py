@@ -454,13 +454,13 @@ def diag_layers(X, xd, xi, xp, sparse, s, e, cw, sizes, poff, aoff, qoff, D, SQ,
 
 # ----------------------------------------------------------------------------- driver
 @jit
-def run(mode, X, xd, xi, xp, sparse, lc, Y, cw, theta, sizes, acts, poff, aoff, hoff, qoff,
+def run(mode, X, xd, xi, xp, sparse, lc, Y, cw, l2, theta, sizes, acts, poff, aoff, hoff, qoff,
         block, V, U, out, J, Z, H, D, DP, RZ, T, T2, GT, HS, SQ, ones):
     """One call for a whole product over all rows, block by block; ``out`` is written.
 
-    * ``VALUE``: returns the loss ``Σ c_i ℓ_i``;  ``VALUE_GRAD``: also ``out[0] = ∇``.
-    * ``HVP`` / ``GGN`` / ``FISHER``: ``out[j] = C V[j]`` for each direction ``V[j]`` (P,)
-      (data term only: the caller adds the penalty).
+    * ``VALUE``: returns ``F = Σ c_i ℓ_i + (λ/2)‖W‖²``;  ``VALUE_GRAD``: also ``out[0] = ∇F``.
+    * ``HVP`` / ``GGN``: ``out[j] = C V[j] + λ V[j]_weights`` for each direction ``V[j]`` (P,);
+      ``FISHER``: ``out[j] = F_emp V[j]`` (no penalty).
     * ``JVP``: ``J[j, rows] = (J_θ V[j])`` (n, K);  ``VJP``: ``out[j] = Σ_i J_iᵀ U[j, i]``.
     * ``GGN_DIAG``: ``out[0] = diag(Σ_i c_i J_iᵀ ∇²ℓ_i J_i)`` (K backward passes per block;
       ``out`` must be zero on entry).
@@ -532,6 +532,41 @@ def run(mode, X, xd, xi, xp, sparse, lc, Y, cw, theta, sizes, acts, poff, aoff, 
                          H, D, DP, GT, ones, out[0], False, first)
                 diag_layers(X, xd, xi, xp, sparse, s, e, cw, sizes, poff, aoff, qoff, D, SQ, T2,
                             GT, ones, out[0])
+    if l2 != 0.0 and mode != JVP and mode != VJP and mode != FISHER:
+        total += add_penalty(mode, l2, theta, V, sizes, poff, out)
+    return total
+
+
+@jit
+def add_penalty(mode, l2, theta, V, sizes, poff, out):
+    """The L2 term on the weight rows of every layer (not the bias rows): returns
+    ``(λ/2)‖W‖²`` (VALUE, VALUE_GRAD) and adds ``λ θ_W`` (VALUE_GRAD), ``λ V[j]_W`` (HVP, GGN)
+    or ``λ`` (GGN_DIAG) to ``out``."""
+    L = sizes.shape[0] - 1
+    total = 0.0
+    for l in range(L):
+        o = poff[l]
+        nw = sizes[l] * sizes[l + 1]
+        if mode == VALUE or mode == VALUE_GRAD:
+            acc = 0.0
+            for t in range(nw):
+                x = np.float64(theta[o + t])
+                acc += x * x
+            total += 0.5 * l2 * acc
+            if mode == VALUE_GRAD:
+                g = out[0]
+                for t in range(nw):
+                    g[o + t] += l2 * theta[o + t]
+        elif mode == GGN_DIAG:
+            g = out[0]
+            for t in range(nw):
+                g[o + t] += l2
+        else:
+            for j in range(V.shape[0]):
+                g = out[j]
+                vj = V[j]
+                for t in range(nw):
+                    g[o + t] += l2 * vj[o + t]
     return total
 
 

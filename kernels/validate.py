@@ -59,3 +59,12 @@ def check_csr_rows(indptr, indices, n_cols):
                 return 3, i, p
             prev = j
     return 0, -1, -1
+
+
+@jit
+def all_finite(a):
+    """True if the 1-D array ``a`` holds no NaN or inf (one vectorized pass, no allocation)."""
+    s = 0.0
+    for i in range(a.shape[0]):
+        s += a[i] * 0.0
+    return s == s

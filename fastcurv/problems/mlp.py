@@ -9,6 +9,7 @@ from .. import _validation as val
 from ..kernels import activations as acts
 from ..kernels import mlp as K_
 from ..kernels.losses import GAUSSIAN, LOGISTIC, MULTINOMIAL, POISSON
+from ..kernels.validate import all_finite
 from . import families
 
 ACTIVATIONS = {"identity": acts.IDENTITY, "tanh": acts.TANH, "relu": acts.RELU,
@@ -264,6 +265,11 @@ class MLP:
         return np.ascontiguousarray(np.concatenate(out), dtype=self.dtype)
 
     def _check_theta(self, theta):
+        # fast path for the common case (a few microseconds matter on small models)
+        if (type(theta) is np.ndarray and theta.dtype == self.dtype and theta.ndim == 1
+                and theta.shape[0] == self.n_params and theta.flags.c_contiguous
+                and all_finite(theta)):
+            return theta
         return val.check_vector(theta, self.n_params, self.dtype, "theta")
 
     # ------------------------------------------------------------------ kernel calls
@@ -317,7 +323,7 @@ class MLP:
             out = np.empty((m_out, P), dtype=self.dtype)
         if mode == K_.GGN_DIAG:
             out.fill(0.0)
-        total = K_.run(mode, *self._data_args(), self._lc, self._y2, self._cw, theta,
+        total = K_.run(mode, *self._data_args(), self._lc, self._y2, self._cw, self.l2, theta,
                        self._sizes, self._acts, self._poff, self._aoff, self._hoff, self._qoff,
                        self.batch_size, V, U, out, J, ws["Z"], ws["H"], ws["D"], ws["DP"],
                        ws["RZ"], ws["T"], ws["T2"], ws["GT"], ws["HS"], ws["SQ"], ws["ones"])
@@ -328,31 +334,12 @@ class MLP:
         v = val.check_vector(v, self.n_params, self.dtype, name, allow_block=True)
         return v, np.ascontiguousarray(v.reshape(self.n_params, -1).T)
 
-    def _weight_slices(self):
-        return [slice(int(self._poff[l]), int(self._poff[l]) + self.sizes[l] * self.sizes[l + 1])
-                for l in range(len(self.sizes) - 1)]
-
-    def _penalty(self, theta):
-        if not self.l2:
-            return 0.0
-        total = 0.0
-        for sl in self._weight_slices():
-            w = theta[sl].astype(np.float64)
-            total += float(np.dot(w, w))
-        return 0.5 * self.l2 * total
-
-    def _add_penalty(self, out, Vt):
-        """``out[j] += λ Vt[j]`` on the weight coordinates (not the biases)."""
-        if self.l2:
-            for sl in self._weight_slices():
-                out[:, sl] += self.l2 * Vt[:, sl]
-
     # ------------------------------------------------------------------ objective
     def value(self, theta):
         """``F(θ)``, a Python float."""
         theta = self._check_theta(theta)
         total, _ = self._run(K_.VALUE, theta)
-        return float(total) + self._penalty(theta)
+        return float(total)
 
     def grad(self, theta):
         """``∇F(θ)``, shape (P,)."""
@@ -362,30 +349,27 @@ class MLP:
         """``(F(θ), ∇F(θ))`` in one forward and one backward pass."""
         theta = self._check_theta(theta)
         total, out = self._run(K_.VALUE_GRAD, theta)
-        self._add_penalty(out, theta[None, :])
-        return float(total) + self._penalty(theta), out[0].copy()
+        return float(total), out[0].copy()
 
     # ------------------------------------------------------------------ curvature products
-    def _product(self, mode, theta, v, penalty):
+    def _product(self, mode, theta, v):
         theta = self._check_theta(theta)
         v, Vt = self._block(v)
         _, out = self._run(mode, theta, V=Vt, m_out=Vt.shape[0])
-        if penalty:
-            self._add_penalty(out, Vt)
         return out[0].copy() if v.ndim == 1 else np.ascontiguousarray(out.T)
 
     def hvp(self, theta, v):
         """Exact Hessian of ``F`` (penalty included) times ``v`` (P,) or a block (P, m)."""
-        return self._product(K_.HVP, theta, v, True)
+        return self._product(K_.HVP, theta, v)
 
     def ggn_vp(self, theta, v):
         """Generalized Gauss-Newton ``(1/W) Σ w_i J_iᵀ ∇²ℓ_i J_i v + λ v_weights``."""
-        return self._product(K_.GGN, theta, v, True)
+        return self._product(K_.GGN, theta, v)
 
     def fisher_vp(self, theta, v):
         """Empirical Fisher ``(1/W) Σ w_i g_i (g_iᵀ v)`` (per-sample loss gradients, no
         penalty)."""
-        return self._product(K_.FISHER, theta, v, False)
+        return self._product(K_.FISHER, theta, v)
 
     def jvp(self, theta, v):
         """Jacobian of the outputs ``η`` times ``v``: shape (n, K), or (n, K, m) for (P, m)."""
@@ -475,7 +459,7 @@ class MLP:
         theta = self._check_theta(theta)
         if mc_samples is None:
             _, out = self._run(K_.GGN_DIAG, theta)
-            d = out[0]
+            return out[0].copy()
         else:
             if (isinstance(mc_samples, (bool, np.bool_))
                     or not isinstance(mc_samples, numbers.Integral) or mc_samples < 1):
