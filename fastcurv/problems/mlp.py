@@ -5,6 +5,7 @@ import numbers
 import numpy as np
 import scipy.sparse as sp
 
+from .. import _blas
 from .. import _validation as val
 from ..kernels import activations as acts
 from ..kernels import mlp as K_
@@ -26,6 +27,9 @@ MAX_DENSE_ENTRIES = 2**28
 MAX_EXACT_HESSIAN_DIAG = 20_000
 #: target number of elements in each row-block buffer (the default ``batch_size``)
 _BLOCK_ELEMENTS = 2**24
+#: row blocks with fewer multiply-adds than this (one pass through all layers) run BLAS on one
+#: thread: OpenBLAS's threads cost more than they save on such small products
+SMALL_BLOCK_MACS = 2**22
 #: Hessian columns computed per call by :meth:`MLP.hessian`
 _HESSIAN_BLOCK = 64
 
@@ -187,6 +191,8 @@ class MLP:
         self._wmask = mask
         self._ws = None
         self._dargs = None
+        macs = self.batch_size * int(self._poff[-1])
+        self._small = macs < SMALL_BLOCK_MACS
 
     # ------------------------------------------------------------------ attributes
     @property
@@ -323,10 +329,12 @@ class MLP:
             out = np.empty((m_out, P), dtype=self.dtype)
         if mode == K_.GGN_DIAG:
             out.fill(0.0)
-        total = K_.run(mode, *self._data_args(), self._lc, self._y2, self._cw, self.l2, theta,
-                       self._sizes, self._acts, self._poff, self._aoff, self._hoff, self._qoff,
-                       self.batch_size, V, U, out, J, ws["Z"], ws["H"], ws["D"], ws["DP"],
-                       ws["RZ"], ws["T"], ws["T2"], ws["GT"], ws["HS"], ws["SQ"], ws["ones"])
+        with _blas.single_threaded(self._small):
+            total = K_.run(mode, *self._data_args(), self._lc, self._y2, self._cw, self.l2,
+                           theta, self._sizes, self._acts, self._poff, self._aoff, self._hoff,
+                           self._qoff, self.batch_size, V, U, out, J, ws["Z"], ws["H"], ws["D"],
+                           ws["DP"], ws["RZ"], ws["T"], ws["T2"], ws["GT"], ws["HS"], ws["SQ"],
+                           ws["ones"])
         return total, out
 
     def _block(self, v, name="v"):
