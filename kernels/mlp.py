@@ -274,26 +274,20 @@ def r_forward(X, xd, xi, xp, sparse, s, e, theta, v, sizes, acts, poff, aoff, ho
         n_in = sizes[l]
         w = sizes[l + 1]
         RZl = _rows(RZ, aoff, l, nb, w)
+        Tl = T[:nb * w].reshape((nb, w))
         if l == 0:
             x_times(X, xd, xi, xp, sparse, s, e, Vt[:n_in], RZl)
-            vb = Vt[n_in]
-            for i in range(nb):
-                for j in range(w):
-                    RZl[i, j] += vb[j]
         else:
             S = _stack(H, hoff, l - 1, nb, n_in + 1)
-            np.dot(S[nb:], Wt, RZl)          # R h̃ has a zero last column: no bias term
-            Tl = T[:nb * w].reshape((nb, w))
-            np.dot(S[:nb], Vt, Tl)           # h̃ Ṽ = h VW + Vb
-            for i in range(nb):
-                for j in range(w):
-                    RZl[i, j] += Tl[i, j]
+            np.dot(S[nb:], Wt, RZl)  # R h̃ has a zero last column: no bias term
+            np.dot(S[:nb], Vt, Tl)  # h̃ Ṽ = h VW + Vb
+        # RZ += (Vb or h̃ Ṽ), fused with R h = φ'(z) ⊙ RZ for hidden layers
         if l < L - 1:
             S = _stack(H, hoff, l, nb, w + 1)
-            RH = S[nb:]
-            act.times_d1(acts[l], _rows(Z, aoff, l, nb, w), S[:nb], RZl, RH)
-            for i in range(nb):
-                RH[i, w] = 0.0
+            act.r_act(acts[l], _rows(Z, aoff, l, nb, w), S[:nb], RZl, Tl, Vt[n_in], l > 0,
+                      S[nb:])
+        else:
+            act.r_act(act.IDENTITY, RZl, RZl, RZl, Tl, Vt[n_in], l > 0, Tl)
 
 
 @jit

@@ -812,8 +812,10 @@ def test_newton_cg_with_ggn_reduces_the_loss(c, damping):
     f0, f1 = ref.value(theta0), ref.value(res.x)
     np.testing.assert_allclose(res.fun, f1, rtol=1e-10)
     assert f1 < f0 - 0.05 * abs(f0), (f0, f1)
-    # the reported gradient norm is the one at the returned point
-    np.testing.assert_allclose(res.grad_norm, np.max(np.abs(ref.grad_bp(res.x))), rtol=1e-9)
+    # the reported gradient norm is the one at the returned point (at convergence it is
+    # rounding noise of order 1e-16, so compare with an absolute floor too)
+    np.testing.assert_allclose(res.grad_norm, np.max(np.abs(ref.grad_bp(res.x))), rtol=1e-9,
+                               atol=1e-13)
     assert res.n_iter >= 1 and res.n_hvp >= 1
 
 

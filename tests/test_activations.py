@@ -1,0 +1,92 @@
+"""The vectorized activations of fastcurv.kernels.activations against mpmath (120-bit)."""
+
+import numpy as np
+import pytest
+from fastcurv.kernels import activations as ac
+from fastcurv.kernels._jit import jit
+
+mpmath = pytest.importorskip("mpmath")
+
+
+@jit(strict=True)
+def _values(code, x, out):
+    for i in range(x.shape[0]):
+        out[i] = ac.value(code, x[i])
+
+
+@jit(strict=True)
+def _tanh_t(x, out):
+    for i in range(x.shape[0]):
+        out[i] = ac.tanh_t(x[i])
+
+
+def _grid(hi, n):
+    g = np.concatenate([np.linspace(-hi, hi, n), np.logspace(-300, np.log10(hi), 400),
+                        -np.logspace(-300, np.log10(hi), 400), [0.0, 0.625, 0.6249999999]])
+    return g
+
+
+def _ulps(got, exact, dtype):
+    spacing = np.spacing(np.abs(exact).astype(dtype)).astype(np.float64)
+    return np.abs(got.astype(np.float64) - exact) / spacing
+
+
+def _exact(f, x):
+    with mpmath.workprec(120):
+        return np.array([float(f(mpmath.mpf(float(v)))) for v in x])
+
+
+def test_tanh_float64_within_2_ulp():
+    x = _grid(40.0, 20001)
+    out = np.empty_like(x)
+    _values(ac.TANH, x, out)
+    assert _ulps(out, _exact(mpmath.tanh, x), np.float64).max() <= 2.0
+
+
+def test_sigmoid_float64_within_2_ulp():
+    x = np.concatenate([_grid(40.0, 20001), [-700.0, -745.0, -746.0, -800.0, 700.0]])
+    out = np.empty_like(x)
+    _values(ac.SIGMOID, x, out)
+    exact = _exact(lambda t: 1 / (1 + mpmath.exp(-t)), x)
+    tiny = exact < np.finfo(np.float64).tiny  # subnormal results: absolute error <= 1 ulp
+    assert _ulps(out[~tiny], exact[~tiny], np.float64).max() <= 2.0
+    assert np.all(np.abs(out[tiny] - exact[tiny]) <= 5e-324)
+
+
+def test_tanh_float32_within_1_ulp():
+    x = np.concatenate([np.linspace(-12, 12, 100001), np.logspace(-30, 1.2, 2000),
+                        -np.logspace(-30, 1.2, 2000)]).astype(np.float32)
+    out = np.empty_like(x)
+    _tanh_t(x, out)
+    assert out.dtype == np.float32
+    exact = _exact(mpmath.tanh, x.astype(np.float64))
+    assert _ulps(out, exact.astype(np.float32).astype(np.float64), np.float32).max() <= 1.0
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_special_values(dtype):
+    x = np.array([np.nan, np.inf, -np.inf, 0.0, -0.0], dtype=dtype)
+    out = np.empty_like(x)
+    _tanh_t(x, out)
+    assert np.isnan(out[0]) and out[1] == 1.0 and out[2] == -1.0 and out[3] == 0.0
+    x64 = x.astype(np.float64)
+    o64 = np.empty_like(x64)
+    _values(ac.SIGMOID, x64, o64)
+    assert np.isnan(o64[0]) and o64[1] == 1.0 and o64[2] == 0.0 and o64[3] == 0.5
+
+
+@pytest.mark.parametrize("code, f", [
+    (ac.RELU, lambda t: max(t, 0)),
+    (ac.SOFTPLUS, lambda t: mpmath.log1p(mpmath.exp(t))),
+    (ac.GELU, lambda t: t * mpmath.ncdf(t)),
+])
+def test_other_activations(code, f):
+    x = np.linspace(-30, 30, 3001)
+    out = np.empty_like(x)
+    _values(code, x, out)
+    exact = _exact(f, x)
+    big = np.abs(exact) > 1e-300
+    # gelu's left tail x Φ(x) has relative condition number about 1 + x² (the rounding of x
+    # itself is amplified that much): allow 4 ulp times the conditioning
+    cond = 1.0 + x * x if code == ac.GELU else np.ones_like(x)
+    assert np.all(_ulps(out[big], exact[big], np.float64) <= 4.0 * cond[big])
