@@ -284,10 +284,17 @@ def r_act(code, Z, A, RZ, T, b, use_T, RA):
     if RA.shape[1] > w:
         for i in range(nb):
             RA[i, w] = 0.0
-    if code == TANH:
+    if code == TANH and use_T:
         for i in range(nb):
             for j in range(w):
-                r = RZ[i, j] + (T[i, j] if use_T else b[j])
+                r = RZ[i, j] + T[i, j]
+                RZ[i, j] = r
+                a = A[i, j]
+                RA[i, j] = r * ((1.0 - a) * (1.0 + a))
+    elif code == TANH:
+        for i in range(nb):
+            for j in range(w):
+                r = RZ[i, j] + b[j]
                 RZ[i, j] = r
                 a = A[i, j]
                 RA[i, j] = r * ((1.0 - a) * (1.0 + a))

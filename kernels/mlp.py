@@ -449,8 +449,14 @@ def diag_layers(X, xd, xi, xp, sparse, s, e, cw, sizes, poff, aoff, qoff, D, SQ,
 # ----------------------------------------------------------------------------- driver
 @jit
 def run(mode, X, xd, xi, xp, sparse, lc, Y, cw, l2, theta, sizes, acts, poff, aoff, hoff, qoff,
-        block, V, U, out, J, Z, H, D, DP, RZ, T, T2, GT, HS, SQ, ones):
+        block, V, U, out, J, Z, H, D, DP, RZ, T, T2, GT, HS, SQ, ones, skip):
     """One call for a whole product over all rows, block by block; ``out`` is written.
+    Returns ``(data loss Σ c_i ℓ_i, penalty)``.
+
+    ``skip`` (only with a single row block, whose state the buffers still hold from a call at
+    the same θ): 1 reuses the forward pass (``Z``, ``h̃``), 2 (HVP) also the loss state and
+    the backward pass (every ``δ_l`` and ``DP_l``; the returned loss is then 0). CG calls the
+    HVP many times at one θ: only the R-passes remain.
 
     * ``VALUE``: returns ``F = Σ c_i ℓ_i + (λ/2)‖W‖²``;  ``VALUE_GRAD``: also ``out[0] = ∇F``.
     * ``HVP`` / ``GGN``: ``out[j] = C V[j] + λ V[j]_weights`` for each direction ``V[j]`` (P,);
@@ -469,7 +475,8 @@ def run(mode, X, xd, xi, xp, sparse, lc, Y, cw, l2, theta, sizes, acts, poff, ao
         e = min(n, s + block)
         nb = e - s
         first = s == 0
-        forward(X, xd, xi, xp, sparse, s, e, theta, sizes, acts, poff, aoff, hoff, Z, H)
+        if skip == 0:
+            forward(X, xd, xi, xp, sparse, s, e, theta, sizes, acts, poff, aoff, hoff, Z, H)
         if mode == JVP:
             for j in range(m):
                 r_forward(X, xd, xi, xp, sparse, s, e, theta, V[j], sizes, acts, poff, aoff,
@@ -489,15 +496,17 @@ def run(mode, X, xd, xi, xp, sparse, lc, Y, cw, l2, theta, sizes, acts, poff, ao
                          H, D, DP, GT, ones, out[j], True, first)
             continue
         scaled = mode != FISHER and mode != GGN_DIAG
-        total += loss_block(lc, Z, aoff, sizes, Y, cw, s, e, HS, D, scaled)
+        if skip < 2:
+            total += loss_block(lc, Z, aoff, sizes, Y, cw, s, e, HS, D, scaled)
         if mode == VALUE:
             continue
         if mode == VALUE_GRAD:
             backward(X, xd, xi, xp, sparse, s, e, theta, sizes, acts, poff, aoff, hoff, Z, H, D,
                      DP, GT, ones, out[0], True, first)
         elif mode == HVP:
-            backward(X, xd, xi, xp, sparse, s, e, theta, sizes, acts, poff, aoff, hoff, Z, H, D,
-                     DP, GT, ones, out[0], False, first)
+            if skip < 2:
+                backward(X, xd, xi, xp, sparse, s, e, theta, sizes, acts, poff, aoff, hoff, Z, H,
+                         D, DP, GT, ones, out[0], False, first)
             for j in range(m):
                 r_forward(X, xd, xi, xp, sparse, s, e, theta, V[j], sizes, acts, poff, aoff,
                           hoff, Z, H, RZ, T)
@@ -526,9 +535,10 @@ def run(mode, X, xd, xi, xp, sparse, lc, Y, cw, l2, theta, sizes, acts, poff, ao
                          H, D, DP, GT, ones, out[0], False, first)
                 diag_layers(X, xd, xi, xp, sparse, s, e, cw, sizes, poff, aoff, qoff, D, SQ, T2,
                             GT, ones, out[0])
+    pen = 0.0
     if l2 != 0.0 and mode != JVP and mode != VJP and mode != FISHER:
-        total += add_penalty(mode, l2, theta, V, sizes, poff, out)
-    return total
+        pen = add_penalty(mode, l2, theta, V, sizes, poff, out)
+    return total, pen
 
 
 @jit

@@ -68,3 +68,14 @@ def all_finite(a):
     for i in range(a.shape[0]):
         s += a[i] * 0.0
     return s == s
+
+
+@jit
+def same_values(a, b):
+    """True if the 1-D arrays ``a`` and ``b`` hold the same values (no allocation)."""
+    if a.shape[0] != b.shape[0]:
+        return False
+    for i in range(a.shape[0]):
+        if a[i] != b[i]:
+            return False
+    return True
