@@ -10,7 +10,7 @@ from .. import _validation as val
 from ..kernels import activations as acts
 from ..kernels import mlp as K_
 from ..kernels.losses import GAUSSIAN, LOGISTIC, MULTINOMIAL, POISSON
-from ..kernels.validate import all_finite
+from ..kernels.validate import all_finite, same_values
 from . import families
 
 ACTIVATIONS = {"identity": acts.IDENTITY, "tanh": acts.TANH, "relu": acts.RELU,
@@ -191,6 +191,9 @@ class MLP:
         self._wmask = mask
         self._ws = None
         self._dargs = None
+        self._state = None
+        self._state_theta = np.empty(self.n_params, dtype=self.dtype)
+        self._prev_level = 0
         macs = self.batch_size * int(self._poff[-1])
         self._small = macs < SMALL_BLOCK_MACS
 
@@ -329,13 +332,49 @@ class MLP:
             out = np.empty((m_out, P), dtype=self.dtype)
         if mode == K_.GGN_DIAG:
             out.fill(0.0)
+        skip = self._reusable(mode, theta)
+        self._state = None  # invalid while the buffers are being rewritten
         with _blas.single_threaded(self._small):
-            total = K_.run(mode, *self._data_args(), self._lc, self._y2, self._cw, self.l2,
-                           theta, self._sizes, self._acts, self._poff, self._aoff, self._hoff,
-                           self._qoff, self.batch_size, V, U, out, J, ws["Z"], ws["H"], ws["D"],
-                           ws["DP"], ws["RZ"], ws["T"], ws["T2"], ws["GT"], ws["HS"], ws["SQ"],
-                           ws["ones"])
-        return total, out
+            loss, pen = K_.run(mode, *self._data_args(), self._lc, self._y2, self._cw, self.l2,
+                               theta, self._sizes, self._acts, self._poff, self._aoff,
+                               self._hoff, self._qoff, self.batch_size, V, U, out, J, ws["Z"],
+                               ws["H"], ws["D"], ws["DP"], ws["RZ"], ws["T"], ws["T2"],
+                               ws["GT"], ws["HS"], ws["SQ"], ws["ones"], skip)
+        self._remember(mode, theta, skip)
+        return loss + pen, out
+
+    # State of the row-block buffers. With all rows in one block, the buffers still hold the
+    # forward pass (level 1: Z, h̃) and possibly the loss state and backward pass (level 2:
+    # HS, every scaled δ_l and DP_l) of the last call: a later call at the same θ reuses them
+    # (CG calls the HVP many times at one θ).
+    _LEAVES = {K_.VALUE: 1, K_.VALUE_GRAD: 2, K_.HVP: 2, K_.GGN: 1, K_.JVP: 1, K_.VJP: 1,
+               K_.FISHER: 1, K_.GGN_DIAG: 1}
+
+    def _reusable(self, mode, theta):
+        st = self._state
+        if st is None or self.batch_size < self.n_samples:
+            return 0
+        if not same_values(theta, self._state_theta):
+            return 0
+        return 2 if mode == K_.HVP and st >= 2 else 1
+
+    def _remember(self, mode, theta, skip):
+        if self.batch_size < self.n_samples:
+            return
+        prev = self._prev_level if skip else 0
+        if mode in (K_.VALUE, K_.JVP):
+            level = max(1, prev)  # the backward state, if any, is untouched (or rewritten equal)
+        else:
+            level = self._LEAVES[mode]
+        if not skip:
+            self._state_theta[:] = theta
+        self._state = level
+        self._prev_level = level
+
+    def _forget(self):
+        """Buffers rewritten outside :meth:`_run`: nothing in them can be reused."""
+        self._state = None
+        self._prev_level = 0
 
     def _block(self, v, name="v"):
         """``v`` (P,) or (P, m) as a C-contiguous (m, P) array of the problem dtype."""
@@ -479,6 +518,7 @@ class MLP:
         """Draw by draw, block by block: the label streams are consumed row by row in the same
         order whatever ``batch_size`` is (one forward pass per block and draw, unless all rows
         fit in one block)."""
+        self._forget()
         ws = self._workspace(want_sq=True)
         Xa = self._data_args()
         L, K = len(self.sizes) - 1, self.n_outputs
@@ -519,6 +559,7 @@ class MLP:
         if idx.size == 0:
             return np.empty((0, self.n_params), dtype=self.dtype)
         p = self if rows is None else self._take(idx)
+        p._forget()
         ws = p._workspace()
         Xa = p._data_args()
         G = np.empty((p.n_samples, p.n_params), dtype=p.dtype)
