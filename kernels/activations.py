@@ -156,7 +156,7 @@ def tanh_t(x):
     return math.tanh(x)
 
 
-@overload(tanh_t, inline="always")
+@overload(tanh_t)
 def _tanh_t(x):
     if isinstance(x, types.Float) and x.bitwidth == 32:
         return lambda x: tanh32(x)
