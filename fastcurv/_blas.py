@@ -3,17 +3,18 @@
 Numba's ``np.dot`` calls SciPy's BLAS (``scipy.linalg.cython_blas``; in SciPy's wheels, a
 bundled OpenBLAS). For the small matrix products of a small network (20-64-64-1 on 128 rows,
 say) OpenBLAS's second thread costs more in wake-up and synchronization than it saves: one
-thread ran the whole HVP 17% faster here. :func:`single_threaded` switches that library to one
-thread for the duration of a call and restores the previous count. Where the library cannot be
+thread ran the whole HVP 17% faster here. that library is switched to one
+thread for the duration of a call (:func:`one_thread`, :func:`restore`) and restores the
+previous count. ``FASTCURV_NO_BLAS_THREAD_CONTROL=1`` turns this off. Where the library cannot be
 found (another BLAS, another platform) it does nothing.
 """
 
-import contextlib
 import ctypes
 import os
 
 _LIB = None
 _SEARCHED = False
+_DISABLED = bool(os.environ.get("FASTCURV_NO_BLAS_THREAD_CONTROL"))
 
 
 def _find():
@@ -48,21 +49,24 @@ def _find():
     return None
 
 
-@contextlib.contextmanager
-def single_threaded(enabled=True):
-    """Run the body with SciPy's BLAS on one thread (no-op if ``enabled`` is False or the
-    library is not OpenBLAS)."""
-    lib = _find() if enabled and not os.environ.get("FASTCURV_NO_BLAS_THREAD_CONTROL") else None
+def one_thread(enabled=True):
+    """Switch SciPy's BLAS to one thread; returns the previous count, to be given to
+    :func:`restore` (0 if nothing was changed: ``enabled`` False, the library not found, or
+    already one thread). Plain functions rather than a context manager: this runs around
+    every call of a small model, where a generator-based ``with`` costs a microsecond."""
+    if not enabled or _DISABLED:
+        return 0
+    lib = _LIB if _SEARCHED else _find()
     if lib is None:
-        yield
-        return
-    get, set_ = lib
-    before = get()
+        return 0
+    before = lib[0]()
     if before <= 1:
-        yield
-        return
-    set_(1)
-    try:
-        yield
-    finally:
-        set_(before)
+        return 0
+    lib[1](1)
+    return before
+
+
+def restore(before):
+    """Undo :func:`one_thread`."""
+    if before:
+        _LIB[1](before)

@@ -163,6 +163,50 @@ def _tanh_t(x):
     return lambda x: tanh(np.float64(x))
 
 
+@jit(strict=True)
+def _tanh_rows32(Z, b, A, add_bias):
+    nb, w = Z.shape
+    if add_bias:
+        for i in range(nb):
+            for j in range(w):
+                z = Z[i, j] + b[j]
+                Z[i, j] = z
+                A[i, j] = tanh32(z)
+    else:
+        for i in range(nb):
+            for j in range(w):
+                A[i, j] = tanh32(Z[i, j])
+
+
+@jit(strict=True)
+def _tanh_rows64(Z, b, A, add_bias):
+    nb, w = Z.shape
+    if add_bias:
+        for i in range(nb):
+            for j in range(w):
+                z = Z[i, j] + b[j]
+                Z[i, j] = z
+                A[i, j] = tanh(np.float64(z))
+    else:
+        for i in range(nb):
+            for j in range(w):
+                A[i, j] = tanh(np.float64(Z[i, j]))
+
+
+def tanh_rows(Z, b, A, add_bias):
+    """``Z += b`` (if ``add_bias``) and ``A[:, :w] = tanh(Z)``, in float32 arithmetic for
+    float32 ``Z`` (one compiled loop per dtype, chosen at compile time)."""
+    Z += b if add_bias else 0
+    A[:, :Z.shape[1]] = np.tanh(Z)
+
+
+@overload(tanh_rows)
+def _tanh_rows(Z, b, A, add_bias):
+    if isinstance(Z.dtype, types.Float) and Z.dtype.bitwidth == 32:
+        return lambda Z, b, A, add_bias: _tanh_rows32(Z, b, A, add_bias)
+    return lambda Z, b, A, add_bias: _tanh_rows64(Z, b, A, add_bias)
+
+
 @jit(inline=True)
 def sigmoid(x):
     """``1 / (1 + e^−x)`` without overflow and with one division, from ``e^{−|x|}`` in Padé
@@ -220,6 +264,12 @@ def d2(code, z, a):
     return 0.0
 
 
+@jit(inline=True)
+def _one(A):
+    """1 in the dtype of ``A`` (a Python ``1.0`` would promote float32 arithmetic to float64)."""
+    return np.ones(1, dtype=A.dtype)[0]
+
+
 @jit(strict=True)
 def bias_act(code, Z, b, A, add_bias):
     """``Z += b`` (per row, if ``add_bias``), then ``A[:, :w] = φ(Z)``; if ``A`` has a column
@@ -236,16 +286,7 @@ def bias_act(code, Z, b, A, add_bias):
         for i in range(nb):
             A[i, w] = 1.0
     if code == TANH:
-        if add_bias:
-            for i in range(nb):
-                for j in range(w):
-                    z = Z[i, j] + b[j]
-                    Z[i, j] = z
-                    A[i, j] = tanh_t(z)
-        else:
-            for i in range(nb):
-                for j in range(w):
-                    A[i, j] = tanh_t(Z[i, j])
+        tanh_rows(Z, b, A, add_bias)
         return
     if add_bias:
         for i in range(nb):
@@ -260,12 +301,13 @@ def bias_act(code, Z, b, A, add_bias):
 @jit(strict=True)
 def times_d1(code, Z, A, G, out):
     """``out = G ⊙ φ'(Z)`` (out may be G)."""
+    one = _one(A)  # tanh' = (1 - a)(1 + a) in the data's precision
     nb, w = Z.shape
     if code == TANH:
         for i in range(nb):
             for j in range(w):
                 a = A[i, j]
-                out[i, j] = G[i, j] * ((1.0 - a) * (1.0 + a))
+                out[i, j] = G[i, j] * ((one - a) * (one + a))
     elif code == IDENTITY:
         for i in range(nb):
             for j in range(w):
@@ -280,6 +322,7 @@ def times_d1(code, Z, A, G, out):
 def r_act(code, Z, A, RZ, T, b, use_T, RA):
     """``RZ += T`` (or ``+= b`` per row if not ``use_T``), then ``RA[:, :w] = φ'(Z) ⊙ RZ``
     and ``RA[:, w] = 0`` if ``RA`` has the extra column: one pass (R-forward of a layer)."""
+    one = _one(A)  # tanh' = (1 - a)(1 + a) in the data's precision
     nb, w = Z.shape
     if RA.shape[1] > w:
         for i in range(nb):
@@ -290,14 +333,14 @@ def r_act(code, Z, A, RZ, T, b, use_T, RA):
                 r = RZ[i, j] + T[i, j]
                 RZ[i, j] = r
                 a = A[i, j]
-                RA[i, j] = r * ((1.0 - a) * (1.0 + a))
+                RA[i, j] = r * ((one - a) * (one + a))
     elif code == TANH:
         for i in range(nb):
             for j in range(w):
                 r = RZ[i, j] + b[j]
                 RZ[i, j] = r
                 a = A[i, j]
-                RA[i, j] = r * ((1.0 - a) * (1.0 + a))
+                RA[i, j] = r * ((one - a) * (one + a))
     else:
         for i in range(nb):
             for j in range(w):
@@ -309,13 +352,14 @@ def r_act(code, Z, A, RZ, T, b, use_T, RA):
 @jit(strict=True)
 def r_backward_fuse(code, Z, A, RD, T, DP, RZ):
     """``RD = (RD + T) ⊙ φ'(Z) + DP ⊙ φ''(Z) ⊙ RZ``: the R-operator of ``δ = (δ' Wᵀ) ⊙ φ'``."""
+    one = _one(A)  # tanh' = (1 - a)(1 + a) in the data's precision
     nb, w = Z.shape
     if code == TANH:
         for i in range(nb):
             for j in range(w):
                 a = A[i, j]
-                g = (1.0 - a) * (1.0 + a)
-                RD[i, j] = (RD[i, j] + T[i, j]) * g - 2.0 * a * g * DP[i, j] * RZ[i, j]
+                g = (one - a) * (one + a)
+                RD[i, j] = (RD[i, j] + T[i, j]) * g - (a + a) * g * DP[i, j] * RZ[i, j]
     else:
         for i in range(nb):
             for j in range(w):

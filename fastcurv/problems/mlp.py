@@ -190,6 +190,7 @@ class MLP:
             mask[self._poff[l]:self._poff[l] + self.sizes[l] * self.sizes[l + 1]] = 1.0
         self._wmask = mask
         self._ws = None
+        self._wsargs = None
         self._dargs = None
         self._state = None
         self._state_theta = np.empty(self.n_params, dtype=self.dtype)
@@ -305,6 +306,15 @@ class MLP:
             self._ws["out1"] = np.zeros((1, self.n_params), dtype=dt)
         if want_sq and self._ws["SQ"].shape[0] < max(int(self._qoff[-1]), 1):
             self._ws["SQ"] = np.empty(int(self._qoff[-1]), dtype=self.dtype)
+            self._wsargs = None
+        if self._wsargs is None:
+            # argument groups of K_.run, packed once (each call of a small model counts)
+            ws = self._ws
+            self._wsargs = tuple(ws[k] for k in ("Z", "H", "D", "DP", "RZ", "T", "T2", "GT",
+                                                 "HS", "SQ", "ones"))
+            self._head = (*self._data_args(), self._lc, self._y2, self._cw, self.l2)
+            self._mid = (self._sizes, self._acts, self._poff, self._aoff, self._hoff,
+                         self._qoff, self.batch_size)
         return self._ws
 
     def _data_args(self):
@@ -334,12 +344,12 @@ class MLP:
             out.fill(0.0)
         skip = self._reusable(mode, theta)
         self._state = None  # invalid while the buffers are being rewritten
-        with _blas.single_threaded(self._small):
-            loss, pen = K_.run(mode, *self._data_args(), self._lc, self._y2, self._cw, self.l2,
-                               theta, self._sizes, self._acts, self._poff, self._aoff,
-                               self._hoff, self._qoff, self.batch_size, V, U, out, J, ws["Z"],
-                               ws["H"], ws["D"], ws["DP"], ws["RZ"], ws["T"], ws["T2"],
-                               ws["GT"], ws["HS"], ws["SQ"], ws["ones"], skip)
+        before = _blas.one_thread(self._small)
+        try:
+            loss, pen = K_.run(mode, *self._head, theta, *self._mid, V, U, out, J,
+                               *self._wsargs, skip)
+        finally:
+            _blas.restore(before)
         self._remember(mode, theta, skip)
         return loss + pen, out
 
