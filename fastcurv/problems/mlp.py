@@ -102,8 +102,15 @@ class MLP:
 
     Matrix products run in BLAS; activations, their derivatives and the loss are fused loops.
     Rows are processed in blocks of ``batch_size``: nothing of size ``n × width`` is kept
-    between calls, and sums over rows are taken block by block in a fixed order, so results do
-    not depend on the thread count.
+    beyond one block's buffers, and sums over rows are taken block by block in a fixed order,
+    so results do not depend on the thread count.
+
+    When all rows fit in one block, the buffers still hold the forward (and backward) pass of
+    the last call, and a later call at the same ``θ`` (compared by value) reuses them: inside
+    CG an HVP costs only its R-forward and R-backward passes. Results are bitwise the same as
+    without the reuse. For small blocks (fewer than 2²² multiply-adds per pass) SciPy's
+    OpenBLAS is switched to one thread during the call (``FASTCURV_NO_BLAS_THREAD_CONTROL=1``
+    turns that off). A problem object is not meant to be shared between threads.
 
     Parameters
     ----------
