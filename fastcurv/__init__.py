@@ -6,6 +6,8 @@ Public API (everything else is private)::
     MLP                 multilayer perceptrons with the same problem API
     HessianOperator, GGNOperator, FisherOperator, JacobianOperator
                         scipy.sparse.linalg.LinearOperator views of the curvature
+    KFACOperator, EKFACOperator
+                        Kronecker-factored block approximations and their inverses
     newton_cg           truncated Newton (line search or trust region) with CG
     hutchinson_diag     stochastic diagonal estimate of any symmetric operator
     warmup              compile the common kernels ahead of time
@@ -24,10 +26,12 @@ if not _os.path.isdir(_os.path.join(__path__[0], "kernels")) and _os.path.isfile
 from .estimators import DiagonalEstimate, hutchinson_diag  # noqa: E402
 from .newton import NewtonResult, newton_cg  # noqa: E402
 from .operators import (  # noqa: E402
+    EKFACOperator,
     FisherOperator,
     GGNOperator,
     HessianOperator,
     JacobianOperator,
+    KFACOperator,
 )
 from .problems.glm import GLM  # noqa: E402
 from .problems.mlp import MLP  # noqa: E402
@@ -41,6 +45,8 @@ __all__ = [
     "GGNOperator",
     "FisherOperator",
     "JacobianOperator",
+    "KFACOperator",
+    "EKFACOperator",
     "newton_cg",
     "hutchinson_diag",
     "DiagonalEstimate",

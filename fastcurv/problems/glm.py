@@ -359,6 +359,12 @@ class GLM:
         cw = self._a[:, None] * acc / int(mc_samples)
         return self._diag(st, "hess", cw=cw)
 
+    def fisher_diag(self, theta):
+        """Diagonal of the empirical Fisher ``(1/W) Σ_i w_i g_i ⊙ g_i`` (no penalty) in one
+        pass: ``(1/W) Σ_i w_i x̃_ij² r_ik²`` with the residuals ``r = ℓ'(η, y)``."""
+        theta = self._check_theta(theta)
+        return self._diag(self._state_at(theta), "fisher")
+
     def hessian(self, theta):
         """The dense (P, P) Hessian, built from row blocks: ``(1/W) Σ_i w_i (x̃_i x̃_iᵀ) ⊗ ℓ''_i
         + λ I_weights``. Meant for small problems and checks; products never need it."""
@@ -523,6 +529,49 @@ class GLM:
             data[ib.ravel()] = R.ravel()
             indices[ib.ravel()] = np.tile(d * K + np.arange(K), m)
         return sp.csr_matrix((data, indices, indptr), shape=(m, self.n_params))
+
+    # ------------------------------------------------------------------ curvature rows
+    #: rows per block of :meth:`_curvature_rows` (times d + 1 columns: about 32 MB in float64)
+    _ROWS_ELEMENTS = 2**22
+
+    def _kfac_layout(self):
+        """One layer: ``(n_in, n_out, has_bias_row)`` and its parameter offsets."""
+        return [(self._design.d, self._K, self.fit_intercept)], [0, self.n_params]
+
+    def _curvature_rows(self, theta, kind, mc_samples=1, seed=None):
+        """Output-side gradients of the one layer, block by block (see
+        :meth:`fastcurv.MLP._curvature_rows`): the residuals ``ℓ'(η, y)`` (``"empirical"``),
+        residuals at labels sampled from the model (``"mc"``, one stream per draw) or the
+        ``K`` columns of a square root of ``∇²ℓ`` (``"type2"``; ``diag(√ℓ'')``, or
+        ``√p_c (e_c − p)`` for the softmax)."""
+        st = self._state_at(theta)
+        n, K = self.n_samples, self._K
+        block = max(1, self._ROWS_ELEMENTS // (self._design.d + 1))
+        if kind == "mc":
+            root = np.random.default_rng(seed)
+            streams = [families.LabelStreams(g) for g in root.spawn(mc_samples)]
+        cols = {"type2": K, "mc": mc_samples, "empirical": 1}[kind]
+        for s in range(0, n, block):
+            e = min(n, s + block)
+            for j in range(cols):
+                if kind == "empirical":
+                    delta = st.r[s:e]
+                elif kind == "mc":
+                    delta = families.sample_residuals(self.family, st.eta[s:e], st.h[s:e],
+                                                      streams[j])
+                elif self._fam == MULTINOMIAL:
+                    pj = st.h[s:e]
+                    sq = np.sqrt(pj[:, j])
+                    delta = -sq[:, None] * pj
+                    delta[:, j] += sq
+                else:
+                    delta = np.zeros((e - s, K))
+                    delta[:, j] = np.sqrt(st.h[s:e, j])
+                yield s, e, j, [np.ascontiguousarray(delta, dtype=self.dtype)]
+
+    def _layer_input(self, l, s, e):
+        """The rows ``X[s:e]`` (dense view or CSR slice), without the ones column."""
+        return self._design.X[s:e]
 
     # ------------------------------------------------------------------ new problems
     def subset(self, rows):

@@ -567,6 +567,90 @@ class MLP:
                                out)
         return out / mc
 
+    def fisher_diag(self, theta):
+        """Diagonal of the empirical Fisher ``(1/W) Σ_i w_i g_i ⊙ g_i`` (per-sample loss
+        gradients at the observed targets, no penalty), in one forward and one backward pass
+        per row block: ``Σ_i c_i (h̃_{l−1,i} ⊙ h̃_{l−1,i}) ⊗ (δ_{l,i} ⊙ δ_{l,i})`` layer by
+        layer, without forming the per-sample gradients."""
+        theta = self._check_theta(theta)
+        out = np.zeros(self.n_params, dtype=self.dtype)
+        ws = self._workspace(want_sq=True)
+        Xa = self._data_args()
+        for s, e, _j, _deltas in self._curvature_rows(theta, "empirical"):
+            K_.square_inputs(Xa[0], Xa[4], s, e, self._sizes, self._qoff, ws["H"], self._hoff,
+                             ws["SQ"])
+            K_.diag_layers(*Xa, s, e, self._cw, self._sizes, self._poff, self._aoff,
+                           self._qoff, ws["D"], ws["SQ"], ws["T2"], ws["GT"], ws["ones"], out)
+        return out
+
+    # ------------------------------------------------------------------ curvature rows
+    def _curvature_rows(self, theta, kind, mc_samples=1, seed=None):
+        """The per-row pieces that curvature factors are made of, block by block.
+
+        For each row block ``[s, e)`` and each backpropagated column ``j``, yields
+        ``(s, e, j, deltas)`` with ``deltas[l]`` the (nb, w_l) output-side gradients
+        ``∂ℓ_i/∂z_l`` (unweighted) of the column, backpropagated from
+
+        * ``"type2"``: the ``K`` columns of a square root of the loss Hessian (``j < K``),
+        * ``"mc"``: residuals ``ℓ'(η_i, ỹ_i)`` at labels sampled from the model (``j <
+          mc_samples``; draw ``j`` has its own random stream from ``seed``, consumed row by
+          row, so samples do not depend on ``batch_size``),
+        * ``"empirical"``: the residuals ``ℓ'(η_i, y_i)`` at the observed labels (``j = 0``).
+
+        While a block is current, :meth:`_layer_input` gives the layers' inputs. The yielded
+        arrays are views of the row-block buffers: use them before advancing.
+        """
+        self._forget()
+        ws = self._workspace()
+        Xa = self._data_args()
+        L, K = len(self.sizes) - 1, self.n_outputs
+        n, B = self.n_samples, self.batch_size
+        fam = _FAMILY[self.loss]
+        if kind == "mc":
+            root = np.random.default_rng(seed)
+            streams = [families.LabelStreams(g) for g in root.spawn(mc_samples)]
+        od = 2 * self._aoff[L - 1]
+        oz = self._aoff[L - 1]
+        for s in range(0, n, B):
+            e = min(n, s + B)
+            nb = e - s
+            K_.forward(*Xa, s, e, theta, self._sizes, self._acts, self._poff, self._aoff,
+                       self._hoff, ws["Z"], ws["H"])
+            K_.loss_block(self._lc, ws["Z"], self._aoff, self._sizes, self._y2, self._cw, s, e,
+                          ws["HS"], ws["D"], False)
+            Dout = ws["D"][od + nb * K:od + 2 * nb * K].reshape(nb, K)  # the δ half
+            deltas = [ws["D"][2 * self._aoff[l] + nb * w:2 * self._aoff[l] + 2 * nb * w]
+                      .reshape(nb, w) for l, w in enumerate(self.sizes[1:])]
+            cols = {"type2": K, "mc": mc_samples, "empirical": 1}[kind]
+            if kind == "mc":
+                eta = ws["Z"][oz:oz + nb * K].reshape(nb, K).astype(np.float64)
+                HS = ws["HS"][:nb].copy()
+            for j in range(cols):
+                if kind == "type2":
+                    K_.sqrt_hess_column(self._lc, ws["HS"][:nb], j, Dout)
+                elif kind == "mc":
+                    Dout[:] = families.sample_residuals(fam, eta, HS, streams[j])
+                K_.backward(*Xa, s, e, theta, self._sizes, self._acts, self._poff, self._aoff,
+                            self._hoff, ws["Z"], ws["H"], ws["D"], ws["DP"], ws["GT"],
+                            ws["ones"], ws["out1"][0], False, False)
+                yield s, e, j, deltas
+
+    def _kfac_layout(self):
+        """Per layer ``(n_in, n_out, has_bias_row)``, and the parameter offsets."""
+        L = len(self.sizes) - 1
+        return ([(self.sizes[l], self.sizes[l + 1], True) for l in range(L)],
+                [int(o) for o in self._poff])
+
+    def _layer_input(self, l, s, e):
+        """Layer ``l``'s input for the current block of :meth:`_curvature_rows`: the augmented
+        ``h̃_{l−1}`` (nb, n_in + 1) for ``l > 0``; for ``l = 0`` the rows ``X[s:e]`` (dense
+        view or CSR slice), without the ones column."""
+        if l == 0:
+            return self._X[s:e]
+        nb, w = e - s, self.sizes[l] + 1
+        o = self._hoff[l - 1]
+        return self._ws["H"][o:o + 2 * nb * w].reshape(2 * nb, w)[:nb]
+
     # ------------------------------------------------------------------ per-sample
     def per_sample_grads(self, theta, rows=None):
         """Per-sample loss gradients ``g_i = ∇_θ ℓ(y_i, η_i)`` (no weight, no penalty), as a

@@ -1,0 +1,134 @@
+"""K-FAC: the Kronecker-factored block-diagonal approximation of the Fisher / GGN."""
+
+import numbers
+
+import numpy as np
+
+from .._validation import as_float_scalar
+from . import _kfac_factors as kf
+from ._kronecker import EigenKroneckerBlocks, KroneckerBlocks, pinv_entries, pinv_psd, psd_eigh
+
+
+def check_options(problem, theta, fisher, damping, seed, mc_samples):
+    """Validated ``(theta copy, damping, integer seed, mc_samples)``; the seed is drawn once
+    so that every pass over the data sees the same sampled labels."""
+    if fisher not in kf.KINDS:
+        raise ValueError(f"fisher must be one of {', '.join(map(repr, kf.KINDS))}, got {fisher!r}")
+    if (isinstance(mc_samples, (bool, np.bool_)) or not isinstance(mc_samples, numbers.Integral)
+            or mc_samples < 1):
+        raise ValueError(f"mc_samples must be a positive integer, got {mc_samples!r}")
+    damping = as_float_scalar(damping, "damping", low=0.0)
+    theta = problem._check_theta(theta).copy()
+    kf.check_layout(problem)
+    if seed is not None and not isinstance(seed, (numbers.Integral, np.random.Generator)):
+        raise TypeError(f"seed must be None, an integer or a numpy Generator, got {seed!r}")
+    root = int(np.random.default_rng(seed).integers(2**63)) if fisher == "mc" else 0
+    return theta, damping, root, int(mc_samples)
+
+
+def layer_blocks(problem):
+    """Per layer ``(offset, n_A, n_out)`` in ``θ``."""
+    layers, offsets = problem._kfac_layout()
+    return [(offsets[l], n_in + int(b), w) for l, (n_in, w, b) in enumerate(layers)]
+
+
+class KFACOperator(KroneckerBlocks):
+    r"""K-FAC: ``v ↦ (⊕_l A_l ⊗ G_l + δ I) v``, block diagonal over layers.
+
+    For layer ``l`` with augmented inputs ``ã_i = [a_i; 1]`` and output-side gradients
+    ``g_i = ∂ℓ_i/∂z_l``, normalized like the objective (``c_i = w_i / W``):
+
+    .. math::
+
+        A_l = \sum_i c_i\, \tilde a_i \tilde a_i^\top,\qquad
+        G_l = \sum_i c_i \sum_j g_{ij} g_{ij}^\top,
+
+    and on the layer's augmented weights ``V`` (n_in + 1, n_out) the block acts as
+    ``V ↦ A V G``. ``fisher`` chooses the gradients ``g_ij``:
+
+    * ``"type2"``: backpropagated columns of a square root of the loss Hessian (``K``
+      backward passes per row block; ``Σ_j g_ij g_ijᵀ`` is then exact and ``A ⊗ G``
+      approximates the GGN block),
+    * ``"mc"``: gradients at labels sampled from the model (``mc_samples`` backward passes;
+      an unbiased estimate of the type-2 ``G``), seeded by ``seed``,
+    * ``"empirical"``: gradients at the observed labels (approximates the empirical Fisher).
+
+    The L2 penalty is not part of ``A ⊗ G`` (like :meth:`fisher_vp`); to approximate the
+    penalized GGN, pass it as damping: ``damping = p.l2 + δ`` (it then also damps the bias
+    rows). ``A ⊗ G`` is exact when every sample has the same layer inputs (a single data
+    point, or identical rows) and for one linear layer with the mse loss (``G = I``).
+
+    Factors are accumulated in one streaming pass over the row blocks (``syrk`` per block,
+    summed in float64 in a fixed order); the first layer's ``A`` depends only on the data and
+    is cached on the problem. A product costs two matrix products per layer.
+
+    Parameters
+    ----------
+    problem : fastcurv.MLP or fastcurv.GLM
+    theta : array (P,)
+    fisher : {"mc", "empirical", "type2"}, default "mc"
+    damping : float >= 0
+    seed : int or numpy.random.Generator, optional (``"mc"`` only)
+    mc_samples : int, default 1
+        Label draws per row for ``"mc"``.
+
+    Attributes
+    ----------
+    factors : list of (A, G) float64 arrays, one pair per layer.
+    """
+
+    def __init__(self, problem, theta, fisher="mc", damping=0.0, seed=None, *, mc_samples=1):
+        theta, damping, root, mc = check_options(problem, theta, fisher, damping, seed,
+                                                 mc_samples)
+        self.problem = problem
+        self.theta = theta
+        self.fisher = fisher
+        self.factors = kf.factors(problem, theta, fisher, mc, root)
+        self._eig = None
+        super().__init__(layer_blocks(problem), problem.n_params, problem.dtype,
+                         [a for a, _ in self.factors], [g for _, g in self.factors], damping)
+
+    def eigen(self):
+        """Per layer ``(λ_A, Q_A, λ_G, Q_G)`` (float64, computed once)."""
+        if self._eig is None:
+            self._eig = [psd_eigh(A) + psd_eigh(G) for A, G in self.factors]
+        return self._eig
+
+    def inverse(self, kind="exact"):
+        r"""The damped inverse as a symmetric ``LinearOperator``.
+
+        * ``kind="exact"``: ``(A ⊗ G + δ I)⁻¹`` exactly, from the eigendecompositions
+          ``A = Q_A Λ_A Q_Aᵀ``, ``G = Q_G Λ_G Q_Gᵀ`` (float64):
+          ``V ↦ Q_A [(Q_Aᵀ V Q_G) / (λ_A λ_Gᵀ + δ)] Q_Gᵀ`` (four matrix products per layer).
+        * ``kind="factored"``: Martens & Grosse's factored Tikhonov damping
+          ``(A + π √δ I)⁻¹ ⊗ (G + √δ/π I)⁻¹`` with ``π = √((tr A / n_A) / (tr G / n_out))``:
+          the inverse of a different matrix (it adds ``δ I`` plus the cross terms
+          ``π√δ I ⊗ G + √δ/π A ⊗ I``), two matrix products per layer.
+
+        Where ``λ_A λ_G + δ`` (or a damped factor eigenvalue) is at or below
+        ``max(n_A, n_out) · ε · max`` (only possible with ``δ`` near 0 and singular factors)
+        the direction is dropped: a pseudo-inverse, never inf or NaN.
+        """
+        if kind not in ("exact", "factored"):
+            raise ValueError(f"kind must be 'exact' or 'factored', got {kind!r}")
+        delta = self.damping
+        P, dt = self.shape[0], self.dtype
+        if kind == "exact":
+            bases, diags = [], []
+            for la, qa, lg, qg in self.eigen():
+                size = max(la.size, lg.size)
+                diags.append(pinv_entries(np.outer(la, lg) + delta, size))
+                bases.append((qa, qg))
+            return EigenKroneckerBlocks(self._layers, P, dt, bases, diags)
+        left, right = [], []
+        for (A, G), (la, qa, lg, qg) in zip(self.factors, self.eigen(), strict=True):
+            ta, tg = np.trace(A) / A.shape[0], np.trace(G) / G.shape[0]
+            pi = np.sqrt(ta / tg) if ta > 0 and tg > 0 else 1.0
+            r = np.sqrt(delta)
+            left.append(pinv_psd(la, qa, pi * r, la.size))
+            right.append(pinv_psd(lg, qg, r / pi, lg.size))
+        return KroneckerBlocks(self._layers, P, dt, left, right)
+
+    def __repr__(self):
+        return (f"<KFACOperator {self.shape[0]}x{self.shape[1]} {self.dtype}, "
+                f"fisher={self.fisher!r}, {len(self.factors)} layers, damping={self.damping}>")
