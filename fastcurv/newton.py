@@ -115,16 +115,31 @@ def _make_preconditioner(preconditioner, p, theta, curvature, damping, mix):
                                 matmat=lambda V: inv[:, None] * V, dtype=p.dtype)
             return Dm, op
         if preconditioner == "kfac":
-            raise NotImplementedError(
-                "preconditioner='kfac' needs fastcurv.KFACOperator, which is not in this "
-                "release yet; use preconditioner='diag' or None"
-            )
+            return None, _kfac_preconditioner(p, theta, damping)
         raise ValueError("preconditioner must be None, 'diag', 'cholesky' or 'kfac', got "
                          f"{preconditioner!r}")
     if isinstance(preconditioner, LinearOperator) or hasattr(preconditioner, "matvec"):
         return None, preconditioner
     raise TypeError("preconditioner must be None, 'diag', 'kfac' or a LinearOperator "
                     "applying the inverse preconditioner")
+
+
+#: relative floor of the K-FAC preconditioner's damping (a positive definite M for CG)
+KFAC_FLOOR = 1e-8
+
+
+def _kfac_preconditioner(p, theta, damping):
+    """``M⁻¹ = (⊕ A ⊗ G + (λ + δ + ε) I)⁻¹``: the exactly damped inverse of type-2 K-FAC
+    (:class:`fastcurv.KFACOperator`), with the L2 penalty ``λ`` and the damping ``δ`` added
+    to every coordinate and ``ε = 1e-8 max_l(‖A_l‖ ‖G_l‖)`` so that ``M`` stays positive
+    definite where the factors are singular. Rebuilt at every Newton iterate (one streaming
+    pass with ``K`` backward passes; the first layer's ``A`` is cached)."""
+    from .operators.kfac import KFACOperator
+
+    op = KFACOperator(p, theta, fisher="type2")
+    scale = max(float(la[-1] * lg[-1]) for la, _qa, lg, _qg in op.eigen())
+    op.damping = float(getattr(p, "l2", 0.0)) + damping + KFAC_FLOOR * (scale or 1.0)
+    return op.inverse()
 
 
 #: largest parameter count for preconditioner="cholesky" (a dense P x P factor)
@@ -246,6 +261,10 @@ def newton_cg(p, theta0=None, *, gtol=1e-8, max_iter=100, method="line-search",
         binary columns, mixes 0.5 / 0.9 / 0.99 / 1 took 645 / 293 / 133 / 17, 160 / 48 / 21 / 17
         and 899 / 439 / 325 / 267 CG iterations, so pure Jacobi won; on uncentered features
         every diagonal preconditioner lost to none, 185 vs 23 CG iterations).
+        ``"kfac"`` applies the exactly damped inverse of type-2 K-FAC
+        (:class:`fastcurv.KFACOperator`) with ``λ + δ`` (and a 1e-8 relative floor) as its
+        damping, rebuilt at every iterate; it captures the correlations between a layer's
+        inputs (``A``) and between its outputs (``G``), which a diagonal cannot.
     damping : δ ≥ 0 added to the curvature
     callback : called as ``callback(theta, info)`` after each iteration (info: the history row)
     progress : print one line per iteration (iteration, loss, max|grad|, CG iterations, step,
