@@ -59,3 +59,7 @@ def _warm_mlp(X, Xs, rng):
         p.fisher_vp(theta, v)
         p.jvp(theta, v)
         p.ggn_diag(theta)
+        if Xi is X:
+            from .operators.ekfac import EKFACOperator
+
+            EKFACOperator(p, theta, fisher="type2", damping=0.1).inverse() @ v

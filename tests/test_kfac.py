@@ -474,3 +474,45 @@ def test_newton_cg_with_the_kfac_preconditioner():
     res = fc.newton_cg(q, q.init(0), gtol=1e-7, curvature="ggn", preconditioner="kfac",
                        max_iter=300)
     assert res.success, res.message
+
+
+# ----------------------------------------------------------------------------- MC Fisher
+def test_mc_fisher_operator_is_fixed_and_consistent_with_kfac_mc():
+    """The MC Fisher's bias block of a layer is K-FAC's MC ``G`` with the same draws (two
+    code paths: Fisher products vs factor accumulation); one-layer MLP = GLM draw for draw."""
+    p, _, theta = _problem(sizes=(3, 4, 3), n=40, seed=2)
+    F = fc.FisherOperator(p, theta, kind="mc", mc_samples=3, seed=8)
+    M = _dense(F)
+    np.testing.assert_array_equal(M, _dense(F))  # the same draws at every product
+    np.testing.assert_allclose(M, M.T, rtol=1e-12, atol=1e-15)
+    kf = fc.KFACOperator(p, theta, fisher="mc", mc_samples=3, seed=8)
+    for (o, na, w), (_, G) in zip(_blocks(p), kf.factors, strict=True):
+        b = o + (na - 1) * w
+        np.testing.assert_allclose(M[b:b + w, b:b + w], G, rtol=1e-10, atol=1e-15)
+    X, y, wts = make_data("softmax_cross_entropy", 3, 50, 4, seed=3)
+    glm = fc.GLM(X, y, family="multinomial", sample_weight=wts)
+    one = fc.MLP(X, y, sizes=(4, 3), loss="softmax_cross_entropy", sample_weight=wts,
+                 batch_size=9)
+    t = np.random.default_rng(0).standard_normal(15) * 0.5
+    np.testing.assert_allclose(_dense(fc.FisherOperator(one, t, kind="mc", mc_samples=2,
+                                                        seed=1)),
+                               _dense(fc.FisherOperator(glm, t, kind="mc", mc_samples=2,
+                                                        seed=1)), rtol=1e-10, atol=1e-15)
+
+
+@pytest.mark.parametrize("make", ["mlp", "glm"])
+def test_mc_fisher_converges_to_the_ggn(make):
+    if make == "mlp":
+        p, ref, theta = _problem(loss="sigmoid_cross_entropy", sizes=(3, 4, 2), n=30, seed=4)
+        C = ref.ggn(theta)
+    else:
+        X, y, w = make_data("poisson", 1, 30, 3, seed=4)
+        p = fc.GLM(X, y, family="poisson", sample_weight=w)
+        theta = np.array([0.2, -0.3, 0.1, 0.4])
+        C = p.hessian(theta)
+    errs = {}
+    for S in (2, 128):
+        e = [np.sum((_dense(fc.FisherOperator(p, theta, kind="mc", mc_samples=S, seed=k))
+                     - C) ** 2) for k in range(10)]
+        errs[S] = np.sqrt(np.mean(e))
+    assert 5.0 < errs[2] / errs[128] < 12.0  # sqrt(64) = 8

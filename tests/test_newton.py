@@ -372,10 +372,12 @@ def test_invalid_arguments(kwargs):
         fc.newton_cg(fc.GLM(X, y, l2=1e-2), **kwargs)
 
 
-def test_kfac_preconditioner_not_implemented():
+def test_kfac_preconditioner_reaches_the_same_optimum():
     X, y = synthetic("logistic", n=50, d=2, seed=19)
-    with pytest.raises(NotImplementedError):
-        fc.newton_cg(fc.GLM(X, y, l2=1e-2), preconditioner="kfac")
+    a = fc.newton_cg(fc.GLM(X, y, l2=1e-2), gtol=1e-10)
+    b = fc.newton_cg(fc.GLM(X, y, l2=1e-2), gtol=1e-10, preconditioner="kfac")
+    assert a.success and b.success
+    np.testing.assert_allclose(b.x, a.x, rtol=1e-8, atol=1e-10)
 
 
 # ---------------------------------------------------------------------- known bug

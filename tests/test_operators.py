@@ -146,8 +146,10 @@ def test_operator_keeps_a_copy_of_theta():
 def test_operator_argument_errors():
     case = by_name("logistic-dense-plain")
     p, theta = case.glm(), case.theta()
-    with pytest.raises(NotImplementedError):
-        fc.FisherOperator(p, theta, kind="mc")
+    with pytest.raises(ValueError, match="mc_samples"):
+        fc.FisherOperator(p, theta, kind="mc", mc_samples=0)
+    with pytest.raises(TypeError, match="seed"):
+        fc.FisherOperator(p, theta, kind="mc", seed=1.5)
     with pytest.raises(ValueError):
         fc.FisherOperator(p, theta, kind="observed")
     with pytest.raises(ValueError):

@@ -1,32 +1,49 @@
-"""The empirical Fisher matrix as a LinearOperator."""
+"""The Fisher matrix (empirical, or Monte Carlo with sampled labels) as a LinearOperator."""
+
+import numbers
+
+import numpy as np
 
 from ._base import CurvatureOperator
 
 
 class FisherOperator(CurvatureOperator):
-    r"""``v ↦ (F_emp(θ) + δ I) v`` with the empirical Fisher ``(1/W) Σ_i w_i g_i g_iᵀ``.
+    r"""``v ↦ (F(θ) + δ I) v`` with a Fisher matrix ``F = (1/W) Σ_i w_i g_i g_iᵀ``.
 
-    ``g_i`` are the per-sample loss gradients at the observed targets; the penalty is not
-    included. ``kind="mc"`` (labels sampled from the model) is reserved for a later release and
-    raises ``NotImplementedError`` for now.
+    * ``kind="empirical"``: ``g_i`` are the per-sample loss gradients at the observed
+      targets.
+    * ``kind="mc"``: ``F = (1/S) Σ_s (1/W) Σ_i w_i g̃_is g̃_isᵀ`` with gradients at labels
+      ``ỹ_is`` drawn from the model's own predictive distribution, ``S = mc_samples`` draws
+      per row. The draws are made once (from ``seed``) and reused by every product, so the
+      operator is one fixed symmetric positive semidefinite matrix; its expectation over
+      the draws is the Gauss-Newton matrix without the penalty. Each product costs one
+      forward pass and ``S`` backward passes (MLP) or ``S`` passes over ``X`` (GLM).
+
+    The penalty is not included.
 
     Parameters
     ----------
     problem, theta, damping : see :class:`HessianOperator`
-    kind : {"empirical"}
-    mc_samples, seed : used by ``kind="mc"``
+    kind : {"empirical", "mc"}
+    mc_samples : int, default 1 (``kind="mc"``)
+    seed : int or numpy.random.Generator, optional (``kind="mc"``)
     """
 
     def __init__(self, problem, theta, kind="empirical", mc_samples=1, seed=None, damping=0.0):
-        if kind == "mc":
-            raise NotImplementedError(
-                "FisherOperator(kind='mc') is not available yet; use kind='empirical' or "
-                "GGNOperator (the exact expectation of the MC Fisher)"
-            )
-        if kind != "empirical":
+        if kind not in ("empirical", "mc"):
             raise ValueError(f"kind must be 'empirical' or 'mc', got {kind!r}")
+        if (isinstance(mc_samples, (bool, np.bool_))
+                or not isinstance(mc_samples, numbers.Integral) or mc_samples < 1):
+            raise ValueError(f"mc_samples must be a positive integer, got {mc_samples!r}")
+        if seed is not None and not isinstance(seed, (numbers.Integral, np.random.Generator)):
+            raise TypeError(f"seed must be None, an integer or a numpy Generator, got {seed!r}")
         self.kind = kind
+        self.mc_samples = int(mc_samples)
+        # drawn once: every product sees the same sampled labels
+        self._seed = int(np.random.default_rng(seed).integers(2**63)) if kind == "mc" else 0
         super().__init__(problem, theta, damping)
 
     def _product(self, V):
+        if self.kind == "mc":
+            return self.problem._mc_fisher_vp(self.theta, V, self.mc_samples, self._seed)
         return self.problem.fisher_vp(self.theta, V)

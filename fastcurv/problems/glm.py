@@ -307,6 +307,30 @@ class GLM:
         ``g_i = x̃_i ⊗ ℓ'_i`` (no penalty). v of shape (P,) or (P, m)."""
         return self._curv_product(theta, v, "fisher", False)
 
+    def _mc_fisher_vp(self, theta, v, mc_samples, seed):
+        """Monte Carlo Fisher product ``(1/S) Σ_s (1/W) Σ_i w_i g̃_is (g̃_isᵀ v)`` with
+        per-sample gradients ``g̃_is = x̃_i ⊗ ℓ'(η_i, ỹ_is)`` at labels drawn from the model
+        (draw ``s`` from its own stream of ``seed``, as :meth:`_curvature_rows`); one pass
+        over ``X`` per draw. Its expectation is the GGN without the penalty."""
+        theta = self._check_theta(theta)
+        v = val.check_vector(v, self.n_params, self.dtype, "v", allow_block=True)
+        st = self._state_at(theta)
+        V = v.reshape(self.n_params, -1)
+        m = V.shape[1]
+        Vw, vb = self._split_block(V)
+        streams = [families.LabelStreams(g)
+                   for g in np.random.default_rng(seed).spawn(mc_samples)]
+        accW = accb = 0.0
+        for j in range(mc_samples):
+            r = np.ascontiguousarray(
+                families.sample_residuals(self.family, st.eta, st.h, streams[j]))
+            oW, ob = self._design.curv_vec(Vw, vb, ("gen", np.zeros_like(r), r, self._a,
+                                                    True, m))
+            accW = accW + oW
+            accb = accb + ob
+        out = self._join_block(accW / mc_samples, accb / mc_samples, m)
+        return out[:, 0] if v.ndim == 1 else out
+
     def _curv_matrices(self, st, which):
         """Per-row (Dw, Q, qa) so that the per-sample curvature is diag(Dw) + qa Q Qᵀ."""
         a = self._a

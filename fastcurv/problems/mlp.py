@@ -583,6 +583,27 @@ class MLP:
                            self._qoff, ws["D"], ws["SQ"], ws["T2"], ws["GT"], ws["ones"], out)
         return out
 
+    def _mc_fisher_vp(self, theta, v, mc_samples, seed):
+        """Monte Carlo Fisher product ``(1/S) Σ_s (1/W) Σ_i w_i g̃_is (g̃_isᵀ v)`` with
+        per-sample gradients at labels drawn from the model (draw ``s`` from its own stream
+        of ``seed``, see :meth:`_curvature_rows`): one forward pass per row block and one
+        backward pass per draw. Its expectation is the GGN without the penalty."""
+        theta = self._check_theta(theta)
+        v, Vt = self._block(v)
+        m, P = Vt.shape[0], self.n_params
+        ws = self._workspace()
+        Xa = self._data_args()
+        out = np.zeros((m, P), dtype=self.dtype)
+        tmp = np.empty(P, dtype=self.dtype)
+        for s, e, _j, _deltas in self._curvature_rows(theta, "mc", mc_samples, seed):
+            for k in range(m):
+                K_.fisher_block(*Xa, s, e, self._cw, Vt[k], self._sizes, self._poff,
+                                self._aoff, self._hoff, ws["H"], ws["D"], ws["T"], ws["T2"],
+                                ws["GT"], ws["ones"], tmp, True)
+                out[k] += tmp
+        out /= mc_samples
+        return out[0] if v.ndim == 1 else np.ascontiguousarray(out.T)
+
     # ------------------------------------------------------------------ curvature rows
     def _curvature_rows(self, theta, kind, mc_samples=1, seed=None):
         """The per-row pieces that curvature factors are made of, block by block.
