@@ -392,6 +392,11 @@ def test_multi_fastcurv_diag(benchmark, fit_multi):
 
 
 @pytest.mark.benchmark(group=G_MULTI)
+def test_multi_fastcurv_kfac(benchmark, fit_multi):
+    _fc(benchmark, fit_multi, "kfac", "fastcurv_kfac")
+
+
+@pytest.mark.benchmark(group=G_MULTI)
 @pytest.mark.parametrize("solver", ["newton-cg", "lbfgs"])
 def test_multi_sklearn(benchmark, fit_multi, solver):
     _sk(benchmark, fit_multi, solver)
