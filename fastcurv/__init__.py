@@ -9,6 +9,8 @@ Public API (everything else is private)::
     KFACOperator, EKFACOperator
                         Kronecker-factored block approximations and their inverses
     newton_cg           truncated Newton (line search or trust region) with CG
+    Influence, loo_refit
+                        influence functions of training points, and their leave-one-out check
     hutchinson_diag     stochastic diagonal estimate of any symmetric operator
     warmup              compile the common kernels ahead of time
 """
@@ -24,6 +26,7 @@ if not _os.path.isdir(_os.path.join(__path__[0], "kernels")) and _os.path.isfile
     __path__.append(_root)
 
 from .estimators import DiagonalEstimate, hutchinson_diag  # noqa: E402
+from .influence import Influence, LooResult, loo_refit  # noqa: E402
 from .newton import NewtonResult, newton_cg  # noqa: E402
 from .operators import (  # noqa: E402
     EKFACOperator,
@@ -48,6 +51,9 @@ __all__ = [
     "KFACOperator",
     "EKFACOperator",
     "newton_cg",
+    "Influence",
+    "loo_refit",
+    "LooResult",
     "hutchinson_diag",
     "DiagonalEstimate",
     "NewtonResult",

@@ -288,7 +288,7 @@ def test_mc_is_seeded_and_independent_of_batch_size():
     b = fc.KFACOperator(p, theta, fisher="mc", mc_samples=3, seed=5)
     c = fc.KFACOperator(q, theta, fisher="mc", mc_samples=3, seed=5)
     d = fc.KFACOperator(p, theta, fisher="mc", mc_samples=3, seed=6)
-    for (A1, G1), (A2, G2), (A3, G3), (_, G4) in zip(a.factors, b.factors, c.factors,
+    for (A1, G1), (_A2, G2), (A3, G3), (_, G4) in zip(a.factors, b.factors, c.factors,
                                                      d.factors, strict=True):
         np.testing.assert_array_equal(G1, G2)
         np.testing.assert_allclose(G1, G3, rtol=1e-12)

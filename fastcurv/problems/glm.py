@@ -593,6 +593,21 @@ class GLM:
                     delta[:, j] = np.sqrt(st.h[s:e, j])
                 yield s, e, j, [np.ascontiguousarray(delta, dtype=self.dtype)]
 
+    def _grad_dots(self, theta, S, lo, hi):
+        """``S @ g_iᵀ`` for the rows ``lo:hi``: (m, hi - lo) float64 dot products of the rows
+        of ``S`` (m, P) with the per-sample gradients ``g_i = x̃_i ⊗ ℓ'_i``, without forming
+        them: ``Σ_k ℓ'_ik (x̃_iᵀ S_t[:, k])``, one product of the rows with all of ``S``."""
+        st = self._state_at(theta)
+        d, K, fi = self._design.d, self._K, int(self.fit_intercept)
+        m = S.shape[0]
+        Sw = np.ascontiguousarray(S[:, :d * K].reshape(m, d, K).transpose(1, 0, 2)
+                                  .reshape(d, m * K))
+        Xb = self._design.X[lo:hi]
+        U = np.asarray(Xb @ Sw, dtype=np.float64).reshape(hi - lo, m, K)
+        if fi:
+            U += S[:, d * K:][None, :, :]
+        return np.einsum("imk,ik->mi", U, st.r[lo:hi])
+
     def _layer_input(self, l, s, e):
         """The rows ``X[s:e]`` (dense view or CSR slice), without the ones column."""
         return self._design.X[s:e]

@@ -656,6 +656,34 @@ class MLP:
                             ws["ones"], ws["out1"][0], False, False)
                 yield s, e, j, deltas
 
+    def _grad_dots(self, theta, S, lo, hi):
+        """``S @ g_iᵀ`` for the rows ``lo:hi``: (m, hi - lo) float64 dot products of the rows
+        of ``S`` (m, P) with the per-sample gradients, without forming them:
+        ``g_iᵀ s = ℓ'_iᵀ (J_i s)``, one forward pass per row block and one R-forward pass
+        (a Jacobian-vector product) per row of ``S``."""
+        self._forget()
+        ws = self._workspace()
+        Xa = self._data_args()
+        L, K, B = len(self.sizes) - 1, self.n_outputs, self.batch_size
+        S = np.ascontiguousarray(S, dtype=self.dtype)
+        m = S.shape[0]
+        out = np.empty((m, hi - lo))
+        od, oz = 2 * self._aoff[L - 1], self._aoff[L - 1]
+        for s in range(lo, hi, B):
+            e = min(hi, s + B)
+            nb = e - s
+            K_.forward(*Xa, s, e, theta, self._sizes, self._acts, self._poff, self._aoff,
+                       self._hoff, ws["Z"], ws["H"])
+            K_.loss_block(self._lc, ws["Z"], self._aoff, self._sizes, self._y2, self._cw, s, e,
+                          ws["HS"], ws["D"], False)
+            r = ws["D"][od + nb * K:od + 2 * nb * K].reshape(nb, K).astype(np.float64)
+            for j in range(m):
+                K_.r_forward(*Xa, s, e, theta, S[j], self._sizes, self._acts, self._poff,
+                             self._aoff, self._hoff, ws["Z"], ws["H"], ws["RZ"], ws["T"])
+                Jv = ws["RZ"][oz:oz + nb * K].reshape(nb, K)
+                out[j, s - lo:e - lo] = np.einsum("ik,ik->i", Jv, r)
+        return out
+
     def _kfac_layout(self):
         """Per layer ``(n_in, n_out, has_bias_row)``, and the parameter offsets."""
         L = len(self.sizes) - 1

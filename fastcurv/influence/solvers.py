@@ -1,0 +1,405 @@
+"""Inverse-curvature products ``(C + δI)⁻¹ B`` for influence functions, one class per method.
+
+Every solver takes a (P, m) float64 block ``B`` and returns ``(C + δI)⁻¹ B`` (float64),
+where ``C`` is the Hessian of the objective (penalty included; ``curvature="ggn"`` for the
+Gauss-Newton matrix) at the fitted ``θ``.
+
+Exact null directions. A softmax model's curvature is singular along the common shift of its
+K outputs: the output biases always, every weight row as well when ``l2 = 0`` (DESIGN.md,
+"Null directions"). Per-sample gradients are orthogonal to those directions, so the solvers
+return the pseudo-inverse solution there: ``direct`` adds ``s N Nᵀ`` (``N`` an orthonormal
+basis of the known null space) before factorizing, which leaves every product with a vector
+orthogonal to ``N`` unchanged and returns a solution orthogonal to ``N``; the others project
+``N`` out of their result.
+"""
+
+import numbers
+
+import numpy as np
+import scipy.linalg as sla
+from scipy.sparse.linalg import LinearOperator, eigsh
+
+from ..operators import GGNOperator, HessianOperator
+
+#: largest parameter count for the dense methods (a P x P float64 matrix)
+MAX_DENSE_PARAMS = 20_000
+
+
+def _int_option(options, name, default, low=1):
+    v = options.pop(name, default)
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Integral) or v < low:
+        raise ValueError(f"{name} must be an integer >= {low}, got {v!r}")
+    return int(v)
+
+
+def _float_option(options, name, default, low=0.0):
+    v = options.pop(name, default)
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a number, got {v!r}") from None
+    if not np.isfinite(f) or f < low:
+        raise ValueError(f"{name} must be a finite number >= {low}, got {v!r}")
+    return f
+
+
+def null_basis(p):
+    """Orthonormal basis (P, r) of the known exact null directions of a softmax model's
+    curvature (see the module docstring), or None."""
+    loss = getattr(p, "loss", None) or getattr(p, "family", None)
+    if loss not in ("softmax_cross_entropy", "multinomial"):
+        return None
+    layers, offsets = p._kfac_layout()
+    n_in, K, bias = layers[-1]
+    o = offsets[len(layers) - 1]
+    rows = []
+    if bias:
+        rows.append(n_in)
+    if p.l2 == 0.0:
+        rows = list(range(n_in)) + rows
+    if not rows:
+        return None
+    N = np.zeros((p.n_params, len(rows)))
+    for j, r in enumerate(rows):
+        N[o + r * K:o + (r + 1) * K, j] = 1.0 / np.sqrt(K)
+    return N
+
+
+def _project_out(N, X):
+    if N is not None:
+        X -= N @ (N.T @ X)
+    return X
+
+
+def _dense_curvature(p, theta, curvature):
+    P = p.n_params
+    if P > MAX_DENSE_PARAMS:
+        raise ValueError(
+            f"this method forms the dense {P}x{P} curvature (limit {MAX_DENSE_PARAMS} "
+            "parameters); use method='cg', 'lissa', 'arnoldi', 'nystrom' or 'kfac'"
+        )
+    dense = p.ggn if curvature == "ggn" and hasattr(p, "ggn") else p.hessian
+    return np.asarray(dense(theta), dtype=np.float64)
+
+
+def curvature_operator(p, theta, curvature, damping=0.0):
+    Op = GGNOperator if curvature == "ggn" else HessianOperator
+    return Op(p, theta, damping=damping)
+
+
+class Solver:
+    """Base: ``solve(B)`` for a (P, m) float64 block; ``info`` holds diagnostics."""
+
+    def __init__(self, p, theta, damping, curvature):
+        self.p, self.theta, self.damping, self.curvature = p, theta, damping, curvature
+        self.null = null_basis(p)
+        self.info = {}
+
+    def solve(self, B):
+        raise NotImplementedError
+
+
+class Direct(Solver):
+    """Cholesky factor of the dense ``C + δI`` (+ ``s N Nᵀ`` on known null directions),
+    computed once. A singular or indefinite matrix raises a ``ValueError`` naming the fix."""
+
+    def __init__(self, p, theta, damping, curvature, options):
+        super().__init__(p, theta, damping, curvature)
+        C = _dense_curvature(p, theta, curvature)
+        C[np.diag_indices_from(C)] += damping
+        if self.null is not None:
+            s = float(np.mean(np.abs(np.diag(C)))) or 1.0
+            C += s * (self.null @ self.null.T)
+        try:
+            self._factor = sla.cho_factor(C, lower=True, check_finite=False)
+        except np.linalg.LinAlgError:
+            raise ValueError(
+                f"the {'Gauss-Newton matrix' if curvature == 'ggn' else 'Hessian'} plus "
+                f"damping={damping:g} is not positive definite at theta (singular, or "
+                "indefinite away from a minimum), so method='direct' cannot factor it; pass "
+                "damping > 0, fit theta to a minimum first, or use curvature='ggn'"
+            ) from None
+        # a factor of a nearly singular matrix is useless: check its conditioning
+        d = np.diag(self._factor[0])
+        if d.min() <= np.sqrt(C.shape[0] * np.finfo(np.float64).eps) * d.max():
+            raise ValueError(
+                f"the curvature plus damping={damping:g} is numerically singular at theta "
+                f"(Cholesky pivot ratio {d.min() / d.max():.1e}); pass damping > 0"
+            )
+
+    def solve(self, B):
+        return _project_out(self.null, sla.cho_solve(self._factor, B, check_finite=False))
+
+
+class BlockCG(Solver):
+    """Conjugate gradients on ``C + δI`` for all right-hand sides at once: each column runs
+    its own CG recurrence, and the curvature products of all unconverged columns are one
+    ``matmat`` (one data pass per iteration for the whole block). Stops a column when
+    ``‖r‖ ≤ rtol ‖b‖``. Options: ``rtol`` (1e-8), ``maxiter`` (10 P, at most 10,000),
+    ``preconditioner`` (None, "diag", "kfac", "nystrom" (with ``rank``) or a LinearOperator
+    applying ``M⁻¹``)."""
+
+    def __init__(self, p, theta, damping, curvature, options):
+        super().__init__(p, theta, damping, curvature)
+        self.rtol = _float_option(options, "rtol", 1e-8)
+        self.maxiter = _int_option(options, "maxiter", min(10 * p.n_params, 10_000))
+        self.A = curvature_operator(p, theta, curvature, damping)
+        pc = options.pop("preconditioner", None)
+        self.M = _preconditioner(pc, p, theta, damping, curvature, options)
+
+    def solve(self, B):
+        B = np.asarray(B, dtype=np.float64)
+        P, m = B.shape
+        X = np.zeros((P, m))
+        R = B.copy()
+        bnorm = np.linalg.norm(B, axis=0)
+        Z = self._apply_m(R)
+        D = Z.copy()
+        rz = np.einsum("ij,ij->j", R, Z)
+        active = np.flatnonzero(bnorm > 0)
+        iters = np.zeros(m, dtype=np.int64)
+        it = 0
+        while active.size and it < self.maxiter:
+            it += 1
+            AD = np.asarray(self.A.matmat(D[:, active].astype(self.A.dtype)), dtype=np.float64)
+            dad = np.einsum("ij,ij->j", D[:, active], AD)
+            if np.any(dad <= 0):
+                raise ValueError(
+                    "CG met zero or negative curvature: the curvature plus damping is not "
+                    "positive definite at theta; pass damping > 0, fit theta to a minimum "
+                    "first, or use curvature='ggn'"
+                )
+            alpha = rz[active] / dad
+            X[:, active] += alpha * D[:, active]
+            R[:, active] -= alpha * AD
+            iters[active] += 1
+            done = np.linalg.norm(R[:, active], axis=0) <= self.rtol * bnorm[active]
+            active = active[~done]
+            if not active.size:
+                break
+            Za = self._apply_m(R[:, active])
+            rz_new = np.einsum("ij,ij->j", R[:, active], Za)
+            beta = rz_new / rz[active]
+            rz[active] = rz_new
+            D[:, active] = Za + beta * D[:, active]
+        self.info = dict(iterations=iters, converged=active.size == 0, n_matmat=it)
+        if active.size:
+            raise RuntimeError(
+                f"CG did not reach rtol={self.rtol:g} in maxiter={self.maxiter} iterations for "
+                f"{active.size} of {m} right-hand sides; raise maxiter, add damping or a "
+                "preconditioner ('kfac', 'diag', 'nystrom')"
+            )
+        return _project_out(self.null, X)
+
+    def _apply_m(self, R):
+        if self.M is None:
+            return R.copy()
+        return np.asarray(self.M.matmat(R), dtype=np.float64).reshape(R.shape)
+
+
+def _preconditioner(pc, p, theta, damping, curvature, options):
+    if pc is None:
+        return None
+    if isinstance(pc, LinearOperator):
+        return pc
+    if pc == "diag":
+        D = np.asarray(p.hessian_diag(theta) if curvature == "hessian" else p.ggn_diag(theta),
+                       dtype=np.float64) + damping
+        D = np.where(D > 1e-12 * np.mean(np.abs(D)), D, 1.0)
+        inv = 1.0 / D
+        P = p.n_params
+        return LinearOperator((P, P), matvec=lambda v: inv * np.ravel(v),
+                              matmat=lambda V: inv[:, None] * V, dtype=np.float64)
+    if pc == "kfac":
+        from ..operators import KFACOperator
+
+        op = KFACOperator(p, theta, fisher="type2", damping=p.l2 + damping)
+        if op.damping == 0:
+            scale = max(float(la[-1] * lg[-1]) for la, _qa, lg, _qg in op.eigen())
+            op.damping = 1e-8 * (scale or 1.0)
+        return op.inverse()
+    if pc == "nystrom":
+        ny = Nystrom(p, theta, damping, curvature, options)
+        return ny.preconditioner()
+    raise ValueError(f"preconditioner must be None, 'diag', 'kfac', 'nystrom' or a "
+                     f"LinearOperator, got {pc!r}")
+
+
+class LiSSA(Solver):
+    """The Neumann series ``(C + δI)⁻¹ b = (1/s) Σ_j (I − (C + δI)/s)^j b`` (Agarwal, Bullins &
+    Hazan 2017), by the recursion ``x_{j+1} = b + x_j − (C + δI) x_j / s``, estimate
+    ``x_J / s``. ``s`` (option ``scale``) defaults to 1.1 times the largest eigenvalue of
+    ``C + δI`` (Lanczos). With ``batch_size`` the products use random row subsets (the
+    stochastic LiSSA; ``repeats`` runs averaged, seeded by ``seed``); by default the full
+    data. Stops when ``‖x_{j+1} − x_j‖ ≤ tol ‖x_j‖`` (``tol`` 1e-10) or after ``depth``
+    steps (5,000), and raises with a message when the iterates grow without bound (a scale
+    below the top eigenvalue, or an indefinite Hessian)."""
+
+    def __init__(self, p, theta, damping, curvature, options):
+        super().__init__(p, theta, damping, curvature)
+        self.depth = _int_option(options, "depth", 5_000)
+        self.tol = _float_option(options, "tol", 1e-10)
+        self.repeats = _int_option(options, "repeats", 1)
+        bs = options.pop("batch_size", None)
+        self.batch_size = None if bs is None else _int_option({"batch_size": bs},
+                                                              "batch_size", 1)
+        self.seed = options.pop("seed", None)
+        self.A = curvature_operator(p, theta, curvature, damping)
+        scale = options.pop("scale", None)
+        if scale is None:
+            top = float(eigsh(self.A, k=1, which="LA", return_eigenvectors=False, tol=1e-3)[0]
+                        ) if p.n_params > 1 else float(self.A @ np.ones(1))
+            scale = 1.1 * top
+        self.scale = _float_option({"scale": scale}, "scale", 0.0)
+        if self.scale <= 0:
+            raise ValueError("LiSSA needs a positive scale; the curvature has no positive "
+                             "eigenvalue at theta")
+
+    def _op(self, rng):
+        if self.batch_size is None or self.batch_size >= self.p.n_samples:
+            return self.A
+        rows = np.sort(rng.choice(self.p.n_samples, self.batch_size, replace=False))
+        return curvature_operator(self.p.subset(rows), self.theta, self.curvature,
+                                  self.damping)
+
+    def solve(self, B):
+        B = np.asarray(B, dtype=np.float64)
+        rng = np.random.default_rng(self.seed)
+        total = np.zeros_like(B)
+        steps = 0
+        for _ in range(self.repeats):
+            X = B.copy()
+            b0 = max(float(np.linalg.norm(B)), np.finfo(np.float64).tiny)
+            for j in range(self.depth):
+                A = self._op(rng)
+                AX = np.asarray(A.matmat(X.astype(A.dtype)), dtype=np.float64)
+                Xn = B + X - AX / self.scale
+                steps += 1
+                nx = float(np.linalg.norm(Xn))
+                if not np.isfinite(nx) or nx > 1e12 * b0:
+                    raise RuntimeError(
+                        f"LiSSA diverged after {j + 1} steps (|x| = {nx:.3g}): the scale "
+                        f"{self.scale:.4g} is below the largest eigenvalue of the curvature "
+                        "plus damping, or the curvature is indefinite at theta; pass a larger "
+                        "scale=..., damping > 0, or use method='cg'"
+                    )
+                change = float(np.linalg.norm(Xn - X))
+                X = Xn
+                if change <= self.tol * nx:
+                    break
+            total += X / self.scale
+        self.info = dict(steps=steps, scale=self.scale)
+        return _project_out(self.null, total / self.repeats)
+
+
+def _pinv_diag(lam, damping):
+    d = lam + damping
+    top = float(np.max(np.abs(d))) if d.size else 0.0
+    keep = np.abs(d) > d.size * np.finfo(np.float64).eps * top
+    out = np.zeros_like(d)
+    out[keep] = 1.0 / d[keep]
+    return out
+
+
+class Arnoldi(Solver):
+    """Low-rank eigen-approximation (Schioppa et al. 2022, with Lanczos for the symmetric
+    curvature): the ``rank`` eigenpairs of largest magnitude ``C ≈ V Λ Vᵀ`` (scipy ``eigsh``),
+    and ``(C + δI)⁻¹ ≈ V (Λ + δ)⁻¹ Vᵀ``: the inverse restricted to the top eigenspace
+    (directions outside it contribute nothing). ``rank`` (default ``min(P, 100)``); at
+    ``rank >= P − 1`` the dense eigendecomposition is used (exact)."""
+
+    def __init__(self, p, theta, damping, curvature, options):
+        super().__init__(p, theta, damping, curvature)
+        P = p.n_params
+        self.rank = min(_int_option(options, "rank", min(P, 100)), P)
+        if self.rank >= P - 1:
+            lam, V = np.linalg.eigh(_dense_curvature(p, theta, curvature))
+        else:
+            A = curvature_operator(p, theta, curvature)
+            lam, V = eigsh(A, k=self.rank, which="LM", tol=options.pop("tol", 0.0))
+            V = np.asarray(V, dtype=np.float64)
+        self.eigenvalues, self.V = lam.astype(np.float64), V
+        self._inv = _pinv_diag(self.eigenvalues, damping)
+
+    def solve(self, B):
+        B = np.asarray(B, dtype=np.float64)
+        return _project_out(self.null, self.V @ (self._inv[:, None] * (self.V.T @ B)))
+
+
+class Nystrom(Solver):
+    """Randomized Nyström approximation ``C ≈ U Λ̂ Uᵀ`` from the sketch ``Y = C Ω`` with a
+    Gaussian ``Ω`` (P, rank) (Tropp et al. 2017; the stable shifted form of Frangella, Tropp
+    & Udell 2023), and ``(Ĉ + δI)⁻¹ = U (Λ̂ + δ)⁻¹ Uᵀ + (I − UUᵀ)/δ`` (with ``δ = 0`` the
+    second term is dropped: a pseudo-inverse). Needs a positive semidefinite curvature (a
+    GLM Hessian, or ``curvature="ggn"``). ``rank`` (default ``min(P, 100)``), ``seed``. At
+    ``rank = P`` it is exact. As a CG preconditioner (``preconditioner="nystrom"``) it applies
+    ``(λ̂_r + δ) U (Λ̂ + δ)⁻¹ Uᵀ + (I − UUᵀ)``."""
+
+    def __init__(self, p, theta, damping, curvature, options):
+        super().__init__(p, theta, damping, curvature)
+        P = p.n_params
+        self.rank = min(_int_option(options, "rank", min(P, 100)), P)
+        rng = np.random.default_rng(options.pop("seed", None))
+        Omega, _ = np.linalg.qr(rng.standard_normal((P, self.rank)))
+        A = curvature_operator(p, theta, curvature)
+        Y = np.asarray(A.matmat(Omega.astype(A.dtype)), dtype=np.float64)
+        nu = np.sqrt(P) * np.finfo(np.float64).eps * np.linalg.norm(Y)
+        Yn = Y + nu * Omega
+        M = Omega.T @ Yn
+        try:
+            Lc = np.linalg.cholesky(0.5 * (M + M.T))
+        except np.linalg.LinAlgError:
+            raise ValueError("the Nyström sketch needs a positive semidefinite curvature; "
+                             "use curvature='ggn' or method='arnoldi'") from None
+        Bm = sla.solve_triangular(Lc, Yn.T, lower=True).T
+        U, s, _ = np.linalg.svd(Bm, full_matrices=False)
+        self.U = U
+        self.eigenvalues = np.maximum(s * s - nu, 0.0)
+
+    def solve(self, B):
+        B = np.asarray(B, dtype=np.float64)
+        UB = self.U.T @ B
+        X = self.U @ (_pinv_diag(self.eigenvalues, self.damping)[:, None] * UB)
+        if self.damping > 0:
+            X += (B - self.U @ UB) / self.damping
+        return _project_out(self.null, X)
+
+    def preconditioner(self):
+        U, lam, d = self.U, self.eigenvalues, self.damping
+        top = lam[-1] + d if lam.size else 1.0
+        w = top * _pinv_diag(lam, d)
+        P = U.shape[0]
+
+        def mm(V):
+            V = np.asarray(V, dtype=np.float64).reshape(P, -1)
+            UV = U.T @ V
+            return U @ (w[:, None] * UV) + V - U @ UV
+
+        return LinearOperator((P, P), matvec=lambda v: mm(v)[:, 0], matmat=mm,
+                              dtype=np.float64)
+
+
+class KFAC(Solver):
+    """The damped inverse of type-2 K-FAC (``method="kfac"``) or EK-FAC (``"ekfac"``) with
+    the L2 penalty and ``δ`` as damping (:class:`fastcurv.KFACOperator`): a block-diagonal
+    Kronecker approximation of the GGN, for MLPs and GLMs. Options: ``fisher`` ("type2")."""
+
+    def __init__(self, p, theta, damping, curvature, options, ekfac=False):
+        super().__init__(p, theta, damping, curvature)
+        from ..operators import EKFACOperator, KFACOperator
+
+        fisher = options.pop("fisher", "type2")
+        Op = EKFACOperator if ekfac else KFACOperator
+        op = Op(p, theta, fisher=fisher, damping=p.l2 + damping, seed=options.pop("seed", None))
+        self.operator = op
+        self._inv = op.inverse()
+
+    def solve(self, B):
+        B = np.asarray(B, dtype=np.float64)
+        out = np.asarray(self._inv.matmat(B.astype(self._inv.dtype)), dtype=np.float64)
+        return _project_out(self.null, out)
+
+
+METHODS = {"direct": Direct, "cg": BlockCG, "lissa": LiSSA, "arnoldi": Arnoldi,
+           "nystrom": Nystrom, "kfac": KFAC,
+           "ekfac": lambda *a: KFAC(*a, ekfac=True)}
