@@ -156,18 +156,23 @@ class Influence:
         for a in range(0, idx.size, block):
             yield a, min(idx.size, a + block)
 
-    def _dots(self, S, idx, a, b):
-        """``S @ g_iᵀ`` for the training rows ``idx[a:b]``."""
+    def _dots(self, S, idx, a, b, target=None):
+        """``S @ g_iᵀ`` for the rows ``idx[a:b]`` of ``target`` (default the training
+        problem)."""
+        q = self.p if target is None else target
         rows = idx[a:b]
         if rows.size and rows[-1] - rows[0] == rows.size - 1 and np.all(np.diff(rows) == 1):
-            return self.p._grad_dots(self.theta, S, int(rows[0]), int(rows[-1]) + 1)
-        q = self.p.subset(rows)
-        return q._grad_dots(self.theta, S, 0, rows.size)
+            return q._grad_dots(self.theta, S, int(rows[0]), int(rows[-1]) + 1)
+        return q.subset(rows)._grad_dots(self.theta, S, 0, rows.size)
 
     # ------------------------------------------------------------------ scores
-    def scores(self, test_p, rows=None, *, out=None, test_rows=None):
+    def scores(self, test_p, rows=None, *, out=None, test_rows=None, against=None):
         """``score(t, i) = g_tᵀ (H + δI)⁻¹ g_i`` for every test point ``t`` and training row
         ``i`` in ``rows`` (default all): (m_test, n_rows) float64.
+
+        ``against``: score the rows of another problem of the same model instead of the
+        training rows (``H`` stays the training Hessian), so that
+        ``scores(test_p) == scores(p, against=test_p).T``.
 
         One pass over the training rows per call (blocks of rows against all test factors).
         ``out``: a ``.npy`` path to write the scores to as they are produced (a memmap is
@@ -175,7 +180,8 @@ class Influence:
         already written (recorded in ``out + '.progress.json'``) are skipped, so a run
         resumes where it stopped."""
         S = self.factors(test_p, test_rows)
-        idx = val.check_rows(rows, self.p.n_samples)
+        target = self.p if against is None else self._check_test(against)
+        idx = val.check_rows(rows, target.n_samples)
         m = S.shape[0]
         blocks = list(self._row_blocks(idx, m))
         if out is None:
@@ -189,7 +195,7 @@ class Influence:
             if k in done:
                 bar.update(b - a)
                 continue
-            res[:, a:b] = self._dots(S, idx, a, b)
+            res[:, a:b] = self._dots(S, idx, a, b, target)
             if log is not None:
                 res.flush()
                 done.add(k)

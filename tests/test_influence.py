@@ -1,0 +1,220 @@
+"""fc.Influence and fc.loo_refit against dense references built independently.
+
+References: per-sample gradients and Hessians of the GLM reference (tests/reference.py) and
+the complex-step MLP reference (tests/mlp_reference.py); (H + δI)⁻¹ by numpy's dense solve
+or pseudo-inverse; leave-one-out by actual refits.
+"""
+
+import json
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from mlp_reference import RefMLP, make_data, random_theta
+from reference import RefGLM
+
+import fastcurv as fc
+from fastcurv.influence import influence as influence_mod
+
+METHODS = [("direct", {}), ("cg", {}), ("cg", {"preconditioner": "diag"}),
+           ("cg", {"preconditioner": "kfac"}), ("cg", {"preconditioner": "nystrom", "rank": 3}),
+           ("lissa", {}), ("arnoldi", {"rank": 10**6}), ("nystrom", {"rank": 10**6})]
+#: relative max-norm error allowed against the dense solve; LiSSA stops on a relative step of
+#: 1e-10, which leaves ~1e-9 of the geometric tail at these condition numbers
+TOL = {"direct": 1e-9, "cg": 1e-7, "lissa": 1e-6, "arnoldi": 1e-9, "nystrom": 1e-7}
+
+
+def _logistic(n=120, d=4, seed=0, l2=1e-2, sparse=False, weighted=True):
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n + 15, d))
+    y = (X @ rng.standard_normal(d) + rng.standard_normal(n + 15) > 0).astype(float)
+    w = rng.uniform(0.5, 2.0, n) if weighted else None
+    Xtr = sp.csr_matrix(np.where(np.abs(X) < 0.3, 0.0, X)[:n]) if sparse else X[:n]
+    p = fc.GLM(Xtr, y[:n], family="logistic", l2=l2, sample_weight=w)
+    theta = fc.newton_cg(p, gtol=1e-12).x
+    tp = p.with_data(X[n:], y[n:])
+    return p, tp, theta
+
+
+def _ref_scores(p, tp, theta, damping):
+    """Dense g_tᵀ (H + δI)⁻¹ g_i from the GLM reference."""
+    rp = RefGLM(p.X, p.y, p.family, p.n_outputs, p.l2, p.fit_intercept, p.sample_weight)
+    rt = RefGLM(tp.X, tp.y, tp.family, tp.n_outputs, tp.l2, tp.fit_intercept)
+    H = rp.hessian(theta) + damping * np.eye(p.n_params)
+    Gi, Gt = rp.per_sample_grads(theta), rt.per_sample_grads(theta)
+    return Gt @ np.linalg.solve(H, Gi.T), H, Gi
+
+
+@pytest.mark.parametrize("damping", [1e-8, 0.1])
+@pytest.mark.parametrize("method,opts", METHODS,
+                         ids=[m + "-" + "-".join(map(str, o.values())) for m, o in METHODS])
+def test_every_method_agrees_with_the_dense_solve(method, opts, damping):
+    p, tp, theta = _logistic()
+    want, _, _ = _ref_scores(p, tp, theta, damping)
+    inf = fc.Influence(p, theta, method=method, damping=damping, **opts)
+    got = inf.scores(tp)
+    assert got.shape == (tp.n_samples, p.n_samples)
+    err = np.abs(got - want).max() / np.abs(want).max()
+    assert err < TOL[method], err
+
+
+@pytest.mark.parametrize("method", ["kfac", "ekfac"])
+def test_kfac_methods_are_approximations_that_correlate(method):
+    p, tp, theta = _logistic(n=300, d=5)
+    want, _, _ = _ref_scores(p, tp, theta, 1e-3)
+    got = fc.Influence(p, theta, method=method, damping=1e-3).scores(tp)
+    assert np.corrcoef(got.ravel(), want.ravel())[0, 1] > 0.9
+
+
+def test_scores_are_symmetric_in_the_two_sets_and_csr_equals_dense():
+    p, tp, theta = _logistic()
+    inf = fc.Influence(p, theta, method="direct", damping=1e-6)
+    a = inf.scores(tp)
+    b = inf.scores(p, against=tp)
+    np.testing.assert_allclose(a, b.T, rtol=1e-10, atol=1e-14)
+    ps, tps, ts = _logistic(sparse=True)
+    pd_ = fc.GLM(ps.X.toarray(), ps.y, family="logistic", l2=ps.l2, sample_weight=ps._w)
+    np.testing.assert_allclose(fc.Influence(ps, ts, "direct").scores(tps),
+                               fc.Influence(pd_, ts, "direct").scores(tps), rtol=1e-10,
+                               atol=1e-13)
+
+
+def test_self_influence_and_params_change():
+    p, _, theta = _logistic()
+    inf = fc.Influence(p, theta, method="cg", damping=1e-4)
+    _, H, Gi = _ref_scores(p, p, theta, 1e-4)
+    want = np.einsum("ip,pi->i", Gi, np.linalg.solve(H, Gi.T))
+    np.testing.assert_allclose(inf.self_influence(), want, rtol=1e-7)
+    np.testing.assert_allclose(inf.self_influence(rows=[5, 2]), want[[5, 2]], rtol=1e-7)
+    c = p._w / p._w.sum()
+    dp = inf.params_change([3, 7])
+    np.testing.assert_allclose(dp, c[[3, 7], None] * np.linalg.solve(H, Gi[[3, 7]].T).T,
+                               rtol=1e-7, atol=1e-12)
+
+
+def test_top_k_streams_to_the_same_answer(monkeypatch):
+    p, tp, theta = _logistic(n=200)
+    inf = fc.Influence(p, theta, method="direct", damping=1e-6)
+    S = inf.scores(tp)
+    monkeypatch.setattr(influence_mod, "_SCORE_BLOCK_ELEMENTS", 15 * 7)  # blocks of 7 rows
+    for helpful, sign in ((True, 1), (False, -1)):
+        idx, vals = inf.top_k(tp, k=6, helpful=helpful)
+        order = np.argsort(-sign * S, axis=1, kind="stable")[:, :6]
+        np.testing.assert_array_equal(idx, order)
+        np.testing.assert_allclose(vals, np.take_along_axis(S, order, axis=1), rtol=1e-12)
+    idx, _ = inf.top_k(tp, k=10**6, rows=[4, 9, 1])
+    assert idx.shape == (tp.n_samples, 3) and set(idx[0]) == {1, 4, 9}
+    with pytest.raises(ValueError, match="k must be"):
+        inf.top_k(tp, k=0)
+
+
+def test_scores_written_to_npy_resume_after_an_interruption(tmp_path, monkeypatch):
+    p, tp, theta = _logistic(n=200)
+    inf = fc.Influence(p, theta, method="direct")
+    want = inf.scores(tp)
+    monkeypatch.setattr(influence_mod, "_SCORE_BLOCK_ELEMENTS", 15 * 40)  # 5 blocks
+    path = tmp_path / "scores.npy"
+    real = fc.Influence._dots
+    calls = []
+
+    def failing(self, S, idx, a, b, target=None):
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        calls.append(a)
+        return real(self, S, idx, a, b, target)
+
+    monkeypatch.setattr(fc.Influence, "_dots", failing)
+    with pytest.raises(KeyboardInterrupt):
+        inf.scores(tp, out=path)
+    assert json.loads((tmp_path / "scores.npy.progress.json").read_text())["done"] == [0, 1, 2]
+    monkeypatch.setattr(fc.Influence, "_dots", real)
+    seen = []
+    monkeypatch.setattr(fc.Influence, "_dots",
+                        lambda self, S, idx, a, b, target=None: seen.append(a)
+                        or real(self, S, idx, a, b, target))
+    got = inf.scores(tp, out=path)
+    assert seen == [120, 160]  # only the two blocks not written before
+    np.testing.assert_array_equal(np.load(path), want)
+    np.testing.assert_array_equal(np.asarray(got), want)
+
+
+def test_multinomial_null_directions_give_the_pseudo_inverse_answer():
+    X, y, w = make_data("softmax_cross_entropy", 3, 90, 3, seed=1)
+    for l2 in (0.0, 1e-2):
+        p = fc.GLM(X[:80], y[:80], family="multinomial", l2=l2, sample_weight=w[:80])
+        theta = fc.newton_cg(p, gtol=1e-11).x
+        tp = p.with_data(X[80:], y[80:])
+        rp = RefGLM(p.X, p.y, "multinomial", 3, l2, True, p.sample_weight)
+        rt = RefGLM(tp.X, tp.y, "multinomial", 3, l2, True)
+        H = rp.hessian(theta)
+        want = rt.per_sample_grads(theta) @ np.linalg.pinv(H, rcond=1e-10, hermitian=True) \
+            @ rp.per_sample_grads(theta).T
+        for method, opts in (("direct", {}), ("cg", {}), ("arnoldi", {"rank": 10**6})):
+            got = fc.Influence(p, theta, method=method, **opts).scores(tp)
+            np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7 * np.abs(want).max())
+
+
+def test_mlp_scores_against_the_complex_step_reference():
+    sizes = (3, 5, 3)
+    X, y, w = make_data("softmax_cross_entropy", 3, 50, 3, seed=2)
+    p = fc.MLP(X[:40], y[:40], sizes=sizes, loss="softmax_cross_entropy", l2=1e-2,
+               sample_weight=w[:40], batch_size=9)
+    tp = p.with_data(X[40:], y[40:])
+    theta = random_theta(sizes, seed=5)
+    rp = RefMLP(X[:40], y[:40], sizes, loss="softmax_cross_entropy", l2=1e-2,
+                sample_weight=w[:40])
+    rt = RefMLP(X[40:], y[40:], sizes, loss="softmax_cross_entropy")
+    C = rp.ggn(theta) + 1e-3 * np.eye(p.n_params)
+    want = rt.per_sample_grads(theta) @ np.linalg.solve(C, rp.per_sample_grads(theta).T)
+    for method, opts in (("direct", {}), ("cg", {"rtol": 1e-12})):
+        got = fc.Influence(p, theta, method=method, damping=1e-3, curvature="ggn",
+                           **opts).scores(tp)
+        np.testing.assert_allclose(got, want, rtol=1e-7, atol=1e-9 * np.abs(want).max())
+    got = fc.Influence(p, theta, method="direct", damping=1e-3,
+                       curvature="ggn").scores(tp, rows=[7, 3, 30])
+    np.testing.assert_allclose(got, want[:, [7, 3, 30]], rtol=1e-7,
+                               atol=1e-9 * np.abs(want).max())
+
+
+def test_loo_refit_agrees_with_the_prediction():
+    """L2-regularized logistic regression: predicted and actual test-loss changes over the
+    most influential training points correlate with r >= 0.99."""
+    p, tp, theta = _logistic(n=150, d=4, l2=1e-2, weighted=False)
+    inf = fc.Influence(p, theta, method="direct")
+    idx, _ = inf.top_k(tp.subset([0]), k=8)
+    res = fc.loo_refit(p, theta, idx[0], tp, influence=inf)
+    assert res.actual.shape == (tp.n_samples, 8)
+    assert res.pearson >= 0.99, res.pearson
+    np.testing.assert_allclose(res.params_actual, inf.params_change(idx[0]), rtol=0.2,
+                               atol=0.05 * np.abs(res.params_actual).max())
+
+
+def test_refusals():
+    p, tp, theta = _logistic()
+    with pytest.raises(ValueError, match="method must be"):
+        fc.Influence(p, theta, method="exact")
+    with pytest.raises(TypeError, match="unknown option"):
+        fc.Influence(p, theta, method="cg", depth=3)
+    with pytest.raises(ValueError, match="damping"):
+        fc.Influence(p, theta, damping=-1.0)
+    q = fc.GLM(p.X[:, :3], p.y, family="logistic")
+    with pytest.raises(TypeError, match="same model"):
+        fc.Influence(p, theta, "direct").scores(q)
+    # singular Hessian at damping 0: a duplicated column with no penalty
+    X = np.hstack([p.X, p.X[:, :1]])
+    s = fc.GLM(X, p.y, family="logistic")
+    ts = np.zeros(s.n_params)
+    with pytest.raises(ValueError, match="damping > 0"):
+        fc.Influence(s, ts, method="direct")
+    fc.Influence(s, ts, method="direct", damping=1e-6)  # fine with damping
+    # an indefinite Hessian (an MLP away from a minimum): CG refuses, LiSSA with too small a
+    # scale diverges with a message
+    sizes = (3, 6, 1)
+    Xm, ym, _ = make_data("mse", 1, 30, 3, seed=4, weighted=False)
+    m = fc.MLP(Xm, ym, sizes=sizes, loss="mse")
+    tm = random_theta(sizes, seed=3, scale=2.0)
+    assert np.linalg.eigvalsh(m.hessian(tm))[0] < 0
+    with pytest.raises(ValueError, match="not positive definite|negative curvature"):
+        fc.Influence(m, tm, method="cg").solve(np.linalg.eigh(m.hessian(tm))[1][:, 0])
+    with pytest.raises(RuntimeError, match="LiSSA diverged"):
+        fc.Influence(p, theta, method="lissa", scale=1e-3).scores(tp)
