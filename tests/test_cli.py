@@ -211,3 +211,42 @@ def test_module_entry_point_subprocess(logistic_npz):
                           env=dict(os.environ))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "converged" in proc.stdout and "NOT converged" not in proc.stdout
+
+
+# ----------------------------------------------------------------------------- influence
+def test_influence_default_finds_flipped_labels_and_writes_outputs(tmp_path, capsys):
+    """The embedded default (20,000 x 50, 1% labels flipped) takes a few seconds."""
+    out = tmp_path / "inf"
+    assert main(["influence", "--out", str(out), "--top", "3"]) == 0
+    text = capsys.readouterr().out
+    assert "most helpful" in text and "most harmful" in text
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["flipped_found_fraction"] > 0.3  # chance is 0.01
+    S = np.load(out / "scores.npy")
+    train = np.load(out / "train_rows.npy")
+    assert S.shape == (3, 19_997) and train.size == 19_997
+    # the printed lists are the extremes of the stored scores
+    best = summary["top"]["19999"]["helpful"][0]
+    assert best[0] == train[np.argmax(S[0])] and np.isclose(best[1], S[0].max())
+
+
+def test_influence_on_a_file_with_chosen_rows(logistic_npz, tmp_path, capsys):
+    path, X, y = logistic_npz
+    out = tmp_path / "o"
+    assert main(["influence", "--data", str(path), "--test-rows", "0,5",
+                 "--method", "cg", "--damping", "1e-6", "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["test_rows"] == [0, 5]
+    train = np.setdiff1d(np.arange(len(y)), [0, 5])
+    p = fc.GLM(X[train], y[train], l2=L2)
+    theta = fc.newton_cg(p, gtol=1e-10).x
+    want = fc.Influence(p, theta, "direct", damping=1e-6).scores(p.with_data(X[[0, 5]],
+                                                                            y[[0, 5]]))
+    np.testing.assert_allclose(np.load(out / "scores.npy"), want, rtol=1e-6,
+                               atol=1e-8 * np.abs(want).max())
+
+
+@pytest.mark.parametrize("rows", ["x", "0,0", "99999"])
+def test_influence_bad_test_rows_is_one_error_line(logistic_npz, capsys, rows):
+    assert main(["influence", "--data", str(logistic_npz[0]), "--test-rows", rows]) == 2
+    _one_error_line(capsys.readouterr().err)
