@@ -218,3 +218,18 @@ def test_refusals():
         fc.Influence(m, tm, method="cg").solve(np.linalg.eigh(m.hessian(tm))[1][:, 0])
     with pytest.raises(RuntimeError, match="LiSSA diverged"):
         fc.Influence(p, theta, method="lissa", scale=1e-3).scores(tp)
+
+
+def test_float32_problems_and_progress_bar(capsys):
+    p, tp, theta = _logistic()
+    want = fc.Influence(p, theta, method="direct", damping=1e-4).scores(tp)
+    p32 = fc.GLM(p.X.astype(np.float32), p.y, family="logistic", l2=p.l2, sample_weight=p._w)
+    tp32 = p32.with_data(tp.X.astype(np.float32), tp.y)
+    for method in ("direct", "cg", "kfac"):
+        inf = fc.Influence(p32, theta.astype(np.float32), method=method, damping=1e-4,
+                           progress=True)
+        got = inf.scores(tp32)
+        assert got.dtype == np.float64 and np.all(np.isfinite(got))
+        if method != "kfac":
+            np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-4 * np.abs(want).max())
+    assert "scoring" in capsys.readouterr().err
