@@ -83,6 +83,14 @@ class GLM:
         :func:`fastcurv.newton_cg` sets it while it uses ``preconditioner="diag"``.
     """
 
+    def __new__(cls, X=None, *args, **kwargs):
+        # data chunked over Dask workers: the distributed problem (fastcurv[dask])
+        if cls is GLM and type(X).__module__.startswith("dask."):
+            from ..distributed import DaskGLM
+
+            return DaskGLM(X, *args, **kwargs)
+        return super().__new__(cls)
+
     def __init__(self, X, y, family="logistic", l2=0.0, fit_intercept=True, sample_weight=None,
                  *, n_classes=None):
         self.family = family
