@@ -11,6 +11,7 @@ Public API (everything else is private)::
     newton_cg           truncated Newton (line search or trust region) with CG
     Influence, loo_refit
                         influence functions of training points, and their leave-one-out check
+    glm_diagnostics     leverage, Cook's distance, DFBETA(S), studentized residuals of a GLM
     hutchinson_diag     stochastic diagonal estimate of any symmetric operator
     warmup              compile the common kernels ahead of time
 """
@@ -26,7 +27,13 @@ if not _os.path.isdir(_os.path.join(__path__[0], "kernels")) and _os.path.isfile
     __path__.append(_root)
 
 from .estimators import DiagonalEstimate, hutchinson_diag  # noqa: E402
-from .influence import Influence, LooResult, loo_refit  # noqa: E402
+from .influence import (  # noqa: E402
+    GLMDiagnostics,
+    Influence,
+    LooResult,
+    glm_diagnostics,
+    loo_refit,
+)
 from .newton import NewtonResult, newton_cg  # noqa: E402
 from .operators import (  # noqa: E402
     EKFACOperator,
@@ -54,6 +61,8 @@ __all__ = [
     "Influence",
     "loo_refit",
     "LooResult",
+    "glm_diagnostics",
+    "GLMDiagnostics",
     "hutchinson_diag",
     "DiagonalEstimate",
     "NewtonResult",
