@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Run the benchmark suite (all but the MLP products: bench/run_mlp.sh) and print the ratio
-# table.
+# Run the benchmark suite (all but the MLP products: bench/run_mlp.sh, and K-FAC / diagonals /
+# CG: bench/run_kfac.sh) and print the ratio table.
 #   bash bench/run.sh [OUT.json] [extra pytest args...]
 # OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE are unset (they make OpenBLAS pick a slower kernel for
 # the numpy/scipy baselines); every library gets 2 threads. Rounds are set by bench/harness.py
@@ -12,7 +12,8 @@ shift || true
 PY="${PYTHON:-python}"
 env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE \
     NUMBA_NUM_THREADS=2 OPENBLAS_NUM_THREADS=2 OMP_NUM_THREADS=2 \
-    "$PY" -m pytest bench -p no:cacheprovider -q --ignore=bench/bench_mlp.py \
+    "$PY" -m pytest bench -p no:cacheprovider -q \
+    --ignore=bench/bench_mlp.py --ignore=bench/bench_kfac.py \
     --benchmark-group-by=group \
     --benchmark-columns=min,median,iqr,mean,rounds \
     --benchmark-json="$OUT" "$@"

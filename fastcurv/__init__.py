@@ -26,7 +26,16 @@ if not _os.path.isdir(_os.path.join(__path__[0], "kernels")) and _os.path.isfile
 ):
     __path__.append(_root)
 
-from .estimators import DiagonalEstimate, hutchinson_diag  # noqa: E402
+from .compare import compare  # noqa: E402
+from .estimators import (  # noqa: E402
+    DiagonalEstimate,
+    SpectralDensity,
+    TraceEstimate,
+    hutchinson_diag,
+    spectral_density,
+    top_eigenvalues,
+    trace,
+)
 from .influence import (  # noqa: E402
     GLMDiagnostics,
     Influence,
@@ -64,6 +73,12 @@ __all__ = [
     "glm_diagnostics",
     "GLMDiagnostics",
     "hutchinson_diag",
+    "trace",
+    "TraceEstimate",
+    "top_eigenvalues",
+    "spectral_density",
+    "SpectralDensity",
+    "compare",
     "DiagonalEstimate",
     "NewtonResult",
     "warmup",

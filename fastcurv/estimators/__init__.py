@@ -1,5 +1,16 @@
 """Estimators built on curvature operators: diagonals (and, later, traces and spectra)."""
 
+from .density import SpectralDensity, spectral_density
 from .diagonal import DiagonalEstimate, hutchinson_diag
+from .eigen import top_eigenvalues
+from .trace import TraceEstimate, trace
 
-__all__ = ["DiagonalEstimate", "hutchinson_diag"]
+__all__ = [
+    "DiagonalEstimate",
+    "hutchinson_diag",
+    "TraceEstimate",
+    "trace",
+    "top_eigenvalues",
+    "SpectralDensity",
+    "spectral_density",
+]

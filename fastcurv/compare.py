@@ -1,0 +1,257 @@
+"""Benchmark curvature approximations against the exact curvature: ``fc.compare``.
+
+Each approximation is a symmetric (P, P) operator ``A`` of the same objective as the reference
+``R`` (the GGN or the Hessian of ``F``, penalty included); approximations of the data term
+alone (empirical Fisher, K-FAC, EK-FAC) get the exact penalty ``λ diag(mask)`` added. Measured
+for each:
+
+* ``rel_frobenius``: ``‖A − R‖_F / ‖R‖_F``, exact from dense matrices when ``P <=
+  dense_limit``, else the randomized estimate ``‖(A − R) Z‖_F / ‖R Z‖_F`` with ``n_probes``
+  Gaussian columns ``Z`` (unbiased for the squared norms),
+* ``newton_cosine``: cosine between ``(A + δI)⁻¹ g`` and ``(R + δI)⁻¹ g`` for the gradient
+  ``g`` (the Newton / natural-gradient direction each would take),
+* ``top_eig_ratio`` and ``trace_ratio``: ``λ_max(A)/λ_max(R)`` (Lanczos) and
+  ``tr(A)/tr(R)`` (exact for diagonals and Kronecker factors, Hutch++ otherwise),
+* ``cg_iters``: CG iterations on ``(R + δI) x = g`` to ``rtol`` with ``(A + δI)⁻¹`` as the
+  preconditioner (where the approximation has a cheap inverse), next to ``cg_iters`` of
+  the reference row (no preconditioner),
+* ``build_s`` and ``build_grads``: the time to build the approximation, in seconds and in
+  gradients.
+"""
+
+import time
+
+import numpy as np
+from scipy.sparse.linalg import LinearOperator, cg
+
+APPROXIMATIONS = ("diag_hessian", "diag_ggn", "diag_ggn_mc", "empirical_fisher", "kfac",
+                  "ekfac", "block_ggn")
+_NAMES = {"diag_hessian": "diagonal Hessian", "diag_ggn": "diagonal GGN (exact)",
+          "diag_ggn_mc": "diagonal GGN (MC, 1 sample)", "empirical_fisher": "empirical Fisher",
+          "kfac": "K-FAC (type-2)", "ekfac": "EK-FAC (type-2)",
+          "block_ggn": "block-diagonal GGN (exact)", "reference": "reference"}
+
+
+def _mask(p):
+    layers, offsets = p._kfac_layout()
+    m = np.zeros(p.n_params)
+    for l, (n_in, w, _b) in enumerate(layers):
+        m[offsets[l]:offsets[l] + n_in * w] = 1.0
+    return m
+
+
+def _op(P, mm):
+    return LinearOperator((P, P), matvec=lambda v: mm(np.reshape(v, (P, 1)))[:, 0],
+                          matmat=mm, rmatvec=lambda v: mm(np.reshape(v, (P, 1)))[:, 0],
+                          dtype=np.float64)
+
+
+class _Approx:
+    """An approximation: its operator, optional inverse of ``A + δI``, exact trace or None."""
+
+    def __init__(self, name, op, inverse=None, trace=None, diag=None, build_s=0.0):
+        self.name, self.op, self.inverse, self.trace = name, op, inverse, trace
+        self.diag, self.build_s = diag, build_s
+
+
+def _diag_approx(name, d, damping, t):
+    d = np.asarray(d, dtype=np.float64)
+    P = d.size
+    # a Hessian diagonal away from a minimum can be negative or zero: the preconditioner
+    # uses |d| + δ, floored at 1e-12 of its mean
+    a = np.abs(d) + damping
+    inv = 1.0 / np.maximum(a, 1e-12 * (float(np.mean(a)) or 1.0))
+    return _Approx(name, _op(P, lambda V: d[:, None] * V),
+                   _op(P, lambda V: inv[:, None] * V), float(d.sum()), d, t)
+
+
+def _build(p, theta, name, damping, seed, hutch_probes):
+    from .estimators.diagonal import hutchinson_diag
+    from .operators import EKFACOperator, FisherOperator, HessianOperator, KFACOperator
+
+    P = p.n_params
+    lam = p.l2 * _mask(p)
+    t0 = time.perf_counter()
+    if name == "diag_hessian":
+        try:
+            d = p.hessian_diag(theta)
+        except ValueError:  # large MLPs: Hutchinson's estimate
+            d = hutchinson_diag(HessianOperator(p, theta), hutch_probes, seed=seed).diag
+        return _diag_approx(name, d, damping, time.perf_counter() - t0)
+    if name == "diag_ggn":
+        return _diag_approx(name, p.ggn_diag(theta), damping, time.perf_counter() - t0)
+    if name == "diag_ggn_mc":
+        return _diag_approx(name, p.ggn_diag(theta, mc_samples=1, seed=seed), damping,
+                            time.perf_counter() - t0)
+    if name == "empirical_fisher":
+        F = FisherOperator(p, theta)
+        op = _op(P, lambda V: np.asarray(F.matmat(V.astype(F.dtype)), np.float64)
+                 + lam[:, None] * V)
+        d = np.asarray(p.fisher_diag(theta), np.float64) + lam
+        return _Approx(name, op, None, float(d.sum()), d, time.perf_counter() - t0)
+    if name in ("kfac", "ekfac"):
+        Op = KFACOperator if name == "kfac" else EKFACOperator
+        K = Op(p, theta, fisher="type2")
+        # the inverse of A + δI, with the penalty folded into the damping
+        K.damping = p.l2 + damping
+        inv = K.inverse()
+        K.damping = 0.0
+        build = time.perf_counter() - t0
+        op = _op(P, lambda V: np.asarray(K.matmat(V.astype(K.dtype)), np.float64)
+                 + lam[:, None] * V)
+        inv_op = _op(P, lambda V: np.asarray(inv.matmat(V.astype(inv.dtype)), np.float64))
+        if name == "kfac":
+            parts = [np.outer(np.diag(A), np.diag(G)).ravel() for A, G in K.factors]
+        else:
+            parts = [((qa * qa) @ S @ (qg * qg).T).ravel()
+                     for (qa, qg), S in zip(K._bases, K.scalings, strict=True)]
+        d = np.concatenate(parts) + lam
+        return _Approx(name, op, inv_op, float(d.sum()), d, build)
+    if name == "block_ggn":
+        layers, offsets = p._kfac_layout()
+
+        def mm(V):
+            out = np.zeros_like(V, dtype=np.float64)
+            for l in range(len(layers)):
+                a, b = offsets[l], offsets[l + 1]
+                W = np.zeros_like(V)
+                W[a:b] = V[a:b]
+                out[a:b] = np.asarray(p.ggn_vp(theta, W.astype(p.dtype)),
+                                      np.float64).reshape(P, -1)[a:b]
+            return out
+
+        d = np.asarray(p.ggn_diag(theta), np.float64)
+        return _Approx(name, _op(P, mm), None, float(d.sum()), d, time.perf_counter() - t0)
+    raise ValueError(f"unknown approximation {name!r}; choose from {', '.join(APPROXIMATIONS)}")
+
+
+def _reference(p, theta, reference):
+    P = p.n_params
+    f = p.ggn_vp if reference == "ggn" else p.hvp
+
+    def mm(V):
+        return np.asarray(f(theta, np.ascontiguousarray(V, dtype=p.dtype)),
+                          np.float64).reshape(P, -1)
+
+    return _op(P, mm)
+
+
+def _solve(op, g, damping, rtol, maxiter, M=None):
+    P = op.shape[0]
+    A = _op(P, lambda V: op.matmat(V) + damping * V)
+    n = [0]
+    x, _info = cg(A, g, rtol=rtol, atol=0.0, maxiter=maxiter, M=M,
+                  callback=lambda _x: n.__setitem__(0, n[0] + 1))
+    return x, n[0]
+
+
+def _gradient_time(p, theta):
+    p.grad(theta + 0.0)
+    t0 = time.perf_counter()
+    for k in range(3):
+        p.grad(theta * (1.0 + 1e-7 * (k + 1)))
+    return (time.perf_counter() - t0) / 3
+
+
+def compare(p, theta, approximations=APPROXIMATIONS, reference="ggn", *, damping=1e-3,
+            seed=None, dense_limit=3000, n_probes=16, rtol=1e-6, maxiter=1000,
+            hutch_probes=64, densities=False, density_probes=4, density_steps=40):
+    """Compare curvature approximations with the exact curvature at ``θ``.
+
+    Parameters
+    ----------
+    p : fastcurv.MLP or fastcurv.GLM
+    theta : (P,) parameters
+    approximations : sequence of names from :data:`APPROXIMATIONS`
+    reference : {"ggn", "hessian"}
+    damping : δ of the Newton systems and preconditioners
+    seed : int or numpy.random.Generator (probes, MC diagonal, Lanczos starts)
+    dense_limit : build dense matrices (exact Frobenius errors) up to this many parameters
+    n_probes : Gaussian probes of the randomized Frobenius estimate
+    rtol, maxiter : CG on the reference system
+    hutch_probes : Hutchinson probes for the Hessian diagonal of large MLPs
+    densities : also compute spectral densities (stochastic Lanczos quadrature; the records
+        then carry ``density``: the ``SpectralDensity`` of each operator)
+
+    Returns
+    -------
+    list of dict, one record per approximation (and one ``"reference"`` record), with keys
+    ``name``, ``label``, ``rel_frobenius``, ``newton_cosine``, ``top_eig_ratio``,
+    ``trace_ratio``, ``cg_iters``, ``build_s``, ``build_grads`` and ``top_eig``, ``trace``;
+    ``pandas.DataFrame(records)`` turns it into a table. See the module docstring for the
+    definitions.
+    """
+    from .estimators.eigen import top_eigenvalues
+    from .estimators.trace import trace as trace_est
+
+    if reference not in ("ggn", "hessian"):
+        raise ValueError(f"reference must be 'ggn' or 'hessian', got {reference!r}")
+    names = list(approximations)
+    for n in names:
+        if n not in APPROXIMATIONS:
+            raise ValueError(f"unknown approximation {n!r}; choose from "
+                             f"{', '.join(APPROXIMATIONS)}")
+    theta = p._check_theta(theta).copy()
+    rng = np.random.default_rng(seed)
+    P = p.n_params
+    g = np.asarray(p.grad(theta), dtype=np.float64)
+    t_grad = _gradient_time(p, theta)
+    R = _reference(p, theta, reference)
+    x_ref, it_ref = _solve(R, g, damping, rtol, maxiter)
+    dense = P <= dense_limit
+    Rd = R.matmat(np.eye(P)) if dense else None
+    Z = None if dense else rng.standard_normal((P, n_probes))
+    RZ = None if dense else R.matmat(Z)
+    top_R = float(top_eigenvalues(R, 1, seed=rng)[0])
+    d_R = None
+    if reference == "ggn":
+        d_R = np.asarray(p.ggn_diag(theta), np.float64)
+        tr_R = float(d_R.sum())
+    else:
+        try:
+            d_R = np.asarray(p.hessian_diag(theta), np.float64)
+            tr_R = float(d_R.sum())
+        except ValueError:
+            tr_R = float(trace_est(R, 3 * hutch_probes, seed=rng).trace)
+    records = [dict(name="reference", label=f"exact {reference.upper()}"
+                    if reference == "ggn" else "exact Hessian", rel_frobenius=0.0,
+                    newton_cosine=1.0, top_eig_ratio=1.0, trace_ratio=1.0, cg_iters=it_ref,
+                    build_s=0.0, build_grads=0.0, top_eig=top_R, trace=tr_R,
+                    diag=d_R)]
+    ops = {"reference": R}
+    for name in names:
+        ap = _build(p, theta, name, damping, rng, hutch_probes)
+        ops[name] = ap.op
+        if dense:
+            Ad = ap.op.matmat(np.eye(P))
+            err = float(np.linalg.norm(Ad - Rd) / np.linalg.norm(Rd))
+        else:
+            err = float(np.linalg.norm(ap.op.matmat(Z) - RZ) / np.linalg.norm(RZ))
+        if ap.inverse is not None:
+            x = ap.inverse.matvec(g)
+        else:
+            x, _ = _solve(ap.op, g, damping, rtol, maxiter)
+        cos = float(x @ x_ref / (np.linalg.norm(x) * np.linalg.norm(x_ref)))
+        top = float(top_eigenvalues(ap.op, 1, seed=rng)[0])
+        tr = ap.trace if ap.trace is not None else float(trace_est(ap.op, 3 * hutch_probes,
+                                                                   seed=rng).trace)
+        it = None
+        if ap.inverse is not None:
+            _, it = _solve(R, g, damping, rtol, maxiter, M=ap.inverse)
+        records.append(dict(name=name, label=_NAMES[name], rel_frobenius=err,
+                            newton_cosine=cos, top_eig_ratio=top / top_R,
+                            trace_ratio=tr / tr_R, cg_iters=it, build_s=ap.build_s,
+                            build_grads=ap.build_s / t_grad, top_eig=top, trace=tr,
+                            diag=ap.diag))
+    if densities:
+        from .estimators.density import spectral_density
+
+        # one grid for all, from the smallest eigenvalue of the reference to the largest top
+        top = max(r["top_eig"] for r in records)
+        low = min(0.0, float(top_eigenvalues(R, 1, which="SA", seed=rng)[0]))
+        pad = 0.05 * (top - low)
+        grid = np.linspace(low - pad, top + pad, 600)
+        for rec in records:
+            rec["density"] = spectral_density(ops[rec["name"]], density_probes, density_steps,
+                                              seed=seed, grid=grid, sigma=(top - low) / 300)
+    return records

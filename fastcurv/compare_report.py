@@ -1,0 +1,176 @@
+"""The report of :func:`fastcurv.compare`: a folder with report.md, the table as CSV and JSON,
+and PNG figures (matplotlib, an optional dependency: ``pip install fastcurv[report]``)."""
+
+import csv
+import json
+import os
+
+import numpy as np
+
+COLUMNS = ("name", "label", "rel_frobenius", "newton_cosine", "top_eig_ratio", "trace_ratio",
+           "cg_iters", "build_s", "build_grads", "top_eig", "trace")
+_COLORS = {"diag_hessian": "#1f77b4", "diag_ggn": "#2ca02c", "diag_ggn_mc": "#98df8a",
+           "empirical_fisher": "#d62728", "kfac": "#9467bd", "ekfac": "#ff7f0e",
+           "block_ggn": "#8c564b"}
+
+
+def _pyplot():
+    try:
+        import matplotlib
+    except ImportError:
+        raise ImportError("the figures of the comparison report need matplotlib: "
+                          "pip install 'fastcurv[report]' (or pip install matplotlib)") from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _fmt(v):
+    if v is None:
+        return "—"
+    if isinstance(v, str):
+        return v
+    if isinstance(v, (int, np.integer)):
+        return str(int(v))
+    return f"{v:.3g}"
+
+
+def table_rows(records):
+    return [{k: r.get(k) for k in COLUMNS} for r in records]
+
+
+def markdown_table(records):
+    head = ["approximation", "rel. Frobenius error", "Newton cosine", "top eig ratio",
+            "trace ratio", "CG iterations (as preconditioner)", "build cost (gradients)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in records:
+        lines.append("| " + " | ".join(_fmt(r.get(k)) for k in (
+            "label", "rel_frobenius", "newton_cosine", "top_eig_ratio", "trace_ratio",
+            "cg_iters", "build_grads")) + " |")
+    return "\n".join(lines)
+
+
+def write_report(records, folder, title="Curvature approximations", description=""):
+    """Write ``report.md``, ``table.csv``, ``table.json`` and the figures into ``folder``.
+
+    Returns the list of files written."""
+    os.makedirs(folder, exist_ok=True)
+    rows = table_rows(records)
+    files = []
+    path = os.path.join(folder, "table.csv")
+    with open(path, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=COLUMNS)
+        w.writeheader()
+        w.writerows(rows)
+    files.append(path)
+    path = os.path.join(folder, "table.json")
+    with open(path, "w") as fh:
+        json.dump([{k: (None if v is None else v if isinstance(v, str) else float(v))
+                    for k, v in r.items()} for r in rows], fh, indent=2)
+    files.append(path)
+    figs = []
+    plt = _pyplot()
+    if all("density" in r for r in records):
+        figs.append(("spectral_density.png", _plot_densities(plt, records),
+                     "Eigenvalue density of each approximation (colour) against the exact "
+                     "curvature (black), by stochastic Lanczos quadrature. Log scale: the "
+                     "spectra span orders of magnitude."))
+    ref = records[0]
+    if ref.get("diag") is not None:
+        figs.append(("diagonal_scatter.png", _plot_diagonals(plt, records),
+                     "Diagonal of each approximation against the exact diagonal of the "
+                     "reference (one point per parameter, log-log; on the line = exact)."))
+    figs.append(("error_vs_cost.png", _plot_error_cost(plt, records),
+                 "Relative Frobenius error against the cost of building the approximation, "
+                 "in gradient evaluations: lower left is better."))
+    for name, fig, _ in figs:
+        path = os.path.join(folder, name)
+        fig.savefig(path, dpi=120, bbox_inches="tight")
+        plt.close(fig)
+        files.append(path)
+    md = [f"# {title}", "", description, "", markdown_table(records), "",
+          "* **rel. Frobenius error**: ‖A − R‖_F / ‖R‖_F against the reference R.",
+          "* **Newton cosine**: cosine between (A + δI)⁻¹g and (R + δI)⁻¹g.",
+          "* **top eig / trace ratio**: λ_max(A)/λ_max(R) and tr(A)/tr(R).",
+          "* **CG iterations**: CG on (R + δI)x = g with (A + δI)⁻¹ as preconditioner "
+          "(reference row: no preconditioner; — where the approximation has no cheap "
+          "inverse).", ""]
+    for name, _, caption in figs:
+        md += [f"![{caption}]({name})", "", caption, ""]
+    path = os.path.join(folder, "report.md")
+    with open(path, "w") as fh:
+        fh.write("\n".join(md))
+    files.append(path)
+    return files
+
+
+def _plot_densities(plt, records):
+    ref = records[0]["density"]
+    others = records[1:]
+    cols = min(3, max(1, len(others)))
+    rows = int(np.ceil(len(others) / cols)) or 1
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False,
+                             sharex=True, sharey=True)
+    floor = 1e-6 * float(np.max(ref.density)) if np.max(ref.density) > 0 else 1e-12
+    for ax, rec in zip(axes.flat, others, strict=False):
+        dens = rec["density"]
+        ax.semilogy(ref.grid, np.maximum(ref.density, floor), color="black", lw=1.2,
+                    ls="--", label="exact")
+        ax.semilogy(dens.grid, np.maximum(dens.density, floor), color=_COLORS.get(rec["name"]),
+                    lw=1.5, label=rec["label"])
+        ax.set_title(rec["label"], fontsize=10)
+        ax.legend(fontsize=8, loc="upper right")
+        ax.grid(alpha=0.3)
+    for ax in axes.flat[len(others):]:
+        ax.axis("off")
+    for ax in axes[-1]:
+        ax.set_xlabel("eigenvalue")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("density (log)")
+    fig.suptitle("Spectral density: approximations vs exact", fontsize=12)
+    fig.tight_layout()
+    return fig
+
+
+def _plot_diagonals(plt, records):
+    ref = np.asarray(records[0]["diag"], np.float64)
+    others = [r for r in records[1:] if r.get("diag") is not None]
+    cols = min(3, max(1, len(others)))
+    rows = int(np.ceil(len(others) / cols)) or 1
+    fig, axes = plt.subplots(rows, cols, figsize=(4.0 * cols, 3.6 * rows), squeeze=False)
+    pos = ref > 0
+    lo = float(ref[pos].min()) if pos.any() else 1e-12
+    hi = float(ref[pos].max()) if pos.any() else 1.0
+    for ax, rec in zip(axes.flat, others, strict=False):
+        d = np.asarray(rec["diag"], np.float64)
+        keep = pos & (d > 0)
+        ax.loglog(ref[keep], d[keep], ".", ms=2, alpha=0.4, color=_COLORS.get(rec["name"]))
+        ax.loglog([lo, hi], [lo, hi], color="black", lw=1, ls="--", label="exact")
+        ax.set_title(rec["label"], fontsize=10)
+        ax.set_xlabel("exact diagonal")
+        ax.set_ylabel("approximation")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="upper left")
+    for ax in axes.flat[len(others):]:
+        ax.axis("off")
+    fig.suptitle("Diagonal entries: approximation vs exact (log-log)", fontsize=12)
+    fig.tight_layout()
+    return fig
+
+
+def _plot_error_cost(plt, records):
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    for rec in records[1:]:
+        x = max(rec["build_grads"], 1e-2)
+        y = max(rec["rel_frobenius"], 1e-6)
+        ax.loglog([x], [y], "o", ms=9, color=_COLORS.get(rec["name"]))
+        ax.annotate(rec["label"], (x, y), textcoords="offset points", xytext=(6, 4),
+                    fontsize=9)
+    ax.set_xlabel("build cost (gradient evaluations, log)")
+    ax.set_ylabel("relative Frobenius error (log)")
+    ax.set_title("Error vs cost of each approximation")
+    ax.grid(alpha=0.3, which="both")
+    ax.margins(0.25)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,276 @@
+"""Stochastic trace estimators: Girard-Hutchinson, Hutch++ and XTrace.
+
+All three see the operator only through block products ``A @ V`` (``matmat``), so one block
+costs one pass over the data for fastcurv operators. The shared input checks of the spectral
+estimators (square real operator, positive integers, probe blocks) live here too.
+"""
+
+import numbers
+from typing import NamedTuple
+
+import numpy as np
+from scipy.linalg import solve_triangular
+from scipy.sparse.linalg import LinearOperator, aslinearoperator
+
+METHODS = ("hutchinson", "hutch++", "xtrace")
+
+
+class TraceEstimate(NamedTuple):
+    """``trace``: the estimate of ``tr(A)`` (float); ``std_error``: its estimated standard error
+    (see :func:`trace` for each method's; NaN when it cannot be estimated, 0 when the trace was
+    computed exactly); ``n_matvecs``: products with ``A`` used; ``method``: the method's name."""
+
+    trace: float
+    std_error: float
+    n_matvecs: int
+    method: str
+
+
+# ---------------------------------------------------------------------------------------------
+# shared helpers of trace.py, eigen.py and density.py
+
+
+def _positive_int(value, name, low=1):
+    """``int(value)`` if it is an integer >= low (bools refused), else ``ValueError``."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral) \
+            or value < low:
+        what = "a positive integer" if low == 1 else f"an integer >= {low}"
+        raise ValueError(f"{name} must be {what}, got {value!r}")
+    return int(value)
+
+
+def _as_operator(op):
+    """``(LinearOperator, P, dtype)`` for a square real (P, P) operator.
+
+    Accepts a scipy ``LinearOperator``, any object with ``shape`` and ``matmat`` (and
+    optionally ``dtype``), or anything :func:`scipy.sparse.linalg.aslinearoperator` takes
+    (dense arrays, sparse matrices). ``dtype`` is the floating type probes are built in: the
+    operator's own float32/float64, float64 for anything else (integers, unknown).
+    """
+    shape = getattr(op, "shape", None)
+    if shape is None or len(shape) != 2 or shape[0] != shape[1]:
+        raise ValueError(f"op must be a square (P, P) operator, got shape {shape}")
+    P = int(shape[0])
+    if P < 1:
+        raise ValueError("op must have at least one row and column, got shape (0, 0)")
+    raw = getattr(op, "dtype", None)
+    raw = np.dtype(raw) if raw is not None else None
+    if raw is not None and raw.kind == "c":
+        raise TypeError(f"op must be real symmetric, got the complex dtype {raw}")
+    dtype = raw if raw in (np.dtype(np.float32), np.dtype(np.float64)) else np.dtype(np.float64)
+    if isinstance(op, LinearOperator):
+        lin = op
+    elif hasattr(op, "matmat"):
+        def matmat(V):
+            return np.asarray(op.matmat(V)).reshape(P, -1)
+
+        def matvec(v):
+            return matmat(np.asarray(v).reshape(P, 1))[:, 0]
+
+        lin = LinearOperator((P, P), matvec=matvec, matmat=matmat, rmatvec=matvec,
+                             rmatmat=matmat, dtype=dtype)
+    else:
+        lin = aslinearoperator(op)
+    return lin, P, dtype
+
+
+def _apply(lin, V, dtype, block):
+    """``A @ V`` in float64 for a (P, m) float64 block ``V``: cast to the operator's dtype and
+    applied ``block`` columns per ``matmat`` call."""
+    P, m = V.shape
+    out = np.empty((P, m))
+    for start in range(0, m, block):
+        cols = slice(start, min(start + block, m))
+        Vb = np.ascontiguousarray(V[:, cols], dtype=dtype)
+        out[:, cols] = np.asarray(lin.matmat(Vb), dtype=np.float64).reshape(P, -1)
+    return out
+
+
+def _rademacher(rng, P, m):
+    """(P, m) float64 matrix of independent uniform ±1 entries."""
+    return 2.0 * rng.integers(0, 2, size=(P, m)) - 1.0
+
+
+def _mean_and_se(values):
+    """Sample mean and standard error (sample standard deviation / sqrt(n); NaN for n = 1)."""
+    n = values.size
+    mean = float(values.mean())
+    se = float(values.std(ddof=1) / np.sqrt(n)) if n > 1 else float("nan")
+    return mean, se
+
+
+# ---------------------------------------------------------------------------------------------
+# the estimators
+
+
+def _hutchinson(lin, P, dtype, n, rng, block):
+    # probes are drawn block by block, so only ``block`` of them are ever held at once
+    vals = np.empty(n)
+    for start in range(0, n, block):
+        m = min(block, n - start)
+        Z = _rademacher(rng, P, m)
+        vals[start:start + m] = np.einsum("pm,pm->m", Z, _apply(lin, Z, dtype, block))
+    mean, se = _mean_and_se(vals)
+    return TraceEstimate(mean, se, n, "hutchinson")
+
+
+def _hutchpp(lin, P, dtype, n, rng, block):
+    s = n // 3
+    S = _rademacher(rng, P, s)
+    Q, _ = np.linalg.qr(_apply(lin, S, dtype, block))  # (P, s) orthonormal, spans A S
+    low_rank = float(np.einsum("pk,pk->", Q, _apply(lin, Q, dtype, block)))  # tr(QᵀAQ)
+    # Hutchinson on (I - QQᵀ) A (I - QQᵀ) with the remaining n - 2s >= s probes:
+    # gᵀ(I-QQᵀ)A(I-QQᵀ)g = g'ᵀ A g' with g' = (I - QQᵀ) g
+    G = _rademacher(rng, P, n - 2 * s)
+    G -= Q @ (Q.T @ G)
+    vals = np.einsum("pm,pm->m", G, _apply(lin, G, dtype, block))
+    mean, se = _mean_and_se(vals)
+    return TraceEstimate(low_rank + mean, se, n, "hutch++")
+
+
+def _xtrace(lin, P, dtype, n, rng, block):
+    m = n // 2
+    Om = _rademacher(rng, P, m)
+    Y = _apply(lin, Om, dtype, block)  # A Ω, (P, m)
+    Q, R = np.linalg.qr(Y)
+    # Leave-one-out bases without new products: range(A Ω_{-i}) is range(Q) minus the
+    # direction Q s_i with s_i ∝ R⁻ᵀ e_i (orthogonal to every R e_j, j != i), so
+    # Q_(i) Q_(i)ᵀ = Q (I - s_i s_iᵀ) Qᵀ. When A has rank < m, R has rounding-sized pivots and
+    # s_i points into those noise directions, which keeps range(A) inside every Q_(i) (so the
+    # estimate stays exact); an exactly zero pivot is replaced by a tiny one to the same effect.
+    R = R.copy()
+    d = np.abs(np.diag(R))
+    tiny = np.finfo(np.float64).eps * (np.abs(R).max() if R.any() else 1.0)
+    zero = d == 0
+    R[zero, zero] = tiny
+    S = solve_triangular(R, np.eye(m), lower=False).T  # column i is R⁻ᵀ e_i
+    S /= np.linalg.norm(S, axis=0)
+    Z = _apply(lin, Q, dtype, block)  # A Q, (P, m)
+    H = Q.T @ Z  # QᵀAQ, (m, m)
+    H = 0.5 * (H + H.T)
+    W = Q.T @ Om  # Qᵀ ω_i in columns
+    # (I - Q_(i)Q_(i)ᵀ) ω_i = r_i + u_i with r_i = ω_i - Q w_i (outside range Q) and
+    # u_i = Q s_i (s_iᵀ w_i); A r_i = y_i - Z w_i and A u_i = Z s_i (s_iᵀ w_i).
+    c = np.einsum("ki,ki->i", S, W)
+    Rres = Om - Q @ W
+    ARres = Y - Z @ W
+    U = Q @ (S * c)
+    AU = Z @ (S * c)
+    residual = np.einsum("pi,pi->i", Rres + U, ARres + AU)
+    low_rank = np.trace(H) - np.einsum("ki,kl,li->i", S, H, S)  # tr(Q_(i)ᵀ A Q_(i))
+    ests = low_rank + residual
+    mean, se = _mean_and_se(ests)
+    return TraceEstimate(mean, se, 2 * m, "xtrace")
+
+
+def _exact(lin, P, dtype, block, method):
+    total = 0.0
+    for start in range(0, P, block):
+        cols = np.arange(start, min(start + block, P))
+        E = np.zeros((P, cols.size))
+        E[cols, np.arange(cols.size)] = 1.0
+        total += float(_apply(lin, E, dtype, block)[cols, np.arange(cols.size)].sum())
+    return TraceEstimate(total, 0.0, P, method)
+
+
+def trace(op, n_probes, method="hutch++", seed=None, block=32):
+    r"""Estimate ``tr(A)`` of a symmetric (P, P) operator from ``n_probes`` products with it.
+
+    Every method draws Rademacher test vectors (uniform ±1 entries, ``E[ω ωᵀ] = I``) and is
+    unbiased.
+
+    ``"hutchinson"`` (Girard 1989; Hutchinson 1990)
+        .. math:: \widehat{\mathrm{tr}} = \frac1S \sum_{s=1}^S \omega_s^\top A \omega_s,
+
+        with ``S = n_probes``. Its variance is ``2 (‖A‖_F² − Σ_j A_jj²) / S``: the error
+        falls like ``1/√S``. ``std_error`` is the sample standard deviation of the
+        ``S`` quadratic forms over ``√S`` (NaN for one probe).
+
+    ``"hutch++"`` (Meyer, Musco, Musco & Woodruff, *Hutch++: optimal stochastic trace
+    estimation*, SOSA 2021, Algorithm 1)
+        Split the budget: ``s = n_probes // 3`` sketch vectors ``S``, ``Q = orth(A S)`` (P, s),
+        then
+
+        .. math:: \widehat{\mathrm{tr}} = \mathrm{tr}(Q^\top A Q)
+                  + \frac1{S'} \sum_{s=1}^{S'} g_s^\top (I - QQ^\top) A (I - QQ^\top) g_s
+
+        with the remaining ``S' = n_probes − 2s >= s`` probes ``g_s``. The first term is exact
+        on the top of the spectrum that ``A S`` captures, so for a decaying spectrum the error
+        falls faster than ``1/√n`` (like ``1/n`` for PSD ``A``), and it is exact (to rounding)
+        when ``rank(A) <= s``. ``std_error`` is the standard error of the Hutchinson part,
+        which is the only random term given ``Q``.
+
+    ``"xtrace"`` (Epperly, Tropp & Webber, *XTrace: making the most of every sample in
+    stochastic trace estimation*, SIMAX 45(1), 2024: the basic XTrace estimator)
+        With ``m = n_probes // 2`` test vectors ``Ω = [ω_1 … ω_m]`` and
+        ``Q_(i) = orth(A Ω_{−i})`` (leave ``ω_i`` out),
+
+        .. math:: \widehat{\mathrm{tr}}_i = \mathrm{tr}(Q_{(i)}^\top A Q_{(i)})
+                  + \omega_i^\top (I - Q_{(i)}Q_{(i)}^\top) A (I - Q_{(i)}Q_{(i)}^\top)
+                  \omega_i, \qquad
+                  \widehat{\mathrm{tr}}_X = \frac1m \sum_{i=1}^m \widehat{\mathrm{tr}}_i.
+
+        Each ``ω_i`` serves both in the low-rank part (of the others) and as a probe. All
+        ``m`` leave-one-out bases come from one QR ``A Ω = Q R`` by downdating
+        (``Q_(i)Q_(i)ᵀ = Q (I − s_i s_iᵀ) Qᵀ``, ``s_i ∝ R⁻ᵀ e_i``), so the cost is
+        ``2m`` products (``A Ω`` and ``A Q``) and ``O(P m²)`` flops. ``std_error`` is the
+        paper's error estimate ``sqrt(Σ_i (tr_i − tr_X)² / (m (m − 1)))``, the standard error
+        of the mean of the ``m`` leave-one-out estimates. Exact (to rounding) when
+        ``rank(A) < m``. An odd ``n_probes`` leaves one product unused.
+
+    When ``n_probes >= P``, ``"hutch++"`` and ``"xtrace"`` return the exact trace
+    ``Σ_j e_jᵀ A e_j`` from ``P`` products instead (``std_error = 0``): it costs no more and
+    their sketches would span the whole space anyway. ``"hutchinson"`` always samples.
+
+    Parameters
+    ----------
+    op : scipy.sparse.linalg.LinearOperator, or anything with ``shape``, ``dtype`` and
+        ``matmat`` (dense or sparse matrices are accepted too)
+        Symmetric (P, P), real. Test vectors are passed in the operator's dtype (float32
+        operators get float32 blocks); everything else is computed in float64.
+    n_probes : int
+        Budget of products with ``A``: >= 1 for ``"hutchinson"``, >= 3 for ``"hutch++"``,
+        >= 2 for ``"xtrace"``.
+    method : {"hutch++", "hutchinson", "xtrace"}
+    seed : int or numpy.random.Generator, optional
+        The same seed gives the same result.
+    block : int, default 32
+        Columns per ``matmat`` call (memory holds ``P × block`` per call; Hutch++ and XTrace
+        also keep their ``P × n_probes/3`` and ``P × n_probes/2`` sketches).
+
+    Returns
+    -------
+    TraceEstimate(trace, std_error, n_matvecs, method)
+        ``trace`` and ``std_error`` as Python floats.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from scipy.sparse.linalg import aslinearoperator
+    >>> A = aslinearoperator(np.diag([5.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]))
+    >>> est = trace(A, 6, method="hutch++", seed=0)   # rank 2 = n_probes // 3: exact
+    >>> round(est.trace, 10), est.n_matvecs
+    (6.0, 6)
+    """
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    n = _positive_int(n_probes, "n_probes")
+    if method == "hutch++" and n < 3:
+        raise ValueError(
+            f"n_probes must be >= 3 for method='hutch++' (a third sketches, a third projects, "
+            f"a third probes), got {n}"
+        )
+    if method == "xtrace" and n < 2:
+        raise ValueError(
+            f"n_probes must be >= 2 for method='xtrace' (it uses pairs of products), got {n}"
+        )
+    block = _positive_int(block, "block")
+    lin, P, dtype = _as_operator(op)
+    rng = np.random.default_rng(seed)
+    if method == "hutchinson":
+        return _hutchinson(lin, P, dtype, n, rng, block)
+    if n >= P:
+        return _exact(lin, P, dtype, block, method)
+    if method == "hutch++":
+        return _hutchpp(lin, P, dtype, n, rng, block)
+    return _xtrace(lin, P, dtype, n, rng, block)

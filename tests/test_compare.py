@@ -1,0 +1,113 @@
+"""fc.compare and its report, against dense matrices built from the problem's own exact
+products (tested elsewhere) with numpy's linear algebra."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+from mlp_reference import make_data, random_theta
+
+import fastcurv as fc
+from fastcurv.cli import main
+from fastcurv.compare import compare
+
+
+def _mlp(n=60, sizes=(3, 5, 3), seed=0):
+    X, y, w = make_data("softmax_cross_entropy", sizes[-1], n, sizes[0], seed=seed)
+    p = fc.MLP(X, y, sizes=sizes, loss="softmax_cross_entropy", l2=1e-2, sample_weight=w)
+    return p, random_theta(sizes, seed=seed, scale=0.5)
+
+
+def test_metrics_match_dense_linear_algebra():
+    p, theta = _mlp()
+    delta = 1e-3
+    recs = {r["name"]: r for r in compare(p, theta, damping=delta, seed=0, rtol=1e-10)}
+    R = p.ggn(theta)
+    g = p.grad(theta)
+    x_ref = np.linalg.solve(R + delta * np.eye(p.n_params), g)
+    ref = recs["reference"]
+    assert ref["rel_frobenius"] == 0.0
+    np.testing.assert_allclose(ref["top_eig"], np.linalg.eigvalsh(R)[-1], rtol=1e-8)
+    np.testing.assert_allclose(ref["trace"], np.trace(R), rtol=1e-10)
+    d = np.diag(R)
+    r = recs["diag_ggn"]
+    np.testing.assert_allclose(r["rel_frobenius"],
+                               np.linalg.norm(R - np.diag(d)) / np.linalg.norm(R), rtol=1e-10)
+    x = g / (d + delta)
+    np.testing.assert_allclose(r["newton_cosine"],
+                               x @ x_ref / np.linalg.norm(x) / np.linalg.norm(x_ref), rtol=1e-8)
+    np.testing.assert_allclose(r["trace_ratio"], 1.0, rtol=1e-10)
+    np.testing.assert_allclose(r["top_eig_ratio"], d.max() / np.linalg.eigvalsh(R)[-1],
+                               rtol=1e-8)
+    # K-FAC: its dense matrix (plus the penalty) gives the same error
+    K = fc.KFACOperator(p, theta, fisher="type2")
+    Kd = K @ np.eye(p.n_params) + np.diag(p.l2 * _penalty_mask(p))
+    np.testing.assert_allclose(recs["kfac"]["rel_frobenius"],
+                               np.linalg.norm(Kd - R) / np.linalg.norm(R), rtol=1e-8)
+    np.testing.assert_allclose(recs["kfac"]["trace"], np.trace(Kd), rtol=1e-10)
+    # EK-FAC is at least as close as K-FAC; the block-diagonal GGN at least as close as both
+    assert recs["ekfac"]["rel_frobenius"] <= recs["kfac"]["rel_frobenius"] * (1 + 1e-12)
+    assert recs["block_ggn"]["rel_frobenius"] <= recs["ekfac"]["rel_frobenius"] * (1 + 1e-12)
+    # preconditioned CG counts are counts, the reference's is plain CG
+    assert recs["kfac"]["cg_iters"] >= 1 and ref["cg_iters"] >= 1
+    assert recs["empirical_fisher"]["cg_iters"] is None
+
+
+def _penalty_mask(p):
+    m = np.zeros(p.n_params)
+    for l, (a, b) in enumerate(zip(p.sizes[:-1], p.sizes[1:], strict=True)):
+        o = p._poff[l]
+        m[o:o + a * b] = 1.0
+    return m
+
+
+def test_exact_cases_and_the_randomized_error():
+    """A one-layer mse model: K-FAC, EK-FAC and the block GGN are the GGN itself."""
+    X, y, w = make_data("mse", 1, 80, 4, seed=3)
+    p = fc.MLP(X, y, sizes=(4, 1), loss="mse", l2=0.0, sample_weight=w)
+    theta = np.linspace(-1, 1, p.n_params)
+    recs = {r["name"]: r for r in compare(p, theta, ("kfac", "ekfac", "block_ggn"), seed=0)}
+    for name in ("kfac", "ekfac", "block_ggn"):
+        assert recs[name]["rel_frobenius"] < 1e-12
+        np.testing.assert_allclose(recs[name]["newton_cosine"], 1.0, rtol=1e-9)
+    # randomized Frobenius error: close to the exact one with many probes
+    q, t = _mlp(sizes=(3, 6, 3))
+    exact = {r["name"]: r["rel_frobenius"] for r in compare(q, t, ("diag_ggn",), seed=1)}
+    rnd = {r["name"]: r["rel_frobenius"] for r in compare(q, t, ("diag_ggn",), seed=1,
+                                                          dense_limit=0, n_probes=400)}
+    np.testing.assert_allclose(rnd["diag_ggn"], exact["diag_ggn"], rtol=0.15)
+
+
+def test_hessian_reference_and_bad_arguments():
+    p, theta = _mlp()
+    recs = compare(p, theta, ("diag_hessian",), reference="hessian", seed=0)
+    H = p.hessian(theta)
+    np.testing.assert_allclose(recs[0]["trace"], np.trace(H), rtol=1e-10)
+    with pytest.raises(ValueError, match="unknown approximation"):
+        compare(p, theta, ("lowrank",))
+    with pytest.raises(ValueError, match="reference"):
+        compare(p, theta, reference="fisher")
+
+
+def test_report_files_and_command(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    from fastcurv.compare_report import write_report
+
+    p, theta = _mlp()
+    recs = compare(p, theta, seed=0, densities=True, density_probes=2, density_steps=12)
+    files = write_report(recs, tmp_path / "r", description="test")
+    names = {f.split("/")[-1] for f in map(str, files)}
+    assert {"report.md", "table.csv", "table.json", "spectral_density.png",
+            "diagonal_scatter.png", "error_vs_cost.png"} <= names
+    for f in files:
+        if str(f).endswith(".png"):
+            assert open(f, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    rows = list(csv.DictReader(open(tmp_path / "r" / "table.csv")))
+    assert [r["name"] for r in rows][0] == "reference" and len(rows) == 8
+    assert json.load(open(tmp_path / "r" / "table.json"))[1]["name"] == "diag_hessian"
+    out = tmp_path / "cli"
+    assert main(["compare", "--out", str(out), "--fit-iter", "3", "--hidden", "8",
+                 "--approx", "diag_ggn,kfac"]) == 0
+    text = capsys.readouterr().out
+    assert "K-FAC" in text and (out / "report.md").exists()
