@@ -12,7 +12,7 @@ shift || true
 PY="${PYTHON:-python}"
 env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE \
     NUMBA_NUM_THREADS=2 OPENBLAS_NUM_THREADS=2 OMP_NUM_THREADS=2 \
-    "$PY" -m pytest bench -p no:cacheprovider -q \
+    "$PY" -m pytest bench -p no:cacheprovider -q --ignore=bench/bench_influence.py \
     --ignore=bench/bench_mlp.py --ignore=bench/bench_kfac.py \
     --benchmark-group-by=group \
     --benchmark-columns=min,median,iqr,mean,rounds \
