@@ -3,7 +3,7 @@
 
 from . import _kfac_factors as kf
 from ._kronecker import EigenKroneckerBlocks, pinv_entries, psd_eigh
-from .kfac import check_options, layer_blocks
+from .kfac import init_factors, layer_blocks
 
 
 class EKFACOperator(EigenKroneckerBlocks):
@@ -34,12 +34,9 @@ class EKFACOperator(EigenKroneckerBlocks):
     """
 
     def __init__(self, problem, theta, fisher="mc", damping=0.0, seed=None, *, mc_samples=1):
-        theta, damping, root, mc = check_options(problem, theta, fisher, damping, seed,
-                                                 mc_samples)
-        self.problem = problem
-        self.theta = theta
-        self.fisher = fisher
-        self.factors = kf.factors(problem, theta, fisher, mc, root)
+        damping, root, mc = init_factors(self, problem, theta, fisher, damping, seed,
+                                         mc_samples)
+        theta = self.theta
         bases = []
         for A, G in self.factors:
             bases.append((psd_eigh(A)[1], psd_eigh(G)[1]))

@@ -26,6 +26,17 @@ def check_options(problem, theta, fisher, damping, seed, mc_samples):
     return theta, damping, root, int(mc_samples)
 
 
+def init_factors(op, problem, theta, fisher, damping, seed, mc_samples):
+    """The setup shared by K-FAC and EK-FAC: validate, keep ``problem``, ``theta`` and
+    ``fisher`` on ``op``, accumulate ``op.factors``; returns ``(damping, root seed, mc)``."""
+    theta, damping, root, mc = check_options(problem, theta, fisher, damping, seed, mc_samples)
+    op.problem = problem
+    op.theta = theta
+    op.fisher = fisher
+    op.factors = kf.factors(problem, theta, fisher, mc, root)
+    return damping, root, mc
+
+
 def layer_blocks(problem):
     """Per layer ``(offset, n_A, n_out)`` in ``θ``."""
     layers, offsets = problem._kfac_layout()
@@ -78,12 +89,7 @@ class KFACOperator(KroneckerBlocks):
     """
 
     def __init__(self, problem, theta, fisher="mc", damping=0.0, seed=None, *, mc_samples=1):
-        theta, damping, root, mc = check_options(problem, theta, fisher, damping, seed,
-                                                 mc_samples)
-        self.problem = problem
-        self.theta = theta
-        self.fisher = fisher
-        self.factors = kf.factors(problem, theta, fisher, mc, root)
+        damping, _, _ = init_factors(self, problem, theta, fisher, damping, seed, mc_samples)
         self._eig = None
         super().__init__(layer_blocks(problem), problem.n_params, problem.dtype,
                          [a for a, _ in self.factors], [g for _, g in self.factors], damping)
