@@ -100,8 +100,20 @@ passes gain nothing side by side), each with as many Numba threads as the worker
 threads (``--nthreads``). Give the worker a thread per
 core it may use: one process with ``--nthreads 4`` runs each chunk's pass on 4 cores.
 
-Not available on a DaskGLM: ``subset``, ``with_data``, K-FAC operators and
-:class:`fastcurv.Influence` (they need the rows in one process).
+Influence functions
+-------------------
+:class:`fastcurv.Influence` runs on a DaskGLM: the inverse-curvature factors of the test
+points come from the distributed products (``method="cg"``: one round trip per block-CG
+iteration for all test points; ``"direct"``: one round trip for the dense Hessian), and
+scoring sends the (m, P) factors to the workers, whose chunks return the ``m`` scores of each
+of their rows (``Σ_k ℓ'_ik x̃_iᵀ s_k``): one round trip per block of scored rows, never a
+per-sample gradient on the wire. Test points are usually few: ``p.with_data(X_test,
+y_test)`` with numpy or scipy data gives an in-memory :class:`fastcurv.GLM` of the same
+model. ``subset(rows)`` gathers the rows into an in-memory GLM (for small row sets, e.g.
+LiSSA minibatches, which therefore cost a transfer per step).
+
+Not available on a DaskGLM: K-FAC operators (and the ``"kfac"`` / ``"ekfac"`` influence
+methods), which need every row's layer input in one process.
 """
 
 import contextlib
@@ -261,6 +273,18 @@ class _Chunk:
             return self.phi(*args)
         if op == "separable":
             return g._diverging_message(*args)
+        if op == "grad_dots":
+            theta, S, local = args
+            if local.size and local[-1] - local[0] == local.size - 1:
+                return g._grad_dots(theta, S, int(local[0]), int(local[-1]) + 1)
+            return g.subset(local)._grad_dots(theta, S, 0, local.size)
+        if op == "row_weights":
+            return g._a[args[0]]
+        if op == "rows":
+            local = args[0]
+            y = g._y2[local]
+            w = np.zeros(local.size) if self.zero else g._w[local]
+            return g._design.take(local), (y[:, 0] if y.shape[1] == 1 else y), w
         if op == "meta":
             return self.meta()
         raise ValueError(f"unknown chunk operation {op!r}")
@@ -977,27 +1001,102 @@ class DaskGLM:
             out = r if out is None else out + r
         return out.astype(self.dtype, copy=False)
 
+    def _split_rows(self, idx):
+        """``({chunk: (local rows,)}, {chunk: positions in idx})`` for global rows ``idx``."""
+        chunk_of = np.searchsorted(self.chunk_starts, idx, side="right") - 1
+        per, positions = {}, {}
+        for c in np.unique(chunk_of):
+            pos = np.flatnonzero(chunk_of == c)
+            per[int(c)] = (idx[pos] - self.chunk_starts[c],)
+            positions[int(c)] = pos
+        return per, positions
+
     def per_sample_grads(self, theta, rows=None):
         """Per-sample loss gradients ``g_i = x̃_i ⊗ ℓ'_i`` of ``rows`` (default all), (m, P)
         (CSR for CSR data); each chunk computes and sends its own rows."""
         theta = self._check_theta(theta)
         idx = val.check_rows(rows, self._n)
-        chunk_of = np.searchsorted(self.chunk_starts, idx, side="right") - 1
-        per, positions = {}, []
-        for c in range(self.n_chunks):
-            pos = np.flatnonzero(chunk_of == c)
-            if pos.size or (c == 0 and idx.size == 0):
-                per[c] = (idx[pos] - self.chunk_starts[c],)
-                positions.append(pos)
+        per, positions = self._split_rows(idx)
+        if not per:  # no rows: chunk 0 gives the empty result of the right kind
+            per, positions = {0: (idx,)}, {0: idx}
         res = self._run("psg", (theta,), per)
         parts = [res[c] for c in sorted(per)]
-        order = np.concatenate(positions)
+        order = np.concatenate([positions[c] for c in sorted(per)])
         if sp.issparse(parts[0]):
             stacked = sp.vstack(parts, format="csr")
             return stacked[np.argsort(order, kind="stable")]
         out = np.empty((idx.size, self.n_params), dtype=self.dtype)
         out[order] = np.concatenate(parts, axis=0)
         return out
+
+    # ------------------------------------------------------------------ influence
+    def _kfac_layout(self):
+        """One layer: ``(n_in, n_out, has_bias_row)`` and its parameter offsets (as
+        :meth:`fastcurv.GLM._kfac_layout`)."""
+        return [(self._d, self._K, self.fit_intercept)], [0, self.n_params]
+
+    def _grad_dots_rows(self, theta, S, idx):
+        """``S @ g_iᵀ`` for the global rows ``idx``: (m, len(idx)) float64 (see
+        :meth:`fastcurv.GLM._grad_dots`). One round trip: ``S`` goes to the workers holding
+        those rows, each chunk returns the dot products of its rows (never their
+        gradients)."""
+        theta = self._check_theta(theta)
+        S = np.ascontiguousarray(S, dtype=np.float64)
+        idx = np.asarray(idx, dtype=np.int64)
+        out = np.empty((S.shape[0], idx.size))
+        if idx.size == 0:
+            return out
+        per, positions = self._split_rows(idx)
+        res = self._run("grad_dots", (theta, S), per)
+        for c, pos in positions.items():
+            out[:, pos] = res[c]
+        return out
+
+    def _grad_dots(self, theta, S, lo, hi):
+        """``S @ g_iᵀ`` for the rows ``lo:hi`` (one round trip)."""
+        return self._grad_dots_rows(theta, S, np.arange(lo, hi))
+
+    def _row_weights(self, rows):
+        """``w_i / W`` of the global rows ``rows`` (one round trip)."""
+        idx = val.check_rows(rows, self._n)
+        out = np.zeros(idx.size)
+        if idx.size == 0:
+            return out
+        per, positions = self._split_rows(idx)
+        res = self._run("row_weights", (), per)
+        for c, pos in positions.items():
+            out[pos] = self._scale[c] * np.asarray(res[c], dtype=np.float64)
+        return out
+
+    def subset(self, rows):
+        """The same model and penalty on the rows ``rows``, as an in-memory
+        :class:`fastcurv.GLM` in this process (the rows of ``X`` are sent to the driver: one
+        round trip; keep ``rows`` small)."""
+        idx = val.check_rows(rows, self._n)
+        if idx.size == 0:
+            raise ValueError("subset needs at least one row")
+        per, positions = self._split_rows(idx)
+        res = self._run("rows", (), per)
+        order = np.concatenate([positions[c] for c in sorted(per)])
+        inv = np.argsort(order, kind="stable")
+        Xs = [res[c][0] for c in sorted(per)]
+        X = (sp.vstack(Xs, format="csr") if sp.issparse(Xs[0]) else np.concatenate(Xs))[inv]
+        y = np.concatenate([res[c][1] for c in sorted(per)])[inv]
+        w = np.concatenate([res[c][2] for c in sorted(per)])[inv]
+        return self.with_data(X, y, sample_weight=w)
+
+    def with_data(self, X, y, sample_weight=None):
+        """The same model and penalty on other data (the class count is kept): a
+        :class:`DaskGLM` on the same client when ``X`` is a Dask array, else an in-memory
+        :class:`fastcurv.GLM` (e.g. a few test points for :class:`fastcurv.Influence`)."""
+        extra = {"n_classes": self._K} if self._fam == MULTINOMIAL else {}
+        if isinstance(X, da.Array):
+            client = "local" if self.transport is None else self._backend.client
+            return DaskGLM(X, y, family=self.family, l2=self.l2,
+                           fit_intercept=self.fit_intercept, sample_weight=sample_weight,
+                           client=client, transport=self.transport or "actors", **extra)
+        return GLM(X, y, family=self.family, l2=self.l2, fit_intercept=self.fit_intercept,
+                   sample_weight=sample_weight, **extra)
 
     # ------------------------------------------------------------------ line search
     def value_along(self, theta, direction):

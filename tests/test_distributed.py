@@ -285,6 +285,57 @@ def test_separable_data_stop_with_the_same_message(client):
     assert r1.n_iter == r0.n_iter
 
 
+# ------------------------------------------------------------------------- influence
+@pytest.mark.parametrize("variant,storage,config", [
+    ("logistic", "dense", "weighted"), ("multinomial", "csr", "plain"),
+    ("poisson", "csr", "noint")])
+def test_influence_matches_in_memory(client, variant, storage, config):
+    X, y, w, kw = make_data(variant, storage, config)
+    kw["l2"] = max(kw["l2"], 0.05)
+    ref = fc.GLM(X, y, sample_weight=w, **kw)
+    p = dask_problem(X, y, w, kw, config)
+    theta = fc.newton_cg(ref, gtol=1e-10).x
+    Xt, yt, _, _ = make_data(variant, storage, config, seed=5)
+    Xt, yt = Xt[:7], yt[:7]
+    t_ref, t_p = ref.with_data(Xt, yt), p.with_data(Xt, yt)
+    assert type(t_p) is fc.GLM
+    rows = np.array([150, 3, 60, 61, 62, 0, 202])  # across chunks, out of order
+    for method in ("cg", "direct"):
+        a = fc.Influence(ref, theta, method, damping=1e-4)
+        p.stats.reset()
+        b = fc.Influence(p, theta, method, damping=1e-4)
+        s = b.scores(t_p)
+        # factors: one block CG (one round trip per iteration) or one dense Hessian; the
+        # scores: one round trip for all 203 rows (a single score block)
+        if method == "direct":
+            assert p.stats.round_trips == 2
+        else:  # test gradients are local; one matmat per iteration
+            assert p.stats.round_trips == b.solver.info["n_matmat"] + 1
+        assert rel(s, a.scores(t_ref)) <= 1e-9
+        assert rel(b.scores(t_p, rows=rows), a.scores(t_ref, rows=rows)) <= 1e-9
+        assert rel(b.self_influence(rows), a.self_influence(rows)) <= 1e-9
+        assert rel(b.params_change(rows), a.params_change(rows)) <= 1e-9
+        ia, sa = a.top_k(t_ref, 5, helpful=False)
+        ib, sb = b.top_k(t_p, 5, helpful=False)
+        assert np.array_equal(ia, ib) and rel(sb, sa) <= 1e-9
+    # a Dask test problem, scored against the training rows: the transpose
+    dt = fc.Influence(p, theta, "direct", damping=1e-4)
+    tp_dask = p.with_data(da.from_array(Xt, chunks=(4, Xt.shape[1]),
+                                        asarray=not sp.issparse(Xt)), yt)
+    assert type(tp_dask) is type(p)
+    assert rel(dt.scores(p, against=tp_dask).T, dt.scores(t_p)) <= 1e-9
+    sub = p.subset(rows)
+    want = ref.subset(rows)
+    assert rel(sub.hvp(theta, np.ones(p.n_params)), want.hvp(theta, np.ones(p.n_params))) \
+        <= 1e-12
+    with pytest.raises(TypeError, match="needs the training rows here"):
+        fc.loo_refit(p, theta, [0], t_p)
+    if variant != "multinomial":  # same parameter count, another family
+        other = fc.GLM(Xt, yt, family="gaussian", fit_intercept=kw["fit_intercept"])
+        with pytest.raises(TypeError, match="another model"):
+            dt.scores(other)
+
+
 def test_local_and_tasks_transports(client):
     X, y, w, kw = make_data("gaussian2", "csr", "weighted")
     ref = fc.GLM(X, y, sample_weight=w, **kw)

@@ -15,9 +15,18 @@ from . import solvers as S_
 _SCORE_BLOCK_ELEMENTS = 2**22
 
 
-def _weights(p):
-    """``c_i = w_i / W`` of a problem."""
-    return p._cw if hasattr(p, "_cw") else p._a
+def _weights(p, idx):
+    """``c_i = w_i / W`` of the rows ``idx`` of a problem."""
+    if hasattr(p, "_row_weights"):  # rows spread over Dask workers
+        return p._row_weights(idx)
+    return (p._cw if hasattr(p, "_cw") else p._a)[idx]
+
+
+def _model(p):
+    """What two problems must share for one's factors to score the other's rows."""
+    if hasattr(p, "sizes"):
+        return ("MLP", tuple(p.sizes), tuple(p.activations), p.loss)
+    return ("GLM", p.family, p.fit_intercept, p.n_outputs, p.n_features)
 
 
 class _Progress:
@@ -117,13 +126,17 @@ class Influence:
     # ------------------------------------------------------------------ pieces
     def _check_test(self, test_p):
         p = self.p
-        if type(test_p) is not type(p) or test_p.n_params != p.n_params:
+        if (not hasattr(test_p, "per_sample_grads") or not hasattr(test_p, "n_params")
+                or test_p.n_params != p.n_params):
             raise TypeError(
-                f"test_p must be a {type(p).__name__} of the same model as the training problem "
-                f"({p.n_params} parameters); build it with p.with_data(X_test, y_test)"
+                f"test_p must be a problem of the same model as the training problem "
+                f"({type(p).__name__}, {p.n_params} parameters); build it with "
+                f"p.with_data(X_test, y_test)"
             )
-        if getattr(test_p, "sizes", None) != getattr(p, "sizes", None):
-            raise TypeError("test_p has other layer sizes than the training problem")
+        if _model(test_p) != _model(p):
+            raise TypeError(f"test_p is another model than the training problem: "
+                            f"{_model(test_p)} vs {_model(p)}; build it with "
+                            f"p.with_data(X_test, y_test)")
         return test_p
 
     def _grads(self, q, rows=None):
@@ -161,6 +174,8 @@ class Influence:
         problem)."""
         q = self.p if target is None else target
         rows = idx[a:b]
+        if hasattr(q, "_grad_dots_rows"):  # rows spread over Dask workers
+            return q._grad_dots_rows(self.theta, S, rows)
         if rows.size and rows[-1] - rows[0] == rows.size - 1 and np.all(np.diff(rows) == 1):
             return q._grad_dots(self.theta, S, int(rows[0]), int(rows[-1]) + 1)
         return q.subset(rows)._grad_dots(self.theta, S, 0, rows.size)
@@ -264,7 +279,7 @@ class Influence:
             return np.empty((0, self.p.n_params))
         G = self._grads(self.p, idx)
         X = self.solver.solve(G.T).T
-        return _weights(self.p)[idx][:, None] * X
+        return _weights(self.p, idx)[:, None] * X
 
     def __repr__(self):
         return (f"Influence(method={self.method!r}, damping={self.damping}, "

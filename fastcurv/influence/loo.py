@@ -82,8 +82,12 @@ def loo_refit(p, theta, rows, test_p, influence=None, *, gtol=None, max_iter=200
     -------
     LooResult
     """
-    from .influence import Influence
+    from .influence import Influence, _weights
 
+    if hasattr(p, "chunk_starts"):
+        raise TypeError("loo_refit refits in this process and needs the training rows here; "
+                        "for a DaskGLM, validate on an in-memory sample: "
+                        "p.subset(rows) gives one")
     theta = p._check_theta(theta).copy()
     idx = val.check_rows(rows, p.n_samples)
     if gtol is None:
@@ -93,7 +97,7 @@ def loo_refit(p, theta, rows, test_p, influence=None, *, gtol=None, max_iter=200
         influence = Influence(p, theta, method=method)
     base = test_losses(test_p, theta)
     scores = influence.scores(test_p, rows=idx)
-    c = (p._cw if hasattr(p, "_cw") else p._a)[idx]
+    c = _weights(p, idx)
     predicted = scores * c[None, :]
     actual = np.empty_like(predicted)
     dparams = np.empty((idx.size, p.n_params))
