@@ -136,6 +136,26 @@ def _reference(p, theta, reference):
     return _op(P, mm)
 
 
+def _dense(op, P):
+    """The symmetrized dense matrix of ``op`` (P products, in blocks of 256 columns)."""
+    M = np.empty((P, P))
+    for a in range(0, P, 256):
+        b = min(P, a + 256)
+        E = np.zeros((P, b - a))
+        E[np.arange(a, b), np.arange(b - a)] = 1.0
+        M[:, a:b] = op.matmat(E)
+    return 0.5 * (M + M.T)
+
+
+def _block_diagonal(M, p):
+    """``M`` with the cross-layer blocks zeroed."""
+    _layers, offsets = p._kfac_layout()
+    out = np.zeros_like(M)
+    for a, b in zip(offsets[:-1], offsets[1:], strict=True):
+        out[a:b, a:b] = M[a:b, a:b]
+    return out
+
+
 def _solve(op, g, damping, rtol, maxiter, M=None):
     P = op.shape[0]
     A = _op(P, lambda V: op.matmat(V) + damping * V)
@@ -143,6 +163,23 @@ def _solve(op, g, damping, rtol, maxiter, M=None):
     x, _info = cg(A, g, rtol=rtol, atol=0.0, maxiter=maxiter, M=M,
                   callback=lambda _x: n.__setitem__(0, n[0] + 1))
     return x, n[0]
+
+
+def _dense_solve(M, g, damping):
+    """``(M + δI)⁻¹ g`` (least squares when singular)."""
+    A = M + damping * np.eye(M.shape[0])
+    try:
+        return np.linalg.solve(A, g)
+    except np.linalg.LinAlgError:
+        return np.linalg.lstsq(A, g, rcond=None)[0]
+
+
+def _time_per_call(fn, v, repeats=3):
+    fn(v)
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        fn(v)
+    return (time.perf_counter() - t0) / repeats
 
 
 def _gradient_time(p, theta):
@@ -153,10 +190,32 @@ def _gradient_time(p, theta):
     return (time.perf_counter() - t0) / 3
 
 
+def _densities(spectra, n_grid=600):
+    """One grid and one kernel width for all: ``spectra`` maps a name to ``(nodes, weights)``
+    ((S, m) each, rows summing to 1); returns ``{name: SpectralDensity}``."""
+    from .estimators.density import SpectralDensity, _gaussian_mixture
+
+    live = np.concatenate([nd[w > 0] for nd, w in spectra.values()])
+    lo, hi = min(0.0, float(live.min())), float(live.max())
+    span = hi - lo if hi > lo else max(abs(hi), 1.0)
+    sigma = span / 300
+    grid = np.linspace(lo - 0.05 * span, hi + 0.05 * span, n_grid)
+    return {name: SpectralDensity(grid, _gaussian_mixture(grid, nd, w, sigma) / nd.shape[0],
+                                  nd, w)
+            for name, (nd, w) in spectra.items()}
+
+
 def compare(p, theta, approximations=APPROXIMATIONS, reference="ggn", *, damping=1e-3,
             seed=None, dense_limit=3000, n_probes=16, rtol=1e-6, maxiter=1000,
             hutch_probes=64, densities=False, density_probes=4, density_steps=40):
     """Compare curvature approximations with the exact curvature at ``θ``.
+
+    Up to ``dense_limit`` parameters every operator is formed as a dense matrix once (P
+    products) and everything else is exact linear algebra on it: the Frobenius errors, the
+    Newton directions (dense solves), the top eigenvalues and traces, and the spectral
+    densities (the exact eigenvalues, smoothed); CG counts run on the dense reference. Above
+    it: the randomized Frobenius estimate, CG solves, Lanczos and stochastic Lanczos
+    quadrature on the operators.
 
     Parameters
     ----------
@@ -166,21 +225,24 @@ def compare(p, theta, approximations=APPROXIMATIONS, reference="ggn", *, damping
     reference : {"ggn", "hessian"}
     damping : δ of the Newton systems and preconditioners
     seed : int or numpy.random.Generator (probes, MC diagonal, Lanczos starts)
-    dense_limit : build dense matrices (exact Frobenius errors) up to this many parameters
+    dense_limit : form dense matrices (exact errors and spectra) up to this many parameters
     n_probes : Gaussian probes of the randomized Frobenius estimate
     rtol, maxiter : CG on the reference system
     hutch_probes : Hutchinson probes for the Hessian diagonal of large MLPs
-    densities : also compute spectral densities (stochastic Lanczos quadrature; the records
-        then carry ``density``: the ``SpectralDensity`` of each operator)
+    densities : also compute spectral densities (the records then carry ``density``: the
+        ``SpectralDensity`` of each operator, all on one grid with one kernel width)
+    density_probes, density_steps : stochastic Lanczos quadrature above ``dense_limit``
 
     Returns
     -------
     list of dict, one record per approximation (and one ``"reference"`` record), with keys
     ``name``, ``label``, ``rel_frobenius``, ``newton_cosine``, ``top_eig_ratio``,
-    ``trace_ratio``, ``cg_iters``, ``build_s``, ``build_grads`` and ``top_eig``, ``trace``;
-    ``pandas.DataFrame(records)`` turns it into a table. See the module docstring for the
-    definitions.
+    ``trace_ratio``, ``cg_iters``, ``build_s``, ``build_grads``, ``apply_grads`` (one
+    product ``A v`` in its operator form, in gradients), ``solve_grads`` (one ``(A + δI)⁻¹ v``
+    where it is cheap, else None) and ``top_eig``, ``trace``; ``pandas.DataFrame(records)``
+    turns it into a table. See the module docstring for the definitions.
     """
+    from .estimators.density import spectral_density
     from .estimators.eigen import top_eigenvalues
     from .estimators.trace import trace as trace_est
 
@@ -196,62 +258,88 @@ def compare(p, theta, approximations=APPROXIMATIONS, reference="ggn", *, damping
     P = p.n_params
     g = np.asarray(p.grad(theta), dtype=np.float64)
     t_grad = _gradient_time(p, theta)
-    R = _reference(p, theta, reference)
-    x_ref, it_ref = _solve(R, g, damping, rtol, maxiter)
+    R_op = _reference(p, theta, reference)
+    t_ref = _time_per_call(R_op.matvec, g) / t_grad
     dense = P <= dense_limit
-    Rd = R.matmat(np.eye(P)) if dense else None
-    Z = None if dense else rng.standard_normal((P, n_probes))
-    RZ = None if dense else R.matmat(Z)
-    top_R = float(top_eigenvalues(R, 1, seed=rng)[0])
-    d_R = None
-    if reference == "ggn":
-        d_R = np.asarray(p.ggn_diag(theta), np.float64)
-        tr_R = float(d_R.sum())
+    spectra = {}
+    if dense:
+        Rd = _dense(R_op, P)
+        R = _op(P, lambda V: Rd @ V)
+        eig = np.linalg.eigvalsh(Rd)
+        spectra["reference"] = (eig[None, :], np.full((1, P), 1.0 / P))
+        top_R, tr_R, d_R = float(eig[-1]), float(np.trace(Rd)), np.diag(Rd).copy()
+        x_ref = _dense_solve(Rd, g, damping)
+        _, it_ref = _solve(R, g, damping, rtol, maxiter)
+        Z = RZ = None
     else:
-        try:
-            d_R = np.asarray(p.hessian_diag(theta), np.float64)
+        R = R_op
+        x_ref, it_ref = _solve(R, g, damping, rtol, maxiter)
+        Z = rng.standard_normal((P, n_probes))
+        RZ = R.matmat(Z)
+        top_R = float(top_eigenvalues(R, 1, seed=rng, tol=1e-8)[0])
+        d_R = None
+        if reference == "ggn":
+            d_R = np.asarray(p.ggn_diag(theta), np.float64)
             tr_R = float(d_R.sum())
-        except ValueError:
-            tr_R = float(trace_est(R, 3 * hutch_probes, seed=rng).trace)
+        else:
+            try:
+                d_R = np.asarray(p.hessian_diag(theta), np.float64)
+                tr_R = float(d_R.sum())
+            except ValueError:
+                tr_R = float(trace_est(R, 3 * hutch_probes, seed=rng).trace)
     records = [dict(name="reference", label=f"exact {reference.upper()}"
                     if reference == "ggn" else "exact Hessian", rel_frobenius=0.0,
                     newton_cosine=1.0, top_eig_ratio=1.0, trace_ratio=1.0, cg_iters=it_ref,
-                    build_s=0.0, build_grads=0.0, top_eig=top_R, trace=tr_R,
-                    diag=d_R)]
+                    build_s=0.0, build_grads=0.0, apply_grads=t_ref, solve_grads=None,
+                    top_eig=top_R, trace=tr_R, diag=d_R)]
     ops = {"reference": R}
     for name in names:
         ap = _build(p, theta, name, damping, rng, hutch_probes)
-        ops[name] = ap.op
+        apply_g = _time_per_call(ap.op.matvec, g) / t_grad
+        solve_g = None if ap.inverse is None else \
+            _time_per_call(ap.inverse.matvec, g) / t_grad
         if dense:
-            Ad = ap.op.matmat(np.eye(P))
+            if name == "block_ggn":  # the diagonal blocks of the dense GGN
+                Gd = Rd if reference == "ggn" else _dense(_reference(p, theta, "ggn"), P)
+                Ad = _block_diagonal(Gd, p)
+            else:
+                Ad = _dense(ap.op, P)
             err = float(np.linalg.norm(Ad - Rd) / np.linalg.norm(Rd))
+            x = ap.inverse.matvec(g) if ap.inverse is not None else \
+                _dense_solve(Ad, g, damping)
+            eig = np.linalg.eigvalsh(Ad)
+            spectra[name] = (eig[None, :], np.full((1, P), 1.0 / P))
+            top = float(eig[-1])
+            tr = ap.trace if ap.trace is not None else float(np.trace(Ad))
+            del Ad
         else:
+            ops[name] = ap.op
             err = float(np.linalg.norm(ap.op.matmat(Z) - RZ) / np.linalg.norm(RZ))
-        if ap.inverse is not None:
-            x = ap.inverse.matvec(g)
-        else:
-            x, _ = _solve(ap.op, g, damping, rtol, maxiter)
+            if ap.inverse is not None:
+                x = ap.inverse.matvec(g)
+            else:
+                x, _ = _solve(ap.op, g, damping, rtol, maxiter)
+            top = float(top_eigenvalues(ap.op, 1, seed=rng, tol=1e-8)[0])
+            tr = ap.trace if ap.trace is not None else \
+                float(trace_est(ap.op, 3 * hutch_probes, seed=rng).trace)
         cos = float(x @ x_ref / (np.linalg.norm(x) * np.linalg.norm(x_ref)))
-        top = float(top_eigenvalues(ap.op, 1, seed=rng)[0])
-        tr = ap.trace if ap.trace is not None else float(trace_est(ap.op, 3 * hutch_probes,
-                                                                   seed=rng).trace)
         it = None
         if ap.inverse is not None:
             _, it = _solve(R, g, damping, rtol, maxiter, M=ap.inverse)
         records.append(dict(name=name, label=_NAMES[name], rel_frobenius=err,
                             newton_cosine=cos, top_eig_ratio=top / top_R,
                             trace_ratio=tr / tr_R, cg_iters=it, build_s=ap.build_s,
-                            build_grads=ap.build_s / t_grad, top_eig=top, trace=tr,
-                            diag=ap.diag))
+                            build_grads=ap.build_s / t_grad, apply_grads=apply_g,
+                            solve_grads=solve_g, top_eig=top, trace=tr, diag=ap.diag))
     if densities:
-        from .estimators.density import spectral_density
-
-        # one grid for all, from the smallest eigenvalue of the reference to the largest top
-        top = max(r["top_eig"] for r in records)
-        low = min(0.0, float(top_eigenvalues(R, 1, which="SA", seed=rng)[0]))
-        pad = 0.05 * (top - low)
-        grid = np.linspace(low - pad, top + pad, 600)
+        if not dense:
+            for rec in records:
+                sd = spectral_density(ops[rec["name"]], density_probes, density_steps,
+                                      seed=seed)
+                spectra[rec["name"]] = (sd.nodes, sd.weights)
+        dens = _densities(spectra)
         for rec in records:
-            rec["density"] = spectral_density(ops[rec["name"]], density_probes, density_steps,
-                                              seed=seed, grid=grid, sigma=(top - low) / 300)
+            rec["density"] = dens[rec["name"]]
+        records[0]["spectrum"] = ("exact eigenvalues" if dense
+                                  else "stochastic Lanczos quadrature")
     return records

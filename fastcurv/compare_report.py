@@ -8,7 +8,8 @@ import os
 import numpy as np
 
 COLUMNS = ("name", "label", "rel_frobenius", "newton_cosine", "top_eig_ratio", "trace_ratio",
-           "cg_iters", "build_s", "build_grads", "top_eig", "trace")
+           "cg_iters", "build_s", "build_grads", "apply_grads", "solve_grads", "top_eig",
+           "trace")
 _COLORS = {"diag_hessian": "#1f77b4", "diag_ggn": "#2ca02c", "diag_ggn_mc": "#98df8a",
            "empirical_fisher": "#d62728", "kfac": "#9467bd", "ekfac": "#ff7f0e",
            "block_ggn": "#8c564b"}
@@ -42,12 +43,13 @@ def table_rows(records):
 
 def markdown_table(records):
     head = ["approximation", "rel. Frobenius error", "Newton cosine", "top eig ratio",
-            "trace ratio", "CG iterations (as preconditioner)", "build cost (gradients)"]
+            "trace ratio", "CG iterations (as preconditioner)", "build (gradients)",
+            "A v (gradients)", "(A + δI)⁻¹ v (gradients)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in records:
         lines.append("| " + " | ".join(_fmt(r.get(k)) for k in (
             "label", "rel_frobenius", "newton_cosine", "top_eig_ratio", "trace_ratio",
-            "cg_iters", "build_grads")) + " |")
+            "cg_iters", "build_grads", "apply_grads", "solve_grads")) + " |")
     return "\n".join(lines)
 
 
@@ -74,16 +76,16 @@ def write_report(records, folder, title="Curvature approximations", description=
     if all("density" in r for r in records):
         figs.append(("spectral_density.png", _plot_densities(plt, records),
                      "Eigenvalue density of each approximation (colour) against the exact "
-                     "curvature (black), by stochastic Lanczos quadrature. Log scale: the "
-                     "spectra span orders of magnitude."))
+                     f"curvature (black), from {ref_spectrum(records)}, Gaussian-smoothed. Log "
+                     "scale: the spectra span orders of magnitude."))
     ref = records[0]
     if ref.get("diag") is not None:
         figs.append(("diagonal_scatter.png", _plot_diagonals(plt, records),
                      "Diagonal of each approximation against the exact diagonal of the "
                      "reference (one point per parameter, log-log; on the line = exact)."))
     figs.append(("error_vs_cost.png", _plot_error_cost(plt, records),
-                 "Relative Frobenius error against the cost of building the approximation, "
-                 "in gradient evaluations: lower left is better."))
+                 "Relative Frobenius error against the cost of building the approximation "
+                 "and applying it once, in gradient evaluations: lower left is better."))
     for name, fig, _ in figs:
         path = os.path.join(folder, name)
         fig.savefig(path, dpi=120, bbox_inches="tight")
@@ -159,18 +161,24 @@ def _plot_diagonals(plt, records):
     return fig
 
 
+def ref_spectrum(records):
+    """How the spectra were computed (``"exact eigenvalues"`` or stochastic Lanczos)."""
+    return records[0].get("spectrum", "stochastic Lanczos quadrature")
+
+
 def _plot_error_cost(plt, records):
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    for rec in records[1:]:
-        x = max(rec["build_grads"], 1e-2)
+    fig, ax = plt.subplots(figsize=(8.4, 4.4))
+    markers = "osD^vP*X"
+    for k, rec in enumerate(records[1:]):
+        x = max(rec["build_grads"] + (rec.get("apply_grads") or 0.0), 1e-2)
         y = max(rec["rel_frobenius"], 1e-6)
-        ax.loglog([x], [y], "o", ms=9, color=_COLORS.get(rec["name"]))
-        ax.annotate(rec["label"], (x, y), textcoords="offset points", xytext=(6, 4),
-                    fontsize=9)
-    ax.set_xlabel("build cost (gradient evaluations, log)")
+        ax.loglog([x], [y], markers[k % len(markers)], ms=9, color=_COLORS.get(rec["name"]),
+                  label=rec["label"], linestyle="none")
+    ax.set_xlabel("cost to build and apply once (gradient evaluations, log)")
     ax.set_ylabel("relative Frobenius error (log)")
-    ax.set_title("Error vs cost of each approximation")
+    ax.set_title("Error vs cost of each approximation (lower left is better)")
     ax.grid(alpha=0.3, which="both")
-    ax.margins(0.25)
+    ax.margins(0.15)
+    ax.legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=9, frameon=False)
     fig.tight_layout()
     return fig
