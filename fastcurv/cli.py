@@ -152,13 +152,14 @@ def build_parser():
 
 
 def compare_default(n=2_000, d=20, K=3, seed=0):
-    """(X, y): a synthetic 3-class problem with a nonlinear boundary (two informative
-    directions through tanh, correlated noise features)."""
+    """(X, y): a synthetic K-class problem (default 3) with nonlinear boundaries (two
+    informative directions through tanh, correlated noise features; classes are the K
+    quantile bands of a noisy score)."""
     rng = np.random.default_rng(seed)
     Z = rng.standard_normal((n, d))
     X = Z @ (np.eye(d) + 0.3 * rng.standard_normal((d, d)) / np.sqrt(d))
     s = np.tanh(2.0 * Z[:, 0]) + 0.5 * Z[:, 1] ** 2 - 0.5
-    y = np.digitize(s + 0.3 * rng.standard_normal(n), np.quantile(s, [1 / 3, 2 / 3]))
+    y = np.digitize(s + 0.3 * rng.standard_normal(n), np.quantile(s, np.arange(1, K) / K))
     return X, y.astype(np.float64)
 
 

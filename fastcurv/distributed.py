@@ -52,6 +52,9 @@ operation                                                    round trips
                                                              it)
 ``value_along(θ, d)``                                        0; then 1 per trial step ``α``
 ``jvp``, ``vjp``, ``per_sample_grads``, ``hessian``          1
+influence scores (:class:`fastcurv.Influence`)               1 per block of scored rows
+                                                             (after the factors)
+``subset(rows)`` (rows gathered to the driver)               1
 construction                                                 6 (+1 to infer ``n_classes``)
 ===========================================================  ==============================
 

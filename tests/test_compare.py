@@ -111,3 +111,45 @@ def test_report_files_and_command(tmp_path, capsys):
                  "--approx", "diag_ggn,kfac"]) == 0
     text = capsys.readouterr().out
     assert "K-FAC" in text and (out / "report.md").exists()
+
+
+def test_dense_and_operator_paths_agree_and_exact_spectra():
+    """Below dense_limit the spectra are the exact eigenvalues of the dense matrices (here
+    checked against p.ggn and a K-FAC matrix built column by column); above it the
+    operator path (CG, Lanczos, SLQ, randomized Frobenius) must give the same directions,
+    top eigenvalues and traces, and densities on one common grid."""
+    p, theta = _mlp(n=80, sizes=(4, 6, 3))
+    names = ("diag_ggn", "empirical_fisher", "kfac", "block_ggn")
+    kw = dict(damping=1e-2, seed=3, rtol=1e-12, maxiter=5000, densities=True,
+              density_probes=3, density_steps=30)
+    dense = {r["name"]: r for r in compare(p, theta, names, **kw)}
+    ops = {r["name"]: r for r in compare(p, theta, names, dense_limit=0, **kw)}
+    R = p.ggn(theta)
+    eig = np.linalg.eigvalsh(R)
+    d = dense["reference"]["density"]
+    np.testing.assert_allclose(np.sort(d.nodes[0]), eig, rtol=1e-10, atol=1e-12 * eig[-1])
+    assert dense["reference"]["spectrum"] == "exact eigenvalues"
+    assert ops["reference"]["spectrum"] == "stochastic Lanczos quadrature"
+    # every density integrates to ~1 on the shared grid
+    for recs in (dense, ops):
+        grid = recs["reference"]["density"].grid
+        for r in recs.values():
+            assert r["density"].grid is grid or np.array_equal(r["density"].grid, grid)
+            np.testing.assert_allclose(np.trapezoid(r["density"].density, grid), 1.0,
+                                       atol=2e-3)
+    # block-diagonal GGN: the diagonal blocks of the dense GGN
+    B = np.zeros_like(R)
+    for a, b in zip(p._poff[:-1], p._poff[1:], strict=True):
+        B[a:b, a:b] = R[a:b, a:b]
+    np.testing.assert_allclose(dense["block_ggn"]["rel_frobenius"],
+                               np.linalg.norm(B - R) / np.linalg.norm(R), rtol=1e-10)
+    np.testing.assert_allclose(dense["block_ggn"]["top_eig"], np.linalg.eigvalsh(B)[-1],
+                               rtol=1e-10)
+    for name in ("reference",) + names:
+        a, b = dense[name], ops[name]
+        np.testing.assert_allclose(b["newton_cosine"], a["newton_cosine"], rtol=1e-6)
+        np.testing.assert_allclose(b["top_eig"], a["top_eig"], rtol=1e-6)
+        np.testing.assert_allclose(b["trace"], a["trace"], rtol=1e-10)
+        # CG on the dense reference or on its operator: the same iterates up to rounding
+        assert a["cg_iters"] == b["cg_iters"] or abs(a["cg_iters"] - b["cg_iters"]) <= 2
+        assert a["apply_grads"] >= 0
