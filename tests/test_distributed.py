@@ -330,6 +330,8 @@ def test_influence_matches_in_memory(client, variant, storage, config):
         <= 1e-12
     with pytest.raises(TypeError, match="needs the training rows here"):
         fc.loo_refit(p, theta, [0], t_p)
+    with pytest.raises(TypeError, match="K-FAC needs every row"):
+        fc.Influence(p, theta, "kfac", damping=1e-4)
     if variant != "multinomial":  # same parameter count, another family
         other = fc.GLM(Xt, yt, family="gaussian", fit_intercept=kw["fit_intercept"])
         with pytest.raises(TypeError, match="another model"):

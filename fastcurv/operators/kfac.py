@@ -12,6 +12,11 @@ from ._kronecker import EigenKroneckerBlocks, KroneckerBlocks, pinv_entries, pin
 def check_options(problem, theta, fisher, damping, seed, mc_samples):
     """Validated ``(theta copy, damping, integer seed, mc_samples)``; the seed is drawn once
     so that every pass over the data sees the same sampled labels."""
+    if not hasattr(problem, "_curvature_rows"):
+        raise TypeError(
+            f"K-FAC needs every row's layer inputs in one process, which a "
+            f"{type(problem).__name__} does not have; use preconditioner='diag', or build "
+            f"K-FAC on an in-memory sample (p.subset(rows))")
     if fisher not in kf.KINDS:
         raise ValueError(f"fisher must be one of {', '.join(map(repr, kf.KINDS))}, got {fisher!r}")
     if (isinstance(mc_samples, (bool, np.bool_)) or not isinstance(mc_samples, numbers.Integral)
