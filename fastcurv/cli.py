@@ -166,8 +166,12 @@ def compare_default(n=2_000, d=20, K=3, seed=0):
 def _compare(args):
     import fastcurv as fc
     from fastcurv.compare import APPROXIMATIONS, compare
-    from fastcurv.compare_report import markdown_table, write_report
+    from fastcurv.compare_report import have_matplotlib, markdown_table, write_report
 
+    figures = have_matplotlib()
+    if not figures:
+        print("note: matplotlib is not installed, so the report gets its tables but no "
+              "figures; pip install 'fastcurv[report]' for the figures", flush=True)
     if args.data is None:
         X, y = compare_default()
         source = "embedded default: synthetic 3-class problem, 2,000 x 20"
@@ -203,7 +207,7 @@ def _compare(args):
             f"cross-entropy, l2={args.l2:g}, {p.n_params:,} parameters, at the parameters of "
             f"{res.n_iter} Newton-CG iterations (max|grad| {res.grad_norm:.1e}). Reference: "
             f"the exact {args.reference}; damping δ = {args.damping:g}.")
-    files = write_report(recs, args.out, description=desc)
+    files = write_report(recs, args.out, description=desc, figures=figures)
     print(f"wrote {', '.join(os.path.basename(f) for f in files)} to {args.out}/")
     return 0
 

@@ -15,6 +15,13 @@ _COLORS = {"diag_hessian": "#1f77b4", "diag_ggn": "#2ca02c", "diag_ggn_mc": "#98
            "block_ggn": "#8c564b"}
 
 
+def have_matplotlib():
+    """Whether the figures can be drawn (matplotlib importable)."""
+    import importlib.util
+
+    return importlib.util.find_spec("matplotlib") is not None
+
+
 def _pyplot():
     try:
         import matplotlib
@@ -53,10 +60,14 @@ def markdown_table(records):
     return "\n".join(lines)
 
 
-def write_report(records, folder, title="Curvature approximations", description=""):
+def write_report(records, folder, title="Curvature approximations", description="",
+                 figures=True):
     """Write ``report.md``, ``table.csv``, ``table.json`` and the figures into ``folder``.
 
-    Returns the list of files written."""
+    ``figures=False`` skips the PNG figures (and matplotlib); with ``figures=True`` a missing
+    matplotlib raises an ``ImportError`` saying how to install it, before anything is
+    written. Returns the list of files written."""
+    plt = _pyplot() if figures else None
     os.makedirs(folder, exist_ok=True)
     rows = table_rows(records)
     files = []
@@ -72,20 +83,21 @@ def write_report(records, folder, title="Curvature approximations", description=
                     for k, v in r.items()} for r in rows], fh, indent=2)
     files.append(path)
     figs = []
-    plt = _pyplot()
-    if all("density" in r for r in records):
+    if plt is not None and all("density" in r for r in records):
         figs.append(("spectral_density.png", _plot_densities(plt, records),
                      "Eigenvalue density of each approximation (colour) against the exact "
                      f"curvature (black), from {ref_spectrum(records)}, Gaussian-smoothed. Log "
                      "scale: the spectra span orders of magnitude."))
     ref = records[0]
-    if ref.get("diag") is not None:
+    if plt is not None and ref.get("diag") is not None:
         figs.append(("diagonal_scatter.png", _plot_diagonals(plt, records),
                      "Diagonal of each approximation against the exact diagonal of the "
                      "reference (one point per parameter, log-log; on the line = exact)."))
-    figs.append(("error_vs_cost.png", _plot_error_cost(plt, records),
-                 "Relative Frobenius error against the cost of building the approximation "
-                 "and applying it once, in gradient evaluations: lower left is better."))
+    if plt is not None:
+        figs.append(("error_vs_cost.png", _plot_error_cost(plt, records),
+                     "Relative Frobenius error against the cost of building the "
+                     "approximation and applying it once, in gradient evaluations: lower "
+                     "left is better."))
     for name, fig, _ in figs:
         path = os.path.join(folder, name)
         fig.savefig(path, dpi=120, bbox_inches="tight")
@@ -97,7 +109,12 @@ def write_report(records, folder, title="Curvature approximations", description=
           "* **top eig / trace ratio**: λ_max(A)/λ_max(R) and tr(A)/tr(R).",
           "* **CG iterations**: CG on (R + δI)x = g with (A + δI)⁻¹ as preconditioner "
           "(reference row: no preconditioner; — where the approximation has no cheap "
-          "inverse).", ""]
+          "inverse).",
+          "* **costs**: in gradient evaluations of the same model: building the "
+          "approximation, one product A v, one inverse product (A + δI)⁻¹ v.", ""]
+    if plt is None:
+        md += ["Figures: not drawn (matplotlib is not installed: "
+               "`pip install 'fastcurv[report]'`).", ""]
     for name, _, caption in figs:
         md += [f"![{caption}]({name})", "", caption, ""]
     path = os.path.join(folder, "report.md")

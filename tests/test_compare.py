@@ -153,3 +153,27 @@ def test_dense_and_operator_paths_agree_and_exact_spectra():
         # CG on the dense reference or on its operator: the same iterates up to rounding
         assert a["cg_iters"] == b["cg_iters"] or abs(a["cg_iters"] - b["cg_iters"]) <= 2
         assert a["apply_grads"] >= 0
+
+
+def test_report_without_matplotlib(tmp_path, capsys, monkeypatch):
+    """Without matplotlib the command still writes the tables and report.md, and says why
+    there are no figures; write_report(figures=True) raises an ImportError naming the fix."""
+    import fastcurv.compare_report as cr
+
+    def missing():
+        raise ImportError("the figures of the comparison report need matplotlib: "
+                          "pip install 'fastcurv[report]' (or pip install matplotlib)")
+
+    monkeypatch.setattr(cr, "have_matplotlib", lambda: False)
+    monkeypatch.setattr(cr, "_pyplot", missing)
+    p, theta = _mlp()
+    recs = compare(p, theta, ("diag_ggn",), seed=0)
+    with pytest.raises(ImportError, match="fastcurv\\[report\\]"):
+        cr.write_report(recs, tmp_path / "r")
+    out = tmp_path / "cli"
+    assert main(["compare", "--out", str(out), "--fit-iter", "2", "--hidden", "4",
+                 "--approx", "diag_ggn"]) == 0
+    text = capsys.readouterr().out
+    assert "matplotlib is not installed" in text
+    assert sorted(f.name for f in out.iterdir()) == ["report.md", "table.csv", "table.json"]
+    assert "not drawn" in (out / "report.md").read_text()
