@@ -13,8 +13,10 @@ for each:
 * ``top_eig_ratio`` and ``trace_ratio``: ``λ_max(A)/λ_max(R)`` (Lanczos) and
   ``tr(A)/tr(R)`` (exact for diagonals and Kronecker factors, Hutch++ otherwise),
 * ``cg_iters``: CG iterations on ``(R + δI) x = g`` to ``rtol`` with ``(A + δI)⁻¹`` as the
-  preconditioner (where the approximation has a cheap inverse), next to ``cg_iters`` of
-  the reference row (no preconditioner),
+  preconditioner, next to ``cg_iters`` of the reference row (no preconditioner): with the
+  approximation's own inverse where it has a cheap one, and on the dense path (below
+  ``dense_limit``) also for the empirical Fisher and the block-diagonal GGN, from a Cholesky
+  factor of the dense ``A + δI`` (above it those two have no count),
 * ``build_s`` and ``build_grads``: the time to build the approximation, in seconds and in
   gradients (one build, with the compiled kernels already loaded; the gradient is the best
   of 5 at new points);
@@ -177,6 +179,18 @@ def _dense_solve(M, g, damping):
         return np.linalg.lstsq(A, g, rcond=None)[0]
 
 
+def _dense_inverse(M, damping):
+    """``(M + δI)⁻¹`` as an operator from a Cholesky factor, or None if ``M + δI`` is not
+    positive definite (then no preconditioner is built from it)."""
+    import scipy.linalg as sla
+
+    try:
+        f = sla.cho_factor(M + damping * np.eye(M.shape[0]), lower=True, check_finite=False)
+    except np.linalg.LinAlgError:
+        return None
+    return _op(M.shape[0], lambda V: sla.cho_solve(f, V, check_finite=False))
+
+
 def _time_per_call(fn, v, repeats=5):
     """Best of ``repeats`` timed calls after one untimed call."""
     fn(v)
@@ -326,14 +340,15 @@ def compare(p, theta, approximations=APPROXIMATIONS, reference="ggn", *, damping
             else:
                 Ad = _dense(ap.op, P)
             err = float(np.linalg.norm(Ad - Rd) / np.linalg.norm(Rd))
-            x = ap.inverse.matvec(g) if ap.inverse is not None else \
-                _dense_solve(Ad, g, damping)
+            M = ap.inverse if ap.inverse is not None else _dense_inverse(Ad, damping)
+            x = M.matvec(g) if M is not None else _dense_solve(Ad, g, damping)
             eig = np.linalg.eigvalsh(Ad)
             spectra[name] = (eig[None, :], np.full((1, P), 1.0 / P))
             top = float(eig[-1])
             tr = ap.trace if ap.trace is not None else float(np.trace(Ad))
             del Ad
         else:
+            M = ap.inverse
             ops[name] = ap.op
             err = float(np.linalg.norm(ap.op.matmat(Z) - RZ) / np.linalg.norm(RZ))
             if ap.inverse is not None:
@@ -345,8 +360,8 @@ def compare(p, theta, approximations=APPROXIMATIONS, reference="ggn", *, damping
                 float(trace_est(ap.op, 3 * hutch_probes, seed=rng).trace)
         cos = float(x @ x_ref / (np.linalg.norm(x) * np.linalg.norm(x_ref)))
         it = None
-        if ap.inverse is not None:
-            _, it = _solve(R, g, damping, rtol, maxiter, M=ap.inverse)
+        if M is not None:
+            _, it = _solve(R, g, damping, rtol, maxiter, M=M)
         records.append(dict(name=name, label=_NAMES[name], rel_frobenius=err,
                             newton_cosine=cos, top_eig_ratio=top / top_R,
                             trace_ratio=tr / tr_R, cg_iters=it, build_s=ap.build_s,

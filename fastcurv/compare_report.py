@@ -108,8 +108,9 @@ def write_report(records, folder, title="Curvature approximations", description=
           "* **Newton cosine**: cosine between (A + δI)⁻¹g and (R + δI)⁻¹g.",
           "* **top eig / trace ratio**: λ_max(A)/λ_max(R) and tr(A)/tr(R).",
           "* **CG iterations**: CG on (R + δI)x = g with (A + δI)⁻¹ as preconditioner "
-          "(reference row: no preconditioner; — where the approximation has no cheap "
-          "inverse).",
+          "(reference row: no preconditioner; the empirical Fisher and the block GGN, "
+          "which have no cheap inverse, only up to 3,000 parameters, from a dense Cholesky "
+          "factor; — otherwise).",
           "* **costs**: in gradient evaluations of the same model: building the "
           "approximation, one product A v, one inverse product (A + δI)⁻¹ v.", ""]
     if plt is None:
