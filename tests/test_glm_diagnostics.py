@@ -30,6 +30,9 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 from cases import assert_close
+from statsmodels_data import arrays as _arrays
+from statsmodels_data import dataset as _dataset
+from statsmodels_data import first_to_last as _first_to_last
 
 import fastcurv as fc
 import fastcurv.influence.diagnostics as diag_module
@@ -41,25 +44,6 @@ FIELDS = ("leverage", "cooks_distance", "dfbeta", "dfbetas", "resid_studentized"
 
 
 # ------------------------------------------------------------------------ data
-def _dataset(name):
-    try:
-        return getattr(sm.datasets, name).load_pandas()
-    except Exception as exc:  # pragma: no cover - the datasets ship with statsmodels
-        pytest.skip(f"statsmodels dataset {name!r} unavailable: {exc}")
-
-
-def _arrays(ds):
-    X = np.array(ds.exog.to_numpy(dtype=np.float64), order="C")
-    y = np.array(ds.endog.to_numpy(), dtype=np.float64)
-    return X, y
-
-
-def _first_to_last(a, axis=-1):
-    """statsmodels order (constant first) -> fastcurv order (intercept last)."""
-    a = np.asarray(a)
-    return np.concatenate([a.take(np.arange(1, a.shape[axis]), axis), a.take([0], axis)], axis)
-
-
 def _random_problem(family, n=60, d=3, K=3, seed=0, weights=None):
     """Data with a moderate signal (finite MLE); weights None, "random" (some 0) or "int"."""
     rng = np.random.default_rng(seed)

@@ -17,32 +17,13 @@ import numpy as np
 import pytest
 from cases import assert_close
 from scipy.special import gammaln
+from statsmodels_data import arrays as _arrays
+from statsmodels_data import dataset as _dataset
+from statsmodels_data import first_to_last as _first_to_last
 
 import fastcurv as fc
 
 sm = pytest.importorskip("statsmodels.api")
-
-
-def _dataset(name):
-    try:
-        return getattr(sm.datasets, name).load_pandas()
-    except Exception as exc:  # pragma: no cover - the datasets ship with statsmodels
-        pytest.skip(f"statsmodels dataset {name!r} unavailable: {exc}")
-
-
-def _arrays(ds):
-    """(X, y) as writable C-order float64 arrays: pandas hands out F-ordered (sometimes
-    read-only) views, and layouts are tested elsewhere (test_glm_inputs.py); this keeps the
-    number of Numba specializations down."""
-    X = np.array(ds.exog.to_numpy(dtype=np.float64), order="C")
-    y = np.array(ds.endog.to_numpy(), dtype=np.float64)
-    return X, y
-
-
-def _first_to_last(a):
-    """statsmodels order (constant first) -> fastcurv order (intercept last)."""
-    a = np.asarray(a)
-    return np.concatenate([a[1:], a[:1]])
 
 
 def _grad_scale(X, y, mu):
