@@ -5,7 +5,8 @@ penalized), i.e. scikit-learn's with ``C = 1 / (n · l2)``, ``l1_ratio=0`` (the 
 ``penalty=`` argument is deprecated since scikit-learn 1.8) and ``fit_intercept=True``, from
 zero, until max|∇F| <= 1e-8. One benchmark round is one complete fit.
 
-* fastcurv: ``fc.newton_cg(fc.GLM(X, y, ...), gtol=1e-8)`` with ``preconditioner=None`` and
+* fastcurv: ``fc.newton_cg(fc.GLM(X, y, ...), gtol=1e-8)`` with ``preconditioner=None``,
+  ``"auto"`` (dense binary problems) and
   ``"diag"`` (a fresh GLM per fit, so no cached state is reused across rounds).
 * scikit-learn: ``LogisticRegression(...).fit(X, y)`` with the solver's ``tol`` from ``SK_TOL``:
   the loosest value of the grid 1e-6, 3e-7, 1e-7, 5e-8, 3e-8, 2e-8, 1e-8, 5e-9, ... for which
@@ -347,6 +348,11 @@ def test_dense_fastcurv_diag(benchmark, fit_dense):
 
 
 @pytest.mark.benchmark(group=G_DENSE)
+def test_dense_fastcurv_auto(benchmark, fit_dense):
+    _fc(benchmark, fit_dense, "auto", "fastcurv_auto")
+
+
+@pytest.mark.benchmark(group=G_DENSE)
 @pytest.mark.parametrize("solver", ["newton-cg", "lbfgs", "newton-cholesky"])
 def test_dense_sklearn(benchmark, fit_dense, solver):
     _sk(benchmark, fit_dense, solver)
@@ -411,6 +417,11 @@ def test_corr_fastcurv_none(benchmark, fit_corr):
 @pytest.mark.benchmark(group=G_CORR)
 def test_corr_fastcurv_cholesky(benchmark, fit_corr):
     _fc(benchmark, fit_corr, "cholesky", "fastcurv_cholesky")
+
+
+@pytest.mark.benchmark(group=G_CORR)
+def test_corr_fastcurv_auto(benchmark, fit_corr):
+    _fc(benchmark, fit_corr, "auto", "fastcurv_auto")
 
 
 @pytest.mark.benchmark(group=G_CORR)

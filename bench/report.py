@@ -288,7 +288,7 @@ FIT_TARGETS = [
      "sklearn_newton_cholesky", 1.0),
 ]
 FIT_VARIANTS = (("fastcurv_none", "fastcurv (no precond.)"), ("fastcurv_diag", "fastcurv diag"),
-                ("fastcurv_cholesky", "fastcurv cholesky"))
+                ("fastcurv_cholesky", "fastcurv cholesky"), ("fastcurv_auto", "fastcurv auto"))
 
 
 def _g(x, fmt=".2e"):

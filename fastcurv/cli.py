@@ -136,11 +136,15 @@ def build_parser():
                     help="stop at max|gradient| <= gtol (default 1e-8)")
     nw.add_argument("--max-iter", type=int, default=100, help="Newton iterations (default 100)")
     nw.add_argument("--method", choices=("line-search", "trust-region"), default="line-search")
-    nw.add_argument("--precond", choices=("none", "diag", "cholesky", "kfac"), default="diag",
-                    help="CG preconditioner: diag (default), cholesky (a dense factor kept "
-                         "across Newton steps; for correlated features and up to 4096 "
-                         "parameters, with --method line-search), kfac (the K-FAC inverse; "
-                         "helps multinomial fits with correlated features) or none")
+    nw.add_argument("--precond", choices=("auto", "none", "diag", "cholesky", "kfac"),
+                    default="auto",
+                    help="CG preconditioner: auto (default: plain CG, switching to the "
+                         "cholesky factor once CG has spent as long as building it would take; "
+                         "up to 1024 parameters, --method line-search), diag (the exact "
+                         "Hessian diagonal), cholesky (a dense factor kept across Newton steps; "
+                         "for correlated features and up to 4096 parameters, with --method "
+                         "line-search), kfac (the K-FAC inverse; helps multinomial fits with "
+                         "correlated features) or none")
     nw.add_argument("--dtype", choices=("float64", "float32"), default="float64")
     nw.add_argument("--no-intercept", action="store_true", help="fit without an intercept")
     nw.add_argument("--out", help="folder for coef.npy, intercept.npy and summary.json")

@@ -67,19 +67,36 @@ class _Counted(LinearOperator):
         return self
 
 
-def _single_threaded_blas():
-    """Limit BLAS to one thread while the solver runs, if threadpoolctl is installed.
+class _BlasThreads:
+    """BLAS thread limits for the solver, if threadpoolctl is installed.
 
     SciPy's CG takes its dot products in BLAS; on long vectors (P > ~10,000) OpenBLAS runs
     them on all cores and its threads keep spinning afterwards, slowing the Numba parallel
     curvature products that follow by 1.2-1.7x (measured on the CSR benchmark). Those dot
-    products are O(P) and gain nothing from threads.
+    products are O(P) and gain nothing from threads, so the solver runs with one BLAS thread
+    (:meth:`single`). The dense factor of ``preconditioner="cholesky"`` is BLAS-3 work that
+    does gain from threads: it is built under :meth:`full`, the thread counts found on entry.
     """
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # optional: scikit-learn users have it
-        return contextlib.nullcontext()
-    return threadpool_limits(limits=1, user_api="blas")
+
+    def __init__(self):
+        try:
+            from threadpoolctl import threadpool_info, threadpool_limits
+        except ImportError:  # optional: scikit-learn users have it
+            self._limits = None
+            return
+        self._limits = threadpool_limits
+        counts = [i.get("num_threads", 1) for i in threadpool_info() if i.get("user_api") == "blas"]
+        self._n = max(counts) if counts else None
+
+    def single(self):
+        if self._limits is None:
+            return contextlib.nullcontext()
+        return self._limits(limits=1, user_api="blas")
+
+    def full(self):
+        if self._limits is None or not self._n:
+            return contextlib.nullcontext()
+        return self._limits(limits=self._n, user_api="blas")
 
 
 def _in_noise(f, f_new, model_decrease, gmax, g_new, dtype):
@@ -116,12 +133,12 @@ def _make_preconditioner(preconditioner, p, theta, curvature, damping, mix):
             return Dm, op
         if preconditioner == "kfac":
             return None, _kfac_preconditioner(p, theta, damping)
-        raise ValueError("preconditioner must be None, 'diag', 'cholesky' or 'kfac', got "
-                         f"{preconditioner!r}")
+        raise ValueError("preconditioner must be None, 'auto', 'diag', 'cholesky' or 'kfac', "
+                         f"got {preconditioner!r}")
     if isinstance(preconditioner, LinearOperator) or hasattr(preconditioner, "matvec"):
         return None, preconditioner
-    raise TypeError("preconditioner must be None, 'diag', 'kfac' or a LinearOperator "
-                    "applying the inverse preconditioner")
+    raise TypeError("preconditioner must be None, 'auto', 'diag', 'cholesky', 'kfac' or a "
+                    "LinearOperator applying the inverse preconditioner")
 
 
 #: relative floor of the K-FAC preconditioner's damping (a positive definite M for CG)
@@ -175,6 +192,88 @@ def _cholesky_preconditioner(p, theta, curvature, damping):
         matvec=lambda v: cho_solve(factor, np.asarray(v, np.float64).reshape(-1)).astype(dtype),
         matmat=lambda V: cho_solve(factor, np.asarray(V, np.float64)).astype(dtype),
     )
+
+
+#: preconditioner="auto": largest parameter count it considers for the Cholesky switch, the
+#: rows of the sample whose dense curvature times the build, and the CG seconds after which
+#: that estimate is made (fits that finish sooner never pay for it)
+AUTO_MAX_PARAMS = 1024
+AUTO_SAMPLE_ROWS = 1024
+AUTO_ESTIMATE_AFTER_S = 0.02
+
+
+class _AutoCholesky:
+    """``preconditioner="auto"``: plain CG until the time spent in CG reaches the estimated cost
+    of building the Cholesky preconditioner, then ``"cholesky"`` for the rest of the fit. The
+    rule is armed by the first Newton step that needs more than ``CHOLESKY_REFRESH_CG`` CG
+    iterations; a fit whose steps all converge faster never estimates or builds anything.
+
+    This is the ski-rental rule (rent until the rent paid equals the price, then buy): whatever
+    the remaining CG work turns out to be, the fit costs at most about twice what the better of
+    the two fixed choices would have cost. The build cost is measured, not modelled: the dense
+    curvature and its Cholesky factor are timed once on ``AUTO_SAMPLE_ROWS`` and on four times
+    as many rows, and extrapolated linearly to ``n`` rows. Only problems
+    with ``P <= AUTO_MAX_PARAMS``, a ``subset`` method and a dense curvature qualify; if the
+    factorization fails (an indefinite Hessian), CG stays unpreconditioned.
+    """
+
+    def __init__(self, p, curvature, damping, blas):
+        self.p, self.curvature, self.damping, self.blas = p, curvature, damping, blas
+        self.t_cg = 0.0
+        self.hard = False
+        self.t_build = None
+        self.switched = False
+        dense = "ggn" if curvature == "ggn" and hasattr(p, "ggn") else "hessian"
+        self.eligible = (p.n_params <= AUTO_MAX_PARAMS and hasattr(p, "subset")
+                         and hasattr(p, dense) and hasattr(p, "n_samples"))
+
+    def _sample_time(self, m, theta):
+        """Seconds to build and factor the dense curvature of ``m`` evenly spaced rows."""
+        from scipy.linalg import cho_factor
+
+        n = int(self.p.n_samples)
+        rows = np.linspace(0, n - 1, m).round().astype(np.int64)
+        t = time.perf_counter()
+        sub = self.p.subset(rows)
+        dense = sub.ggn if self.curvature == "ggn" and hasattr(sub, "ggn") else sub.hessian
+        H = np.asarray(dense(theta), dtype=np.float64)
+        H[np.diag_indices_from(H)] += self.damping + 1e-10 * (
+            float(np.mean(np.abs(np.diag(H)))) or 1.0)
+        cho_factor(H, lower=True, overwrite_a=True, check_finite=False)
+        return time.perf_counter() - t
+
+    def _estimate(self, theta):
+        """``t_build`` from two sample sizes ``m < 4m``: their difference removes the fixed
+        cost of a call (subset, factorization), which scaling one small sample by ``n / m``
+        would multiply (it overestimated a 0.26 s build as 0.6-1.7 s)."""
+        from scipy.linalg import LinAlgError
+
+        n, m = int(self.p.n_samples), AUTO_SAMPLE_ROWS
+        try:
+            if n <= 8 * m:
+                self.t_build = self._sample_time(min(n, m), theta) * n / min(n, m)
+                return
+            t1 = self._sample_time(m, theta)
+            t4 = self._sample_time(4 * m, theta)
+        except (LinAlgError, ValueError, TypeError, NotImplementedError):
+            self.eligible = False
+            return
+        slope = max(t4 - t1, 0.0) / (3 * m)
+        self.t_build = max(t4, t4 + slope * (n - 4 * m))
+
+    def after_step(self, theta, seconds, cg_iters):
+        """Add one step's CG time; switch when it reaches the estimated build time. The build
+        is only estimated (and bought) once a step needed more than ``CHOLESKY_REFRESH_CG``
+        CG iterations: on well-conditioned problems CG is already cheap."""
+        if self.switched or not self.eligible:
+            return
+        self.t_cg += seconds
+        self.hard = self.hard or cg_iters > CHOLESKY_REFRESH_CG
+        if self.t_build is None and self.hard and self.t_cg >= AUTO_ESTIMATE_AFTER_S:
+            with self.blas.full():
+                self._estimate(theta)
+        if self.t_build is not None and self.t_cg >= self.t_build:
+            self.switched = True
 
 
 def _steihaug(A, g, radius, rtol, maxiter, Dm):
@@ -250,7 +349,11 @@ def newton_cg(p, theta0=None, *, gtol=1e-8, max_iter=100, method="line-search",
     max_iter : maximum number of Newton iterations
     method : {"line-search", "trust-region"}
     curvature : {"hessian", "ggn"}
-    preconditioner : None, "diag", "cholesky", "kfac" or a LinearOperator applying ``M⁻¹``
+    preconditioner : None, "auto", "diag", "cholesky", "kfac" or a LinearOperator applying ``M⁻¹``
+        ``"auto"`` (line search) runs plain CG and switches to ``"cholesky"`` once the time
+        spent in CG reaches the measured cost of building that factor (a ski-rental rule: at
+        most about twice the cost of the better fixed choice, whatever the conditioning), for
+        problems with up to 1,024 parameters; on well-conditioned problems it never switches.
         ``"cholesky"`` (line search, up to 4096 parameters) factors the dense curvature at one
         iterate and keeps it as the preconditioner while CG converges in at most 8 iterations
         per step, refreshing it otherwise: on ill-conditioned data (correlated features) it
@@ -286,16 +389,17 @@ def newton_cg(p, theta0=None, *, gtol=1e-8, max_iter=100, method="line-search",
     try:
         if fuse:  # the diagonal comes with every value-and-gradient pass: no extra pass
             p.fuse_diag = True
-        with _single_threaded_blas():
+        blas = _BlasThreads()
+        with blas.single():
             return _newton_cg(p, theta0, gtol, max_iter, method, curvature, preconditioner,
-                              damping, callback, progress, cg_max_iter, precond_mix)
+                              damping, callback, progress, cg_max_iter, precond_mix, blas)
     finally:
         if fuse:
             p.fuse_diag = before
 
 
 def _newton_cg(p, theta0, gtol, max_iter, method, curvature, preconditioner, damping,
-               callback, progress, cg_max_iter, precond_mix):
+               callback, progress, cg_max_iter, precond_mix, blas):
     if method not in ("line-search", "trust-region"):
         raise ValueError(f"method must be 'line-search' or 'trust-region', got {method!r}")
     if curvature not in ("hessian", "ggn"):
@@ -320,6 +424,13 @@ def _newton_cg(p, theta0, gtol, max_iter, method, curvature, preconditioner, dam
     gmax = float(np.max(np.abs(g)))
     radius = None
     chol = None  # the Cholesky preconditioner, kept across Newton steps
+    auto = None
+    if preconditioner == "auto":
+        # trust-region Newton has no Cholesky path: "auto" is plain CG there
+        auto = (_AutoCholesky(p, curvature, damping, blas) if method == "line-search"
+                else None)
+        if auto is None:
+            preconditioner = None
     last_cg = 0
     message = None
     success = False
@@ -360,12 +471,21 @@ def _newton_cg(p, theta0, gtol, max_iter, method, curvature, preconditioner, dam
             break
         it += 1
         op = _Counted(Op(p, theta, damping=damping))
-        if preconditioner == "cholesky":
+        if preconditioner == "cholesky" or (auto is not None and auto.switched):
             if method != "line-search":
                 raise ValueError("preconditioner='cholesky' works with method='line-search'")
             if chol is None or last_cg > CHOLESKY_REFRESH_CG:
-                chol = _cholesky_preconditioner(p, theta, curvature, damping)
+                try:
+                    with blas.full():
+                        chol = _cholesky_preconditioner(p, theta, curvature, damping)
+                except np.linalg.LinAlgError:
+                    if auto is None:
+                        raise
+                    auto.switched = auto.eligible = False  # indefinite: stay with plain CG
+                    chol = None
             Dm, M = None, chol
+        elif auto is not None:
+            Dm, M = None, None
         else:
             Dm, M = _make_preconditioner(preconditioner, p, theta, curvature, damping, mix)
         gnorm = float(np.linalg.norm(g))
@@ -374,8 +494,11 @@ def _newton_cg(p, theta0, gtol, max_iter, method, curvature, preconditioner, dam
 
         if method == "line-search":
             count = [0]
+            t_solve = time.perf_counter()
             d, _info = cg(op, -g, rtol=rtol, atol=0.0, maxiter=cg_max, M=M,
                           callback=lambda xk, c=count: c.__setitem__(0, c[0] + 1))
+            if auto is not None:
+                auto.after_step(theta, time.perf_counter() - t_solve, count[0])
             d = np.asarray(d, dtype=p.dtype)
             n_cg += count[0]
             n_hvp += op.count

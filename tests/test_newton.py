@@ -439,3 +439,96 @@ def test_cholesky_preconditioner_errors(monkeypatch):
     monkeypatch.setattr(nw, "MAX_CHOLESKY_PARAMS", 2)
     with pytest.raises(ValueError, match="diag"):
         fc.newton_cg(p, preconditioner="cholesky")
+
+
+def _illconditioned_logistic(n=2000, d=20, seed=7):
+    """Mixed feature scales (1e-3 to 10) and correlations: plain CG needs ~20 iterations per
+    late Newton step, so the Cholesky preconditioner has something to save."""
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, d)) * np.logspace(-3, 1, d)
+    X = X @ (np.eye(d) + 0.3 * rng.standard_normal((d, d)))
+    y = (X @ rng.standard_normal(d) * 0.3 + rng.standard_normal(n) > 0).astype(float)
+    return X, y
+
+
+def test_auto_preconditioner_never_estimates_on_easy_problems(monkeypatch):
+    """preconditioner='auto' on a well-conditioned problem (no Newton step needs more than
+    CHOLESKY_REFRESH_CG iterations) is plain CG: same iterates, no dense curvature built."""
+    import fastcurv.newton as nw
+
+    def boom(*a, **k):
+        raise AssertionError("auto estimated or built a dense factor on an easy problem")
+
+    monkeypatch.setattr(nw._AutoCholesky, "_estimate", boom)
+    monkeypatch.setattr(nw, "_cholesky_preconditioner", boom)
+    X, y = synthetic("logistic", n=400, d=5, seed=3)
+    p = fc.GLM(X, y, l2=1e-2)
+    plain = fc.newton_cg(p, gtol=1e-10)
+    auto = fc.newton_cg(p, gtol=1e-10, preconditioner="auto")
+    assert max(h["n_cg"] for h in plain.history) <= nw.CHOLESKY_REFRESH_CG
+    assert auto.success and auto.n_cg == plain.n_cg
+    np.testing.assert_array_equal(auto.x, plain.x)
+
+
+@pytest.mark.parametrize("storage", ["dense", "csr"])
+def test_auto_preconditioner_switches_to_cholesky(monkeypatch, storage):
+    """Once a step needs many CG iterations and the CG time reaches the build estimate (forced
+    to 0 here, so the switch is not timing-dependent), auto builds the Cholesky factor: the
+    same optimum as plain CG (checked against the dense Newton system) with fewer CG steps."""
+    import scipy.sparse as sp
+
+    import fastcurv.newton as nw
+
+    monkeypatch.setattr(nw, "AUTO_ESTIMATE_AFTER_S", 0.0)
+
+    def instant(self, theta):
+        self.t_build = 0.0
+
+    monkeypatch.setattr(nw._AutoCholesky, "_estimate", instant)
+    X, y = _illconditioned_logistic()
+    p = fc.GLM(sp.csr_matrix(X) if storage == "csr" else X, y, family="logistic", l2=1e-4)
+    plain = fc.newton_cg(p, gtol=1e-10)
+    auto = fc.newton_cg(p, gtol=1e-10, preconditioner="auto")
+    assert plain.success and auto.success
+    assert max(h["n_cg"] for h in plain.history) > nw.CHOLESKY_REFRESH_CG
+    assert auto.n_cg < plain.n_cg
+    ref = _ref("logistic", X, y, 1e-4)
+    _check_gradient(ref, auto.x, 1e-10)
+    # both points are within (|g| / mu) of the optimum, mu = the smallest Hessian eigenvalue
+    mu = np.linalg.eigvalsh(ref.hessian(plain.x))[0]
+    gap = (np.linalg.norm(ref.grad(auto.x)) + np.linalg.norm(ref.grad(plain.x))) / mu
+    assert np.linalg.norm(auto.x - plain.x) <= 2 * gap
+    np.testing.assert_allclose(ref.value(auto.x), ref.value(plain.x), rtol=1e-13)
+
+
+def test_auto_preconditioner_estimate_and_fallbacks(monkeypatch):
+    """The real estimate runs (two sample sizes) and gives a positive build time; a factor
+    that fails (indefinite curvature) leaves auto on plain CG; with too many parameters, or
+    with the trust-region method, auto is plain CG."""
+    import fastcurv.newton as nw
+
+    X, y = _illconditioned_logistic(n=20000, d=12)
+    p = fc.GLM(X, y, family="logistic", l2=1e-4)
+    theta = p.init()
+    a = nw._AutoCholesky(p, "hessian", 0.0, nw._BlasThreads())
+    assert a.eligible
+    a._estimate(theta)
+    assert a.eligible and a.t_build > 0.0
+
+    monkeypatch.setattr(nw, "AUTO_ESTIMATE_AFTER_S", 0.0)
+    monkeypatch.setattr(nw._AutoCholesky, "_estimate",
+                        lambda self, theta: setattr(self, "t_build", 0.0))
+
+    def indefinite(*a, **k):
+        raise np.linalg.LinAlgError("not positive definite")
+
+    monkeypatch.setattr(nw, "_cholesky_preconditioner", indefinite)
+    plain = fc.newton_cg(p, gtol=1e-9)
+    auto = fc.newton_cg(p, gtol=1e-9, preconditioner="auto")
+    assert auto.success and auto.n_cg == plain.n_cg
+    np.testing.assert_array_equal(auto.x, plain.x)
+    tr = fc.newton_cg(p, gtol=1e-9, method="trust-region", preconditioner="auto")
+    tr_plain = fc.newton_cg(p, gtol=1e-9, method="trust-region")
+    assert tr.success and tr.n_cg == tr_plain.n_cg
+    monkeypatch.setattr(nw, "AUTO_MAX_PARAMS", 5)
+    assert not nw._AutoCholesky(p, "hessian", 0.0, nw._BlasThreads()).eligible

@@ -404,6 +404,13 @@ class GLM:
         return self._dense_curvature(self._state_at(theta), "hess").astype(self.dtype)
 
     def _dense_curvature(self, st, which):
+        """``(1/W) Σ_i w_i (x̃_i x̃_iᵀ) ⊗ H̃_i`` with ``H̃_i = diag(Dw_i) + qa_i Q_i Q_iᵀ``.
+
+        Each term is a Gram matrix of rows scaled by the square roots of non-negative weights
+        (``Dw ≥ 0``; ``qa`` has one sign per curvature: ``+a`` for the Fisher, ``-a`` for the
+        multinomial Hessian), so it goes to BLAS ``syrk``: the upper triangle only, half the
+        flops of a general product. The lower triangle is mirrored at the end.
+        """
         P, K, d = self.n_params, self._K, self._design.d
         if P * P > MAX_DENSE_ENTRIES:
             raise ValueError(
@@ -412,19 +419,29 @@ class GLM:
             )
         Dw, Q, qa = self._curv_matrices(st, which)
         fi = int(self.fit_intercept)
+        dt = d + fi
         H = np.zeros((P, P))
-        Hv = H.reshape(d + fi, K, d + fi, K)
-        block = max(1, min(self.n_samples, 2**22 // max(1, (d + fi) * K)))
+        Hv = H.reshape(dt, K, dt, K)
+        block = max(1, min(self.n_samples, 2**22 // max(1, dt * K)))
+        B = np.empty((block, dt))
         for lo in range(0, self.n_samples, block):
             hi = min(self.n_samples, lo + block)
             Xb = self._design.dense_rows(lo, hi)
-            if fi:
-                Xb = np.hstack([Xb, np.ones((hi - lo, 1))])
-            for k in range(K):
-                Hv[:, k, :, k] += Xb.T @ (Dw[lo:hi, k, None] * Xb)
+            Bb = B[: hi - lo]
+            if which != "fisher":  # the Fisher's diagonal part is zero
+                for k in range(K):
+                    _scaled_rows(Xb, np.sqrt(Dw[lo:hi, k]), fi, Bb)
+                    Hv[:, k, :, k] += _gram_upper(Bb, 1.0)
             if Q is not None:
-                B = (Xb[:, :, None] * Q[lo:hi, None, :]).reshape(hi - lo, P)
-                H += B.T @ (qa[lo:hi, None] * B)
+                sign = 1.0 if np.all(qa >= 0) else -1.0
+                s = np.sqrt(sign * qa[lo:hi])
+                C = np.empty((hi - lo, dt, K))
+                C[:, :d, :] = Xb[:, :, None] * (s[:, None] * Q[lo:hi])[:, None, :]
+                if fi:
+                    C[:, d, :] = s[:, None] * Q[lo:hi]
+                H += _gram_upper(C.reshape(hi - lo, P), sign)
+        H = np.triu(H)
+        H += np.triu(H, 1).T
         if which != "fisher" and self.l2 != 0.0:
             H[np.diag_indices(P)] += self.l2 * self._penalty_mask()
         return H
@@ -638,3 +655,19 @@ class GLM:
         extra = {"n_classes": self._K} if self._fam == MULTINOMIAL else {}
         return GLM(X, y, family=self.family, l2=self.l2, fit_intercept=self.fit_intercept,
                    sample_weight=sample_weight, **extra)
+
+
+def _scaled_rows(Xb, s, fi, out):
+    """``out = [s ⊙ Xb, s]`` (the intercept column ``s`` when ``fi``), in place."""
+    d = Xb.shape[1]
+    np.multiply(Xb, s[:, None], out=out[:, :d])
+    if fi:
+        out[:, d] = s
+
+
+def _gram_upper(B, alpha):
+    """``alpha Bᵀ B`` (float64), upper triangle only (the lower one is zero), by BLAS syrk."""
+    from scipy.linalg.blas import dsyrk
+
+    # B.T of a C-ordered B is Fortran-ordered, so no copy is made: C = alpha (Bᵀ)(Bᵀ)ᵀ
+    return dsyrk(alpha, np.asarray(B, dtype=np.float64).T, trans=0, lower=0)
