@@ -194,26 +194,57 @@ def _cholesky_preconditioner(p, theta, curvature, damping):
     )
 
 
-#: preconditioner="auto": largest parameter count it considers for the Cholesky switch, the
-#: rows of the sample whose dense curvature times the build, and the CG seconds after which
-#: that estimate is made (fits that finish sooner never pay for it)
+#: preconditioner="auto": largest parameter count it considers for the Cholesky switch, and
+#: the factor from the flop count of the dense curvature and its factorization (at the BLAS
+#: syrk rate measured on this machine) to the seconds the build takes: the build also scales
+#: the rows and mirrors the triangle (measured: a 100,000 x 300 logistic build predicted at
+#: 0.16-0.19 s by flops and rate alone took 0.23-0.32 s)
 AUTO_MAX_PARAMS = 1024
-AUTO_SAMPLE_ROWS = 1024
-AUTO_ESTIMATE_AFTER_S = 0.02
+AUTO_BUILD_OVERHEAD = 1.5
+#: switch once the CG time reaches this fraction of the estimated build time (0.5: after a
+#: step that needed more than CHOLESKY_REFRESH_CG iterations the following solves are
+#: tighter, the forcing term shrinking with the gradient, so the CG still to come costs at
+#: least what has been spent; on the correlated 100,000 x 300 problem the late steps took
+#: 15, 20, 28, 30, 37 iterations)
+AUTO_BUY_FRACTION = 0.5
+
+_SYRK_RATE = None
+
+
+def _syrk_rate():
+    """Multiply-adds per second of BLAS ``dsyrk`` here (best of three on a 2048 x 256 block,
+    measured once per process, with the BLAS threads in force)."""
+    global _SYRK_RATE
+    if _SYRK_RATE is None:
+        from scipy.linalg.blas import dsyrk
+
+        A = np.asfortranarray(np.random.default_rng(0).standard_normal((256, 2048)))
+        dsyrk(1.0, A)
+        best = np.inf
+        for _ in range(3):
+            t = time.perf_counter()
+            dsyrk(1.0, A)
+            best = min(best, time.perf_counter() - t)
+        _SYRK_RATE = 2048 * 256 * 257 / 2 / max(best, 1e-9)
+    return _SYRK_RATE
 
 
 class _AutoCholesky:
-    """``preconditioner="auto"``: plain CG until the time spent in CG reaches the estimated cost
-    of building the Cholesky preconditioner, then ``"cholesky"`` for the rest of the fit. The
-    rule is armed by the first Newton step that needs more than ``CHOLESKY_REFRESH_CG`` CG
-    iterations; a fit whose steps all converge faster never estimates or builds anything.
+    """``preconditioner="auto"``: plain CG until the time spent in CG reaches part of the
+    estimated cost of building the Cholesky preconditioner, then ``"cholesky"`` for the rest of
+    the fit. The rule is armed by the first Newton step that needs more than
+    ``CHOLESKY_REFRESH_CG`` CG iterations; a fit whose steps all converge faster never
+    estimates or builds anything.
 
-    This is the ski-rental rule (rent until the rent paid equals the price, then buy): whatever
-    the remaining CG work turns out to be, the fit costs at most about twice what the better of
-    the two fixed choices would have cost. The build cost is measured, not modelled: the dense
-    curvature and its Cholesky factor are timed once on ``AUTO_SAMPLE_ROWS`` and on four times
-    as many rows, and extrapolated linearly to ``n`` rows. Only problems
-    with ``P <= AUTO_MAX_PARAMS``, a ``subset`` method and a dense curvature qualify; if the
+    This is the ski-rental rule (rent until the rent paid reaches the price, then buy):
+    whatever the remaining CG work turns out to be, the fit costs a small multiple of what the
+    better of the two fixed choices would have cost (at most 2 when buying at the full price,
+    3 at ``AUTO_BUY_FRACTION = 0.5`` of it; see that constant for why half). The price is the
+    problem's count of multiply-adds for its dense curvature and the factorization
+    (``_dense_curvature_macs``, GLMs) at the measured BLAS rate, times
+    ``AUTO_BUILD_OVERHEAD``. Timing samples of the real build was tried first: to be accurate
+    within 2x on a noisy machine they cost as much as the build. Problems without that count
+    (MLPs), or with more than ``AUTO_MAX_PARAMS`` parameters, get plain CG; if the
     factorization fails (an indefinite Hessian), CG stays unpreconditioned.
     """
 
@@ -223,56 +254,30 @@ class _AutoCholesky:
         self.hard = False
         self.t_build = None
         self.switched = False
-        dense = "ggn" if curvature == "ggn" and hasattr(p, "ggn") else "hessian"
-        self.eligible = (p.n_params <= AUTO_MAX_PARAMS and hasattr(p, "subset")
-                         and hasattr(p, dense) and hasattr(p, "n_samples"))
+        self.eligible = (p.n_params <= AUTO_MAX_PARAMS
+                         and hasattr(p, "_dense_curvature_macs"))
 
-    def _sample_time(self, m, theta):
-        """Seconds to build and factor the dense curvature of ``m`` evenly spaced rows."""
-        from scipy.linalg import cho_factor
-
-        n = int(self.p.n_samples)
-        rows = np.linspace(0, n - 1, m).round().astype(np.int64)
-        t = time.perf_counter()
-        sub = self.p.subset(rows)
-        dense = sub.ggn if self.curvature == "ggn" and hasattr(sub, "ggn") else sub.hessian
-        H = np.asarray(dense(theta), dtype=np.float64)
-        H[np.diag_indices_from(H)] += self.damping + 1e-10 * (
-            float(np.mean(np.abs(np.diag(H)))) or 1.0)
-        cho_factor(H, lower=True, overwrite_a=True, check_finite=False)
-        return time.perf_counter() - t
-
-    def _estimate(self, theta):
-        """``t_build`` from two sample sizes ``m < 4m``: their difference removes the fixed
-        cost of a call (subset, factorization), which scaling one small sample by ``n / m``
-        would multiply (it overestimated a 0.26 s build as 0.6-1.7 s)."""
-        from scipy.linalg import LinAlgError
-
-        n, m = int(self.p.n_samples), AUTO_SAMPLE_ROWS
-        try:
-            if n <= 8 * m:
-                self.t_build = self._sample_time(min(n, m), theta) * n / min(n, m)
-                return
-            t1 = self._sample_time(m, theta)
-            t4 = self._sample_time(4 * m, theta)
-        except (LinAlgError, ValueError, TypeError, NotImplementedError):
-            self.eligible = False
-            return
-        slope = max(t4 - t1, 0.0) / (3 * m)
-        self.t_build = max(t4, t4 + slope * (n - 4 * m))
+    def _estimate(self):
+        macs = float(self.p._dense_curvature_macs(self.curvature))
+        P = float(self.p.n_params)
+        macs += P ** 3 / 6.0  # Cholesky
+        self.t_build = AUTO_BUILD_OVERHEAD * macs / _syrk_rate()
 
     def after_step(self, theta, seconds, cg_iters):
-        """Add one step's CG time; switch when it reaches the estimated build time. The build
+        """Add one step's CG time; switch when it reaches ``AUTO_BUY_FRACTION`` of the estimated
+        build time. The build
         is only estimated (and bought) once a step needed more than ``CHOLESKY_REFRESH_CG``
         CG iterations: on well-conditioned problems CG is already cheap."""
         if self.switched or not self.eligible:
             return
         self.t_cg += seconds
         self.hard = self.hard or cg_iters > CHOLESKY_REFRESH_CG
-        if self.t_build is None and self.hard and self.t_cg >= AUTO_ESTIMATE_AFTER_S:
+        if not self.hard:
+            return
+        if self.t_build is None:
             with self.blas.full():
-                self._estimate(theta)
-        if self.t_build is not None and self.t_cg >= self.t_build:
+                self._estimate()
+        if self.t_cg >= AUTO_BUY_FRACTION * self.t_build:
             self.switched = True
 
 
@@ -351,9 +356,10 @@ def newton_cg(p, theta0=None, *, gtol=1e-8, max_iter=100, method="line-search",
     curvature : {"hessian", "ggn"}
     preconditioner : None, "auto", "diag", "cholesky", "kfac" or a LinearOperator applying ``M⁻¹``
         ``"auto"`` (line search) runs plain CG and switches to ``"cholesky"`` once the time
-        spent in CG reaches the measured cost of building that factor (a ski-rental rule: at
-        most about twice the cost of the better fixed choice, whatever the conditioning), for
-        problems with up to 1,024 parameters; on well-conditioned problems it never switches.
+        spent in CG reaches half the estimated cost of building that factor (a ski-rental rule:
+        a small multiple of the cost of the better fixed choice, whatever the conditioning), for
+        GLMs with up to 1,024 parameters, once a Newton step has needed more than 8 CG
+        iterations; on well-conditioned problems it never switches.
         ``"cholesky"`` (line search, up to 4096 parameters) factors the dense curvature at one
         iterate and keeps it as the preconditioner while CG converges in at most 8 iterations
         per step, refreshing it otherwise: on ill-conditioned data (correlated features) it

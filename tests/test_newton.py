@@ -479,9 +479,7 @@ def test_auto_preconditioner_switches_to_cholesky(monkeypatch, storage):
 
     import fastcurv.newton as nw
 
-    monkeypatch.setattr(nw, "AUTO_ESTIMATE_AFTER_S", 0.0)
-
-    def instant(self, theta):
+    def instant(self):
         self.t_build = 0.0
 
     monkeypatch.setattr(nw._AutoCholesky, "_estimate", instant)
@@ -502,9 +500,12 @@ def test_auto_preconditioner_switches_to_cholesky(monkeypatch, storage):
 
 
 def test_auto_preconditioner_estimate_and_fallbacks(monkeypatch):
-    """The real estimate runs (two sample sizes) and gives a positive build time; a factor
-    that fails (indefinite curvature) leaves auto on plain CG; with too many parameters, or
-    with the trust-region method, auto is plain CG."""
+    """The real estimate (flops of the dense Hessian at the measured syrk rate) is positive
+    and of the order of a real build; a factor that fails (indefinite curvature) leaves auto
+    on plain CG; with too many parameters, without a flop count (an MLP), or with the
+    trust-region method, auto is plain CG."""
+    import time
+
     import fastcurv.newton as nw
 
     X, y = _illconditioned_logistic(n=20000, d=12)
@@ -512,12 +513,18 @@ def test_auto_preconditioner_estimate_and_fallbacks(monkeypatch):
     theta = p.init()
     a = nw._AutoCholesky(p, "hessian", 0.0, nw._BlasThreads())
     assert a.eligible
-    a._estimate(theta)
-    assert a.eligible and a.t_build > 0.0
+    a._estimate()
+    t = time.perf_counter()
+    nw._cholesky_preconditioner(p, theta, "hessian", 0.0)
+    assert 0.0 < a.t_build < 100 * max(time.perf_counter() - t, 1e-3)
+    assert p._dense_curvature_macs() == 20000 * 13 * 14 / 2
+    pm = fc.GLM(X, np.arange(20000) % 3, family="multinomial", l2=1e-4)
+    assert pm._dense_curvature_macs() == 20000 * (13 * 14 / 2 * 3 + 39 * 40 / 2)
+    mlp = fc.MLP(X[:50], y[:50], sizes=(12, 3, 1), loss="sigmoid_cross_entropy")
+    assert not nw._AutoCholesky(mlp, "ggn", 0.0, nw._BlasThreads()).eligible
 
-    monkeypatch.setattr(nw, "AUTO_ESTIMATE_AFTER_S", 0.0)
     monkeypatch.setattr(nw._AutoCholesky, "_estimate",
-                        lambda self, theta: setattr(self, "t_build", 0.0))
+                        lambda self: setattr(self, "t_build", 0.0))
 
     def indefinite(*a, **k):
         raise np.linalg.LinAlgError("not positive definite")

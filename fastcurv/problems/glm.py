@@ -403,6 +403,16 @@ class GLM:
         theta = self._check_theta(theta)
         return self._dense_curvature(self._state_at(theta), "hess").astype(self.dtype)
 
+    def _dense_curvature_macs(self, curvature="hessian"):
+        """Multiply-adds of :meth:`_dense_curvature` (the syrk calls): ``n (d+1)² K / 2`` for the
+        diagonal blocks, plus ``n P² / 2`` for the rank-one part of the multinomial Hessian."""
+        n, K, dt = self.n_samples, self._K, self._design.d + int(self.fit_intercept)
+        macs = n * dt * (dt + 1) / 2 * K
+        if self._fam == MULTINOMIAL:
+            P = self.n_params
+            macs += n * P * (P + 1) / 2
+        return macs
+
     def _dense_curvature(self, st, which):
         """``(1/W) Σ_i w_i (x̃_i x̃_iᵀ) ⊗ H̃_i`` with ``H̃_i = diag(Dw_i) + qa_i Q_i Q_iᵀ``.
 
