@@ -10,6 +10,10 @@ from scipy.sparse.linalg import LinearOperator, cg
 from ._validation import as_float_scalar
 from .operators import GGNOperator, HessianOperator
 
+#: CG stops at the latest when its residual norm is this fraction of gtol (a residual below
+#: gtol is all the next gradient needs): on the multinomial benchmark fit the last Newton
+#: system took 13 CG iterations to cut max|grad| from 1.7e-7 to 7e-11 where 1e-8 was asked
+OVERSOLVE_GUARD = 0.5
 #: Armijo sufficient-decrease constant (Nocedal & Wright, eq. 3.4)
 ARMIJO_C1 = 1e-4
 #: at most this many step halvings in the backtracking line search
@@ -338,7 +342,9 @@ def newton_cg(p, theta0=None, *, gtol=1e-8, max_iter=100, method="line-search",
     Wright, *Numerical Optimization*, 2nd ed., Algorithm 7.1 with Algorithm 3.1). The Newton
     system ``(H + δI) d = -g`` is solved by SciPy's ``scipy.sparse.linalg.cg`` on a
     :class:`~fastcurv.HessianOperator` (or :class:`~fastcurv.GGNOperator`) with the forcing
-    sequence ``rtol = min(0.5, sqrt(||g||))`` (N&W eq. 7.3, superlinear convergence). It needs
+    sequence ``rtol = min(0.5, sqrt(||g||))`` (N&W eq. 7.3, superlinear convergence), but no
+    tighter than ``||r|| <= gtol / 2`` (the next gradient is the CG residual plus a term
+    quadratic in the step, so a smaller residual is wasted on the last step). It needs
     positive definite curvature (any GLM with ``l2 > 0`` or a damped GGN). On problems that
     provide ``value_along`` (GLMs) a line-search trial costs O(n), not a pass over ``X``.
 
@@ -495,7 +501,10 @@ def _newton_cg(p, theta0, gtol, max_iter, method, curvature, preconditioner, dam
         else:
             Dm, M = _make_preconditioner(preconditioner, p, theta, curvature, damping, mix)
         gnorm = float(np.linalg.norm(g))
-        rtol = min(0.5, np.sqrt(gnorm))
+        # forcing term (N&W eq. 7.3), but never asking CG for a residual below what reaching
+        # gtol needs: the next gradient is the CG residual plus O(|d|^2), so |r| <= gtol/2
+        # is enough, and the last Newton system need not be solved any tighter
+        rtol = min(0.5, max(np.sqrt(gnorm), OVERSOLVE_GUARD * gtol / gnorm))
         g64 = np.asarray(g, dtype=np.float64)
 
         if method == "line-search":
