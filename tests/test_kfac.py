@@ -516,3 +516,49 @@ def test_mc_fisher_converges_to_the_ggn(make):
                      - C) ** 2) for k in range(10)]
         errs[S] = np.sqrt(np.mean(e))
     assert 5.0 < errs[2] / errs[128] < 12.0  # sqrt(64) = 8
+
+
+@pytest.mark.parametrize("family,K", [("logistic", 1), ("poisson", 1), ("gaussian", 1),
+                                      ("multinomial", 4)])
+def test_glm_type2_closed_form_output_factor(monkeypatch, family, K):
+    """A GLM's type-2 ``G`` comes in closed form (``diag(Σ c p) - Σ c p pᵀ`` for the softmax,
+    ``Σ c ℓ''`` otherwise); it equals the generic route that sums the K square-root columns
+    over row blocks, and a dense ``Σ_i c_i H_i`` built from the per-row Hessians; the first
+    layer's eigendecomposition is cached on the problem and equals numpy's."""
+    rng = np.random.default_rng(11)
+    n, d = 300, 5
+    X = rng.standard_normal((n, d))
+    w = rng.uniform(0.1, 3.0, n)
+    if family == "multinomial":
+        y = rng.integers(0, K, n)
+    elif family == "logistic":
+        y = (rng.random(n) < 0.4).astype(float)
+    elif family == "poisson":
+        y = rng.poisson(1.5, n).astype(float)
+    else:
+        y = rng.standard_normal(n)
+    p = fc.GLM(X, y, family=family, l2=1e-3, sample_weight=w)
+    theta = 0.3 * rng.standard_normal(p.n_params)
+    (A, G), = _kfac_factors.factors(p, theta, "type2")
+    # independent: per-row loss Hessians at eta = X W + b
+    eta = np.column_stack([X, np.ones(n)]) @ theta.reshape(d + 1, K)
+    c = w / w.sum()
+    if family == "multinomial":
+        e = np.exp(eta - eta.max(axis=1, keepdims=True))
+        pr = e / e.sum(axis=1, keepdims=True)
+        Gref = sum(c[i] * (np.diag(pr[i]) - np.outer(pr[i], pr[i])) for i in range(n))
+    else:
+        h = {"logistic": lambda z: np.exp(-np.logaddexp(0, -z) - np.logaddexp(0, z)),
+             "poisson": np.exp, "gaussian": np.ones_like}[family](eta[:, 0])
+        Gref = np.array([[c @ h]])
+    np.testing.assert_allclose(G, Gref, rtol=1e-12, atol=1e-15)
+    monkeypatch.delattr(type(p), "_kfac_type2_output_gram")
+    (A2, G2), = _kfac_factors.factors(p, theta, "type2")
+    np.testing.assert_allclose(G, G2, rtol=1e-12, atol=1e-15)
+    assert A2 is A
+    monkeypatch.undo()
+    op = fc.KFACOperator(p, theta, fisher="type2")
+    lamA, QA, _, _ = op.eigen()[0]
+    assert p._kfac_A0_eig[0] is lamA
+    np.testing.assert_allclose(lamA, np.linalg.eigvalsh(A), rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose((QA * lamA) @ QA.T, A, atol=1e-12 * np.abs(A).max())

@@ -92,6 +92,19 @@ def _first_layer_rows(X, c, bias, dtype):
         yield s, e, _scaled(X[s:e], c, s, bias, buf), None
 
 
+def input_gram_eigen(problem):
+    """``psd_eigh(A_0)`` of the first layer's input Gram matrix, cached on the problem like
+    ``A_0`` itself (it depends only on the data; a Newton-CG fit preconditioned by K-FAC
+    would otherwise decompose the same matrix at every step)."""
+    from ._kronecker import psd_eigh
+
+    eig = getattr(problem, "_kfac_A0_eig", None)
+    if eig is None:
+        eig = psd_eigh(input_gram(problem))
+        problem._kfac_A0_eig = eig
+    return eig
+
+
 def input_gram(problem):
     """``A_0 = Σ_i c_i ã_i ã_iᵀ`` of the first layer (float64), cached on the problem."""
     A = getattr(problem, "_kfac_A0", None)
@@ -125,6 +138,9 @@ def factors(problem, theta, kind, mc_samples=1, seed=None):
     over ``mc_samples`` draws."""
     layers, _ = check_layout(problem)
     L = len(layers)
+    if kind == "type2" and hasattr(problem, "_kfac_type2_output_gram"):
+        # one-layer problems (GLMs): G = Σ_i c_i ∇²ℓ_i in closed form, no row blocks
+        return [(input_gram(problem), problem._kfac_type2_output_gram(theta))]
     c = _weights(problem)
     As = [input_gram(problem)] + [np.zeros((n_in + 1, n_in + 1)) for n_in, _, _ in layers[1:]]
     Gs = [np.zeros((w, w)) for _, w, _ in layers]

@@ -102,7 +102,9 @@ class KFACOperator(KroneckerBlocks):
     def eigen(self):
         """Per layer ``(λ_A, Q_A, λ_G, Q_G)`` (float64, computed once)."""
         if self._eig is None:
-            self._eig = [psd_eigh(A) + psd_eigh(G) for A, G in self.factors]
+            A0 = getattr(self.problem, "_kfac_A0", None)
+            self._eig = [(kf.input_gram_eigen(self.problem) if A is A0 else psd_eigh(A))
+                         + psd_eigh(G) for A, G in self.factors]
         return self._eig
 
     def inverse(self, kind="exact"):

@@ -597,6 +597,23 @@ class GLM:
         """One layer: ``(n_in, n_out, has_bias_row)`` and its parameter offsets."""
         return [(self._design.d, self._K, self.fit_intercept)], [0, self.n_params]
 
+    def _kfac_type2_output_gram(self, theta):
+        """K-FAC's type-2 output factor ``G = Σ_i c_i ∇²ℓ_i`` (float64, (K, K)) in closed
+        form: ``diag(Σ c_i p_i) - Σ c_i p_i p_iᵀ`` for the softmax, ``diag(Σ c_i ℓ''_i)``
+        otherwise (one output, or several with independent losses). It equals the sum over
+        the ``K`` square-root columns that :meth:`_curvature_rows` yields
+        (``Σ_j p_j (e_j - p)(e_j - p)ᵀ = diag(p) - p pᵀ``), without the K passes over row
+        blocks."""
+        st = self._state_at(theta)
+        c = self._a
+        h = np.asarray(st.h, dtype=np.float64)
+        h = h.reshape(self.n_samples, -1)
+        G = np.diag(c @ h)  # (K, K): outputs with independent losses have diagonal ∇²ℓ
+        if self._fam == MULTINOMIAL:
+            S = np.sqrt(c)[:, None] * h
+            G -= S.T @ S
+        return G
+
     def _curvature_rows(self, theta, kind, mc_samples=1, seed=None):
         """Output-side gradients of the one layer, block by block (see
         :meth:`fastcurv.MLP._curvature_rows`): the residuals ``ℓ'(η, y)`` (``"empirical"``),
