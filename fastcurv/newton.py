@@ -78,8 +78,9 @@ class _BlasThreads:
     them on all cores and its threads keep spinning afterwards, slowing the Numba parallel
     curvature products that follow by 1.2-1.7x (measured on the CSR benchmark). Those dot
     products are O(P) and gain nothing from threads, so the solver runs with one BLAS thread
-    (:meth:`single`). The dense factor of ``preconditioner="cholesky"`` is BLAS-3 work that
-    does gain from threads: it is built under :meth:`full`, the thread counts found on entry.
+    (:meth:`single`). The dense factor of ``preconditioner="cholesky"`` and the K-FAC factors
+    are BLAS-3 work that does gain from threads: they are built under :meth:`full`, the
+    thread counts found on entry.
     """
 
     def __init__(self):
@@ -499,7 +500,9 @@ def _newton_cg(p, theta0, gtol, max_iter, method, curvature, preconditioner, dam
         elif auto is not None:
             Dm, M = None, None
         else:
-            Dm, M = _make_preconditioner(preconditioner, p, theta, curvature, damping, mix)
+            # K-FAC's factors are BLAS-3 work (the first layer's input Gram matrix): all threads
+            with blas.full() if preconditioner == "kfac" else contextlib.nullcontext():
+                Dm, M = _make_preconditioner(preconditioner, p, theta, curvature, damping, mix)
         gnorm = float(np.linalg.norm(g))
         # forcing term (N&W eq. 7.3), but never asking CG for a residual below what reaching
         # gtol needs: the next gradient is the CG residual plus O(|d|^2), so |r| <= gtol/2
