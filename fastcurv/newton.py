@@ -85,18 +85,19 @@ class _BlasThreads:
 
     def __init__(self):
         try:
-            from threadpoolctl import threadpool_info, threadpool_limits
+            from threadpoolctl import threadpool_limits
         except ImportError:  # optional: scikit-learn users have it
-            self._limits = None
-            return
+            threadpool_limits = None
         self._limits = threadpool_limits
-        counts = [i.get("num_threads", 1) for i in threadpool_info() if i.get("user_api") == "blas"]
-        self._n = max(counts) if counts else None
+        self._n = None
 
     def single(self):
+        """One BLAS thread (applied now; the returned context restores the counts on exit)."""
         if self._limits is None:
             return contextlib.nullcontext()
-        return self._limits(limits=1, user_api="blas")
+        limiter = self._limits(limits=1, user_api="blas")
+        self._n = limiter.get_original_num_threads().get("blas")
+        return limiter
 
     def full(self):
         if self._limits is None or not self._n:
@@ -203,7 +204,7 @@ def _cholesky_preconditioner(p, theta, curvature, damping):
 #: the factor from the flop count of the dense curvature and its factorization (at the BLAS
 #: syrk rate measured on this machine) to the seconds the build takes: the build also scales
 #: the rows and mirrors the triangle (measured: a 100,000 x 300 logistic build predicted at
-#: 0.16-0.19 s by flops and rate alone took 0.23-0.32 s)
+#: 0.15-0.16 s by multiply-adds and rate alone took 0.22-0.23 s)
 AUTO_MAX_PARAMS = 1024
 AUTO_BUILD_OVERHEAD = 1.5
 #: switch once the CG time reaches this fraction of the estimated build time (0.5: after a
@@ -268,11 +269,10 @@ class _AutoCholesky:
         macs += P ** 3 / 6.0  # Cholesky
         self.t_build = AUTO_BUILD_OVERHEAD * macs / _syrk_rate()
 
-    def after_step(self, theta, seconds, cg_iters):
+    def after_step(self, seconds, cg_iters):
         """Add one step's CG time; switch when it reaches ``AUTO_BUY_FRACTION`` of the estimated
-        build time. The build
-        is only estimated (and bought) once a step needed more than ``CHOLESKY_REFRESH_CG``
-        CG iterations: on well-conditioned problems CG is already cheap."""
+        build time. The build is only estimated (and bought) once a step needed more than
+        ``CHOLESKY_REFRESH_CG`` CG iterations: on well-conditioned problems CG is cheap."""
         if self.switched or not self.eligible:
             return
         self.t_cg += seconds
@@ -516,7 +516,7 @@ def _newton_cg(p, theta0, gtol, max_iter, method, curvature, preconditioner, dam
             d, _info = cg(op, -g, rtol=rtol, atol=0.0, maxiter=cg_max, M=M,
                           callback=lambda xk, c=count: c.__setitem__(0, c[0] + 1))
             if auto is not None:
-                auto.after_step(theta, time.perf_counter() - t_solve, count[0])
+                auto.after_step(time.perf_counter() - t_solve, count[0])
             d = np.asarray(d, dtype=p.dtype)
             n_cg += count[0]
             n_hvp += op.count
