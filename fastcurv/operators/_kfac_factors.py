@@ -28,8 +28,9 @@ problem and cached.
 
 import numpy as np
 import scipy.sparse as sp
-from scipy.linalg import blas
 
+from .._gram import gram_upper as _gram
+from .._gram import mirror as _mirror
 from ..kernels import kfac as K_
 
 #: factors with more entries than this are refused (dense (n, n) float64 matrices)
@@ -53,18 +54,6 @@ def check_layout(problem):
                     f"more than {MAX_FACTOR_ENTRIES} entries{hint}"
                 )
     return layers, offsets
-
-
-def _gram(M):
-    """``Mᵀ M`` (upper triangle valid) for a C-contiguous (nb, w) block, by ``syrk``."""
-    f = blas.ssyrk if M.dtype == np.float32 else blas.dsyrk
-    return f(1.0, M.T, trans=0)  # M.T is Fortran-ordered (w, nb): no copy
-
-
-def _mirror(C):
-    """The full symmetric matrix from its upper triangle."""
-    U = np.triu(C)
-    return U + np.triu(U, 1).T
 
 
 def _scaled(src, c, s, bias, buf):

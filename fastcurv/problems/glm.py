@@ -4,7 +4,9 @@ import numpy as np
 import scipy.sparse as sp
 
 from .. import _validation as val
+from .._gram import gram_upper, mirror
 from ..kernels import reduce
+from ..kernels.kfac import scaled_rows
 from ..kernels.losses import LOGISTIC, MULTINOMIAL, loss_along
 from . import families
 from ._design import make_design
@@ -440,8 +442,8 @@ class GLM:
             Bb = B[: hi - lo]
             if which != "fisher":  # the Fisher's diagonal part is zero
                 for k in range(K):
-                    _scaled_rows(Xb, np.sqrt(Dw[lo:hi, k]), fi, Bb)
-                    Hv[:, k, :, k] += _gram_upper(Bb, 1.0)
+                    scaled_rows(Xb, np.ascontiguousarray(Dw[lo:hi, k]), 0, fi, Bb)
+                    Hv[:, k, :, k] += gram_upper(Bb)
             if Q is not None:
                 sign = 1.0 if np.all(qa >= 0) else -1.0
                 s = np.sqrt(sign * qa[lo:hi])
@@ -449,9 +451,8 @@ class GLM:
                 C[:, :d, :] = Xb[:, :, None] * (s[:, None] * Q[lo:hi])[:, None, :]
                 if fi:
                     C[:, d, :] = s[:, None] * Q[lo:hi]
-                H += _gram_upper(C.reshape(hi - lo, P), sign)
-        H = np.triu(H)
-        H += np.triu(H, 1).T
+                H += gram_upper(C.reshape(hi - lo, P), sign)
+        H = mirror(H)
         if which != "fisher" and self.l2 != 0.0:
             H[np.diag_indices(P)] += self.l2 * self._penalty_mask()
         return H
@@ -683,18 +684,3 @@ class GLM:
         return GLM(X, y, family=self.family, l2=self.l2, fit_intercept=self.fit_intercept,
                    sample_weight=sample_weight, **extra)
 
-
-def _scaled_rows(Xb, s, fi, out):
-    """``out = [s ⊙ Xb, s]`` (the intercept column ``s`` when ``fi``), in place."""
-    d = Xb.shape[1]
-    np.multiply(Xb, s[:, None], out=out[:, :d])
-    if fi:
-        out[:, d] = s
-
-
-def _gram_upper(B, alpha):
-    """``alpha Bᵀ B`` (float64), upper triangle only (the lower one is zero), by BLAS syrk."""
-    from scipy.linalg.blas import dsyrk
-
-    # B.T of a C-ordered B is Fortran-ordered, so no copy is made: C = alpha (Bᵀ)(Bᵀ)ᵀ
-    return dsyrk(alpha, np.asarray(B, dtype=np.float64).T, trans=0, lower=0)
