@@ -442,7 +442,7 @@ class GLM:
             Bb = B[: hi - lo]
             if which != "fisher":  # the Fisher's diagonal part is zero
                 for k in range(K):
-                    scaled_rows(Xb, np.ascontiguousarray(Dw[lo:hi, k]), 0, fi, Bb)
+                    scaled_rows(Xb, np.ascontiguousarray(Dw[lo:hi, k]), 0, bool(fi), Bb)
                     Hv[:, k, :, k] += gram_upper(Bb)
             if Q is not None:
                 sign = 1.0 if np.all(qa >= 0) else -1.0
