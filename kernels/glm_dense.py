@@ -40,10 +40,12 @@ VALUE_GRAD_DIAG = 2
 # forward tile is two rows times 5 (or 4) columns (10 accumulators, the two rows' vectors, the
 # parameters as memory operands); the backward tile is four rows times two columns (eight
 # loop-invariant weights, one load and store of each accumulator element per four rows).
-# The earlier 4 x 5 tiles needed 20 accumulators and spilled them to the stack on every
-# iteration: in cache, fused forward + backward ran at 14-17 GMAC/s on two cores against
-# 17-23 for these tiles (multinomial K = 10, d = 300). ``Vt`` comes padded with zero rows to
-# a multiple of the forward tile width (see ``tile_width``).
+# The earlier 4 x 5 tiles needed 20 accumulators and spilled 15 of them to the stack on every
+# iteration (AVX2; they were written for AVX-512's 32 registers). In cache, fused forward +
+# backward on two cores (multinomial K = 10, d = 300), these tiles were faster in three of
+# five paired measurements (23.1 vs 13.9 GMAC/s at best) and tied in two; on a noisy shared
+# machine. ``Vt`` comes padded with zero rows to a multiple of the forward tile width (see
+# ``tile_width``).
 
 
 @jit
