@@ -65,6 +65,31 @@ def _bits_as_f32(typingctx, k):
     return sig, codegen
 
 
+@intrinsic
+def _f64_as_bits(typingctx, x):
+    """Reinterpret the bits of a float64 as an int64."""
+    sig = types.int64(types.float64)
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], context.get_value_type(types.int64))
+
+    return sig, codegen
+
+
+#: 1.5·2⁵²: for an integer-valued float64 ``k`` with ``|k| < 2⁵¹``, ``k + M`` is exact and its
+#: bit pattern is ``bits(M) + k``
+_ROUND_MAGIC = 6755399441055744.0
+
+
+@jit(inline=True)
+def _pow2(k):
+    """``2^k`` for an integer-valued float64 ``k`` in [−1022, 1023], built from its bit pattern
+    through ``bits(k + M) = bits(M) + k`` (the low 12 bits of ``bits(M)`` are 0, so they
+    vanish in the shift). No float-to-integer conversion: AVX2 has no vector instruction for
+    one to int64, and LLVM would convert lane by lane."""
+    return _bits_as_f64((_f64_as_bits(k + _ROUND_MAGIC) + 1023) << 52)
+
+
 @jit(inline=True)
 def _exp_pade(t):
     """``e^t = 2^k (q + p) / (q − p)`` for ``t <= 0`` (Cephes exp: Padé form on the reduced
@@ -72,16 +97,15 @@ def _exp_pade(t):
     into two normal powers of two, so that the caller does a single division and subnormal
     results round once."""
     t = max(t, -746.0)
-    k = math.floor(t * _LOG2E + 0.5)
+    k = np.floor(t * _LOG2E + 0.5)
     r = (t - k * _LN2_HI) - k * _LN2_LO
     rr = r * r
     px = r * ((1.26177193074810590878e-4 * rr + 3.02994407707441961300e-2) * rr
               + 9.99999999999999999910e-1)
     qx = (((3.00198505138664455042e-6 * rr + 2.52448340349684104192e-3) * rr
            + 2.27265548208155028766e-1) * rr + 2.00000000000000000009e0)
-    ki = np.int64(k)
-    k1 = ki >> 1
-    return qx - px, qx + px, _bits_as_f64((k1 + 1023) << 52), _bits_as_f64((ki - k1 + 1023) << 52)
+    k1 = np.floor(0.5 * k)
+    return qx - px, qx + px, _pow2(k1), _pow2(k - k1)
 
 
 @jit(inline=True)

@@ -46,6 +46,7 @@ the output, later blocks are added in order. No result depends on the number of 
 import math
 
 import numpy as np
+from numba import prange
 
 from . import activations as act
 from ._jit import jit
@@ -447,34 +448,75 @@ def diag_layers(X, xd, xi, xp, sparse, s, e, cw, sizes, poff, aoff, qoff, D, SQ,
 
 
 # ----------------------------------------------------------------------------- driver
-@jit
-def run(mode, X, xd, xi, xp, sparse, lc, Y, cw, l2, theta, sizes, acts, poff, aoff, hoff, qoff,
-        block, V, U, out, J, Z, H, D, DP, RZ, T, T2, GT, HS, SQ, ones, skip):
-    """One call for a whole product over all rows, block by block; ``out`` is written.
-    Returns ``(data loss Σ c_i ℓ_i, penalty)``.
+@jit(parallel=True)
+def run(mode, X, xd, xi, xp, sparse, lc, Y, cw, l2, theta, sizes, acts, poff, aoffs, hoffs,
+        qoffs, starts, block, V, U, outs, J, Z, H, D, DP, RZ, Ts, T2s, GTs, HSs, SQ, ones,
+        losses, skip):
+    """One call for a whole product over all rows; ``outs[0]`` is written. Returns ``(data
+    loss Σ c_i ℓ_i, penalty)``.
 
-    ``skip`` (only with a single row block, whose state the buffers still hold from a call at
-    the same θ): 1 reuses the forward pass (``Z``, ``h̃``), 2 (HVP) also the loss state and
-    the backward pass (every ``δ_l`` and ``DP_l``; the returned loss is then 0). CG calls the
-    HVP many times at one θ: only the R-passes remain.
+    The rows are split into the fixed chunks ``starts`` (C + 1 boundaries, chosen from the
+    problem's shape only). Chunk ``c`` runs :func:`run_rows` on its rows in blocks of at most
+    ``block`` rows, in its own part of the row-block buffers (offsets ``aoffs[c]``,
+    ``hoffs[c]``, ``qoffs[c]``; temporaries ``Ts[c]``, ``T2s[c]``, ``GTs[c]``, ``HSs[c]``),
+    into its own output ``outs[c]`` and loss ``losses[c]``. The chunks run in parallel (with
+    BLAS on one thread inside each) and are then added in the order ``0, 1, ..., C − 1``: the
+    result does not depend on the number of threads. ``outs`` (C, m, P) must be zero on entry
+    for ``GGN_DIAG``.
 
     * ``VALUE``: returns ``F = Σ c_i ℓ_i + (λ/2)‖W‖²``;  ``VALUE_GRAD``: also ``out[0] = ∇F``.
     * ``HVP`` / ``GGN``: ``out[j] = C V[j] + λ V[j]_weights`` for each direction ``V[j]`` (P,);
       ``FISHER``: ``out[j] = F_emp V[j]`` (no penalty).
     * ``JVP``: ``J[j, rows] = (J_θ V[j])`` (n, K);  ``VJP``: ``out[j] = Σ_i J_iᵀ U[j, i]``.
-    * ``GGN_DIAG``: ``out[0] = diag(Σ_i c_i J_iᵀ ∇²ℓ_i J_i)`` (K backward passes per block;
-      ``out`` must be zero on entry).
+    * ``GGN_DIAG``: ``out[0] = diag(Σ_i c_i J_iᵀ ∇²ℓ_i J_i)`` (K backward passes per block).
+
+    ``skip``: see :func:`run_rows`.
     """
-    n = cw.shape[0]
+    C = starts.shape[0] - 1
+    if C == 1:
+        losses[0] = run_rows(mode, X, xd, xi, xp, sparse, lc, Y, cw, theta, sizes, acts, poff,
+                             aoffs[0], hoffs[0], qoffs[0], starts[0], starts[1], block, V, U,
+                             outs[0], J, Z, H, D, DP, RZ, Ts[0], T2s[0], GTs[0], HSs[0], SQ,
+                             ones, skip)
+    else:
+        for c in prange(C):
+            losses[c] = run_rows(mode, X, xd, xi, xp, sparse, lc, Y, cw, theta, sizes, acts,
+                                 poff, aoffs[c], hoffs[c], qoffs[c], starts[c], starts[c + 1],
+                                 block, V, U, outs[c], J, Z, H, D, DP, RZ, Ts[c], T2s[c],
+                                 GTs[c], HSs[c], SQ, ones, skip)
+    out = outs[0]
+    total = losses[0]
+    for c in range(1, C):
+        total += losses[c]
+        if mode != VALUE and mode != JVP:
+            out += outs[c]
+    pen = 0.0
+    if l2 != 0.0 and mode != JVP and mode != VJP and mode != FISHER:
+        pen = add_penalty(mode, l2, theta, V, sizes, poff, out)
+    return total, pen
+
+
+@jit
+def run_rows(mode, X, xd, xi, xp, sparse, lc, Y, cw, theta, sizes, acts, poff, aoff, hoff, qoff,
+             r0, r1, block, V, U, out, J, Z, H, D, DP, RZ, T, T2, GT, HS, SQ, ones, skip):
+    """The rows ``r0:r1`` of :func:`run`, block by block, into ``out`` (written, not added:
+    the first block writes, later blocks add in order); returns their ``Σ c_i ℓ_i`` (no
+    penalty).
+
+    ``skip`` (only with a single row block, whose state the buffers still hold from a call at
+    the same θ): 1 reuses the forward pass (``Z``, ``h̃``), 2 (HVP) also the loss state and
+    the backward pass (every ``δ_l`` and ``DP_l``; the returned loss is then 0). CG calls the
+    HVP many times at one θ: only the R-passes remain.
+    """
     L = sizes.shape[0] - 1
     K = sizes[L]
     m = V.shape[0]
     doff = 2 * aoff
     total = 0.0
-    for s in range(0, n, block):
-        e = min(n, s + block)
+    for s in range(r0, r1, block):
+        e = min(r1, s + block)
         nb = e - s
-        first = s == 0
+        first = s == r0
         if skip == 0:
             forward(X, xd, xi, xp, sparse, s, e, theta, sizes, acts, poff, aoff, hoff, Z, H)
         if mode == JVP:
@@ -535,10 +577,7 @@ def run(mode, X, xd, xi, xp, sparse, lc, Y, cw, l2, theta, sizes, acts, poff, ao
                          H, D, DP, GT, ones, out[0], False, first)
                 diag_layers(X, xd, xi, xp, sparse, s, e, cw, sizes, poff, aoff, qoff, D, SQ, T2,
                             GT, ones, out[0])
-    pen = 0.0
-    if l2 != 0.0 and mode != JVP and mode != VJP and mode != FISHER:
-        pen = add_penalty(mode, l2, theta, V, sizes, poff, out)
-    return total, pen
+    return total
 
 
 @jit

@@ -30,6 +30,10 @@ _BLOCK_ELEMENTS = 2**24
 #: row blocks with fewer multiply-adds than this (one pass through all layers) run BLAS on one
 #: thread: OpenBLAS's threads cost more than they save on such small products
 SMALL_BLOCK_MACS = 2**22
+#: the rows are split into fixed chunks of at least this many rows (at most MAX_CHUNKS), run
+#: in parallel with BLAS on one thread inside each; fewer rows: one chunk, BLAS threaded
+MIN_CHUNK_ROWS = 64
+MAX_CHUNKS = 8
 #: Hessian columns computed per call by :meth:`MLP.hessian`
 _HESSIAN_BLOCK = 64
 
@@ -176,12 +180,19 @@ class MLP:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.batch_size = int(min(batch_size, n))
         L = len(self.sizes) - 1
+        # fixed row chunks (from n only, never the thread count), each with ceil(B / C) rows
+        # of the row-block buffers; the buffers hold C such parts (B rounded up)
+        C = int(min(MAX_CHUNKS, max(1, n // MIN_CHUNK_ROWS)))
+        Bc = -(-self.batch_size // C)
+        self._starts = np.linspace(0, n, C + 1).round().astype(np.int64)
+        self._chunk_block = Bc
+        self._one_block = bool(np.diff(self._starts).max() <= Bc)
         self._sizes = np.array(self.sizes, dtype=np.int64)
         self._acts = np.array([ACTIVATIONS[a] for a in self.activations] + [acts.IDENTITY],
                               dtype=np.int64)
         self._poff = np.zeros(L + 1, dtype=np.int64)
         self._poff[1:] = np.cumsum([(self.sizes[l] + 1) * self.sizes[l + 1] for l in range(L)])
-        B = self.batch_size
+        B = self._capacity = C * Bc
         self._aoff = np.zeros(L + 1, dtype=np.int64)
         self._aoff[1:] = B * np.cumsum(self.sizes[1:])
         # augmented hidden outputs [h, 1] and their R-images, stacked: 2B rows of w + 1
@@ -192,6 +203,16 @@ class MLP:
         ins = [0 if self._sparse else self.sizes[0]] + [w + 1 for w in self.sizes[1:L]]
         self._qoff = np.zeros(L + 1, dtype=np.int64)
         self._qoff[1:] = B * np.cumsum(ins)
+        # chunk c's part of each layer's region: c Bc rows in
+        ws_ = np.array(self.sizes[1:], dtype=np.int64)
+        cs = np.arange(C, dtype=np.int64)[:, None] * Bc
+        self._aoffs = self._aoff[None, :].repeat(C, 0)
+        self._aoffs[:, :L] += cs * ws_
+        self._hoffs = self._hoff[None, :].repeat(C, 0)
+        if L > 1:
+            self._hoffs[:, :L - 1] += cs * 2 * (ws_[:L - 1] + 1)
+        self._qoffs = self._qoff[None, :].repeat(C, 0)
+        self._qoffs[:, :L] += cs * np.array(ins, dtype=np.int64)
         mask = np.zeros(self.n_params)
         for l in range(L):
             mask[self._poff[l]:self._poff[l] + self.sizes[l] * self.sizes[l + 1]] = 1.0
@@ -293,7 +314,8 @@ class MLP:
     def _workspace(self, want_sq=False):
         """Row-block buffers, allocated once and reused by every call."""
         if self._ws is None:
-            B, dt = self.batch_size, self.dtype
+            B, dt = self._capacity, self.dtype
+            C = len(self._starts) - 1
             S = int(self._aoff[-1])
             wmax = max(self.sizes[1:])
             L = len(self.sizes) - 1
@@ -305,23 +327,29 @@ class MLP:
             self._ws["ones"] = np.ones(B, dtype=dt)
             self._ws["T"] = np.empty(B * wmax, dtype=dt)
             self._ws["T2"] = np.empty(B * wmax, dtype=dt)
-            self._ws["GT"] = np.empty(gt, dtype=dt)
+            self._ws["GTs"] = np.empty((C, gt), dtype=dt)
+            self._ws["GT"] = self._ws["GTs"][0]
             self._ws["HS"] = np.empty((B, self.n_outputs))
             self._ws["SQ"] = np.empty(1, dtype=dt)
             self._ws["V0"] = np.zeros((1, self.n_params), dtype=dt)
             self._ws["U0"] = np.zeros((1, 1, self.n_outputs), dtype=dt)
-            self._ws["out1"] = np.zeros((1, self.n_params), dtype=dt)
+            self._ws["outs1"] = np.zeros((C, 1, self.n_params), dtype=dt)
+            self._ws["out1"] = self._ws["outs1"][0]
+            self._ws["losses"] = np.zeros(C)
         if want_sq and self._ws["SQ"].shape[0] < max(int(self._qoff[-1]), 1):
             self._ws["SQ"] = np.empty(int(self._qoff[-1]), dtype=self.dtype)
             self._wsargs = None
         if self._wsargs is None:
             # argument groups of K_.run, packed once (each call of a small model counts)
             ws = self._ws
-            self._wsargs = tuple(ws[k] for k in ("Z", "H", "D", "DP", "RZ", "T", "T2", "GT",
-                                                 "HS", "SQ", "ones"))
+            C = len(self._starts) - 1
+            self._wsargs = (ws["Z"], ws["H"], ws["D"], ws["DP"], ws["RZ"],
+                            ws["T"].reshape(C, -1), ws["T2"].reshape(C, -1), ws["GTs"],
+                            ws["HS"].reshape(C, -1, self.n_outputs), ws["SQ"], ws["ones"],
+                            ws["losses"])
             self._head = (*self._data_args(), self._lc, self._y2, self._cw, self.l2)
-            self._mid = (self._sizes, self._acts, self._poff, self._aoff, self._hoff,
-                         self._qoff, self.batch_size)
+            self._mid = (self._sizes, self._acts, self._poff, self._aoffs, self._hoffs,
+                         self._qoffs, self._starts, self._chunk_block)
         return self._ws
 
     def _data_args(self):
@@ -344,21 +372,21 @@ class MLP:
         U = ws["U0"] if U is None else U
         J = ws["U0"] if J is None else J
         if m_out == 1:
-            out = ws["out1"]  # reused: callers copy what they keep
+            outs = ws["outs1"]  # reused: callers copy what they keep
         else:
-            out = np.empty((m_out, P), dtype=self.dtype)
+            outs = np.empty((len(self._starts) - 1, m_out, P), dtype=self.dtype)
         if mode == K_.GGN_DIAG:
-            out.fill(0.0)
+            outs.fill(0.0)
         skip = self._reusable(mode, theta)
         self._state = None  # invalid while the buffers are being rewritten
-        before = _blas.one_thread(self._small)
+        before = _blas.one_thread(self._small or len(self._starts) > 2)
         try:
-            loss, pen = K_.run(mode, *self._head, theta, *self._mid, V, U, out, J,
+            loss, pen = K_.run(mode, *self._head, theta, *self._mid, V, U, outs, J,
                                *self._wsargs, skip)
         finally:
             _blas.restore(before)
         self._remember(mode, theta, skip)
-        return loss + pen, out
+        return loss + pen, outs[0]
 
     # State of the row-block buffers. With all rows in one block, the buffers still hold the
     # forward pass (level 1: Z, h̃) and possibly the loss state and backward pass (level 2:
@@ -369,14 +397,14 @@ class MLP:
 
     def _reusable(self, mode, theta):
         st = self._state
-        if st is None or self.batch_size < self.n_samples:
+        if st is None or not self._one_block:
             return 0
         if not same_values(theta, self._state_theta):
             return 0
         return 2 if mode == K_.HVP and st >= 2 else 1
 
     def _remember(self, mode, theta, skip):
-        if self.batch_size < self.n_samples:
+        if not self._one_block:
             return
         prev = self._prev_level if skip else 0
         if mode in (K_.VALUE, K_.JVP):
