@@ -651,6 +651,31 @@ def test_batch_size_blocks_equal_one_block(c):
     assert_close(a["hvp"], e["H"] @ c.vectors().astype(np.float64), c.rtol, "blocked hvp vs ref")
 
 
+@pytest.mark.parametrize("c", [MLPCase("tanh", "softmax_cross_entropy"),
+                               MLPCase("sigmoid", "mse", np.float32),
+                               MLPCase("relu", "poisson", K=2)], ids=_ids)
+@pytest.mark.parametrize("batch_size", [None, 16])
+def test_row_chunks_equal_one_chunk(c, batch_size, monkeypatch):
+    """n = 203 rows run as 3 parallel row chunks (64, 68 and 68 rows; with batch_size 16, in
+    blocks of 6 rows) give what one chunk gives (to rounding: only the grouping of the row sums
+    changes), and the Hessian product matches the independent reference."""
+    from fastcurv.problems import mlp as mlp_module
+
+    c = dataclasses.replace(c, n=203)
+    p = c.mlp(batch_size=batch_size)
+    assert len(p._starts) - 1 == 3
+    monkeypatch.setattr(mlp_module, "MIN_CHUNK_ROWS", 10**9)
+    q = c.mlp(batch_size=batch_size)
+    assert len(q._starts) - 1 == 1
+    a, b = _outputs(p, c), _outputs(q, c)
+    tol = SAME_RTOL if c.dtype == np.float64 else F32_RTOL
+    for key in a:
+        assert_close(a[key], b[key], tol, f"3 chunks vs 1: {key}")
+    e = c.expected()
+    assert_close(a["hvp"], e["H"] @ c.vectors().astype(np.float64), c.rtol, "chunked hvp vs ref")
+    assert_close(a["grad"], e["grad"], c.rtol, "chunked grad vs ref")
+
+
 @pytest.mark.parametrize("c", SMALL, ids=_ids)
 def test_ggn_diag_mc_does_not_depend_on_batch_size(c):
     """batch_size is a memory knob: with the same seed the Monte Carlo estimate should be the
