@@ -32,6 +32,20 @@ def default_problem(n=DEFAULT_N, d=DEFAULT_D, seed=0):
     return X, y
 
 
+def _warm_rows(p):
+    """Rows of a subset of ``p`` that runs the same compiled kernels as ``p``: one row chunk
+    (the kernels' serial twins) if ``p`` has one, else at least two (their parallel versions;
+    see ``kernels.reduce``)."""
+    from .kernels import reduce
+
+    if p.is_sparse:
+        indptr = p.X.indptr
+        rows = int(np.searchsorted(indptr, 2 * reduce.MIN_NNZ_PER_CHUNK)) + 1
+    else:
+        rows = 2 * reduce.MIN_ROWS_PER_CHUNK
+    return min(p.n_samples, max(rows, 64))
+
+
 def _labels_for(family, y, note):
     """Map common label spellings to the family's convention, saying so."""
     if family == "logistic":
@@ -81,7 +95,7 @@ def _newton(args):
     precond = None if args.precond == "none" else args.precond
     # compile (or load from Numba's cache) exactly the kernels this fit uses, on a few rows
     t0 = time.perf_counter()
-    fc.newton_cg(p.subset(np.arange(min(p.n_samples, 64))), max_iter=2, method=args.method,
+    fc.newton_cg(p.subset(np.arange(_warm_rows(p))), max_iter=2, method=args.method,
                  preconditioner=precond)
     print(f"kernels ready in {time.perf_counter() - t0:.2f}s (compiled once, then cached)")
     t0 = time.perf_counter()

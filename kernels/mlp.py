@@ -473,17 +473,11 @@ def run(mode, X, xd, xi, xp, sparse, lc, Y, cw, l2, theta, sizes, acts, poff, ao
     ``skip``: see :func:`run_rows`.
     """
     C = starts.shape[0] - 1
-    if C == 1:
-        losses[0] = run_rows(mode, X, xd, xi, xp, sparse, lc, Y, cw, theta, sizes, acts, poff,
-                             aoffs[0], hoffs[0], qoffs[0], starts[0], starts[1], block, V, U,
-                             outs[0], J, Z, H, D, DP, RZ, Ts[0], T2s[0], GTs[0], HSs[0], SQ,
+    for c in prange(C):
+        losses[c] = run_rows(mode, X, xd, xi, xp, sparse, lc, Y, cw, theta, sizes, acts, poff,
+                             aoffs[c], hoffs[c], qoffs[c], starts[c], starts[c + 1], block, V,
+                             U, outs[c], J, Z, H, D, DP, RZ, Ts[c], T2s[c], GTs[c], HSs[c], SQ,
                              ones, skip)
-    else:
-        for c in prange(C):
-            losses[c] = run_rows(mode, X, xd, xi, xp, sparse, lc, Y, cw, theta, sizes, acts,
-                                 poff, aoffs[c], hoffs[c], qoffs[c], starts[c], starts[c + 1],
-                                 block, V, U, outs[c], J, Z, H, D, DP, RZ, Ts[c], T2s[c],
-                                 GTs[c], HSs[c], SQ, ones, skip)
     out = outs[0]
     total = losses[0]
     for c in range(1, C):

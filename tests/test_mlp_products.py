@@ -656,17 +656,15 @@ def test_batch_size_blocks_equal_one_block(c):
                                MLPCase("relu", "poisson", K=2)], ids=_ids)
 @pytest.mark.parametrize("batch_size", [None, 16])
 def test_row_chunks_equal_one_chunk(c, batch_size, monkeypatch):
-    """n = 203 rows run as 3 parallel row chunks (64, 68 and 68 rows; with batch_size 16, in
+    """n = 203 rows run as 3 parallel row chunks (67, 68 and 68 rows; with batch_size 16, in
     blocks of 6 rows) give what one chunk gives (to rounding: only the grouping of the row sums
     changes), and the Hessian product matches the independent reference."""
-    from fastcurv.problems import mlp as mlp_module
-
     c = dataclasses.replace(c, n=203)
+    q = c.mlp(batch_size=batch_size)
+    assert len(q._starts) - 1 == 1  # a small problem: one chunk, no parallel region
+    _force_chunks(monkeypatch)
     p = c.mlp(batch_size=batch_size)
     assert len(p._starts) - 1 == 3
-    monkeypatch.setattr(mlp_module, "MIN_CHUNK_ROWS", 10**9)
-    q = c.mlp(batch_size=batch_size)
-    assert len(q._starts) - 1 == 1
     a, b = _outputs(p, c), _outputs(q, c)
     tol = SAME_RTOL if c.dtype == np.float64 else F32_RTOL
     for key in a:
@@ -708,6 +706,15 @@ def _outputs(p, c, seed=1, mc=True):
     } | ({"ggn_diag_mc": p.ggn_diag(theta, mc_samples=2, seed=5)} if mc else {})
 
 
+def _force_chunks(monkeypatch):
+    """Row chunks of 64 rows even for tiny problems (normally one chunk below 2²⁴ multiply-adds
+    per pass)."""
+    from fastcurv.problems import mlp as mlp_module
+
+    monkeypatch.setattr(mlp_module, "PARALLEL_MIN_MACS", 0)
+    monkeypatch.setattr(mlp_module, "MIN_CHUNK_ROWS", 64)
+
+
 @pytest.fixture
 def restore_threads():
     numba = pytest.importorskip("numba")
@@ -724,10 +731,16 @@ def restore_threads():
     MLPCase("gelu", "mse", np.float32, n=203),
 ], ids=_ids)
 @pytest.mark.parametrize("batch_size", [None, 16])
-def test_bitwise_identical_across_thread_counts(c, batch_size, restore_threads):
+@pytest.mark.parametrize("chunks", [False, True], ids=["one-chunk", "chunks"])
+def test_bitwise_identical_across_thread_counts(c, batch_size, chunks, restore_threads,
+                                                monkeypatch):
     """Numba threads 1 vs 2 and BLAS threads (threadpoolctl) 1 vs 2: identical bits, on fresh
-    problems (no cached state) and on repeated calls."""
+    problems (no cached state) and on repeated calls; with one row chunk and with 3 chunks run
+    in parallel."""
     numba = restore_threads
+    if chunks:
+        _force_chunks(monkeypatch)
+        assert len(c.mlp()._starts) - 1 == 3
     tpc = pytest.importorskip("threadpoolctl")
     results = []
     for nb, blas in ((1, 1), (2, 2), (1, 2), (2, 1)):

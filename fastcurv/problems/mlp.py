@@ -30,10 +30,10 @@ _BLOCK_ELEMENTS = 2**24
 #: row blocks with fewer multiply-adds than this (one pass through all layers) run BLAS on one
 #: thread: OpenBLAS's threads cost more than they save on such small products
 SMALL_BLOCK_MACS = 2**22
-#: the rows are split into at most MAX_CHUNKS fixed chunks of at least MIN_CHUNK_ROWS rows
-#: (MIN_CHUNK_ROWS_LARGE unless the whole pass is a small product; see :func:`_n_chunks`)
-MIN_CHUNK_ROWS = 64
-MIN_CHUNK_ROWS_LARGE = 512
+#: passes with at least PARALLEL_MIN_MACS multiply-adds split the rows into at most MAX_CHUNKS
+#: fixed chunks of at least MIN_CHUNK_ROWS rows, run in parallel (see :func:`_n_chunks`)
+PARALLEL_MIN_MACS = 2**24
+MIN_CHUNK_ROWS = 512
 MAX_CHUNKS = 8
 #: Hessian columns computed per call by :meth:`MLP.hessian`
 _HESSIAN_BLOCK = 64
@@ -44,15 +44,18 @@ def _n_chunks(n, params):
     its multiply-adds per row and pass). It depends on the problem only, never on the thread
     count, so results do not either.
 
-    The chunks run in parallel, each with BLAS on one thread. On a small problem, where BLAS's
-    own threads do not pay (20-64-64-1 on 128 rows), two chunks of 64 rows took the gradient
-    from 115-140 to 80-110 µs on two cores. On large products BLAS's threads do pay, and small
-    chunks lose to them (each chunk repacks the weights and writes and sums its own gradient):
-    the 784-512-512-10 network on 1,024 rows ran 5-10% faster in 2 chunks of 512 rows than in
-    1, but 3-10% slower in 8 chunks of 128."""
-    small = n * params < SMALL_BLOCK_MACS
-    rows = MIN_CHUNK_ROWS if small else MIN_CHUNK_ROWS_LARGE
-    return int(min(MAX_CHUNKS, max(1, n // rows)))
+    The chunks run in parallel, each with BLAS on one thread. Against BLAS's own threads on
+    one block of all rows, that ran the 784-512-512-10 network on 1,024 rows 5-10% faster in 2
+    chunks of 512 rows (elementwise work in parallel too, fewer thread handoffs), and the
+    100-128-128-10 network on 10,000 rows 1.2-1.4x faster in 8 chunks; 8 chunks of 128 rows
+    were 3-10% slower on the 784 network (each chunk repacks the weights and writes and sums
+    its own gradient), hence ``MIN_CHUNK_ROWS``. A pass below ``PARALLEL_MIN_MACS`` runs as one
+    chunk without a parallel region: handing work to a sleeping thread can cost 0.5 ms on a
+    virtual machine (measured here: the 20-64-64-1 network on 128 rows took 0.75 ms per
+    gradient in two chunks, 0.24 ms in one)."""
+    if n * params < PARALLEL_MIN_MACS:
+        return 1
+    return int(min(MAX_CHUNKS, max(1, n // MIN_CHUNK_ROWS)))
 
 
 def _check_sizes(sizes, d):
