@@ -129,12 +129,18 @@ class MLP:
     beyond one block's buffers, and sums over rows are taken block by block in a fixed order,
     so results do not depend on the thread count.
 
-    When all rows fit in one block, the buffers still hold the forward (and backward) pass of
-    the last call, and a later call at the same ``θ`` (compared by value) reuses them: inside
-    CG an HVP costs only its R-forward and R-backward passes. Results are bitwise the same as
-    without the reuse. For small blocks (fewer than 2²² multiply-adds per pass) SciPy's
-    OpenBLAS is switched to one thread during the call (``FASTCURV_NO_BLAS_THREAD_CONTROL=1``
-    turns that off). A problem object is not meant to be shared between threads.
+    Above 2²⁴ multiply-adds per pass, the rows are split into up to 8 fixed chunks of at least
+    512 rows (chosen from ``n`` and the network, never from the thread count) that run in
+    parallel, each with BLAS on one thread and its share of the block buffers, and their sums
+    are added in chunk order. Smaller problems run as one chunk, without a parallel region.
+
+    When every chunk fits in one block, the buffers still hold the forward (and backward) pass
+    of the last call, and a later call at the same ``θ`` (compared by value) reuses them:
+    inside CG an HVP costs only its R-forward and R-backward passes. Results are bitwise the
+    same as without the reuse. For small blocks (fewer than 2²² multiply-adds per pass) and
+    for chunked runs SciPy's OpenBLAS is switched to one thread during the call
+    (``FASTCURV_NO_BLAS_THREAD_CONTROL=1`` turns that off). A problem object is not meant to
+    be shared between threads.
 
     Parameters
     ----------
@@ -156,7 +162,9 @@ class MLP:
     sample_weight : array_like (n,), optional
         Non-negative weights, not all zero.
     batch_size : int, optional
-        Rows per block (memory bound). Default: about 2²⁴ buffer elements per block.
+        Rows per block (memory bound). Default: about 2²⁴ buffer elements per block. With C
+        row chunks, each chunk works in blocks of ``ceil(batch_size / C)`` rows, so the
+        buffers stay the same size.
     """
 
     def __init__(self, X, y, sizes, activation="tanh", loss="mse", l2=0.0, sample_weight=None,
