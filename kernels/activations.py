@@ -43,37 +43,23 @@ _INV_SQRT2 = 0.70710678118654752440
 _INV_SQRT2PI = 0.39894228040143267794
 
 
-@intrinsic
-def _bits_as_f64(typingctx, k):
-    """Reinterpret the bits of an int64 as a float64 (free: a register move)."""
-    sig = types.float64(types.int64)
+def _bitcast(src, dst):
+    """An intrinsic reinterpreting the bits of a ``src`` scalar as a ``dst`` scalar of the same
+    width (free: a register move, and it vectorizes)."""
 
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], context.get_value_type(types.float64))
+    @intrinsic
+    def cast(typingctx, x):
+        def codegen(context, builder, signature, args):
+            return builder.bitcast(args[0], context.get_value_type(dst))
 
-    return sig, codegen
+        return dst(src), codegen
 
-
-@intrinsic
-def _bits_as_f32(typingctx, k):
-    """Reinterpret the bits of an int32 as a float32."""
-    sig = types.float32(types.int32)
-
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], context.get_value_type(types.float32))
-
-    return sig, codegen
+    return cast
 
 
-@intrinsic
-def _f64_as_bits(typingctx, x):
-    """Reinterpret the bits of a float64 as an int64."""
-    sig = types.int64(types.float64)
-
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], context.get_value_type(types.int64))
-
-    return sig, codegen
+_bits_as_f64 = _bitcast(types.int64, types.float64)
+_bits_as_f32 = _bitcast(types.int32, types.float32)
+_f64_as_bits = _bitcast(types.float64, types.int64)
 
 
 #: 1.5·2⁵²: for an integer-valued float64 ``k`` with ``|k| < 2⁵¹``, ``k + M`` is exact and its
