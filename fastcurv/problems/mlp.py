@@ -450,6 +450,10 @@ class MLP:
 
     def _block(self, v, name="v"):
         """``v`` (P,) or (P, m) as a C-contiguous (m, P) array of the problem dtype."""
+        # fast path for one contiguous vector (CG's case: microseconds count on small models)
+        if (type(v) is np.ndarray and v.dtype == self.dtype and v.ndim == 1
+                and v.shape[0] == self.n_params and v.flags.c_contiguous and all_finite(v)):
+            return v, v.reshape(1, -1)
         v = val.check_vector(v, self.n_params, self.dtype, name, allow_block=True)
         return v, np.ascontiguousarray(v.reshape(self.n_params, -1).T)
 
