@@ -674,6 +674,25 @@ def test_row_chunks_equal_one_chunk(c, batch_size, monkeypatch):
     assert_close(a["grad"], e["grad"], c.rtol, "chunked grad vs ref")
 
 
+@pytest.mark.parametrize("batch_size", [None, 16])
+def test_block_products_in_direction_groups(batch_size, monkeypatch):
+    """With row chunks, a block product whose chunk outputs would exceed OUT_ELEMENTS runs its
+    directions in groups: the same bits as all directions at once."""
+    from fastcurv.problems import mlp as mlp_module
+
+    c = MLPCase("tanh", "softmax_cross_entropy", n=203)
+    _force_chunks(monkeypatch)
+    theta, V = c.theta(), c.vectors(m=5)
+    U = np.random.default_rng(4).standard_normal((203, c.n_out, 5)).astype(c.dtype)
+    p = c.mlp(batch_size=batch_size)
+    whole = [p.hvp(theta, V), p.ggn_vp(theta, V), p.fisher_vp(theta, V), p.vjp(theta, U)]
+    monkeypatch.setattr(mlp_module, "OUT_ELEMENTS", 2 * 3 * c.P)  # groups of 2 directions
+    q = c.mlp(batch_size=batch_size)
+    grouped = [q.hvp(theta, V), q.ggn_vp(theta, V), q.fisher_vp(theta, V), q.vjp(theta, U)]
+    for name, a, b in zip(("hvp", "ggn_vp", "fisher_vp", "vjp"), whole, grouped, strict=True):
+        assert np.array_equal(a, b), name
+
+
 @pytest.mark.parametrize("c", SMALL, ids=_ids)
 def test_ggn_diag_mc_does_not_depend_on_batch_size(c):
     """batch_size is a memory knob: with the same seed the Monte Carlo estimate should be the

@@ -35,6 +35,9 @@ SMALL_BLOCK_MACS = 2**22
 PARALLEL_MIN_MACS = 2**24
 MIN_CHUNK_ROWS = 512
 MAX_CHUNKS = 8
+#: bound on the chunks' separate outputs of a block product (C x m x P elements); more
+#: directions run in groups
+OUT_ELEMENTS = 2**24
 #: Hessian columns computed per call by :meth:`MLP.hessian`
 _HESSIAN_BLOCK = 64
 
@@ -393,8 +396,20 @@ class MLP:
         return (self._X, z, np.zeros(1, dtype=np.int32), np.zeros(2, dtype=np.int32), False)
 
     def _run(self, mode, theta, V=None, U=None, m_out=1, J=None):
-        ws = self._workspace(want_sq=mode == K_.GGN_DIAG)
         P = self.n_params
+        C = len(self._starts) - 1
+        if m_out > 1 and C > 1 and C * m_out * P > OUT_ELEMENTS:
+            # each chunk sums its own (m, P) output: run the directions in groups so that the
+            # chunks' outputs stay within OUT_ELEMENTS (the forward and backward passes are
+            # reused between groups when every chunk is one row block)
+            g = max(1, OUT_ELEMENTS // (C * P))
+            out = np.empty((m_out, P), dtype=self.dtype)
+            for j in range(0, m_out, g):
+                k = min(m_out, j + g)
+                total, out[j:k] = self._run(mode, theta, None if V is None else V[j:k],
+                                            None if U is None else U[j:k], k - j, J)
+            return total, out
+        ws = self._workspace(want_sq=mode == K_.GGN_DIAG)
         V = ws["V0"] if V is None else V
         U = ws["U0"] if U is None else U
         J = ws["U0"] if J is None else J
