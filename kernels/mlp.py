@@ -40,7 +40,9 @@ or the softmax ``p``), ``ones`` (B,) ones. Parameters: layer ``l``'s ``W̃_l`` s
 ``poff[l]``.
 
 Sums over rows: inside a block BLAS sums rows in its own fixed order; the first block writes
-the output, later blocks are added in order. No result depends on the number of threads.
+the output, later blocks are added in order. Larger problems split the rows into fixed chunks
+(:func:`run`), each with its own share of the buffers (per-chunk offsets) and its own output,
+added in chunk order. No result depends on the number of threads.
 """
 
 import math

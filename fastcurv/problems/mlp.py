@@ -234,13 +234,13 @@ class MLP:
         self._qoff = np.zeros(L + 1, dtype=np.int64)
         self._qoff[1:] = B * np.cumsum(ins)
         # chunk c's part of each layer's region: c Bc rows in
-        ws_ = np.array(self.sizes[1:], dtype=np.int64)
+        widths = np.array(self.sizes[1:], dtype=np.int64)
         cs = np.arange(C, dtype=np.int64)[:, None] * Bc
         self._aoffs = self._aoff[None, :].repeat(C, 0)
-        self._aoffs[:, :L] += cs * ws_
+        self._aoffs[:, :L] += cs * widths
         self._hoffs = self._hoff[None, :].repeat(C, 0)
         if L > 1:
-            self._hoffs[:, :L - 1] += cs * 2 * (ws_[:L - 1] + 1)
+            self._hoffs[:, :L - 1] += cs * 2 * (widths[:L - 1] + 1)
         self._qoffs = self._qoff[None, :].repeat(C, 0)
         self._qoffs[:, :L] += cs * np.array(ins, dtype=np.int64)
         mask = np.zeros(self.n_params)
