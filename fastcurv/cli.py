@@ -33,17 +33,11 @@ def default_problem(n=DEFAULT_N, d=DEFAULT_D, seed=0):
 
 
 def _warm_rows(p):
-    """Rows of a subset of ``p`` that runs the same compiled kernels as ``p``: one row chunk
-    (the kernels' serial twins) if ``p`` has one, else at least two (their parallel versions;
-    see ``kernels.reduce``)."""
-    from .kernels import reduce
-
-    if p.is_sparse:
-        indptr = p.X.indptr
-        rows = int(np.searchsorted(indptr, 2 * reduce.MIN_NNZ_PER_CHUNK)) + 1
-    else:
-        rows = 2 * reduce.MIN_ROWS_PER_CHUNK
-    return min(p.n_samples, max(rows, 64))
+    """Rows of a subset of ``p`` that runs the same compiled kernels as ``p``: a few rows (one
+    row chunk: the kernels' serial twins) if ``p``'s partition has one chunk, else its first
+    two chunks (which the subset's own partition splits again: the parallel versions)."""
+    starts = p._design.starts
+    return min(p.n_samples, max(64, int(starts[2]) if len(starts) > 2 else 0))
 
 
 def _labels_for(family, y, note):
