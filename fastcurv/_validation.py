@@ -165,6 +165,43 @@ def check_sample_weight(sample_weight, n, dtype=np.float64):
     return w
 
 
+def make_rng(seed, name="seed"):
+    """``np.random.default_rng(seed)`` for None, an integer >= 0, a Generator, SeedSequence or
+    BitGenerator; a legacy ``RandomState`` seeds a new Generator from one draw. Anything else
+    is refused naming ``name``."""
+    if isinstance(seed, np.random.RandomState):
+        seed = int(seed.randint(0, 2**63 - 1, dtype=np.int64))
+    ok = (np.random.Generator, np.random.SeedSequence, np.random.BitGenerator)
+    if seed is not None and not isinstance(seed, ok):
+        if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, numbers.Integral):
+            raise TypeError(
+                f"{name} must be None, a non-negative integer or a numpy Generator, got {seed!r}")
+        if seed < 0:
+            raise ValueError(f"{name} must be a non-negative integer, got {seed}")
+    return np.random.default_rng(seed)
+
+
+def check_n_features(X, d, what):
+    """Refuse new data whose column count differs from the model's (``with_data``)."""
+    shape = X.shape if hasattr(X, "shape") else np.shape(X)
+    if len(shape) == 2 and shape[1] != d:
+        raise ValueError(
+            f"X has {shape[1]} features but the model was built for {d} ({what}); "
+            f"with_data keeps the model, so pass data with {d} columns"
+        )
+
+
+def check_subset_weights(w, idx):
+    """Refuse a row subset whose sample weights are all zero: its objective, a weighted mean
+    over the rows, would divide by a zero total weight."""
+    if not np.any(w[idx] > 0):
+        raise ValueError(
+            f"the {idx.size} rows selected all have sample_weight 0, so a problem on them "
+            "alone has no objective (its weighted mean divides by zero); select at least one "
+            "row with a positive weight"
+        )
+
+
 def check_vector(v, n_params, dtype, name, *, allow_block=False):
     """``v`` as a contiguous array of ``dtype``, shape (P,) or (P, m) if ``allow_block``."""
     arr = np.asarray(v)
@@ -174,14 +211,30 @@ def check_vector(v, n_params, dtype, name, *, allow_block=False):
     if not ok or arr.shape[0] != n_params:
         want = f"({n_params},)" + (f" or ({n_params}, m)" if allow_block else "")
         raise ValueError(f"{name} must have shape {want}, got {arr.shape}")
-    arr = np.ascontiguousarray(arr, dtype=dtype)
+    return finite_as(arr, dtype, name)
+
+
+def finite_as(arr, dtype, name):
+    """``arr`` as a C-contiguous array of ``dtype``, all finite. A non-finite entry is named
+    with its index; so is a finite value that the cast to float32 overflows."""
+    src = arr
+    with np.errstate(over="ignore"):
+        arr = np.ascontiguousarray(arr, dtype=dtype)
     if not np.all(np.isfinite(arr)):
-        idx = np.unravel_index(int(np.flatnonzero(~np.isfinite(arr.ravel()))[0]), arr.shape)
-        raise ValueError(f"{name} contains a non-finite value at index {tuple(map(int, idx))}")
+        flat = int(np.flatnonzero(~np.isfinite(arr.ravel()))[0])
+        idx = tuple(map(int, np.unravel_index(flat, arr.shape)))
+        was = float(np.asarray(src).ravel()[flat])
+        if np.isfinite(was):
+            raise ValueError(
+                f"{name} holds {was!r} at index {idx}, beyond the range of {np.dtype(dtype)} "
+                f"(max {np.finfo(dtype).max:.3g}), the problem's dtype; rescale it or build the "
+                "problem in float64"
+            )
+        raise ValueError(f"{name} contains a non-finite value ({was!r}) at index {idx}")
     return arr
 
 
-def check_rows(rows, n):
+def check_rows(rows, n, name="rows"):
     """Row selection (None, slice, boolean mask or integer indices) as int64 indices."""
     if rows is None:
         return np.arange(n, dtype=np.int64)
@@ -190,13 +243,13 @@ def check_rows(rows, n):
     r = np.asarray(rows)
     if r.dtype == bool:
         if r.shape != (n,):
-            raise ValueError(f"a boolean row mask must have shape ({n},), got {r.shape}")
+            raise ValueError(f"{name}: a boolean row mask must have shape ({n},), got {r.shape}")
         return np.flatnonzero(r).astype(np.int64)
     if r.ndim == 0:
         r = r.reshape(1)
     if r.ndim != 1 or (r.size and r.dtype.kind not in "iu"):
-        raise ValueError("rows must be None, a slice, a boolean mask or 1-D integer indices")
+        raise ValueError(f"{name} must be None, a slice, a boolean mask or 1-D integer indices")
     r = r.astype(np.int64)
     if r.size and (r.min() < -n or r.max() >= n):
-        raise ValueError(f"rows must be indices in [-{n}, {n}); got values outside that range")
+        raise ValueError(f"{name} must be indices in [-{n}, {n}); got values outside that range")
     return np.where(r < 0, r + n, r)

@@ -29,6 +29,8 @@ import time
 import numpy as np
 from scipy.sparse.linalg import LinearOperator, cg
 
+from ._validation import as_float_scalar, make_rng
+
 APPROXIMATIONS = ("diag_hessian", "diag_ggn", "diag_ggn_mc", "empirical_fisher", "kfac",
                   "ekfac", "block_ggn")
 _NAMES = {"diag_hessian": "diagonal Hessian", "diag_ggn": "diagonal GGN (exact)",
@@ -280,15 +282,28 @@ def compare(p, theta, approximations=APPROXIMATIONS, reference="ggn", *, damping
     from .estimators.eigen import top_eigenvalues
     from .estimators.trace import trace as trace_est
 
+    from .estimators.trace import _positive_int
+
     if reference not in ("ggn", "hessian"):
         raise ValueError(f"reference must be 'ggn' or 'hessian', got {reference!r}")
+    if isinstance(approximations, str):
+        raise TypeError(f"approximations must be a list of names, got the string "
+                        f"{approximations!r}; pass [{approximations!r}]")
+    damping = as_float_scalar(damping, "damping", low=0.0)
+    rtol = as_float_scalar(rtol, "rtol", low=0.0, allow_equal=False)
+    dense_limit = _positive_int(dense_limit, "dense_limit", low=0)
+    maxiter = _positive_int(maxiter, "maxiter")
+    n_probes = _positive_int(n_probes, "n_probes")
+    hutch_probes = _positive_int(hutch_probes, "hutch_probes")
+    density_probes = _positive_int(density_probes, "density_probes")
+    density_steps = _positive_int(density_steps, "density_steps")
     names = list(approximations)
     for n in names:
         if n not in APPROXIMATIONS:
             raise ValueError(f"unknown approximation {n!r}; choose from "
                              f"{', '.join(APPROXIMATIONS)}")
     theta = p._check_theta(theta).copy()
-    rng = np.random.default_rng(seed)
+    rng = make_rng(seed)
     P = p.n_params
     _warm_kernels(p, theta, names, damping, hutch_probes)
     g = np.asarray(p.grad(theta), dtype=np.float64)

@@ -280,7 +280,7 @@ class _Chunk:
             theta, S, local = args
             if local.size and local[-1] - local[0] == local.size - 1:
                 return g._grad_dots(theta, S, int(local[0]), int(local[-1]) + 1)
-            return g.subset(local)._grad_dots(theta, S, 0, local.size)
+            return g._rows_problem(local)._grad_dots(theta, S, 0, local.size)
         if op == "row_weights":
             return g._a[args[0]]
         if op == "rows":
@@ -926,7 +926,7 @@ class DaskGLM:
         The draws differ from the in-memory GLM's with the same seed (its streams run over
         the rows in one piece); the same seed gives the same result here.
         """
-        s = np.random.default_rng(seed).integers(0, 2**63 - 1, size=self.n_chunks)
+        s = val.make_rng(seed).integers(0, 2**63 - 1, size=self.n_chunks)
         return [int(x) for x in s]
 
     def _mc_fisher_vp(self, theta, v, mc_samples, seed):
@@ -1092,6 +1092,7 @@ class DaskGLM:
         """The same model and penalty on other data (the class count is kept): a
         :class:`DaskGLM` on the same client when ``X`` is a Dask array, else an in-memory
         :class:`fastcurv.GLM` (e.g. a few test points for :class:`fastcurv.Influence`)."""
+        val.check_n_features(X, self._d, "the model's feature count")
         extra = {"n_classes": self._K} if self._fam == MULTINOMIAL else {}
         if isinstance(X, da.Array):
             client = "local" if self.transport is None else self._backend.client

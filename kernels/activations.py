@@ -270,7 +270,10 @@ def d2(code, z, a):
         s = sigmoid(z)
         return s * sigmoid(-z)
     if code == GELU:
-        return _INV_SQRT2PI * math.exp(-0.5 * z * z) * (2.0 - z * z)
+        e = math.exp(-0.5 * z * z)
+        # beyond |z| ~ 38.6 the density underflows to 0 and so is φ''; without the test,
+        # |z| > 1.34e154 would give 0 · (2 − inf) = NaN
+        return _INV_SQRT2PI * e * (2.0 - z * z) if e > 0.0 else 0.0
     return 0.0
 
 

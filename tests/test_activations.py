@@ -90,3 +90,23 @@ def test_other_activations(code, f):
     # itself is amplified that much): allow 4 ulp times the conditioning
     cond = 1.0 + x * x if code == ac.GELU else np.ones_like(x)
     assert np.all(_ulps(out[big], exact[big], np.float64) <= 4.0 * cond[big])
+
+
+@jit(strict=True)
+def _derivs(code, x, o1, o2):
+    for i in range(x.shape[0]):
+        a = ac.value(code, x[i])
+        o1[i] = ac.d1(code, x[i], a)
+        o2[i] = ac.d2(code, x[i], a)
+
+
+@pytest.mark.parametrize("code", [ac.TANH, ac.RELU, ac.SIGMOID, ac.SOFTPLUS, ac.GELU])
+def test_derivatives_in_the_far_tails(code):
+    # far out every activation is flat or linear: φ' is 0 or 1 and φ'' is 0, never NaN
+    # (gelu's φ'' = ϕ(z)(2 − z²) once gave 0 · (−inf) = NaN beyond |z| = 1.34e154)
+    x = np.array([-1e300, -1e155, -1e20, -800.0, 800.0, 1e20, 1e155, 1e300])
+    o1, o2 = np.empty_like(x), np.empty_like(x)
+    _derivs(code, x, o1, o2)
+    assert np.array_equal(o1, np.where(x > 0, 1.0, 0.0) if code in (ac.RELU, ac.SOFTPLUS, ac.GELU)
+                          else np.zeros_like(x))
+    assert np.array_equal(o2, np.zeros_like(x))

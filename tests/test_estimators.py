@@ -67,3 +67,13 @@ def test_bad_n_probes(bad):
 def test_non_square_operator():
     with pytest.raises(ValueError, match="square"):
         fc.hutchinson_diag(aslinearoperator(np.ones((3, 4))), 4)
+
+
+def test_dense_and_sparse_matrices_are_operators():
+    """Like ``trace`` and ``top_eigenvalues``, ``hutchinson_diag`` takes a dense array or a
+    sparse matrix directly (a diagonal matrix is recovered exactly by any probe)."""
+    import scipy.sparse as sp
+
+    A = np.diag([1.0, 2.0, 3.0])
+    for op in (A, sp.csr_matrix(A)):
+        np.testing.assert_array_equal(fc.hutchinson_diag(op, 3, seed=0).diag, [1.0, 2.0, 3.0])

@@ -418,6 +418,14 @@ def test_bad_arguments_are_refused():
         fc.KFACOperator(p, bad)
     with pytest.raises(ValueError, match="kind"):
         fc.KFACOperator(p, theta).inverse(kind="pi")
+    for op in (fc.KFACOperator(p, theta), fc.EKFACOperator(p, theta),
+               fc.KFACOperator(p, theta).inverse()):
+        with pytest.raises(ValueError, match="non-finite"):
+            op.matvec(np.full(p.n_params, np.nan))
+        with pytest.raises(ValueError, match="non-finite"):
+            op.matmat(bad[:, None])
+        with pytest.raises(TypeError, match="real"):
+            op.matvec(theta.astype(str))
 
 
 def test_too_large_factors_are_refused(monkeypatch):

@@ -312,6 +312,11 @@ BAD_CONSTRUCTION = {
     "batch_size-zero": (X0, YL, dict(K3, batch_size=0), ValueError, "batch_size"),
     "batch_size-float": (X0, YL, dict(K3, batch_size=2.5), (TypeError, ValueError),
                          "batch_size"),
+    "unknown-activation-no-hidden": (X0, YL, dict(K3, sizes=(5, 3), activation="swish"),
+                                     ValueError, r"activation"),
+    "sizes-too-many-params": (X0, YL, dict(K3, sizes=(5, 2**21, 2**21, 3)), ValueError,
+                              r"sizes.*parameters"),
+    "label-beyond-outputs": (X0, _with(YL, 4, 3), K3, ValueError, r"sizes\[-1\]=3"),
 }
 
 
@@ -408,6 +413,15 @@ BAD_CALLS = {
     "with_data-y-short": (lambda p, t, P, n, K: p.with_data(X0, (YL if K == 3 else
                                                                  YM[:, :K])[:-1]),
                           ValueError, r"\by\b"),
+    "with_data-X-columns-names-width": (lambda p, t, P, n, K: p.with_data(
+        X0[:, :4], YL if K == 3 else YM[:, :K]), ValueError, r"4 features.*built for 5"),
+    "flatten-none": (lambda p, t, P, n, K: p.flatten(None), ValueError, r"layers"),
+    "flatten-complex": (lambda p, t, P, n, K: p.flatten(
+        [a + 1j for a in p.unflatten(t)]), TypeError, r"layer 0.*real"),
+    "seed-negative": (lambda p, t, P, n, K: p.ggn_diag(t, mc_samples=2, seed=-1), ValueError,
+                      r"\bseed\b"),
+    "seed-string": (lambda p, t, P, n, K: p.init(seed="a"), TypeError, r"\bseed\b"),
+    "seed-float": (lambda p, t, P, n, K: p.init(seed=1.5), TypeError, r"\bseed\b"),
 }
 
 
@@ -444,3 +458,72 @@ def test_hessian_diag_refused_above_a_size_limit():
     assert p.n_params > 2_000_000
     with pytest.raises(ValueError, match=r"diag|param|large|limit"):
         p.hessian_diag(np.zeros(p.n_params))
+
+
+def test_float32_overflow_is_named_as_such():
+    """A finite value beyond float32's range is not reported as NaN/inf but as an overflow of
+    the problem's dtype, with the value and its index."""
+    p = fc.MLP(X0.astype(np.float32), YL, SIZES, loss="softmax_cross_entropy")
+    t = np.full(p.n_params, 0.1)
+    big = _with(t, 3, 1e39)
+    for call, name in ((lambda: p.hvp(t, big), "v"), (lambda: p.grad(big), "theta"),
+                       (lambda: p.vjp(t, _with(np.zeros((N, 3)), (2, 1), -1e40)), "u")):
+        with pytest.raises(ValueError, match=rf"^{name} holds .*e\+(39|40).*float32"):
+            call()
+
+
+def test_legacy_random_state_seeds_mc_diagonal():
+    """A legacy RandomState seeds the Monte Carlo GGN diagonal (it once failed inside numpy's
+    ``spawn``), reproducibly."""
+    p = _problems()["softmax"]
+    t = np.full(p.n_params, 0.1)
+    a = p.ggn_diag(t, mc_samples=3, seed=np.random.RandomState(4))
+    b = p.ggn_diag(t, mc_samples=3, seed=np.random.RandomState(4))
+    assert np.array_equal(a, b) and np.all(np.isfinite(a))
+
+
+def test_reassigned_l2_is_used_by_every_product():
+    """``p.l2 = λ`` after calls at the old λ: every method then equals a fresh problem built
+    with λ (the kernels' packed arguments once kept the old value)."""
+    p = fc.MLP(X0, YL, SIZES, loss="softmax_cross_entropy", l2=0.1, sample_weight=W0)
+    t = random_theta(SIZES, 3)
+    v = random_vectors(p.n_params)
+    p.value_and_grad(t)
+    p.hvp(t, v)
+    p.l2 = 2.5
+    q = fc.MLP(X0, YL, SIZES, loss="softmax_cross_entropy", l2=2.5, sample_weight=W0)
+    assert p.value(t) == q.value(t)
+    for name in ("grad", "hessian_diag"):
+        assert np.array_equal(getattr(p, name)(t), getattr(q, name)(t)), name
+    for name in ("hvp", "ggn_vp"):
+        assert np.array_equal(getattr(p, name)(t, v), getattr(q, name)(t, v)), name
+    with pytest.raises(ValueError, match=r"\bl2\b"):
+        p.l2 = -1.0
+
+
+@pytest.mark.parametrize("kind", ["mlp", "glm"])
+def test_rows_of_weight_zero(kind):
+    """Per-sample gradients and influence scores of rows whose sample weight is 0 are those of
+    the rows in the full computation (they do not depend on the weights); a subset of such
+    rows alone has no objective and is refused, saying why."""
+    w = W0.copy()
+    w[[2, 5]] = 0.0
+    if kind == "mlp":
+        p = fc.MLP(X0, YL, SIZES, loss="softmax_cross_entropy", l2=0.1, sample_weight=w)
+        t = random_theta(SIZES, 3)
+    else:
+        p = fc.GLM(X0, YL, family="multinomial", l2=0.1, sample_weight=w)
+        t = np.random.default_rng(3).standard_normal(p.n_params) * 0.3
+    G = p.per_sample_grads(t)
+    assert np.array_equal(p.per_sample_grads(t, [2, 5]), G[[2, 5]])
+    infl = fc.Influence(p, t, damping=1e-2, curvature="ggn")
+    assert_close(infl.self_influence([2, 5, 7]), infl.self_influence()[[2, 5, 7]], 1e-10,
+                 "self-influence")
+    assert np.all(infl.params_change([2, 5]) == 0.0)  # w_i / W = 0
+    test_p = p.with_data(X0[:3], YL[:3])
+    S = infl.scores(test_p)
+    assert_close(infl.scores(test_p, rows=[2, 5, 9]), S[:, [2, 5, 9]], 1e-10, "scores")
+    with pytest.raises(ValueError, match=r"sample_weight 0"):
+        p.subset([2, 5])
+    with pytest.raises(ValueError, match=r"^test_rows must be indices"):
+        infl.scores(test_p, test_rows=[3])

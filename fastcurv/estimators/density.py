@@ -6,6 +6,7 @@ from typing import NamedTuple
 import numpy as np
 from scipy.linalg import eigh_tridiagonal
 
+from .._validation import make_rng
 from .trace import _apply, _as_operator, _positive_int, _rademacher
 
 #: most float64 entries of Lanczos basis held at once (256 MB); more probes run in turn
@@ -151,7 +152,7 @@ def spectral_density(op, n_probes, n_steps, seed=None, grid=None, n_grid=512, si
         if grid.ndim != 1 or grid.size < 1 or not np.all(np.isfinite(grid)):
             raise ValueError("grid must be a non-empty 1-D array of finite values")
     lin, P, dtype = _as_operator(op)
-    rng = np.random.default_rng(seed)
+    rng = make_rng(seed)
 
     V1 = _rademacher(rng, P, n_probes) / np.sqrt(P)
     # probes run in lockstep, as many at a time as fit in _BASIS_FLOATS of Lanczos vectors

@@ -5,6 +5,9 @@ from typing import NamedTuple
 
 import numpy as np
 
+from .._validation import make_rng
+from .trace import _as_operator
+
 
 class DiagonalEstimate(NamedTuple):
     """``diag``: the estimate (P,); ``std_error``: its per-coordinate standard error (P,)
@@ -46,12 +49,8 @@ def hutchinson_diag(op, n_probes, seed=None, block=32):
     if isinstance(block, (bool, np.bool_)) or not isinstance(block, numbers.Integral) \
             or block < 1:
         raise ValueError(f"block must be a positive integer, got {block!r}")
-    shape = getattr(op, "shape", None)
-    if shape is None or len(shape) != 2 or shape[0] != shape[1]:
-        raise ValueError(f"op must be a square (P, P) operator, got shape {shape}")
-    P = int(shape[0])
-    dtype = np.dtype(getattr(op, "dtype", None) or np.float64)
-    rng = np.random.default_rng(seed)
+    op, P, dtype = _as_operator(op)  # also takes dense arrays and sparse matrices
+    rng = make_rng(seed)
     total = np.zeros(P)
     total_sq = np.zeros(P)
     done = 0

@@ -6,6 +6,7 @@ import numbers
 import numpy as np
 from scipy.sparse.linalg import eigsh
 
+from .._validation import make_rng
 from .trace import _apply, _as_operator, _positive_int
 
 WHICH = ("LA", "SA", "LM", "BE")
@@ -98,7 +99,7 @@ def top_eigenvalues(op, k, which="LA", return_eigenvectors=False, tol=0, seed=No
     if isinstance(tol, (bool, np.bool_)) or not isinstance(tol, numbers.Real) \
             or not np.isfinite(tol) or tol < 0:
         raise ValueError(f"tol must be a finite number >= 0, got {tol!r}")
-    rng = np.random.default_rng(seed)
+    rng = make_rng(seed)
     if k >= P - 1:
         M = _apply(lin, np.eye(P), dtype, 64).astype(dtype)
         w, V = np.linalg.eigh(0.5 * (M + M.T))

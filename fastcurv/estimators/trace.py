@@ -12,6 +12,8 @@ import numpy as np
 from scipy.linalg import solve_triangular
 from scipy.sparse.linalg import LinearOperator, aslinearoperator
 
+from .._validation import make_rng
+
 METHODS = ("hutchinson", "hutch++", "xtrace")
 
 
@@ -266,7 +268,7 @@ def trace(op, n_probes, method="hutch++", seed=None, block=32):
         )
     block = _positive_int(block, "block")
     lin, P, dtype = _as_operator(op)
-    rng = np.random.default_rng(seed)
+    rng = make_rng(seed)
     if method == "hutchinson":
         return _hutchinson(lin, P, dtype, n, rng, block)
     if n >= P:

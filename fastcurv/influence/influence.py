@@ -178,7 +178,8 @@ class Influence:
             return q._grad_dots_rows(self.theta, S, rows)
         if rows.size and rows[-1] - rows[0] == rows.size - 1 and np.all(np.diff(rows) == 1):
             return q._grad_dots(self.theta, S, int(rows[0]), int(rows[-1]) + 1)
-        return q.subset(rows)._grad_dots(self.theta, S, 0, rows.size)
+        # per-sample gradients do not depend on the weights: rows of weight 0 are scored too
+        return q._rows_problem(rows)._grad_dots(self.theta, S, 0, rows.size)
 
     # ------------------------------------------------------------------ scores
     def scores(self, test_p, rows=None, *, out=None, test_rows=None, against=None):
@@ -194,6 +195,8 @@ class Influence:
         returned); if the file exists from an interrupted run with the same shape, the blocks
         already written (recorded in ``out + '.progress.json'``) are skipped, so a run
         resumes where it stopped."""
+        if test_rows is not None:
+            test_rows = val.check_rows(test_rows, self._check_test(test_p).n_samples, "test_rows")
         S = self.factors(test_p, test_rows)
         target = self.p if against is None else self._check_test(against)
         idx = val.check_rows(rows, target.n_samples)

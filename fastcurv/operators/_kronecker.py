@@ -7,6 +7,8 @@ matrix ``V``; in that layout ``(A ⊗ G) vec(V) = vec(A V G)`` for symmetric ``G
 import numpy as np
 from scipy.sparse.linalg import LinearOperator
 
+from .._validation import finite_as
+
 _EPS = np.finfo(np.float64).eps
 
 
@@ -29,8 +31,9 @@ class _BlockOperator(LinearOperator):
 
     def _matmat(self, X):
         X = np.asarray(X)
-        if X.dtype != self.dtype:
-            X = X.astype(self.dtype)
+        if X.dtype.kind not in "biuf":
+            raise TypeError(f"the vector must be real, got dtype {X.dtype}")
+        X = finite_as(X, self.dtype, "the vector")
         out = np.empty(X.shape, dtype=self.dtype)
         Vs = layer_views(X, self._layers)
         Os = layer_views(out, self._layers)

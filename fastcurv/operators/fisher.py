@@ -4,6 +4,7 @@ import numbers
 
 import numpy as np
 
+from .._validation import make_rng
 from ._base import CurvatureOperator
 
 
@@ -40,7 +41,7 @@ class FisherOperator(CurvatureOperator):
         self.kind = kind
         self.mc_samples = int(mc_samples)
         # drawn once: every product sees the same sampled labels
-        self._seed = int(np.random.default_rng(seed).integers(2**63)) if kind == "mc" else 0
+        self._seed = int(make_rng(seed).integers(2**63)) if kind == "mc" else 0
         super().__init__(problem, theta, damping)
 
     def _product(self, V):

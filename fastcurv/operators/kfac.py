@@ -4,7 +4,7 @@ import numbers
 
 import numpy as np
 
-from .._validation import as_float_scalar
+from .._validation import as_float_scalar, make_rng
 from . import _kfac_factors as kf
 from ._kronecker import EigenKroneckerBlocks, KroneckerBlocks, pinv_entries, pinv_psd, psd_eigh
 
@@ -27,7 +27,7 @@ def check_options(problem, theta, fisher, damping, seed, mc_samples):
     kf.check_layout(problem)
     if seed is not None and not isinstance(seed, (numbers.Integral, np.random.Generator)):
         raise TypeError(f"seed must be None, an integer or a numpy Generator, got {seed!r}")
-    root = int(np.random.default_rng(seed).integers(2**63)) if fisher == "mc" else 0
+    root = int(make_rng(seed).integers(2**63)) if fisher == "mc" else 0
     return theta, damping, root, int(mc_samples)
 
 

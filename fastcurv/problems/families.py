@@ -5,6 +5,7 @@ The loss formulas themselves live in :mod:`fastcurv.kernels.losses`.
 
 import numpy as np
 
+from .._validation import make_rng
 from ..kernels.losses import GAUSSIAN, LOGISTIC, MULTINOMIAL, POISSON
 
 CODES = {"gaussian": GAUSSIAN, "logistic": LOGISTIC, "poisson": POISSON, "multinomial": MULTINOMIAL}
@@ -18,13 +19,14 @@ def family_code(family):
     return CODES[family]
 
 
-def prepare_targets(family, y, n, n_classes=None):
+def prepare_targets(family, y, n, n_classes=None, classes_from="n_classes"):
     """Validated targets as float64 ``(n, Ky)`` plus the number of model outputs K.
 
     * gaussian / logistic / poisson: y of shape (n,) (K = 1) or (n, K) (K independent outputs);
       logistic targets in [0, 1], poisson targets >= 0.
     * multinomial: integer labels in [0, K) of shape (n,), as ints or integer-valued floats;
-      K is ``n_classes`` or, if None, ``max(y) + 1``.
+      K is ``n_classes`` or, if None, ``max(y) + 1``; ``classes_from`` names the argument
+      that sets K in error messages (an MLP's ``sizes[-1]``).
     """
     arr = np.asarray(y)
     if arr.dtype.kind not in "biuf":
@@ -59,8 +61,8 @@ def prepare_targets(family, y, n, n_classes=None):
             if inferred > K:
                 i = int(np.flatnonzero(y64 >= K)[0])
                 raise ValueError(
-                    f"label {int(y64[i])} at position {i} is outside [0, n_classes={K}); "
-                    "pass a larger n_classes or relabel the data"
+                    f"label {int(y64[i])} at position {i} is outside [0, {classes_from}={K}); "
+                    f"pass a larger {classes_from} or relabel the data"
                 )
         return y64.reshape(n, 1), K
     if n_classes is not None:
@@ -91,7 +93,7 @@ class LabelStreams:
     how the rows are split into blocks."""
 
     def __init__(self, seed):
-        rng = np.random.default_rng(seed)
+        rng = make_rng(seed)
         self.uniform, self.normal, self.poisson = rng.spawn(3)
 
 

@@ -329,7 +329,7 @@ class GLM:
         m = V.shape[1]
         Vw, vb = self._split_block(V)
         streams = [families.LabelStreams(g)
-                   for g in np.random.default_rng(seed).spawn(mc_samples)]
+                   for g in val.make_rng(seed).spawn(mc_samples)]
         accW = accb = 0.0
         for j in range(mc_samples):
             r = np.ascontiguousarray(
@@ -488,9 +488,7 @@ class GLM:
             raise ValueError(f"u must have shape ({n}, {K}) or ({n}, {K}, m), got {np.shape(u)}")
         block = U.ndim == 3
         m = U.shape[2] if block else 1
-        U = np.ascontiguousarray(U.reshape(n, K * m), dtype=self.dtype)
-        if not np.all(np.isfinite(U)):
-            raise ValueError("u contains NaN or inf")
+        U = val.finite_as(U.reshape(n, K * m), self.dtype, "u")
         oW = self._design.rmatmul(U)
         ob = U.sum(axis=0, dtype=np.float64)
         out = self._join_block(np.asarray(oW, dtype=np.float64), ob, m)
@@ -625,7 +623,7 @@ class GLM:
         n, K = self.n_samples, self._K
         block = max(1, self._ROWS_ELEMENTS // (self._design.d + 1))
         if kind == "mc":
-            root = np.random.default_rng(seed)
+            root = val.make_rng(seed)
             streams = [families.LabelStreams(g) for g in root.spawn(mc_samples)]
         cols = {"type2": K, "mc": mc_samples, "empirical": 1}[kind]
         for s in range(0, n, block):
@@ -671,12 +669,22 @@ class GLM:
         idx = val.check_rows(rows, self.n_samples)
         if idx.size == 0:
             raise ValueError("subset needs at least one row")
+        val.check_subset_weights(self._w, idx)
+        return self._take(idx, self._w[idx])
+
+    def _rows_problem(self, rows):
+        """The rows ``rows`` with unit weights: the per-sample gradients of the training rows
+        (Influence scores them), whatever their sample weights."""
+        return self._take(val.check_rows(rows, self.n_samples), None)
+
+    def _take(self, idx, sample_weight):
         y = self._y2[idx]
         y = y[:, 0] if self._y2.shape[1] == 1 else y
-        return self._like(self._design.take(idx), y, self._w[idx])
+        return self._like(self._design.take(idx), y, sample_weight)
 
     def with_data(self, X, y, sample_weight=None):
         """The same model and penalty on other data (the class count is kept)."""
+        val.check_n_features(X, self._design.d, "the model's feature count")
         return self._like(X, y, sample_weight)
 
     def _like(self, X, y, sample_weight):

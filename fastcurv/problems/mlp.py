@@ -21,6 +21,9 @@ _FAMILY = {"mse": "gaussian", "sigmoid_cross_entropy": "logistic", "poisson": "p
            "softmax_cross_entropy": "multinomial"}
 _HE = ("relu", "gelu")
 
+#: networks with more parameters are refused (their offsets would not fit the int64 products
+#: of the workspace sizes, and no machine holds them)
+MAX_PARAMS = 2**40
 #: dense Hessians above this many entries are refused (use the operators instead)
 MAX_DENSE_ENTRIES = 2**28
 #: the exact Hessian diagonal costs P Hessian-vector products: refused above this many params
@@ -77,6 +80,12 @@ def _check_sizes(sizes, d):
         raise ValueError(
             f"sizes[0] = {out[0]} does not match X, which has {d} features; pass sizes=({d}, ...)"
         )
+    P = sum((a + 1) * b for a, b in zip(out[:-1], out[1:], strict=True))  # Python ints
+    if P > MAX_PARAMS:
+        raise ValueError(
+            f"sizes={tuple(out)!r} gives {P:,} parameters, beyond {MAX_PARAMS:,} (2^40); "
+            "choose smaller layer widths"
+        )
     return tuple(out)
 
 
@@ -87,7 +96,7 @@ def _check_activations(activation, n_hidden):
             f"activation must be a name such as 'tanh' or a sequence of names (one per hidden "
             f"layer), got {activation!r}"
         )
-    names = [activation] * n_hidden if isinstance(activation, str) else list(activation)
+    names = [activation] * max(n_hidden, 1) if isinstance(activation, str) else list(activation)
     if not isinstance(activation, str) and len(names) != n_hidden:
         raise ValueError(
             f"activation lists {len(names)} names but the network has {n_hidden} hidden "
@@ -98,7 +107,8 @@ def _check_activations(activation, n_hidden):
             raise ValueError(
                 f"unknown activation {a!r}; choose one of {', '.join(map(repr, ACTIVATIONS))}"
             )
-    return tuple(names)
+    # a name given for a network without hidden layers is checked above, then unused
+    return tuple(names[:n_hidden])
 
 
 class MLP:
@@ -190,7 +200,7 @@ class MLP:
         if loss == "softmax_cross_entropy" and K < 2:
             raise ValueError("softmax_cross_entropy needs sizes[-1] = K >= 2 outputs")
         n_classes = K if loss == "softmax_cross_entropy" else None
-        y2, Ky = families.prepare_targets(_FAMILY[loss], y, n, n_classes)
+        y2, Ky = families.prepare_targets(_FAMILY[loss], y, n, n_classes, "sizes[-1]")
         if Ky != K:
             raise ValueError(
                 f"y has {Ky} column(s) but the network has sizes[-1] = {K} outputs; "
@@ -200,7 +210,7 @@ class MLP:
         self._w = val.check_sample_weight(sample_weight, n)
         scaled = self._w / self._w.max()
         self._cw = scaled / scaled.sum()
-        self.l2 = val.as_float_scalar(l2, "l2", low=0.0)
+        self._l2 = val.as_float_scalar(l2, "l2", low=0.0)
         if batch_size is None:
             per_row = 7 * sum(self.sizes[1:]) + 2 * max(self.sizes[1:])
             batch_size = max(256, _BLOCK_ELEMENTS // per_row)
@@ -296,7 +306,7 @@ class MLP:
         """Random starting weights (zero biases): Glorot-uniform ``U(±√(6/(n_in + n_out)))``
         for tanh, sigmoid, softplus and identity layers, He-normal ``N(0, 2/n_in)`` for the
         layers feeding relu or gelu; the output layer is Glorot."""
-        rng = np.random.default_rng(seed)
+        rng = val.make_rng(seed)
         parts = []
         L = len(self.sizes) - 1
         for l in range(L):
@@ -321,12 +331,15 @@ class MLP:
     def flatten(self, parts):
         """Inverse of :meth:`unflatten`."""
         L = len(self.sizes) - 1
-        if isinstance(parts, np.ndarray) or len(parts) != L:
-            raise ValueError(f"this MLP has {L} layers: pass a list of {L} arrays")
+        if isinstance(parts, np.ndarray) or not hasattr(parts, "__len__") or len(parts) != L:
+            raise ValueError(f"this MLP has {L} layers: pass a list of {L} arrays, got "
+                             f"{type(parts).__name__}")
         out = []
         for l, Wt in enumerate(parts):
             shape = (self.sizes[l] + 1, self.sizes[l + 1])
             Wt = np.asarray(Wt)
+            if Wt.dtype.kind not in "biuf":
+                raise TypeError(f"layer {l} must hold real numbers, got dtype {Wt.dtype}")
             if Wt.shape != shape:
                 raise ValueError(f"layer {l} must have shape {shape}, got {Wt.shape}")
             out.append(Wt.reshape(-1))
@@ -458,6 +471,17 @@ class MLP:
         self._state = level
         self._prev_level = level
 
+    @property
+    def l2(self):
+        """The L2 penalty strength λ (may be reassigned: the next call uses the new value)."""
+        return self._l2
+
+    @l2.setter
+    def l2(self, value):
+        self._l2 = val.as_float_scalar(value, "l2", low=0.0)
+        self._wsargs = None  # the kernels' packed arguments hold λ: pack them again
+        self._forget()
+
     def _forget(self):
         """Buffers rewritten outside :meth:`_run`: nothing in them can be reused."""
         self._state = None
@@ -532,10 +556,8 @@ class MLP:
         if not (U.ndim in (2, 3) and U.shape[0] == n and U.shape[1] == K):
             raise ValueError(f"u must have shape ({n}, {K}) or ({n}, {K}, m), got {np.shape(u)}")
         block = U.ndim == 3
-        Ut = np.ascontiguousarray((U if block else U[:, :, None]).transpose(2, 0, 1),
-                                  dtype=self.dtype)
-        if not np.all(np.isfinite(Ut)):
-            raise ValueError("u contains NaN or inf")
+        U = val.finite_as(U, self.dtype, "u")
+        Ut = np.ascontiguousarray((U if block else U[:, :, None]).transpose(2, 0, 1))
         _, out = self._run(K_.VJP, theta, U=Ut, m_out=Ut.shape[0])
         return np.ascontiguousarray(out.T) if block else out[0].copy()
 
@@ -702,7 +724,7 @@ class MLP:
         n, B = self.n_samples, self.batch_size
         fam = _FAMILY[self.loss]
         if kind == "mc":
-            root = np.random.default_rng(seed)
+            root = val.make_rng(seed)
             streams = [families.LabelStreams(g) for g in root.spawn(mc_samples)]
         od = 2 * self._aoff[L - 1]
         oz = self._aoff[L - 1]
@@ -782,7 +804,7 @@ class MLP:
         idx = val.check_rows(rows, self.n_samples)
         if idx.size == 0:
             return np.empty((0, self.n_params), dtype=self.dtype)
-        p = self if rows is None else self._take(idx)
+        p = self if rows is None else self._take(idx, weighted=False)
         p._forget()
         ws = p._workspace()
         Xa = p._data_args()
@@ -801,21 +823,31 @@ class MLP:
         return G
 
     # ------------------------------------------------------------------ new problems
-    def _take(self, idx):
+    def _take(self, idx, weighted=True):
+        """The rows ``idx`` as a new problem; ``weighted=False`` gives them unit weights (for
+        per-sample quantities, which do not depend on the weights, even on rows of weight 0)."""
         X = self._X[idx]
         y = self._y2[idx]
         y = y[:, 0] if self._y2.shape[1] == 1 else y
-        return self._like(X, y, self._w[idx], self.batch_size)
+        w = self._w[idx] if weighted else None
+        return self._like(X, y, w, self.batch_size)
+
+    def _rows_problem(self, rows):
+        """The rows ``rows`` with unit weights: the per-sample gradients of the training rows
+        (Influence scores them), whatever their sample weights."""
+        return self._take(val.check_rows(rows, self.n_samples), weighted=False)
 
     def subset(self, rows):
         """The same model and penalty on the rows ``rows`` (a copy of those rows)."""
         idx = val.check_rows(rows, self.n_samples)
         if idx.size == 0:
             raise ValueError("subset needs at least one row")
+        val.check_subset_weights(self._w, idx)
         return self._take(idx)
 
     def with_data(self, X, y, sample_weight=None):
         """The same model and penalty on other data."""
+        val.check_n_features(X, self.sizes[0], "the network's input width sizes[0]")
         return self._like(X, y, sample_weight, None)
 
     def _like(self, X, y, sample_weight, batch_size):
