@@ -15,6 +15,7 @@ import json
 import os
 import sys
 import time
+import warnings
 
 import numpy as np
 
@@ -116,10 +117,27 @@ def _newton(args):
             grad_norm=res.grad_norm, n_iter=res.n_iter, n_cg=res.n_cg, n_hvp=res.n_hvp,
             fit_seconds=t_fit, read_seconds=t_read, history=res.history,
         )
-        with open(os.path.join(args.out, "summary.json"), "w") as fh:
-            json.dump(summary, fh, indent=2)
+        _write_json(os.path.join(args.out, "summary.json"), summary)
         print(f"wrote {args.out}/coef.npy and {args.out}/summary.json")
     return 0 if res.success else 1
+
+
+def _json_safe(obj):
+    """``obj`` with every non-finite float replaced by None (JSON has no NaN or Infinity)."""
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if np.isfinite(obj) else None
+    if isinstance(obj, np.integer):
+        return int(obj)
+    return obj
+
+
+def _write_json(path, obj):
+    with open(path, "w") as fh:
+        json.dump(_json_safe(obj), fh, indent=2, allow_nan=False)
 
 
 def build_parser():
@@ -290,11 +308,15 @@ def _influence(args):
     family = args.family or "logistic"
     y = _labels_for(family, np.asarray(y, dtype=np.float64),
                     lambda m: print(f"note: {m}", flush=True))
+    if args.top < 1:
+        raise ValueError(f"--top must be >= 1, got {args.top}")
     n = X.shape[0]
     test = _parse_rows(args.test_rows, n)
     train = np.setdiff1d(np.arange(n), test)
     Xtr, Xte = X[train], X[test]
-    p = fc.GLM(Xtr, y[train], family=family, l2=args.l2)
+    # the classes are those of all rows: a class seen only in the test rows is still a class
+    extra = {"n_classes": max(2, int(y.max()) + 1)} if family == "multinomial" else {}
+    p = fc.GLM(Xtr, y[train], family=family, l2=args.l2, **extra)
     tp = p.with_data(Xte, y[test])
     print(f"data: {source}")
     print(f"model: {family} GLM, {p.n_samples:,} training rows x {p.n_features:,} features, "
@@ -328,7 +350,8 @@ def _influence(args):
     print(f"self-influence of every training row in {time.perf_counter() - t0:.2f}s; "
           f"highest (likely mislabeled) first:")
     print("  " + "  ".join(f"{train[i]}:{si[i]:.3g}" for i in order[:k]))
-    summary = dict(data=source, family=family, l2=args.l2, method=args.method,
+    summary = dict(data=source, family=family, l2=args.l2, fit_converged=bool(res.success),
+                   method=args.method,
                    damping=args.damping, test_rows=test.tolist(), top=top,
                    self_influence_top=[[int(train[i]), float(si[i])] for i in order[:k]])
     if flipped is not None:
@@ -341,11 +364,10 @@ def _influence(args):
         np.save(os.path.join(args.out, "scores.npy"), S)
         np.save(os.path.join(args.out, "self_influence.npy"), si)
         np.save(os.path.join(args.out, "train_rows.npy"), train)
-        with open(os.path.join(args.out, "summary.json"), "w") as fh:
-            json.dump(summary, fh, indent=2)
+        _write_json(os.path.join(args.out, "summary.json"), summary)
         print(f"wrote {args.out}/scores.npy (test x train), self_influence.npy, "
               "train_rows.npy and summary.json")
-    return 0
+    return 0 if res.success else 1  # as 'newton': scores at an unconverged fit are suspect
 
 
 def _influence_parser(sub):
@@ -380,12 +402,21 @@ def main(argv=None):
         parser.print_help()
         return 2
     try:
-        return args.func(args)
+        # failures are reported by the checks themselves, in one line: numpy's floating-point
+        # warnings (overflow on absurdly scaled data, say) would only add lines before it
+        with warnings.catch_warnings(), np.errstate(all="ignore"):
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return args.func(args)
     except BrokenPipeError:  # output piped into a command that stopped reading (head, less)
         sys.stderr.close()
         return 0
     except (ValueError, TypeError, OSError, NotImplementedError, ImportError) as exc:
         print(f"fastcurv: error: {exc}", file=sys.stderr)
+        return 2
+    except MemoryError as exc:
+        print(f"fastcurv: error: out of memory ({exc or 'allocation failed'}); the data is too "
+              "large for this machine, or a feature index in the file is far beyond the real "
+              "number of features", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("fastcurv: interrupted", file=sys.stderr)

@@ -6,6 +6,8 @@ what is wrong when a file cannot be used.
 """
 
 import os
+import warnings
+import zipfile
 
 import numpy as np
 import scipy.sparse as sp
@@ -20,8 +22,19 @@ class DataError(ValueError):
 def load(path, *, fmt=None, target=-1):
     """Read ``path`` by its extension (or ``fmt``: 'npz', 'csv', 'svmlight')."""
     path = os.fspath(path)
-    if not os.path.isfile(path):
+    if os.path.isdir(path):
+        raise DataError(f"{path}: is a directory, not a data file")
+    if not os.path.exists(path):
         raise DataError(f"{path}: no such file")
+    if not os.path.isfile(path):
+        raise DataError(f"{path}: not a regular file")
+    try:
+        return _load(path, fmt, target)
+    except OSError as exc:  # a read error: name the file
+        raise DataError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+
+
+def _load(path, fmt, target):
     if fmt is None:
         ext = os.path.splitext(path)[1].lower()
         fmt = {".npz": "npz", ".csv": "csv", ".svm": "svmlight", ".svmlight": "svmlight",
@@ -57,10 +70,13 @@ def load_npz(path):
     except DataError:
         raise
     except Exception as exc:  # a corrupt or non-npz file
+        if not zipfile.is_zipfile(path):
+            raise DataError(f"{path}: not an .npz file (not a zip archive of .npy arrays; "
+                            "write one with numpy.savez)") from None
         raise DataError(f"{path}: not a readable .npz file ({exc})") from None
     if y.ndim != 1:
         y = y.reshape(-1) if y.ndim == 2 and 1 in y.shape else y
-    if X.ndim != 2 or y.shape[0] != X.shape[0]:
+    if y.ndim != 1 or X.ndim != 2 or y.shape[0] != X.shape[0]:
         raise DataError(f"{path}: X has shape {X.shape} but y has shape {y.shape}")
     if X.dtype.kind not in "biuf" or y.dtype.kind not in "biuf":
         raise DataError(f"{path}: X and y must be numeric (got {X.dtype} and {y.dtype})")
@@ -70,29 +86,32 @@ def load_npz(path):
 def load_csv(path, *, target=-1, delimiter=","):
     """Numeric CSV, one sample per line; column ``target`` (default the last) is ``y``.
 
-    A first line with a non-numeric field is a header and is skipped; blank lines and lines
-    starting with ``#`` are ignored. An empty field, NaN or inf is an error naming its line.
+    The first line that is not blank or a ``#`` comment is a header, and skipped, when none of
+    its fields is a number (empty names are allowed, as pandas writes for its index column);
+    a first line mixing numbers and other fields is data, and an error names its bad field.
+    Blank lines and ``#`` comments are ignored; numbers may be quoted; a UTF-8 byte-order mark
+    and any 8-bit text encoding of the header are accepted; ``\n``, ``\r\n`` and ``\r`` line
+    ends alike. An empty field, NaN or inf is an error naming its line and column.
     """
-    with open(path, "rb") as fh:
-        head = fh.readline().decode("utf-8", "replace").strip()
-    fields = [t.strip() for t in head.split(delimiter)]
-    skip = 0
-    if head and all(fields):
-        try:
-            [float(t) for t in fields]
-        except ValueError:
-            skip = 1
+    encoding = _csv_encoding(path)
+    first, text = _first_content_line(path, encoding)
+    fields = _csv_fields(text, delimiter)
+    header = text is not None and any(fields) and not any(map(_is_number, fields))
+    skip = first if header else 0
     try:
-        data = np.loadtxt(path, delimiter=delimiter, skiprows=skip, dtype=np.float64,
-                          ndmin=2, comments="#")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # "input contained no data"
+            data = np.loadtxt(path, delimiter=delimiter, skiprows=skip, dtype=np.float64,
+                              ndmin=2, comments="#", quotechar='"', encoding=encoding)
     except ValueError:
-        raise DataError(_csv_problem(path, delimiter, skip)) from None
+        raise DataError(_csv_problem(path, delimiter, skip, encoding)) from None
     if data.shape[0] == 0:
         raise DataError(f"{path}: no data rows")
     if data.shape[1] < 2:
-        raise DataError(f"{path}: needs at least one feature column and one target column")
+        raise DataError(f"{path}: needs at least one feature column and one target column"
+                        + _delimiter_hint(text, delimiter))
     if not np.all(np.isfinite(data)):
-        raise DataError(_csv_problem(path, delimiter, skip))
+        raise DataError(_csv_problem(path, delimiter, skip, encoding))
     ncol = data.shape[1]
     if not -ncol <= target < ncol:
         raise DataError(f"{path}: target column {target} does not exist (the file has {ncol} "
@@ -103,28 +122,77 @@ def load_csv(path, *, target=-1, delimiter=","):
     return X, y
 
 
-def _csv_problem(path, delimiter, skip):
+def _csv_encoding(path):
+    """'utf-8-sig' for a file that starts with a UTF-8 byte-order mark, else 'latin-1': the
+    numbers are ASCII either way, and latin-1 decodes any byte of a header or comment."""
+    with open(path, "rb") as fh:
+        return "utf-8-sig" if fh.read(3) == b"\xef\xbb\xbf" else "latin-1"
+
+
+def _first_content_line(path, encoding):
+    """(1-based number, stripped text) of the first line that is not blank or a comment;
+    (0, None) for a file without one. Text mode: every kind of line end counts."""
+    with open(path, encoding=encoding, newline=None) as fh:
+        for no, line in enumerate(fh, start=1):
+            text = line.strip()
+            if text and not text.startswith("#"):
+                return no, text
+    return 0, None
+
+
+def _csv_fields(text, delimiter):
+    if text is None:
+        return []
+    return [t.strip().strip('"').strip() for t in text.split(delimiter)]
+
+
+def _is_number(tok):
+    """Whether ``tok`` is a number as ``np.loadtxt`` reads one (Python's ``float`` also takes
+    ``1_000``, which loadtxt refuses)."""
+    if "_" in tok:
+        return False
+    try:
+        float(tok)
+    except ValueError:
+        return False
+    return True
+
+
+def _delimiter_hint(text, delimiter):
+    for other, name in ((";", "';'"), ("\t", "tabs")):
+        if text is not None and other != delimiter and other in text:
+            return (f" (the fields seem to be separated by {name}; this reader takes "
+                    f"{delimiter!r}-separated values)")
+    return ""
+
+
+def _csv_problem(path, delimiter, skip, encoding):
     """Describe the first bad line of a CSV file (only run once reading has failed)."""
     width = None
-    with open(path, encoding="utf-8", errors="replace") as fh:
+    with open(path, encoding=encoding, newline=None) as fh:
         for no, line in enumerate(fh, start=1):
             text = line.strip()
             if no <= skip or not text or text.startswith("#"):
                 continue
-            fields = [t.strip() for t in text.split(delimiter)]
+            fields = _csv_fields(text, delimiter)
             if width is None:
                 width = len(fields)
             elif len(fields) != width:
                 return f"{path}: line {no} has {len(fields)} fields, expected {width}"
             for col, tok in enumerate(fields, start=1):
-                try:
-                    ok = np.isfinite(float(tok))
-                except ValueError:
-                    ok = False
-                if not ok:
+                if not (_is_number(tok) and np.isfinite(float(tok))):
                     what = "missing value" if tok == "" else f"value {tok!r} is not a finite number"
-                    return f"{path}: line {no}, column {col}: {what}; remove or impute it"
+                    hint = _delimiter_hint(tok, delimiter)
+                    if not hint and skip == 0 and width == len(fields) and no == _first(path,
+                                                                                          encoding):
+                        hint = (" (the first line is read as a header only when none of its "
+                                "fields is a number)")
+                    return f"{path}: line {no}, column {col}: {what}; remove or impute it{hint}"
     return f"{path}: could not be read as numeric CSV"
+
+
+def _first(path, encoding):
+    return _first_content_line(path, encoding)[0]
 
 
 _SVM_ERRORS = {
@@ -132,6 +200,7 @@ _SVM_ERRORS = {
     2: "an entry is not of the form index:value with a numeric value (missing value?)",
     3: "a feature index is not a non-negative integer",
     4: "feature indices must increase along a line",
+    5: f"a feature index is larger than {svmlight.MAX_INDEX:,} (2^40)",
 }
 
 

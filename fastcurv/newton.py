@@ -482,6 +482,13 @@ def _newton_cg(p, theta0, gtol, max_iter, method, curvature, preconditioner, dam
                        f"{gmax:.3e} > gtol = {gtol:.1e}; increase max_iter, loosen gtol, or "
                        "try preconditioner='diag'.")
             break
+        if not np.isfinite(np.linalg.norm(g)):
+            # finite entries whose squared norm overflows: CG's inner products would be inf
+            message = (f"The gradient is too large to solve with (max|grad| = {gmax:.3e}, its "
+                       f"norm overflows float64) at iteration {it}; rescale the data "
+                       "(standardize the features, and the targets of a gaussian or poisson "
+                       "model).")
+            break
         it += 1
         op = _Counted(Op(p, theta, damping=damping))
         if preconditioner == "cholesky" or (auto is not None and auto.switched):

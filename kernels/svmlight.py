@@ -12,6 +12,9 @@ import numpy as np
 from ._jit import jit
 
 _POW10 = np.array([10.0**k for k in range(23)])
+#: largest feature index accepted (2^40, ~1.1e12: beyond any real feature space; larger
+#: indices are an error instead of an int64 overflow)
+MAX_INDEX = 2**40
 
 
 @jit
@@ -109,8 +112,9 @@ def parse(buf, labels, indices, values, indptr, slow_buf, slow_at):
 
     Returns ``(n_rows, nnz, n_slow, slow_bytes, err_code, err_line)``. err_code: 0 ok, 1 bad label,
     2 bad ``index:value`` pair, 3 a non-integer or negative index, 4 indices not increasing
-    within a line. Numbers that need the exact slow path are copied into ``slow_buf`` followed
-    by a space; ``slow_at`` says where each goes: ``-1 - row`` for a label, else the entry.
+    within a line, 5 an index above ``MAX_INDEX``. Numbers that need the exact slow path are
+    copied into ``slow_buf`` followed by a space; ``slow_at`` says where each goes: ``-1 - row``
+    for a label, else the entry.
     """
     pow10 = _POW10
     n = buf.shape[0]
@@ -159,14 +163,18 @@ def parse(buf, labels, indices, values, indptr, slow_buf, slow_at):
                 continue
             idx = 0
             k = i
+            big = False
             while k < stop and 48 <= buf[k] <= 57:
-                if idx < 10**15:
+                if not big:
                     idx = idx * 10 + (buf[k] - 48)
+                    big = idx > MAX_INDEX
                 k += 1
             if k == i:
                 return row, nnz, n_slow, nb, 3, line_no
             if k >= stop or buf[k] != 58:  # ':'
                 return row, nnz, n_slow, nb, 2, line_no
+            if big:
+                return row, nnz, n_slow, nb, 5, line_no
             if idx <= prev:
                 return row, nnz, n_slow, nb, 4, line_no
             prev = idx

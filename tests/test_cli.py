@@ -150,11 +150,29 @@ def _write_bad(tmp_path, kind):
     elif kind == "unknown-extension":
         path = tmp_path / "data.parquet"
         path.write_text("1,2,0\n")
+    elif kind == "huge-index":  # once cut short silently, then ran out of memory
+        path = tmp_path / "huge.svm"
+        path.write_text("1 1:0.5 1234567890123456789:1\n0 2:1\n")
+    elif kind == "many-features":  # a valid index whose feature space cannot be allocated
+        path = tmp_path / "wide.svm"
+        path.write_text("1 1:0.5 1000000000000:1\n0 2:1\n")
+    elif kind == "scalar-y":
+        path = tmp_path / "y0d.npz"
+        np.savez(path, X=np.ones((20, 3)), y=np.array(1.0))
+    elif kind == "overflowing-gradient":  # numpy overflow warnings once came first
+        path = tmp_path / "big.svm"
+        path.write_text("1 1:1e200\n0 1:2\n1 2:1\n0 2:3\n")
+    elif kind == "directory":
+        path = tmp_path
+    elif kind == "empty-csv":  # numpy's "input contained no data" warning once came first
+        path = tmp_path / "empty.csv"
+        path.write_text("")
     return path
 
 
 @pytest.mark.parametrize("kind", ["bad-svmlight", "missing", "wrong-labels", "nan-csv",
-                                  "not-npz", "unknown-extension"])
+                                  "not-npz", "unknown-extension", "huge-index", "many-features",
+                                  "scalar-y", "directory", "empty-csv"])
 def test_newton_errors_are_one_line(tmp_path, capsys, kind):
     path = _write_bad(tmp_path, kind)
     rc = main(["newton", "--data", str(path), "--family", "logistic", "--quiet"])
@@ -250,3 +268,50 @@ def test_influence_on_a_file_with_chosen_rows(logistic_npz, tmp_path, capsys):
 def test_influence_bad_test_rows_is_one_error_line(logistic_npz, capsys, rows):
     assert main(["influence", "--data", str(logistic_npz[0]), "--test-rows", rows]) == 2
     _one_error_line(capsys.readouterr().err)
+
+
+def test_overflowing_gradient_stops_with_one_message(tmp_path, capsys):
+    """Finite data so large that the gradient's norm overflows: the fit stops at once and says
+    what to do, with no numpy warning in the output; summary.json stays valid JSON."""
+    path = _write_bad(tmp_path, "overflowing-gradient")
+    rc = main(["newton", "--data", str(path), "--quiet", "--out", str(tmp_path / "o")])
+    out, err = capsys.readouterr()
+    assert rc == 1 and err == ""
+    assert "rescale the data" in out and "Warning" not in out
+    summary = json.load(open(tmp_path / "o" / "summary.json"))  # strict: no Infinity/NaN
+    assert summary["success"] is False
+
+
+def test_summary_json_has_no_infinity(tmp_path, capsys):
+    path = tmp_path / "g.svm"
+    path.write_text("1e300 1:1\n0 1:2\n3 2:1\n-1e300 2:3\n")
+    main(["newton", "--data", str(path), "--family", "gaussian", "--quiet", "--out",
+          str(tmp_path / "o")])
+    capsys.readouterr()
+    text = (tmp_path / "o" / "summary.json").read_text()
+    assert "Infinity" not in text and "NaN" not in text
+    json.loads(text, parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}"))
+
+
+def test_influence_multinomial_class_only_in_test_rows(tmp_path, capsys):
+    """The model's classes are those of all rows, also when one appears only in the held-out
+    test rows (it was refused as a label out of range)."""
+    rng = np.random.default_rng(2)
+    X = rng.standard_normal((40, 3))
+    y = (X[:, 0] > 0).astype(float)
+    y[-1] = 2.0
+    path = tmp_path / "m.npz"
+    np.savez(path, X=X, y=y)
+    rc = main(["influence", "--data", str(path), "--family", "multinomial", "--test-rows", "-1",
+               "--out", str(tmp_path / "o")])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    assert np.load(tmp_path / "o" / "scores.npy").shape == (1, 39)
+
+
+def test_influence_top_must_be_positive(logistic_npz, capsys):
+    path, _, _ = logistic_npz
+    rc = main(["influence", "--data", str(path), "--top", "-3"])
+    _, err = capsys.readouterr()
+    assert rc == 2 and "--top" in err
+    _one_error_line(err)

@@ -315,3 +315,58 @@ def test_load_errors(tmp_path):
         load(tmp_path / "a.dat")
     with pytest.raises(DataError):
         load(tmp_path / "a.dat", fmt="parquet")
+
+
+@pytest.mark.parametrize("name,raw", [
+    ("bom", b"\xef\xbb\xbf1,2,0\n3,4,1\n"),  # UTF-8 byte-order mark (Excel)
+    ("cr-only", b"1,2,0\r3,4,1\r"),  # old Mac line ends
+    ("pandas-index-header", b",b,y\n1,2,0\n3,4,1\n"),
+    ("latin1-header", b"caf\xe9,b,y\n1,2,0\n3,4,1\n"),
+    ("comment-before-header", b"# caf\xe9\n\nx1,x2,y\n1,2,0\n3,4,1\n"),
+    ("quoted", b'"x1","x2","y"\n"1","2","0"\n"3","4","1"\n'),
+])
+def test_csv_variants_read_every_row(tmp_path, name, raw):
+    """Every row is data in these common variants (a BOM, CR line ends and a first row with a
+    bad field were once taken for a header and the row silently dropped)."""
+    path = tmp_path / "v.csv"
+    path.write_bytes(raw)
+    X, y = load_csv(path)
+    np.testing.assert_array_equal(X, [[1.0, 2.0], [3.0, 4.0]])
+    np.testing.assert_array_equal(y, [0.0, 1.0])
+
+
+@pytest.mark.parametrize("text,pattern", [
+    ("1,NA,0\n3,4,1\n", r"line 1, column 2: value 'NA'.*header"),
+    ("1_000,2,0\n3,4,1\n", r"line 1, column 1: value '1_000'"),
+    ("1;2;0\n3;4;1\n", r"separated by ';'"),
+    ("1\t2\t0\n3\t4\t1\n", r"separated by tabs"),
+])
+def test_csv_first_row_is_data_unless_all_names(tmp_path, text, pattern):
+    path = tmp_path / "b.csv"
+    path.write_text(text)
+    with pytest.raises(DataError, match=pattern):
+        load_csv(path)
+
+
+def test_svmlight_index_beyond_limit_is_an_error(tmp_path):
+    """An index is never cut short: beyond 2^40 the line is refused (it once read
+    1234567890123456789 as 1234567890123455, silently)."""
+    path = tmp_path / "i.svm"
+    path.write_text("1 1:0.5\n0 2:1 1234567890123456789:1\n")
+    with pytest.raises(DataError, match=r"line 2: a feature index is larger than"):
+        load_svmlight(path)
+    path.write_text("1 1:0.5 1099511627776:2\n")  # 2^40 itself is read exactly
+    X, _ = load_svmlight(path)
+    assert X.shape == (1, 2**40) and X.indices[-1] == 2**40 - 1
+
+
+def test_load_names_directories_and_non_npz(tmp_path):
+    with pytest.raises(DataError, match="is a directory"):
+        load(tmp_path)
+    (tmp_path / "t.npz").write_text("hello")
+    with pytest.raises(DataError, match="not an .npz file") as err:
+        load(tmp_path / "t.npz")
+    assert "pickle" not in str(err.value)
+    np.savez(tmp_path / "s.npz", X=np.ones((3, 2)), y=np.array(1.0))
+    with pytest.raises(DataError, match="shape"):
+        load(tmp_path / "s.npz")
