@@ -61,9 +61,25 @@ def _labels_for(family, y, note):
     return y
 
 
+def _check_options(args):
+    """Refuse bad numeric options and an unusable --out before any data is read."""
+    from fastcurv._validation import as_float_scalar
+
+    for name in ("l2", "gtol", "damping"):
+        if getattr(args, name, None) is not None:
+            as_float_scalar(getattr(args, name), f"--{name}", low=0.0)
+    if getattr(args, "max_iter", 0) < 0:
+        raise ValueError(f"--max-iter must be >= 0, got {args.max_iter}")
+    if args.out and os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise ValueError(f"--out {args.out}: exists and is not a folder; name a folder to "
+                         "create or to write into")
+
+
 def _newton(args):
     import fastcurv as fc
     from fastcurv.io import load
+
+    _check_options(args)
 
     def note(msg):
         print(f"note: {msg}", flush=True)
@@ -297,6 +313,10 @@ def _influence(args):
     import fastcurv as fc
     from fastcurv.io import load
 
+    _check_options(args)
+    if args.top < 1:
+        raise ValueError(f"--top must be >= 1, got {args.top}")
+
     flipped = None
     if args.data is None:
         X, y, flipped = influence_default()
@@ -308,8 +328,6 @@ def _influence(args):
     family = args.family or "logistic"
     y = _labels_for(family, np.asarray(y, dtype=np.float64),
                     lambda m: print(f"note: {m}", flush=True))
-    if args.top < 1:
-        raise ValueError(f"--top must be >= 1, got {args.top}")
     n = X.shape[0]
     test = _parse_rows(args.test_rows, n)
     train = np.setdiff1d(np.arange(n), test)

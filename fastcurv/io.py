@@ -240,7 +240,12 @@ def load_svmlight(path, *, zero_based="auto", n_features=None):
         values[at[~is_label]] = exact[~is_label]
     labels, indices, values, indptr = labels[:n], indices[:nnz], values[:nnz], indptr[: n + 1]
     if not (np.all(np.isfinite(values)) and np.all(np.isfinite(labels))):
-        raise DataError(f"{path}: the file holds NaN or inf values; remove or impute them")
+        bad_value = np.flatnonzero(~np.isfinite(values))
+        rows = [np.searchsorted(indptr, bad_value[0], side="right") - 1] if bad_value.size else []
+        rows += list(np.flatnonzero(~np.isfinite(labels))[:1])
+        raise DataError(f"{path}: data line {int(min(rows)) + 1} (not counting blank and "
+                        "comment lines) holds a NaN or inf value, or one beyond the float64 "
+                        "range; remove or impute it")
     if nnz:
         one_based = (zero_based is False) or (zero_based == "auto" and indices.min() > 0)
         if one_based:

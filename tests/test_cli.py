@@ -315,3 +315,17 @@ def test_influence_top_must_be_positive(logistic_npz, capsys):
     _, err = capsys.readouterr()
     assert rc == 2 and "--top" in err
     _one_error_line(err)
+
+
+def test_bad_options_are_refused_before_reading(tmp_path, capsys):
+    """--gtol, --l2 and --out are checked before the data is read (a missing file would
+    otherwise be the error) or a fit has run (--out naming a file was refused at the end)."""
+    missing = str(tmp_path / "not-there.npz")
+    (tmp_path / "afile").write_text("")
+    for extra, pattern in ((["--gtol", "-1"], "--gtol"), (["--l2", "nan"], "--l2"),
+                           (["--out", str(tmp_path / "afile")], "--out")):
+        for cmd in ("newton", "influence"):
+            rc = main([cmd, "--data", missing, *extra])
+            _, err = capsys.readouterr()
+            assert rc == 2 and pattern in err and "not-there" not in err, (cmd, err)
+            _one_error_line(err)
