@@ -50,8 +50,8 @@ def check_finite_1d(a, name):
 
 def _float_dtype_of(arr, name):
     kind = arr.dtype.kind
-    if arr.dtype in (np.dtype(np.float32), np.dtype(np.float64)):
-        return arr.dtype
+    if kind == "f" and arr.dtype.itemsize in (4, 8):  # native or byte-swapped float32/64
+        return np.dtype(np.float32 if arr.dtype.itemsize == 4 else np.float64)
     if kind in "biu":
         return np.dtype(np.float64)
     if kind == "f":  # float16, longdouble
@@ -86,11 +86,32 @@ def check_dense_X(X):
     return arr
 
 
+def _check_other_sparse(X):
+    """Bounds of a CSC/BSR/COO matrix before scipy converts it to CSR: its C++ conversion
+    trusts the index arrays, and a broken matrix could crash the interpreter."""
+    fmt = X.format
+    try:
+        if fmt in ("csc", "bsr"):
+            X.check_format(full_check=True)
+        elif fmt == "coo":
+            n, d = X.shape
+            row, col = X.coords if hasattr(X, "coords") else (X.row, X.col)
+            if row.shape != col.shape or row.shape[0] != X.data.shape[0]:
+                raise ValueError("row, column and data arrays differ in length")
+            if row.size and (row.min() < 0 or row.max() >= n or col.min() < 0
+                             or col.max() >= d):
+                raise ValueError("a row or column index is outside the shape")
+    except ValueError as exc:
+        raise ValueError(f"X is a broken {fmt.upper()} matrix ({exc}); check how it was "
+                         "built") from None
+
+
 def check_csr_X(X):
     """Validated CSR version of a scipy.sparse ``X`` (converted once if not CSR)."""
     if X.ndim != 2:
         raise ValueError(f"X must be 2-D, got a sparse array with {X.ndim} dimensions")
     if not (sp.isspmatrix_csr(X) or (hasattr(sp, "csr_array") and isinstance(X, sp.csr_array))):
+        _check_other_sparse(X)
         X = sp.csr_matrix(X)
     n, d = X.shape
     if n < 1 or d < 1:
@@ -155,8 +176,8 @@ def check_sample_weight(sample_weight, n, dtype=np.float64):
         )
     if w.dtype.kind not in "biuf":
         raise TypeError(f"sample_weight must be numeric, got dtype {w.dtype}")
-    w = np.ascontiguousarray(w, dtype=np.float64)
-    check_finite_1d(w, "sample_weight")
+    w = np.array(w, dtype=np.float64, order="C", copy=True)  # later edits of the caller's
+    check_finite_1d(w, "sample_weight")                     # array must not reach the model
     if np.any(w < 0):
         i = int(np.flatnonzero(w < 0)[0])
         raise ValueError(f"sample_weight must be >= 0, got {w[i]} at position {i}")

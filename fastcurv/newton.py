@@ -1,6 +1,7 @@
 """Truncated Newton methods: line-search Newton-CG and trust-region Newton (Steihaug-Toint CG)."""
 
 import contextlib
+import numbers
 import time
 from dataclasses import dataclass, field
 
@@ -397,7 +398,10 @@ def newton_cg(p, theta0=None, *, gtol=1e-8, max_iter=100, method="line-search",
     products gain nothing from threads, and spinning BLAS threads slow the parallel curvature
     kernels that follow).
     """
-    fuse = preconditioner == "diag" and curvature == "hessian" and hasattr(p, "fuse_diag")
+    _check_problem(p)
+    _check_preconditioner(preconditioner, method)
+    fuse = (isinstance(preconditioner, str) and preconditioner == "diag"
+            and curvature == "hessian" and hasattr(p, "fuse_diag"))
     before = p.fuse_diag if fuse else None
     try:
         if fuse:  # the diagonal comes with every value-and-gradient pass: no extra pass
@@ -409,6 +413,34 @@ def newton_cg(p, theta0=None, *, gtol=1e-8, max_iter=100, method="line-search",
     finally:
         if fuse:
             p.fuse_diag = before
+
+
+_STRING_PRECONDITIONERS = ("auto", "diag", "cholesky", "kfac")
+_PROBLEM_API = ("n_params", "dtype", "init", "value_and_grad", "hvp")
+
+
+def _check_problem(p):
+    missing = [a for a in _PROBLEM_API if not hasattr(p, a)]
+    if missing:
+        raise TypeError(f"p must be a problem such as fastcurv.GLM or fastcurv.MLP; a "
+                        f"{type(p).__name__} has no {', '.join(missing)}")
+
+
+def _check_preconditioner(preconditioner, method):
+    """Refuse a bad preconditioner at once (not only when CG first needs it)."""
+    if preconditioner is None:
+        return
+    if isinstance(preconditioner, str):
+        if preconditioner not in _STRING_PRECONDITIONERS:
+            raise ValueError("preconditioner must be None, 'auto', 'diag', 'cholesky' or "
+                             f"'kfac', got {preconditioner!r}")
+        if preconditioner == "cholesky" and method != "line-search":
+            raise ValueError("preconditioner='cholesky' works with method='line-search'")
+        return
+    if not (isinstance(preconditioner, LinearOperator) or hasattr(preconditioner, "matvec")):
+        raise TypeError("preconditioner must be None, 'auto', 'diag', 'cholesky', 'kfac' or a "
+                        "LinearOperator applying the inverse preconditioner, got "
+                        f"{type(preconditioner).__name__}")
 
 
 def _newton_cg(p, theta0, gtol, max_iter, method, curvature, preconditioner, damping,
@@ -425,8 +457,20 @@ def _newton_cg(p, theta0, gtol, max_iter, method, curvature, preconditioner, dam
     if isinstance(max_iter, bool) or not isinstance(max_iter, (int, np.integer)) or max_iter < 0:
         raise ValueError(f"max_iter must be a non-negative integer, got {max_iter!r}")
     P = p.n_params
-    cg_max = int(cg_max_iter) if cg_max_iter is not None else int(min(P, 250))
-    theta = p.init() if theta0 is None else p._check_theta(theta0).copy()
+    if cg_max_iter is None:
+        cg_max = int(min(P, 250))
+    elif (isinstance(cg_max_iter, (bool, np.bool_)) or not isinstance(cg_max_iter, numbers.Integral)
+            or cg_max_iter < 1):
+        raise ValueError(f"cg_max_iter must be a positive integer or None, got {cg_max_iter!r}")
+    else:
+        cg_max = int(cg_max_iter)
+    if theta0 is None:
+        theta = p.init()
+    else:
+        try:
+            theta = p._check_theta(theta0).copy()
+        except (ValueError, TypeError) as exc:  # the problem calls it theta
+            raise type(exc)(str(exc).replace("theta", "theta0", 1)) from None
     Op = HessianOperator if curvature == "hessian" else GGNOperator
 
     t0 = time.perf_counter()
@@ -459,7 +503,7 @@ def _newton_cg(p, theta0, gtol, max_iter, method, curvature, preconditioner, dam
             print(f"{it:4d} {f:22.15g} {gmax:10.3e} {cg_it:4d} {step:9.3g} "
                   f"{row['time']:7.2f}s", flush=True)
         if callback is not None:
-            callback(theta, row)
+            callback(theta.copy(), row)  # a copy: the callback cannot change the iterate
 
     log(0, f, gmax, 0, 0.0)
     it = 0

@@ -277,6 +277,25 @@ def test_broken_csr_is_refused(how, no_kernels):
         fc.GLM(_broken_csr(how), y)
 
 
+def _broken_other(how):
+    """CSC/COO matrices with indices outside the shape: scipy's own conversion to CSR trusts
+    them (it crashed the interpreter), so they must be refused before it runs."""
+    X, _ = _Xy()
+    if how.startswith("csc"):
+        A = sp.csc_matrix(X)
+        if how == "csc-index":
+            A.indices[5] = 10**8
+        else:
+            A.indptr[-1] += 50
+        return A
+    A = sp.coo_matrix(X)
+    if how == "coo-row":
+        A.row[5] = X.shape[0] + 1000
+    else:
+        A.col[2] = -7
+    return A
+
+
 X0, Y0 = _Xy()
 YM = np.arange(20) % 3
 BAD_CONSTRUCTION = {
@@ -347,6 +366,17 @@ BAD_CONSTRUCTION = {
     "fit_intercept-string": (dict(X=X0, y=Y0, fit_intercept="yes"), TypeError,
                              "fit_intercept"),
     "csr-y-short": (dict(X=sp.csr_matrix(X0), y=Y0[:-2]), ValueError, r"\by\b"),
+    "multinomial-id-labels": (dict(X=X0, y=_with(YM, 0, 1e9), family="multinomial"),
+                              ValueError, r"only 4 distinct.*np.unique"),
+    "multinomial-label-beyond-2^31": (dict(X=X0, y=_with(YM, 0, 1e20), family="multinomial",
+                                           n_classes=3), ValueError, r"too large.*np.unique"),
+    "csc-index-out-of-range": (dict(X=_broken_other("csc-index"), y=Y0), ValueError,
+                               r"broken CSC"),
+    "csc-indptr-overrun": (dict(X=_broken_other("csc-indptr"), y=Y0), ValueError,
+                           r"broken CSC"),
+    "coo-row-out-of-range": (dict(X=_broken_other("coo-row"), y=Y0), ValueError,
+                             r"broken COO"),
+    "coo-col-negative": (dict(X=_broken_other("coo-col"), y=Y0), ValueError, r"broken COO"),
 }
 
 
@@ -454,3 +484,57 @@ def test_problem_still_works_after_refused_calls():
         except (ValueError, TypeError):
             pass
     assert_close(p.grad(t), ref.grad(t), REF_RTOL, "grad after refused calls")
+
+
+def test_caller_edits_of_y_and_weights_do_not_reach_the_model():
+    """``y`` and the weights are copied: changing the caller's arrays afterwards changes
+    nothing (labels edited to 1e6 once crashed the multinomial kernel), and the problem's own
+    arrays are exposed read-only."""
+    X, _ = _Xy()
+    y = (np.arange(20) % 3).astype(np.float64)
+    w = np.linspace(0.5, 1.5, 20)
+    p = fc.GLM(X, y, family="multinomial", sample_weight=w)
+    t = np.random.default_rng(0).standard_normal(p.n_params)
+    before = p.value_and_grad(t)
+    y[:] = 1e6
+    w[:] = 0.0
+    after = fc.GLM(X, np.arange(20) % 3, family="multinomial",
+                   sample_weight=np.linspace(0.5, 1.5, 20)).value_and_grad(t)
+    assert before[0] == after[0] and np.array_equal(before[1], after[1])
+    assert p.value(t + 1e-3) == fc.GLM(X, np.arange(20) % 3, family="multinomial",
+                                       sample_weight=np.linspace(0.5, 1.5, 20)).value(t + 1e-3)
+    for a in (p.y, p.sample_weight):
+        with pytest.raises(ValueError, match="read-only"):
+            a[0] = 5.0
+
+
+def test_byte_swapped_float32_stays_float32():
+    X, y = _Xy()
+    p = fc.GLM(X.astype(">f4"), y)
+    assert p.dtype == np.float32
+    q = fc.GLM(X.astype(np.float32), y)
+    t = np.full(p.n_params, 0.1, np.float32)
+    assert np.array_equal(p.grad(t), q.grad(t))
+
+
+def test_float32_operator_with_damping_keeps_its_dtype():
+    X, y = _Xy()
+    p = fc.GLM(X.astype(np.float32), y)
+    H = fc.HessianOperator(p, np.zeros(p.n_params, np.float32), damping=0.1)
+    assert H.matvec(np.ones(p.n_params)).dtype == np.float32
+    assert H.matmat(np.ones((p.n_params, 2))).dtype == np.float32
+
+
+@pytest.mark.parametrize("parts,exc,pattern", [
+    (None, ValueError, "one layer"), (3.0, ValueError, "one layer"),
+    ("complex", TypeError, "real"), ("nan", ValueError, "non-finite"),
+])
+def test_flatten_checks_its_input(parts, exc, pattern):
+    X, y = _Xy()
+    p = fc.GLM(X, y)
+    if parts == "complex":
+        parts = [np.ones(p.n_params) + 1j]
+    elif parts == "nan":
+        parts = [np.full(p.n_params, np.nan)]
+    with pytest.raises(exc, match=pattern):
+        p.flatten(parts)

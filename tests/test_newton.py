@@ -378,11 +378,40 @@ def test_max_iter_one(method):
 @pytest.mark.parametrize("kwargs", [
     dict(method="bfgs"), dict(curvature="fisher"), dict(preconditioner="jacobi"),
     dict(gtol=-1.0), dict(gtol=float("nan")), dict(max_iter=-1), dict(damping=-0.1),
-], ids=["method", "curvature", "preconditioner", "gtol-neg", "gtol-nan", "max_iter", "damping"])
+    dict(cg_max_iter=0), dict(cg_max_iter=2.7), dict(preconditioner="jacobi", max_iter=0),
+    dict(preconditioner="cholesky", method="trust-region", max_iter=0),
+    dict(theta0=np.ones(2)),
+], ids=["method", "curvature", "preconditioner", "gtol-neg", "gtol-nan", "max_iter", "damping",
+        "cg_max_iter-0", "cg_max_iter-float", "preconditioner-no-iterations",
+        "cholesky-trust-region-no-iterations", "theta0-short"])
 def test_invalid_arguments(kwargs):
+    """Refused up front, even when no Newton step would run (cg_max_iter=0 once turned the
+    solver silently into gradient descent)."""
     X, y = synthetic("logistic", n=50, d=2, seed=19)
-    with pytest.raises(ValueError):
+    name = next(iter(kwargs))
+    with pytest.raises(ValueError, match=name if name != "max_iter" else "max_iter"):
         fc.newton_cg(fc.GLM(X, y, l2=1e-2), **kwargs)
+
+
+def test_invalid_problem_and_preconditioner_types():
+    X, y = synthetic("logistic", n=50, d=2, seed=19)
+    p = fc.GLM(X, y, l2=1e-2)
+    with pytest.raises(TypeError, match="preconditioner.*ndarray"):
+        fc.newton_cg(p, preconditioner=np.ones(p.n_params))
+    with pytest.raises(TypeError, match="problem"):
+        fc.newton_cg(None)
+    with pytest.raises(TypeError, match="problem"):
+        fc.HessianOperator(None, np.zeros(3))
+
+
+def test_callback_gets_a_copy_of_the_iterate():
+    """A callback that writes into its θ does not change the fit (it once received the live
+    iterate, and the result's x no longer matched its fun)."""
+    X, y = synthetic("logistic", n=50, d=2, seed=19)
+    p = fc.GLM(X, y, l2=1e-2)
+    ref = fc.newton_cg(p, gtol=1e-10)
+    res = fc.newton_cg(p, gtol=1e-10, callback=lambda t, row: t.__setitem__(slice(None), 100.0))
+    assert res.success and np.array_equal(res.x, ref.x) and res.fun == p.value(res.x)
 
 
 def test_kfac_preconditioner_reaches_the_same_optimum():

@@ -15,6 +15,9 @@ class CurvatureOperator(LinearOperator):
     """
 
     def __init__(self, problem, theta, damping=0.0):
+        if not hasattr(problem, "n_params") or not hasattr(problem, "_check_theta"):
+            raise TypeError(f"problem must be a fastcurv problem (GLM, MLP), got "
+                            f"{type(problem).__name__}")
         self.problem = problem
         self.theta = problem._check_theta(theta).copy()
         self.damping = as_float_scalar(damping, "damping", low=0.0)
@@ -27,8 +30,8 @@ class CurvatureOperator(LinearOperator):
     def _matmat(self, V):
         V = np.asarray(V)
         out = self._product(V)
-        if self.damping:
-            out = out + self.damping * V
+        if self.damping:  # in the operator's dtype (a float64 V must not promote the result)
+            out = out + self.damping * np.asarray(V, dtype=out.dtype)
         return out
 
     def _matvec(self, v):

@@ -8,6 +8,12 @@ import numpy as np
 from .._validation import make_rng
 from ..kernels.losses import GAUSSIAN, LOGISTIC, MULTINOMIAL, POISSON
 
+#: multinomial labels are class indices below this (exact in float64, and no plausible K)
+MAX_LABEL = 2**31
+#: without n_classes, a label set this large with fewer than half the classes present is
+#: taken for IDs, not class indices, and refused
+SPARSE_LABELS_ABOVE = 1000
+
 CODES = {"gaussian": GAUSSIAN, "logistic": LOGISTIC, "poisson": POISSON, "multinomial": MULTINOMIAL}
 
 
@@ -33,7 +39,9 @@ def prepare_targets(family, y, n, n_classes=None, classes_from="n_classes"):
         raise TypeError(f"y must be numeric, got dtype {arr.dtype}")
     if arr.ndim == 0 or arr.shape[0] != n or arr.ndim > 2:
         raise ValueError(f"y must have {n} rows to match X, got shape {arr.shape}")
-    y64 = np.asarray(arr, dtype=np.float64)
+    # a copy: the kernels index by these labels, and a later edit of the caller's array must
+    # not reach them unchecked
+    y64 = np.array(arr, dtype=np.float64, copy=True)
     if not np.all(np.isfinite(y64)):
         i = int(np.flatnonzero((~np.isfinite(y64.reshape(n, -1))).any(axis=1))[0])
         raise ValueError(f"y contains a non-finite value in row {i}; remove or impute it")
@@ -49,9 +57,21 @@ def prepare_targets(family, y, n, n_classes=None, classes_from="n_classes"):
         if np.any(y64 < 0):
             i = int(np.flatnonzero(y64 < 0)[0])
             raise ValueError(f"multinomial labels must be >= 0, got {y64[i]} at position {i}")
+        if y64.max() >= MAX_LABEL:
+            i = int(np.argmax(y64))
+            raise ValueError(
+                f"multinomial label {y64[i]:.0f} at position {i} is too large for a class index "
+                f"(classes are 0 .. K-1, K < {MAX_LABEL}); relabel with "
+                "np.unique(y, return_inverse=True)[1]")
         inferred = int(y64.max()) + 1
         if n_classes is None:
             K = max(inferred, 2)
+            distinct = np.unique(y64).size if K > SPARSE_LABELS_ABOVE else K
+            if 2 * distinct < K:
+                raise ValueError(
+                    f"the labels go up to {K - 1} but only {distinct} distinct values occur: "
+                    f"most of the {K} classes this implies would be empty; relabel with "
+                    "np.unique(y, return_inverse=True)[1], or pass n_classes")
         else:
             if isinstance(n_classes, bool) or not isinstance(n_classes, (int, np.integer)):
                 raise TypeError(f"n_classes must be an integer, got {n_classes!r}")

@@ -31,6 +31,13 @@ class _State:
         self._cache = {}
 
 
+def _readonly(a):
+    """A view of ``a`` that cannot be written through (``a`` itself stays writable)."""
+    v = a.view()
+    v.flags.writeable = False
+    return v
+
+
 class GLM:
     r"""A generalized linear model with a canonical link, L2 penalty and sample weights.
 
@@ -64,7 +71,10 @@ class GLM:
         Dense data may be C- or F-ordered, read-only or a ``numpy.memmap`` and is never copied
         (unless its dtype is not float32/float64). Sparse data are converted to CSR once; a CSR
         input is used as it is and must have sorted, unique, in-range column indices.
-        The dtype of ``X`` (float32 or float64) is the dtype of every result.
+        The dtype of ``X`` (float32 or float64) is the dtype of every result. Since ``X`` is
+        not copied, it is validated once, here: do not modify it while the problem is in use
+        (build a new problem, or use :meth:`with_data`, for new data). ``y`` and the weights
+        are copied.
     y : array_like
         ``(n,)`` targets, or ``(n, K)`` for K independent outputs (gaussian, logistic,
         poisson). Multinomial targets are integer class labels in ``[0, K)``.
@@ -122,12 +132,14 @@ class GLM:
 
     @property
     def y(self):
-        """Targets as float64: (n,) for one output and class labels, else (n, K)."""
-        return self._y2[:, 0] if self._y2.shape[1] == 1 else self._y2
+        """Targets as float64: (n,) for one output and class labels, else (n, K) (a read-only
+        view: the problem's own copy)."""
+        return _readonly(self._y2[:, 0] if self._y2.shape[1] == 1 else self._y2)
 
     @property
     def sample_weight(self):
-        return self._w
+        """The sample weights (n,) as given (a read-only view of the problem's copy)."""
+        return _readonly(self._w)
 
     @property
     def n_samples(self):
@@ -175,13 +187,16 @@ class GLM:
         """Inverse of :meth:`unflatten`."""
         if isinstance(parts, np.ndarray):
             parts = [parts]
-        if len(parts) != 1:
-            raise ValueError(f"a GLM has one layer, got {len(parts)} parts")
+        if not isinstance(parts, (list, tuple)) or len(parts) != 1:
+            raise ValueError("a GLM has one layer: pass a list of one (d [+ 1], K) array, got "
+                             f"{type(parts).__name__}")
         rows = self._design.d + int(self.fit_intercept)
         W = np.asarray(parts[0])
+        if W.dtype.kind not in "biuf":
+            raise TypeError(f"the layer must hold real numbers, got dtype {W.dtype}")
         if W.size != rows * self._K or W.shape not in ((rows, self._K), (rows * self._K,)):
             raise ValueError(f"the layer must have shape ({rows}, {self._K}), got {W.shape}")
-        return np.ascontiguousarray(W, dtype=self.dtype).reshape(-1)
+        return val.finite_as(W, self.dtype, "the layer").reshape(-1)
 
     def _check_theta(self, theta):
         return val.check_vector(theta, self.n_params, self.dtype, "theta")

@@ -342,8 +342,8 @@ class MLP:
                 raise TypeError(f"layer {l} must hold real numbers, got dtype {Wt.dtype}")
             if Wt.shape != shape:
                 raise ValueError(f"layer {l} must have shape {shape}, got {Wt.shape}")
-            out.append(Wt.reshape(-1))
-        return np.ascontiguousarray(np.concatenate(out), dtype=self.dtype)
+            out.append(val.finite_as(Wt, self.dtype, f"layer {l}").reshape(-1))
+        return np.concatenate(out)
 
     def _check_theta(self, theta):
         # fast path for the common case (a few microseconds matter on small models)
