@@ -169,11 +169,13 @@ def _delimiter_hint(text, delimiter):
 def _csv_problem(path, delimiter, skip, encoding):
     """Describe the first bad line of a CSV file (only run once reading has failed)."""
     width = None
+    first = None  # the first line read as data
     with open(path, encoding=encoding, newline=None) as fh:
         for no, line in enumerate(fh, start=1):
             text = line.strip()
             if no <= skip or not text or text.startswith("#"):
                 continue
+            first = first or no
             fields = _csv_fields(text, delimiter)
             if width is None:
                 width = len(fields)
@@ -183,16 +185,11 @@ def _csv_problem(path, delimiter, skip, encoding):
                 if not (_is_number(tok) and np.isfinite(float(tok))):
                     what = "missing value" if tok == "" else f"value {tok!r} is not a finite number"
                     hint = _delimiter_hint(tok, delimiter)
-                    if not hint and skip == 0 and width == len(fields) and no == _first(path,
-                                                                                          encoding):
+                    if not hint and skip == 0 and no == first:
                         hint = (" (the first line is read as a header only when none of its "
                                 "fields is a number)")
                     return f"{path}: line {no}, column {col}: {what}; remove or impute it{hint}"
     return f"{path}: could not be read as numeric CSV"
-
-
-def _first(path, encoding):
-    return _first_content_line(path, encoding)[0]
 
 
 _SVM_ERRORS = {

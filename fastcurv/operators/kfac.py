@@ -25,8 +25,6 @@ def check_options(problem, theta, fisher, damping, seed, mc_samples):
     damping = as_float_scalar(damping, "damping", low=0.0)
     theta = problem._check_theta(theta).copy()
     kf.check_layout(problem)
-    if seed is not None and not isinstance(seed, (numbers.Integral, np.random.Generator)):
-        raise TypeError(f"seed must be None, an integer or a numpy Generator, got {seed!r}")
     root = int(make_rng(seed).integers(2**63)) if fisher == "mc" else 0
     return theta, damping, root, int(mc_samples)
 
