@@ -29,6 +29,11 @@ FLUSH = 256
 #: a curvature-vector product with per-sample curvature computed before
 VALUE_GRAD = 0
 CURVATURE = 1
+#: the per-row curvature of a K-output pass (see ``_apply_curvature``): diagonal only, diagonal
+#: plus a rank-one term, or the softmax Hessian a (diag(p) − p pᵀ)
+CURV_DIAG = 0
+CURV_RANK1 = 1
+CURV_SOFTMAX = 2
 #: VALUE_GRAD plus the exact curvature diagonal sum_i a_i l''_i x_ij^2 in the same pass
 #: (single-output kernels only: there the extra arithmetic hides under the memory traffic)
 VALUE_GRAD_DIAG = 2
@@ -185,13 +190,35 @@ def _flush(acc, buf):
             acc[l, j] = 0
 
 
-@jit
-def _apply_curvature(u, t, i, Dw, Q, qa, use_q, m):
-    """``t = Dw[i] * u + qa[i] (Q[i] . u) Q[i]`` for each of the m vectors in ``u``.
+@jit(strict=True)  # no reassociation: ``(u_k − u_r) − s`` must not become ``u_k − (u_r + s)``
+def _apply_curvature(u, t, i, Dw, Q, qa, kind, m):
+    """``t = Dw[i] * u + qa[i] (Q[i] . u) Q[i]`` for each of the m vectors in ``u``
+    (``kind`` CURV_RANK1; CURV_DIAG: ``t = Dw[i] * u``).
+
+    ``kind == CURV_SOFTMAX`` (the multinomial Hessian, ``Dw = a p``, ``Q = p``):
+    ``t_k = a p_k (u_k − pᵀu)`` formed as ``a p_k ((u_k − u_r) − Σ_{j≠r} p_j (u_j − u_r))``
+    with ``r`` the most probable class (equal since ``Σ p = 1``). The direct form subtracts
+    ``p_r (pᵀu)`` from ``p_r u_r`` and loses every digit of ``1 − p_r`` once ``p_r`` rounds
+    to 1 (margins beyond ~37 in float64); this one sums only the small ``p_j``, ``j ≠ r``.
 
     ``u`` and ``t`` hold L = K m values with vector ``mm``'s output ``k`` at ``k m + mm``.
     """
     K = Dw.shape[1]
+    if kind == CURV_SOFTMAX:
+        r = 0
+        for k in range(1, K):
+            if Q[i, k] > Q[i, r]:
+                r = k
+        for mm in range(m):
+            ur = u[r * m + mm]
+            s = 0.0
+            for k in range(K):
+                if k != r:
+                    s += Q[i, k] * (u[k * m + mm] - ur)
+            for k in range(K):
+                t[k * m + mm] = Dw[i, k] * ((u[k * m + mm] - ur) - s)
+        return
+    use_q = kind == CURV_RANK1
     for mm in range(m):
         for k in range(K):
             t[k * m + mm] = Dw[i, k] * u[k * m + mm]
@@ -390,21 +417,21 @@ def _rows_value_grad(fam, U, T, nr, i, y, a, eta, r, h, e64, p64, r64, gb):
 
 
 @jit
-def _rows_curvature(U, T, nr, i, Dw, Q, qa, use_q, m, u64, t64, gb):
+def _rows_curvature(U, T, nr, i, Dw, Q, qa, kind, m, u64, t64, gb):
     """``T[q] = H~_{i+q} U[q]`` for each row of the block (see ``_apply_curvature``), also
     added to ``gb`` in float64."""
     L = Dw.shape[1] * m
     for q in range(nr):
         for l in range(L):
             u64[l] = U[q, l]
-        _apply_curvature(u64, t64, i + q, Dw, Q, qa, use_q, m)
+        _apply_curvature(u64, t64, i + q, Dw, Q, qa, kind, m)
         for l in range(L):
             T[q, l] = t64[l]
             gb[l] += t64[l]
 
 
 @jit(parallel=True)
-def pass_gen(X, starts, Vt, vb, mode, fam, y, a, eta, r, h, Dw, Q, qa, use_q, m,
+def pass_gen(X, starts, Vt, vb, mode, fam, y, a, eta, r, h, Dw, Q, qa, kind, m,
              lbuf, gbuf, gbbuf):
     """One fused pass of a K-output GLM over L columns: ``U_i = Vt x_i + vb``,
     ``T_i = f(U_i)``, ``gbuf[c] += sum T_i x_i^T``, ``gbbuf[c] += sum T_i``.
@@ -445,7 +472,7 @@ def pass_gen(X, starts, Vt, vb, mode, fam, y, a, eta, r, h, Dw, Q, qa, use_q, m,
                 lsum += _rows_value_grad(fam, U, T, nr, i, y, a, eta, r, h, w1, w2, w3,
                                          gbbuf[c])
             else:
-                _rows_curvature(U, T, nr, i, Dw, Q, qa, use_q, m, w1, w2, gbbuf[c])
+                _rows_curvature(U, T, nr, i, Dw, Q, qa, kind, m, w1, w2, gbbuf[c])
             if nr == 4:
                 _bwd4(X, i, T, acc)
             else:

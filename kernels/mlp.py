@@ -221,18 +221,26 @@ def loss_block(lc, Z, aoff, sizes, Y, cw, s, e, HS, D, scaled):
     return total
 
 
-@jit
+@jit(strict=True)  # no reassociation: ``(r_k − r_t) − Σ`` must keep its order
 def loss_hess_apply(lc, HS, cw, s, R, out):
-    """``out_i = c_i ∇²ℓ(η_i) R_i`` per row (softmax: ``c (p ⊙ r − p (p·r))``)."""
+    """``out_i = c_i ∇²ℓ(η_i) R_i`` per row (softmax: ``c p ⊙ (r − p·r)``, with ``r_k − p·r``
+    formed as ``(r_k − r_t) − Σ_{j≠t} p_j (r_j − r_t)`` for the most probable class ``t``:
+    no cancellation when ``p_t`` rounds to 1, see ``glm_dense._apply_curvature``)."""
     nb, K = R.shape
     for i in range(nb):
         c = cw[s + i]
         if lc == MULTINOMIAL:
+            t = 0
+            for k in range(1, K):
+                if HS[i, k] > HS[i, t]:
+                    t = k
+            rt = R[i, t]
             pr = 0.0
             for k in range(K):
-                pr += HS[i, k] * R[i, k]
+                if k != t:
+                    pr += HS[i, k] * (R[i, k] - rt)
             for k in range(K):
-                out[i, k] = c * HS[i, k] * (R[i, k] - pr)
+                out[i, k] = c * HS[i, k] * ((R[i, k] - rt) - pr)
         else:
             for k in range(K):
                 out[i, k] = c * HS[i, k] * R[i, k]

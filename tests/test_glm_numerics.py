@@ -257,3 +257,46 @@ def test_bitwise_identical_across_thread_counts_and_calls(restore_threads):
         for key in results[0]:
             for r in results[1:]:
                 assert np.array_equal(results[0][key], r[key]), f"{name}: {key} differs"
+
+
+def test_multinomial_curvature_of_confident_rows_keeps_its_digits():
+    """Rows whose top class has margin 30..300: p_top rounds to 1, and the curvature
+    ``p_k (u_k − pᵀu)`` and its diagonal ``p_k (1 − p_k)`` are tiny. Every component of the
+    products, the diagonal and the dense Hessian agrees with a 60-digit mpmath reference to
+    1e-12 (``1 − p_top`` formed directly gave 0 instead of 4e-18 at margin 40)."""
+    mpmath = pytest.importorskip("mpmath")
+    X = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 0.125], [0.125, 0.875], [7.5, 0.0]])
+    y = np.array([0, 1, 0, 1, 0])
+    W = np.array([[40.0, 0.0, 3.0], [0.0, 40.0, 1.0]])  # margins 37, 39, 37, 30.4, 277.5
+    theta = W.reshape(-1)
+    v = np.random.default_rng(5).standard_normal(6)
+    V = v.reshape(2, 3)
+    with mpmath.workdps(60):
+        hv = [[mpmath.mpf(0)] * 3 for _ in range(2)]
+        diag = [[mpmath.mpf(0)] * 3 for _ in range(2)]
+        for x in X:
+            eta = [sum(mpmath.mpf(x[j]) * W[j, k] for j in range(2)) for k in range(3)]
+            e = [mpmath.exp(t) for t in eta]
+            p = [t / sum(e) for t in e]
+            u = [sum(mpmath.mpf(x[j]) * V[j, k] for j in range(2)) for k in range(3)]
+            pu = sum(p[k] * u[k] for k in range(3))
+            for j in range(2):
+                for k in range(3):
+                    hv[j][k] += x[j] * p[k] * (u[k] - pu) / len(X)
+                    diag[j][k] += x[j] ** 2 * p[k] * (1 - p[k]) / len(X)
+        hv = np.array([[float(t) for t in row] for row in hv]).reshape(-1)
+        diag = np.array([[float(t) for t in row] for row in diag]).reshape(-1)
+    assert np.abs(diag).min() < 1e-15  # the regime where cancellation would show
+    p = fc.GLM(X, y, family="multinomial", n_classes=3, fit_intercept=False)
+    for name, got in (("hvp", p.hvp(theta, v)), ("ggn_vp", p.ggn_vp(theta, v)),
+                      ("hessian @ v", p.hessian(theta) @ v)):
+        np.testing.assert_allclose(got, hv, rtol=1e-12, atol=0, err_msg=name)
+    for name, got in (("hessian_diag", p.hessian_diag(theta)), ("ggn_diag", p.ggn_diag(theta)),
+                      ("diag of hessian", np.diag(p.hessian(theta)))):
+        np.testing.assert_allclose(got, diag, rtol=1e-12, atol=0, err_msg=name)
+    # the same model as a network without hidden layers (its weights carry a bias row)
+    m = fc.MLP(X, y, sizes=(2, 3), activation="identity", loss="softmax_cross_entropy")
+    tm = np.vstack([W, np.zeros((1, 3))]).reshape(-1)
+    vm = np.concatenate([v, np.zeros(3)])
+    for name, got in (("MLP hvp", m.hvp(tm, vm)), ("MLP ggn_vp", m.ggn_vp(tm, vm))):
+        np.testing.assert_allclose(got[:6], hv, rtol=1e-12, atol=0, err_msg=name)

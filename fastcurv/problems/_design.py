@@ -6,15 +6,16 @@ float64 results. It holds no model state; :class:`fastcurv.GLM` does.
 Curvature "weights" are passed as one of two forms:
 
 * ``("k1", cw)``: a single output and one vector, ``t_i = cw_i u_i`` (cw (n,) float64);
-* ``("gen", Dw, Q, qa, use_q)``: ``t_i = Dw_i * u_i + qa_i (Q_i . u_i) Q_i`` applied to each of
-  the m vectors (Dw, Q (n, K); qa (n,)).
+* ``("gen", Dw, Q, qa, kind, m)``: ``t_i = Dw_i * u_i + qa_i (Q_i . u_i) Q_i`` applied to each
+  of the m vectors (Dw, Q (n, K); qa (n,)); ``kind`` is one of ``glm_dense.CURV_*`` (the
+  multinomial Hessian, ``CURV_SOFTMAX``, is applied in a form without cancellation).
 """
 
 import numpy as np
 import scipy.sparse as sp
 
 from ..kernels import glm_csr, glm_dense, reduce
-from ..kernels.glm_dense import CURVATURE, VALUE_GRAD, VALUE_GRAD_DIAG
+from ..kernels.glm_dense import CURV_DIAG, CURVATURE, VALUE_GRAD, VALUE_GRAD_DIAG
 from ..kernels.losses import MULTINOMIAL
 
 
@@ -68,7 +69,7 @@ class _Design:
                 diag = _reduce(dbuf).reshape(self.d, 1)
         else:
             g, gb = self._run_gen(Wmat, b, VALUE_GRAD, fam, y2, a, eta, r, h,
-                                  _NO2, _NO2, _NO1, False, 1, lbuf)
+                                  _NO2, _NO2, _NO1, CURV_DIAG, 1, lbuf)
         return float(lbuf.sum()), g, gb, eta, r, h, diag
 
     def curv_vec(self, V, vb, weights):
@@ -80,9 +81,9 @@ class _Design:
         if weights[0] == "k1":
             return self._run_k1(V[:, 0], vb[0], CURVATURE, 0, _NO1, _NO1, weights[1],
                                 _NO1, _NO1, _NO1, lbuf, _NO2)
-        _, Dw, Q, qa, use_q, m = weights
+        _, Dw, Q, qa, kind, m = weights
         return self._run_gen(V, vb, CURVATURE, 0, _NO2, _NO1, _NO2, _NO2, _NO2,
-                             Dw, Q, qa, use_q, m, lbuf)
+                             Dw, Q, qa, kind, m, lbuf)
 
 
 class DenseDesign(_Design):

@@ -6,6 +6,7 @@ import scipy.sparse as sp
 from .. import _validation as val
 from .._gram import gram_upper, mirror
 from ..kernels import reduce
+from ..kernels.glm_dense import CURV_DIAG, CURV_RANK1, CURV_SOFTMAX
 from ..kernels.kfac import scaled_rows
 from ..kernels.losses import LOGISTIC, MULTINOMIAL, loss_along
 from . import families
@@ -29,6 +30,19 @@ class _State:
         self.r = r
         self.h = h
         self._cache = {}
+
+
+def _softmax_variance(p):
+    """``p ⊙ (1 − p)`` per row, the diagonal of ``diag(p) − p pᵀ``: each row's most probable
+    class gets ``1 − p_r`` summed from the other classes' probabilities (``1 − p_r`` itself
+    loses every digit once ``p_r`` rounds to 1)."""
+    rows = np.arange(p.shape[0])
+    top = np.argmax(p, axis=1)
+    comp = 1.0 - p
+    others = p.copy()
+    others[rows, top] = 0.0
+    comp[rows, top] = others.sum(axis=1)
+    return p * comp
 
 
 def _readonly(a):
@@ -282,11 +296,11 @@ class GLM:
             return st._cache[key]
         a = self._a
         if self._fam == MULTINOMIAL:
-            w = ("gen", a[:, None] * st.h, st.h, -a, True, m)
+            w = ("gen", a[:, None] * st.h, st.h, -a, CURV_SOFTMAX, m)
         elif self._K == 1 and m == 1:
             w = ("k1", a * st.h[:, 0])
         else:
-            w = ("gen", a[:, None] * st.h, st.h, a, False, m)
+            w = ("gen", a[:, None] * st.h, st.h, a, CURV_DIAG, m)
         st._cache[key] = w
         return w
 
@@ -298,7 +312,7 @@ class GLM:
         if self._K == 1 and m == 1:
             w = ("k1", a * st.r[:, 0] ** 2)
         else:
-            w = ("gen", np.zeros_like(st.r), st.r, a, True, m)
+            w = ("gen", np.zeros_like(st.r), st.r, a, CURV_RANK1, m)
         st._cache[key] = w
         return w
 
@@ -350,7 +364,7 @@ class GLM:
             r = np.ascontiguousarray(
                 families.sample_residuals(self.family, st.eta, st.h, streams[j]))
             oW, ob = self._design.curv_vec(Vw, vb, ("gen", np.zeros_like(r), r, self._a,
-                                                    True, m))
+                                                    CURV_RANK1, m))
             accW = accW + oW
             accb = accb + ob
         out = self._join_block(accW / mc_samples, accb / mc_samples, m)
@@ -369,7 +383,12 @@ class GLM:
         fused = st._cache.get("hess_diag_data") if (which == "hess" and cw is None) else None
         if cw is None:
             Dw, Q, qa = self._curv_matrices(st, which)
-            cw = Dw if Q is None else Dw + qa[:, None] * Q * Q
+            if Q is None:
+                cw = Dw
+            elif which != "fisher" and self._fam == MULTINOMIAL:
+                cw = self._a[:, None] * _softmax_variance(st.h)
+            else:
+                cw = Dw + qa[:, None] * Q * Q
         if fused is not None:
             dW = fused  # computed in the value-and-gradient pass at this theta
         else:
@@ -445,6 +464,12 @@ class GLM:
                 "fastcurv.HessianOperator for a problem this size"
             )
         Dw, Q, qa = self._curv_matrices(st, which)
+        # the multinomial Hessian diag(p) − p pᵀ: its (k, k) blocks take p_k (1 − p_k) with the
+        # top class's 1 − p summed from the others, and the rank-one Gram only the blocks k ≠ l
+        # (subtracting p_k² from p_k loses every digit once p_k rounds to 1)
+        softmax = which != "fisher" and self._fam == MULTINOMIAL
+        if softmax:
+            Dw = self._a[:, None] * _softmax_variance(st.h)
         fi = int(self.fit_intercept)
         dt = d + fi
         H = np.zeros((P, P))
@@ -466,7 +491,11 @@ class GLM:
                 C[:, :d, :] = Xb[:, :, None] * (s[:, None] * Q[lo:hi])[:, None, :]
                 if fi:
                     C[:, d, :] = s[:, None] * Q[lo:hi]
-                H += gram_upper(C.reshape(hi - lo, P), sign)
+                G = gram_upper(C.reshape(hi - lo, P), sign)
+                if softmax:  # G may be Fortran-ordered: strided slices, not a reshape
+                    for k in range(K):
+                        G[k::K, k::K] = 0.0
+                H += G
         H = mirror(H)
         if which != "fisher" and self.l2 != 0.0:
             H[np.diag_indices(P)] += self.l2 * self._penalty_mask()
