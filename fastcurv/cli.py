@@ -215,6 +215,18 @@ def _compare(args):
     from fastcurv.compare import APPROXIMATIONS, compare
     from fastcurv.compare_report import have_matplotlib, markdown_table, write_report
 
+    # every option is checked, and the report folder made, before the data is read and fitted
+    names = _compare_names(args.approx, APPROXIMATIONS)
+    hidden = _hidden_widths(args.hidden)
+    from fastcurv._validation import as_float_scalar
+
+    as_float_scalar(args.l2, "--l2", low=0.0)
+    as_float_scalar(args.damping, "--damping", low=0.0)
+    if args.fit_iter < 0:
+        raise ValueError(f"--fit-iter must be >= 0, got {args.fit_iter}")
+    if args.seed < 0:
+        raise ValueError(f"--seed must be >= 0, got {args.seed}")
+    _make_out_folder(args.out)
     figures = have_matplotlib()
     if not figures:
         print("note: matplotlib is not installed, so the report gets its tables but no "
@@ -231,7 +243,9 @@ def _compare(args):
     y = _labels_for("multinomial", np.asarray(y, dtype=np.float64),
                     lambda m: print(f"note: {m}", flush=True))
     K = int(y.max()) + 1
-    hidden = [int(h) for h in args.hidden.split(",") if h.strip()]
+    if K < 2:
+        raise ValueError(f"{source}: y has a single class; compare needs classification data "
+                         "with at least two classes")
     sizes = (X.shape[1], *hidden, K)
     p = fc.MLP(X, y, sizes=sizes, activation=args.activation, loss="softmax_cross_entropy",
                l2=args.l2)
@@ -243,7 +257,6 @@ def _compare(args):
                        damping=1e-4, gtol=1e-6, max_iter=args.fit_iter)
     print(f"fit: {res.n_iter} Newton-CG (GGN, K-FAC preconditioned) iterations in "
           f"{time.perf_counter() - t0:.1f}s, loss {res.fun:.6g}, max|grad| {res.grad_norm:.1e}")
-    names = APPROXIMATIONS if args.approx == "all" else tuple(args.approx.split(","))
     t0 = time.perf_counter()
     recs = compare(p, res.x, names, reference=args.reference, damping=args.damping,
                    seed=args.seed, densities=True)
@@ -257,6 +270,36 @@ def _compare(args):
     files = write_report(recs, args.out, description=desc, figures=figures)
     print(f"wrote {', '.join(os.path.basename(f) for f in files)} to {args.out}/")
     return 0
+
+
+def _compare_names(text, known):
+    if text.strip() == "all":
+        return known
+    names = tuple(t.strip() for t in text.split(","))
+    bad = [t for t in names if t not in known]
+    if bad or not names:
+        raise ValueError(f"--approx: unknown name(s) {', '.join(map(repr, bad))}; choose from "
+                         f"{', '.join(known)} (comma-separated) or 'all'")
+    return names
+
+
+def _hidden_widths(text):
+    parts = [t.strip() for t in text.split(",")]
+    if not all(t.isdigit() for t in parts) or not all(int(t) >= 1 for t in parts):
+        raise ValueError(f"--hidden must be comma-separated positive widths such as 32,32, got "
+                         f"{text!r}")
+    return [int(t) for t in parts]
+
+
+def _make_out_folder(path):
+    """Create the report folder now, so that an unusable --out fails before the work."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ValueError(f"--out {path}: exists and is not a folder")
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as exc:
+        raise ValueError(f"--out {path}: cannot create the folder ({exc.strerror or exc})"
+                         ) from None
 
 
 def _compare_parser(sub):

@@ -12,7 +12,8 @@ for each:
   ``g`` (the Newton / natural-gradient direction each would take),
 * ``top_eig_ratio`` and ``trace_ratio``: ``λ_max(A)/λ_max(R)`` (Lanczos) and
   ``tr(A)/tr(R)`` (exact for diagonals and Kronecker factors, Hutch++ otherwise),
-* ``cg_iters``: CG iterations on ``(R + δI) x = g`` to ``rtol`` with ``(A + δI)⁻¹`` as the
+* ``cg_iters``: CG iterations (None when CG does not reach ``rtol`` within ``maxiter``, as on
+  an indefinite Hessian) on ``(R + δI) x = g`` to ``rtol`` with ``(A + δI)⁻¹`` as the
   preconditioner, next to ``cg_iters`` of the reference row (no preconditioner): with the
   approximation's own inverse where it has a cheap one, and on the dense path (below
   ``dense_limit``) also for the empirical Fisher and the block-diagonal GGN, from a Cholesky
@@ -167,9 +168,10 @@ def _solve(op, g, damping, rtol, maxiter, M=None):
     P = op.shape[0]
     A = _op(P, lambda V: op.matmat(V) + damping * V)
     n = [0]
-    x, _info = cg(A, g, rtol=rtol, atol=0.0, maxiter=maxiter, M=M,
-                  callback=lambda _x: n.__setitem__(0, n[0] + 1))
-    return x, n[0]
+    x, info = cg(A, g, rtol=rtol, atol=0.0, maxiter=maxiter, M=M,
+                 callback=lambda _x: n.__setitem__(0, n[0] + 1))
+    # an iteration count only when CG reached rtol (an indefinite Hessian, say, stalls it)
+    return x, (n[0] if info == 0 else None)
 
 
 def _dense_solve(M, g, damping):

@@ -60,6 +60,16 @@ def markdown_table(records):
     return "\n".join(lines)
 
 
+def _json_value(v):
+    """None, a string, an int (counts stay integers) or a float; JSON has no NaN or inf."""
+    if v is None or isinstance(v, str):
+        return v
+    if isinstance(v, (int, np.integer)) and not isinstance(v, bool):
+        return int(v)
+    v = float(v)
+    return v if np.isfinite(v) else None
+
+
 def write_report(records, folder, title="Curvature approximations", description="",
                  figures=True):
     """Write ``report.md``, ``table.csv``, ``table.json`` and the figures into ``folder``.
@@ -79,8 +89,7 @@ def write_report(records, folder, title="Curvature approximations", description=
     files.append(path)
     path = os.path.join(folder, "table.json")
     with open(path, "w") as fh:
-        json.dump([{k: (None if v is None else v if isinstance(v, str) else float(v))
-                    for k, v in r.items()} for r in rows], fh, indent=2)
+        json.dump([{k: _json_value(v) for k, v in r.items()} for r in rows], fh, indent=2)
     files.append(path)
     figs = []
     if plt is not None and all("density" in r for r in records):

@@ -434,12 +434,26 @@ class _ClientBackend:
         from distributed import wait
 
         wait(self.futures)
+        error = cancelled = None
         for f in self.futures:
-            if f.status == "error":
-                f.result()  # raises the worker's exception (validation errors name the chunk)
-            if f.status == "cancelled":
-                raise RuntimeError("the chunk problems were cancelled (was the client or the "
-                                   "cluster restarted?); build the problem again")
+            if f.status == "error" and error is None:
+                exc = f.exception()  # the worker's exception (validation errors name the chunk)
+                error = (type(exc), str(exc))
+            cancelled = cancelled or f.status == "cancelled"
+        if error is not None or cancelled:
+            # drop every reference to the futures: the chunks built so far leave the workers.
+            # A copy of the exception is raised, never the future's own object: our frames on
+            # its traceback would tie the futures to it for as long as the client lives.
+            self.futures = []
+            del f
+            if error is not None:
+                try:
+                    new = error[0](error[1])
+                except Exception:  # an exception type that takes other arguments
+                    new = RuntimeError(f"{error[0].__name__}: {error[1]}")
+                raise new from None
+            raise RuntimeError("the chunk problems were cancelled (was the client or the "
+                               "cluster restarted?); build the problem again")
 
     def _placement(self):
         """Chunk indices grouped by the worker holding them (chunk order within a group)."""
@@ -819,6 +833,7 @@ class DaskGLM:
     def close(self):
         """Release the chunk problems and the actors (the object is unusable afterwards)."""
         self._backend.close()
+        self._closed = True
 
     # ------------------------------------------------------------------ parameters
     def init(self, seed=0):
@@ -856,6 +871,9 @@ class DaskGLM:
 
         Weighted operations skip chunks of zero total weight.
         """
+        if getattr(self, "_closed", False):
+            raise RuntimeError("this DaskGLM was closed (p.close() released its chunks); build "
+                               "the problem again")
         if op in _WEIGHTED and len(self._active) < self.n_chunks:
             if per_chunk is None:
                 per_chunk = {i: () for i in self._active}
@@ -1086,6 +1104,7 @@ class DaskGLM:
         X = (sp.vstack(Xs, format="csr") if sp.issparse(Xs[0]) else np.concatenate(Xs))[inv]
         y = np.concatenate([res[c][1] for c in sorted(per)])[inv]
         w = np.concatenate([res[c][2] for c in sorted(per)])[inv]
+        val.check_subset_weights(w, np.arange(w.size))
         return self.with_data(X, y, sample_weight=w)
 
     def with_data(self, X, y, sample_weight=None):

@@ -200,3 +200,43 @@ def test_report_without_matplotlib(tmp_path, capsys, monkeypatch):
     assert "matplotlib is not installed" in text
     assert sorted(f.name for f in out.iterdir()) == ["report.md", "table.csv", "table.json"]
     assert "not drawn" in (out / "report.md").read_text()
+
+
+def test_command_checks_options_before_the_work(tmp_path, capsys):
+    """Bad --approx, --hidden, --damping, --seed, --fit-iter or --out are refused in one line
+    before any data is read (a missing --data file would otherwise be the error) or fitted."""
+    missing = str(tmp_path / "not-there.npz")
+    (tmp_path / "afile").write_text("")
+    for extra, pattern in ((["--approx", "kfac,foo"], "--approx"),
+                           (["--hidden", "32,,x"], "--hidden"), (["--hidden", ""], "--hidden"),
+                           (["--damping", "-1"], "--damping"), (["--seed", "-1"], "--seed"),
+                           (["--fit-iter", "-1"], "--fit-iter"),
+                           (["--out", str(tmp_path / "afile")], "--out")):
+        rc = main(["compare", "--data", missing, *extra])
+        _, err = capsys.readouterr()
+        assert rc == 2 and pattern in err and "not-there" not in err, (extra, err)
+        assert len(err.strip().splitlines()) == 1, err
+
+
+def test_cg_count_is_none_when_cg_does_not_converge():
+    """CG stopped by maxiter before rtol (as on an indefinite Hessian) reports no iteration
+    count, rather than maxiter as if it had converged."""
+    from fastcurv.compare import _op, _solve
+
+    A = np.diag(np.linspace(-1.0, 1.0, 50) + 1e-3)  # indefinite, 50 distinct eigenvalues
+    _, it = _solve(_op(50, lambda V: A @ V), np.ones(50), 0.0, 1e-10, 10)
+    assert it is None
+    _, it = _solve(_op(50, lambda V: np.abs(A) @ V),
+                   np.ones(50), 0.0, 1e-10, 200)
+    assert isinstance(it, int) and it <= 60
+
+
+def test_table_json_keeps_counts_as_integers(tmp_path):
+    p, theta = _mlp()
+    recs = compare(p, theta, ("diag_ggn", "kfac"), seed=0)
+    from fastcurv.compare_report import write_report
+
+    write_report(recs, tmp_path / "r", figures=False)
+    rows = json.load(open(tmp_path / "r" / "table.json"))
+    counts = [r["cg_iters"] for r in rows if r["cg_iters"] is not None]
+    assert counts and all(isinstance(c, int) for c in counts)

@@ -8,6 +8,7 @@ uneven, one chunk has zero total weight, and targets and weights come as Dask or
 arrays. Worker deaths must be survived with the same answer.
 """
 
+import gc
 import os
 import signal
 import subprocess
@@ -372,6 +373,23 @@ def test_errors(client, monkeypatch):
         fc.GLM(dX, y, transport="carrier-pigeon", **kw)
     with pytest.raises(ValueError, match="sample_weight is zero everywhere"):
         fc.GLM(dX, y, sample_weight=np.zeros(N), **kw)
+    # a failed build leaves nothing on the workers (the chunks built before the bad one were
+    # once pinned there by the raised exception's traceback), and the same data builds again
+    gc.collect()
+    held = set(client.futures)
+    for _ in range(2):
+        with pytest.raises(ValueError, match=r"row chunk 2"):
+            fc.GLM(dX, bad, **kw)
+    gc.collect()
+    assert set(client.futures) <= held
+    w0 = np.ones(N)
+    w0[:4] = 0.0
+    p = fc.GLM(dX, y, sample_weight=w0, **kw)
+    with pytest.raises(ValueError, match="rows selected all have sample_weight 0"):
+        p.subset([0, 1, 3])
+    p.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        p.value(np.zeros(p.n_params))
 
     def no_client(c=None):
         raise ValueError("No clients found")
