@@ -655,6 +655,9 @@ def _row_chunked(X):
         X = X.compute_chunk_sizes()
     if X.numblocks[1] != 1:
         X = X.rechunk({1: X.shape[1]})
+    rows = tuple(int(c) for c in X.chunks[0] if c > 0)
+    if rows and len(rows) < X.numblocks[0]:  # empty row chunks (from a boolean mask, say)
+        X = X.rechunk({0: rows})
     return X
 
 
