@@ -300,3 +300,23 @@ def test_multinomial_curvature_of_confident_rows_keeps_its_digits():
     vm = np.concatenate([v, np.zeros(3)])
     for name, got in (("MLP hvp", m.hvp(tm, vm)), ("MLP ggn_vp", m.ggn_vp(tm, vm))):
         np.testing.assert_allclose(got[:6], hv, rtol=1e-12, atol=0, err_msg=name)
+
+
+def test_value_along_small_float32_step_keeps_its_digits():
+    """``φ(α) − φ(0)`` of a float32 line search along a step 1e-5 the size of θ: from
+    ``X(θ + d) − Xθ`` it carried the rounding of both η (2.5e-4 relative here); Xd computed
+    itself gives the float64 difference to 1e-6."""
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((2000, 10)).astype(np.float32)
+    y = (rng.random(2000) < 0.5).astype(float)
+    p32 = fc.GLM(X, y, l2=1e-3)
+    p64 = fc.GLM(X.astype(np.float64), y, l2=1e-3)
+    theta = (rng.standard_normal(11) * 3).astype(np.float32)
+    d = (rng.standard_normal(11) * 3e-5).astype(np.float32)
+    p32.value_and_grad(theta)
+    p32.value_and_grad(theta + d)  # the state a line search's first trial leaves
+    phi = p32.value_along(theta, d)
+    t64, d64 = theta.astype(np.float64), d.astype(np.float64)
+    for a in (1.0, 0.5, 0.25):
+        ref = p64.value(t64 + a * d64) - p64.value(t64)
+        assert abs((phi(a) - phi(0)) / ref - 1) < 1e-6, a

@@ -543,14 +543,21 @@ class GLM:
 
         Every trial reuses ``X θ`` (kept from the value-and-gradient pass at ``θ``) and ``X d``.
         ``X d`` costs one pass over ``X``, unless the point ``θ + d`` was evaluated last (as
-        a line search's first trial is): then it is ``X(θ + d) - X θ`` and costs no pass.
+        a line search's first trial is) and ``d`` is not tiny next to ``θ``: then it is
+        ``X(θ + d) - X θ`` and costs no pass.
         """
         theta = self._check_theta(theta)
         d = val.check_vector(direction, self.n_params, self.dtype, "direction")
         st = self._state_at(theta)
         Dw, db = self._split_block(d.reshape(-1, 1))
         end = self._cached_state(theta + d)
-        U = end.eta - st.eta if end is not None else self._design.forward(Dw, db)
+        # X(θ + d) − Xθ carries the rounding of both η (about eps |Xθ|): used only when that
+        # is below 1e-4 of |Xd| (float64: |d| ≥ 2e-12 |θ|; float32: |d| ≥ 1.2e-3 |θ|), else
+        # one pass computes Xd itself (a float32 line search's small steps were off by 4e-3)
+        eps = float(np.finfo(self.dtype).eps)
+        close = end is not None and 1e-4 * float(np.max(np.abs(d))) >= eps * float(
+            np.max(np.abs(theta)))
+        U = end.eta - st.eta if close else self._design.forward(Dw, db)
         Wmat, _ = self._split(theta)
         W64 = Wmat.astype(np.float64).reshape(-1)
         D64 = Dw.astype(np.float64).reshape(-1)
