@@ -212,15 +212,13 @@ def compare_default(n=2_000, d=20, K=3, seed=0):
 
 def _compare(args):
     import fastcurv as fc
-    from fastcurv._validation import as_float_scalar
     from fastcurv.compare import APPROXIMATIONS, compare
     from fastcurv.compare_report import have_matplotlib, markdown_table, write_report
 
     # every option is checked, and the report folder made, before the data is read and fitted
     names = _compare_names(args.approx, APPROXIMATIONS)
     hidden = _hidden_widths(args.hidden)
-    as_float_scalar(args.l2, "--l2", low=0.0)
-    as_float_scalar(args.damping, "--damping", low=0.0)
+    _check_options(args)  # --l2, --damping and an --out that is a file
     if args.fit_iter < 0:
         raise ValueError(f"--fit-iter must be >= 0, got {args.fit_iter}")
     if args.seed < 0:

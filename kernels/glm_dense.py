@@ -21,7 +21,7 @@ import numpy as np
 from numba import prange
 
 from ._jit import jit
-from .losses import MULTINOMIAL, pointwise, softmax_row
+from .losses import MULTINOMIAL, pointwise, softmax_hess_row, softmax_row
 
 #: rows accumulated in the data dtype before they are added into the float64 chunk buffer
 FLUSH = 256
@@ -190,33 +190,19 @@ def _flush(acc, buf):
             acc[l, j] = 0
 
 
-@jit(strict=True)  # no reassociation: ``(u_k − u_r) − s`` must not become ``u_k − (u_r + s)``
+@jit
 def _apply_curvature(u, t, i, Dw, Q, qa, kind, m):
     """``t = Dw[i] * u + qa[i] (Q[i] . u) Q[i]`` for each of the m vectors in ``u``
-    (``kind`` CURV_RANK1; CURV_DIAG: ``t = Dw[i] * u``).
-
-    ``kind == CURV_SOFTMAX`` (the multinomial Hessian, ``Dw = a p``, ``Q = p``):
-    ``t_k = a p_k (u_k − pᵀu)`` formed as ``a p_k ((u_k − u_r) − Σ_{j≠r} p_j (u_j − u_r))``
-    with ``r`` the most probable class (equal since ``Σ p = 1``). The direct form subtracts
-    ``p_r (pᵀu)`` from ``p_r u_r`` and loses every digit of ``1 − p_r`` once ``p_r`` rounds
-    to 1 (margins beyond ~37 in float64); this one sums only the small ``p_j``, ``j ≠ r``.
+    (``kind`` CURV_RANK1; CURV_DIAG: ``t = Dw[i] * u``; CURV_SOFTMAX, the multinomial Hessian
+    with ``Dw = a p``, ``Q = p``, ``qa = −a``: :func:`.losses.softmax_hess_row`, which forms
+    it without cancellation).
 
     ``u`` and ``t`` hold L = K m values with vector ``mm``'s output ``k`` at ``k m + mm``.
     """
     K = Dw.shape[1]
     if kind == CURV_SOFTMAX:
-        r = 0
-        for k in range(1, K):
-            if Q[i, k] > Q[i, r]:
-                r = k
         for mm in range(m):
-            ur = u[r * m + mm]
-            s = 0.0
-            for k in range(K):
-                if k != r:
-                    s += Q[i, k] * (u[k * m + mm] - ur)
-            for k in range(K):
-                t[k * m + mm] = Dw[i, k] * ((u[k * m + mm] - ur) - s)
+            softmax_hess_row(Q[i], u[mm::m], -qa[i], t[mm::m])
         return
     use_q = kind == CURV_RANK1
     for mm in range(m):

@@ -82,6 +82,30 @@ def softmax_row(eta, label, p, r):
     return (m - eta[label]) + math.log(s)
 
 
+@jit(strict=True)  # no reassociation: ``(u_k − u_r) − s`` must not become ``u_k − (u_r + s)``
+def softmax_hess_row(p, u, c, out):
+    """``out_k = c p_k (u_k − pᵀu)``: the softmax cross-entropy Hessian ``c (diag(p) − p pᵀ)``
+    applied to ``u`` for one row (K values each; strided views allowed).
+
+    Formed as ``c p_k ((u_k − u_r) − Σ_{j≠r} p_j (u_j − u_r))`` with ``r`` the most probable
+    class (equal since ``Σ p = 1``). The direct form subtracts ``p_r (pᵀu)`` from ``p_r u_r``
+    and loses every digit of ``1 − p_r`` once ``p_r`` rounds to 1 (margins beyond ~37 in
+    float64); this one sums only the small ``p_j``, ``j ≠ r``.
+    """
+    K = p.shape[0]
+    r = 0
+    for k in range(1, K):
+        if p[k] > p[r]:
+            r = k
+    ur = u[r]
+    s = 0.0
+    for k in range(K):
+        if k != r:
+            s += p[k] * (u[k] - ur)
+    for k in range(K):
+        out[k] = c * p[k] * ((u[k] - ur) - s)
+
+
 @jit(parallel=True)
 def loss_along(fam, eta, u, alpha, y, a, starts, lbuf):
     """``lbuf[c] = sum_i a_i l(y_i, eta_i + alpha u_i)`` over the rows of chunk c.

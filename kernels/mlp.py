@@ -52,7 +52,7 @@ from numba import prange
 
 from . import activations as act
 from ._jit import jit
-from .losses import MULTINOMIAL, pointwise, softmax_row
+from .losses import MULTINOMIAL, pointwise, softmax_hess_row, softmax_row
 
 # modes of run()
 VALUE = 0
@@ -221,26 +221,14 @@ def loss_block(lc, Z, aoff, sizes, Y, cw, s, e, HS, D, scaled):
     return total
 
 
-@jit(strict=True)  # no reassociation: ``(r_k − r_t) − Σ`` must keep its order
+@jit
 def loss_hess_apply(lc, HS, cw, s, R, out):
-    """``out_i = c_i ∇²ℓ(η_i) R_i`` per row (softmax: ``c p ⊙ (r − p·r)``, with ``r_k − p·r``
-    formed as ``(r_k − r_t) − Σ_{j≠t} p_j (r_j − r_t)`` for the most probable class ``t``:
-    no cancellation when ``p_t`` rounds to 1, see ``glm_dense._apply_curvature``)."""
+    """``out_i = c_i ∇²ℓ(η_i) R_i`` per row (softmax: :func:`.losses.softmax_hess_row`)."""
     nb, K = R.shape
     for i in range(nb):
         c = cw[s + i]
         if lc == MULTINOMIAL:
-            t = 0
-            for k in range(1, K):
-                if HS[i, k] > HS[i, t]:
-                    t = k
-            rt = R[i, t]
-            pr = 0.0
-            for k in range(K):
-                if k != t:
-                    pr += HS[i, k] * (R[i, k] - rt)
-            for k in range(K):
-                out[i, k] = c * HS[i, k] * ((R[i, k] - rt) - pr)
+            softmax_hess_row(HS[i], R[i], c, out[i])
         else:
             for k in range(K):
                 out[i, k] = c * HS[i, k] * R[i, k]

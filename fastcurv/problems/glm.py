@@ -379,16 +379,20 @@ class GLM:
             return a[:, None] * st.h, st.h, -a
         return a[:, None] * st.h, None, None
 
+    def _curv_row_diag(self, st, which):
+        """Per row, the diagonal (n, K) of the curvature ``diag(Dw) + qa Q Qᵀ``; for the
+        multinomial Hessian ``a p (1 − p)`` without cancellation (``_softmax_variance``)."""
+        Dw, Q, qa = self._curv_matrices(st, which)
+        if Q is None:
+            return Dw
+        if which != "fisher" and self._fam == MULTINOMIAL:
+            return self._a[:, None] * _softmax_variance(st.h)
+        return Dw + qa[:, None] * Q * Q
+
     def _diag(self, st, which, cw=None):
         fused = st._cache.get("hess_diag_data") if (which == "hess" and cw is None) else None
         if cw is None:
-            Dw, Q, qa = self._curv_matrices(st, which)
-            if Q is None:
-                cw = Dw
-            elif which != "fisher" and self._fam == MULTINOMIAL:
-                cw = self._a[:, None] * _softmax_variance(st.h)
-            else:
-                cw = Dw + qa[:, None] * Q * Q
+            cw = self._curv_row_diag(st, which)
         if fused is not None:
             dW = fused  # computed in the value-and-gradient pass at this theta
         else:
@@ -469,7 +473,7 @@ class GLM:
         # (subtracting p_k² from p_k loses every digit once p_k rounds to 1)
         softmax = which != "fisher" and self._fam == MULTINOMIAL
         if softmax:
-            Dw = self._a[:, None] * _softmax_variance(st.h)
+            Dw = self._curv_row_diag(st, which)
         fi = int(self.fit_intercept)
         dt = d + fi
         H = np.zeros((P, P))
