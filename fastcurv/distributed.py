@@ -131,7 +131,7 @@ import scipy.sparse as sp
 from . import _validation as val
 from .kernels.losses import LOGISTIC, MULTINOMIAL
 from .problems import families
-from .problems.glm import GLM
+from .problems.glm import GLM, _half_sq_penalty, _penalty_along
 
 _INSTALL = "pip install fastcurv[dask]"
 
@@ -147,7 +147,7 @@ __all__ = ["DaskGLM"]
 #: the transports between driver and workers
 TRANSPORTS = ("actors", "tasks")
 #: operations whose results are weighted by the chunk shares s_c (zero-weight chunks skipped)
-_WEIGHTED = {"vg", "hvp", "fisher_vp", "mc_fisher_vp", "hessian_diag", "ggn_diag",
+_WEIGHTED = {"vg", "value", "hvp", "fisher_vp", "mc_fisher_vp", "hessian_diag", "ggn_diag",
              "fisher_diag", "hessian", "phi", "separable"}
 
 
@@ -252,6 +252,8 @@ class _Chunk:
         g.fuse_diag = fuse
         if op == "vg":
             return g.value_and_grad(*args)
+        if op == "value":
+            return g.value(*args)
         if op == "hvp":
             return g.hvp(*args)
         if op == "fisher_vp":
@@ -896,8 +898,15 @@ class DaskGLM:
 
     # ------------------------------------------------------------------ objective
     def value(self, theta):
-        """``F(θ)``, a Python float (one round trip)."""
-        return self.value_and_grad(theta)[0]
+        """``F(θ)``, a Python float (one round trip): ``+inf`` where it overflows, as
+        :meth:`fastcurv.GLM.value`."""
+        theta = self._check_theta(theta)
+        res = self._run("value", (theta,))
+        loss = 0.0
+        for i in sorted(res):
+            loss += self._scale[i] * float(res[i])
+        value = loss + _half_sq_penalty(self.l2, theta[: self._d * self._K].astype(np.float64))
+        return value if np.isfinite(value) else np.inf
 
     def grad(self, theta):
         """``∇F(θ)``, shape (P,) (one round trip)."""
@@ -912,8 +921,14 @@ class DaskGLM:
             loss += self._scale[i] * float(res[i][0])
         g = self._weighted_sum({i: r[1] for i, r in res.items()})
         W64 = theta[: self._d * self._K].astype(np.float64)
-        value = loss + 0.5 * self.l2 * float(np.sum(W64 * W64))
-        g[: self._d * self._K] += self.l2 * W64
+        value = loss + _half_sq_penalty(self.l2, W64)
+        with np.errstate(over="ignore"):
+            g[: self._d * self._K] += self.l2 * W64
+        if not (np.isfinite(value) and np.isfinite(g).all()):
+            raise FloatingPointError(
+                f"At these parameters the {self.family} objective or its gradient overflows "
+                "(each row chunk's is finite, their weighted sum with the L2 penalty is not). "
+                "Start from smaller parameters, standardize the features, or lower l2.")
         return value, g.astype(self.dtype, copy=False)
 
     # ------------------------------------------------------------------ curvature
@@ -1132,10 +1147,7 @@ class DaskGLM:
         theta = self._check_theta(theta)
         d = val.check_vector(direction, self.n_params, self.dtype, "direction")
         dk = self._d * self._K
-        W64 = theta[:dk].astype(np.float64)
-        D64 = d[:dk].astype(np.float64)
-        ww, wd, dd = float(W64 @ W64), float(W64 @ D64), float(D64 @ D64)
-        l2 = self.l2
+        pen = _penalty_along(self.l2, theta[:dk].astype(np.float64), d[:dk].astype(np.float64))
 
         def phi(alpha):
             alpha = float(alpha)
@@ -1143,7 +1155,8 @@ class DaskGLM:
             loss = 0.0
             for i in sorted(res):
                 loss += self._scale[i] * float(res[i])
-            return loss + 0.5 * l2 * (ww + 2.0 * alpha * wd + alpha * alpha * dd)
+            f = loss + pen(alpha)
+            return f if np.isfinite(f) else np.inf
 
         return phi
 

@@ -116,6 +116,15 @@ def _in_noise(f, f_new, model_decrease, gmax, g_new, dtype):
     return float(np.max(np.abs(g_new))) < gmax
 
 
+def _trial_value_and_grad(p, x):
+    """``p.value_and_grad(x)`` at a trial point, or ``(inf, None)`` where the objective
+    overflows there (a step too long: the line search backtracks, the trust region shrinks)."""
+    try:
+        return p.value_and_grad(x)
+    except FloatingPointError:
+        return np.inf, None
+
+
 def _diag_preconditioner(p, theta, curvature, damping, mix):
     """``M⁻¹ = 1 / ((1 - mix) mean(D) + mix D)`` from the exact curvature diagonal ``D``."""
     D = np.asarray(p.hessian_diag(theta) if curvature == "hessian" else p.ggn_diag(theta),
@@ -477,7 +486,12 @@ def _newton_cg(p, theta0, gtol, max_iter, method, curvature, preconditioner, dam
     history = []
     n_hvp = 0
     n_cg = 0
-    f, g = p.value_and_grad(theta)
+    try:
+        f, g = p.value_and_grad(theta)
+    except FloatingPointError as exc:
+        return NewtonResult(x=theta, fun=float(p.value(theta)), grad_norm=np.inf, n_iter=0,
+                            n_hvp=0, n_cg=0, success=False,
+                            message=f"The starting point is unusable: {exc}")
     gmax = float(np.max(np.abs(g)))
     radius = None
     chol = None  # the Cholesky preconditioner, kept across Newton steps
@@ -577,11 +591,12 @@ def _newton_cg(p, theta0, gtol, max_iter, method, curvature, preconditioner, dam
                 slope = -float(g64 @ g64)
             # first trial: the full step, evaluated with its gradient (kept if accepted)
             trial = theta + d
-            f_new, g_new = p.value_and_grad(trial)
+            f_new, g_new = _trial_value_and_grad(p, trial)
             alpha = 1.0
             backtracks = 0
             if not (f_new <= f + ARMIJO_C1 * slope
-                    or _in_noise(f, f_new, slope, gmax, g_new, p.dtype)):
+                    or (g_new is not None
+                        and _in_noise(f, f_new, slope, gmax, g_new, p.dtype))):
                 # backtracking: on GLMs each trial is O(n) (X theta and X d are known)
                 phi = p.value_along(theta, d) if hasattr(p, "value_along") else (
                     lambda a, th=theta, d=d: p.value(th + np.asarray(a, p.dtype) * d))
@@ -603,7 +618,12 @@ def _newton_cg(p, theta0, gtol, max_iter, method, curvature, preconditioner, dam
                         message += "Try method='trust-region', damping > 0 or an L2 penalty."
                     break
                 trial = theta + np.asarray(alpha, p.dtype) * d
-                f_new, g_new = p.value_and_grad(trial)
+                f_new, g_new = _trial_value_and_grad(p, trial)
+                if g_new is None:  # a finite value along d, but its gradient overflows
+                    message = (f"The gradient overflows at the step the line search accepted "
+                               f"at iteration {it} (loss there {f_new:.6g}); rescale the data "
+                               "or add an L2 penalty.")
+                    break
             theta, f, g = trial, f_new, g_new
             gmax = float(np.max(np.abs(g)))
             last_cg = count[0]
@@ -617,9 +637,9 @@ def _newton_cg(p, theta0, gtol, max_iter, method, curvature, preconditioner, dam
             pred = -(float(g64 @ s) + 0.5 * float(s @ As))
             s_norm = float(np.sqrt(s @ ((Dm if Dm is not None else 1.0) * s)))
             trial = theta + s.astype(p.dtype)
-            f_new, g_new = p.value_and_grad(trial)
+            f_new, g_new = _trial_value_and_grad(p, trial)
             rho = (f - f_new) / pred if pred > 0 else -np.inf
-            if _in_noise(f, f_new, -pred, gmax, g_new, p.dtype):
+            if g_new is not None and _in_noise(f, f_new, -pred, gmax, g_new, p.dtype):
                 rho = 1.0  # the decrease is below rounding: judge the step by its gradient
             if not np.isfinite(f_new) or rho < TR_SHRINK_BELOW:
                 radius = 0.25 * min(radius, s_norm if s_norm > 0 else radius)

@@ -502,3 +502,24 @@ def test_empty_row_chunks_are_dropped(client):
     t, v, _ = point(q)
     assert rel(p.value(t), q.value(t)) < 1e-12 and rel(p.grad(t), q.grad(t)) < 1e-12
     assert rel(p.hvp(t, v), q.hvp(t, v)) < 1e-12
+
+
+def test_overflow_matches_in_memory(client):
+    """value() is +inf where the objective overflows and finite (not NaN) for huge
+    parameters without a penalty, as in memory; the gradient raises FloatingPointError."""
+    rng = np.random.default_rng(5)
+    X = rng.standard_normal((90, 2))
+    y = (rng.random(90) < 0.5).astype(float)
+    big = np.array([1e200, -1e200, 0.0])
+    ref = fc.GLM(X, y, l2=0.0)
+    p = fc.GLM(da.from_array(X, chunks=(30, 2)), y, l2=0.0)
+    np.testing.assert_allclose(p.value(big), ref.value(big), rtol=1e-12)
+    assert np.isfinite(p.value(big))
+    counts = rng.poisson(1.0, 90).astype(float)
+    hot = np.array([0.0, 0.0, 800.0])
+    refp = fc.GLM(X, counts, family="poisson", l2=1e-3)
+    pp = fc.GLM(da.from_array(X, chunks=(30, 2)), counts, family="poisson", l2=1e-3)
+    assert pp.value(hot) == refp.value(hot) == np.inf
+    assert pp.value_along(np.zeros(3), hot)(1.0) == np.inf
+    with pytest.raises(FloatingPointError, match="overflows"):
+        pp.grad(hot)

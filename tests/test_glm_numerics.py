@@ -320,3 +320,53 @@ def test_value_along_small_float32_step_keeps_its_digits():
     for a in (1.0, 0.5, 0.25):
         ref = p64.value(t64 + a * d64) - p64.value(t64)
         assert abs((phi(a) - phi(0)) / ref - 1) < 1e-6, a
+
+
+# ---------------------------------------------------------------------- overflow
+def test_huge_parameters_without_penalty_keep_a_finite_value():
+    """With l2 = 0 the penalty is 0, not 0 * inf: at |θ| = 1e200 the logistic loss is the
+    finite softplus of η (it was NaN, from 0 * (λ/2)‖W‖² with ‖W‖² = inf)."""
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((40, 3))
+    y = (rng.random(40) < 0.5).astype(float)
+    theta = np.array([1e200, -2e200, 3e200, 1e199])
+    p = fc.GLM(X, y, l2=0.0)
+    eta = X @ theta[:3] + theta[3]
+    want = np.mean(np.logaddexp(0.0, eta) - y * eta)  # numpy's own softplus
+    np.testing.assert_allclose(p.value(theta), want, rtol=1e-12)
+    np.testing.assert_allclose(p.value_along(np.zeros(4), theta)(1.0), want, rtol=1e-12)
+    g = p.grad(theta)
+    np.testing.assert_allclose(g[:3], X.T @ ((eta > 0) - y) / 40, rtol=1e-12)
+
+
+@pytest.mark.parametrize("family", ["poisson", "gaussian"])
+def test_overflowing_objective_is_inf_and_its_derivatives_raise(family):
+    """Where the objective overflows float64, value() is +inf (never NaN) and every
+    derivative raises FloatingPointError naming the cause, instead of returning inf/NaN."""
+    rng = np.random.default_rng(1)
+    X = rng.standard_normal((30, 2))
+    y = rng.poisson(2.0, 30).astype(float)
+    p = fc.GLM(X, y, family=family, l2=1e-3)
+    theta = np.array([0.0, 0.0, 800.0 if family == "poisson" else 1e160])
+    assert p.value(theta) == np.inf
+    assert p.value_along(np.zeros(3), theta)(1.0) == np.inf
+    v = np.ones(3)
+    for call in (lambda: p.grad(theta), lambda: p.value_and_grad(theta),
+                 lambda: p.hvp(theta, v), lambda: p.fisher_vp(theta, v),
+                 lambda: p.hessian_diag(theta), lambda: p.hessian(theta),
+                 lambda: p.per_sample_grads(theta)):
+        with pytest.raises(FloatingPointError, match="overflows"):
+            call()
+    # the derivatives at a finite point are unaffected, and a huge v is named
+    assert np.isfinite(p.hvp(np.zeros(3), v)).all()
+    with pytest.raises(FloatingPointError, match="v is too large"):
+        p.hvp(np.zeros(3), np.full(3, 1.5e308))
+
+
+def test_linear_predictor_overflow_is_named():
+    X = np.array([[1.0, 2.0], [3.0, -1.0]])
+    p = fc.GLM(X, np.array([0.0, 1.0]))
+    theta = np.array([1e308, 1e308, 0.0])
+    assert p.value(theta) == np.inf
+    with pytest.raises(FloatingPointError, match="X theta itself overflows float64"):
+        p.grad(theta)

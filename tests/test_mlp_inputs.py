@@ -527,3 +527,24 @@ def test_rows_of_weight_zero(kind):
         p.subset([2, 5])
     with pytest.raises(ValueError, match=r"^test_rows must be indices"):
         infl.scores(test_p, test_rows=[3])
+
+
+@pytest.mark.parametrize("loss", ["poisson", "mse"])
+def test_overflowing_objective_is_inf_and_its_derivatives_raise(loss):
+    """relu layers with huge weights: value() is +inf (never NaN), the gradient and products
+    raise FloatingPointError; at ordinary parameters a huge v is what overflows."""
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((20, 3))
+    Y = rng.poisson(1.0, (20, 1)).astype(float)
+    p = fc.MLP(X, Y, sizes=(3, 4, 1), activation="relu", loss=loss)
+    big = p.init() * 1e120
+    assert p.value(big) == np.inf
+    v = np.ones(p.n_params)
+    for call in (lambda: p.grad(big), lambda: p.hvp(big, v), lambda: p.ggn_vp(big, v)):
+        with pytest.raises(FloatingPointError, match="overflows"):
+            call()
+    theta = p.init()
+    assert np.isfinite(p.hvp(theta, v)).all()
+    with pytest.raises(FloatingPointError, match="this product overflows"):
+        p.ggn_vp(theta * 1e3, np.full(p.n_params, 1.5e308))
+    assert np.isfinite(p.grad(theta)).all()  # the buffers are usable again

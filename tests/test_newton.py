@@ -577,3 +577,40 @@ def test_auto_preconditioner_estimate_and_fallbacks(monkeypatch):
     assert tr.success and tr.n_cg == tr_plain.n_cg
     monkeypatch.setattr(nw, "AUTO_MAX_PARAMS", 5)
     assert not nw._AutoCholesky(p, "hessian", 0.0, nw._BlasThreads()).eligible
+
+
+@pytest.mark.parametrize("method", ["line-search", "trust-region"])
+def test_a_full_step_that_overflows_is_backtracked(method):
+    """From a start where the Poisson mean is ~e^-30 the first Newton step is ~1e13 long and
+    exp(η) overflows there: the trial's gradient raises, the line search backtracks (the trust
+    region shrinks) and the fit reaches the optimum found from zero."""
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((200, 3))
+    y = rng.poisson(2.0, 200).astype(float)
+    p = fc.GLM(X, y, family="poisson")
+    ref = fc.newton_cg(fc.GLM(X, y, family="poisson"))
+    raised = []
+    vg = p.value_and_grad
+
+    def counting(theta):
+        try:
+            return vg(theta)
+        except FloatingPointError:
+            raised.append(1)
+            raise
+
+    p.value_and_grad = counting
+    r = fc.newton_cg(p, theta0=np.array([0.0, 0.0, 0.0, -30.0]), method=method, max_iter=200)
+    if method == "line-search":  # (the trust region's first radius is |g|: no overflow)
+        assert raised, "no trial overflowed: the test does not test the path"
+    assert r.success, r.message
+    np.testing.assert_allclose(r.x, ref.x, rtol=1e-7, atol=1e-9)
+
+
+def test_a_starting_point_that_overflows_is_a_failed_result():
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((50, 2))
+    p = fc.GLM(X, rng.poisson(1.0, 50).astype(float), family="poisson")
+    r = fc.newton_cg(p, theta0=np.array([0.0, 0.0, 800.0]))
+    assert not r.success and r.n_iter == 0 and r.fun == np.inf
+    assert r.message.startswith("The starting point is unusable") and "exp(eta)" in r.message

@@ -19,7 +19,7 @@ MAX_DENSE_ENTRIES = 2**28
 class _State:
     """Everything one fused pass computes at one ``theta``; reused by every product there."""
 
-    __slots__ = ("theta", "loss", "gW", "gb", "eta", "r", "h", "_cache")
+    __slots__ = ("theta", "loss", "gW", "gb", "eta", "r", "h", "finite", "_cache")
 
     def __init__(self, theta, loss, gW, gb, eta, r, h):
         self.theta = theta
@@ -29,7 +29,19 @@ class _State:
         self.eta = eta
         self.r = r
         self.h = h
+        #: the loss and its gradient are finite (with finite X and θ, anything else is an
+        #: overflow: of X θ itself, of exp(η), or of a sum over the rows)
+        self.finite = bool(np.isfinite(loss) and np.isfinite(gW).all()
+                           and np.isfinite(gb).all())
         self._cache = {}
+
+
+def _half_sq_penalty(l2, W64):
+    """``(λ/2)‖W‖²``: 0 when λ = 0 (never 0 · inf), +inf when the square overflows."""
+    if l2 == 0.0:
+        return 0.0
+    with np.errstate(over="ignore"):
+        return 0.5 * l2 * float(np.sum(W64 * W64))
 
 
 def _softmax_variance(p):
@@ -43,6 +55,29 @@ def _softmax_variance(p):
     others[rows, top] = 0.0
     comp[rows, top] = others.sum(axis=1)
     return p * comp
+
+
+def _penalty_along(l2, W64, D64):
+    """``α ↦ (λ/2)‖W + α D‖²`` from three dot products: 0 when λ = 0, +inf on overflow."""
+    if l2 == 0.0:
+        return lambda alpha: 0.0
+    with np.errstate(over="ignore", invalid="ignore"):
+        ww, wd, dd = float(W64 @ W64), float(W64 @ D64), float(D64 @ D64)
+
+    def pen(alpha):
+        with np.errstate(over="ignore", invalid="ignore"):
+            f = 0.5 * l2 * (ww + 2.0 * alpha * wd + alpha * alpha * dd)
+        return f if np.isfinite(f) else np.inf
+
+    return pen
+
+
+def _check_product(out, name):
+    """FloatingPointError if a product with a finite ``name`` overflowed (at a state whose
+    derivatives are finite, only a huge ``name`` can do that)."""
+    if not np.isfinite(out).all():
+        raise FloatingPointError(f"the product overflows float64: {name} is too large; scale "
+                                 f"{name} down (products are linear in it) and the result up")
 
 
 def _readonly(a):
@@ -248,9 +283,13 @@ class GLM:
                 return st
         return None
 
-    def _state_at(self, theta):
+    def _state_at(self, theta, strict=True):
         """The fused-pass results at ``theta``: cached for the two most recent points (a
-        Newton iterate and its trial step), computed in one pass over ``X`` otherwise."""
+        Newton iterate and its trial step), computed in one pass over ``X`` otherwise.
+
+        ``strict``: raise FloatingPointError if the loss or gradient overflows there (every
+        derivative then is inf or NaN); only the objective's value takes such a state (+inf).
+        """
         st = self._cached_state(theta)
         if st is None:
             Wmat, b = self._split(theta)
@@ -261,7 +300,25 @@ class GLM:
             if diag is not None:
                 st._cache["hess_diag_data"] = diag
         self._states = [st] + [s for s in self._states if s is not st][:1]
+        if strict and not st.finite:
+            raise self._overflow_error(st)
         return st
+
+    def _overflow_error(self, st, what="loss or its gradient"):
+        """FloatingPointError saying that the objective overflows at ``st.theta`` and why."""
+        with np.errstate(invalid="ignore"):
+            big = float(np.nanmax(np.abs(st.eta))) if st.eta.size else 0.0
+        dt = np.dtype(self.dtype).name
+        why = (f"the largest |X theta| is {big:.3g}" if np.isfinite(big)
+               else f"X theta itself overflows {dt}")
+        if self.family == "poisson" and np.isfinite(big):
+            why += " (the poisson mean exp(eta) overflows float64 above eta = 709.8)"
+        if self._fam not in (LOGISTIC, MULTINOMIAL):
+            why += f", the largest |y| is {float(np.max(np.abs(self._y2))):.3g}"
+        return FloatingPointError(
+            f"At these parameters the {self.family} {what} overflows: {why}. Start from "
+            "smaller parameters (p.init()), standardize the features (and the targets of a "
+            "gaussian or poisson model), or add an L2 penalty.")
 
     def _penalty_mask(self):
         d, K = self._design.d, self._K
@@ -271,22 +328,36 @@ class GLM:
 
     # ------------------------------------------------------------------ objective
     def value(self, theta):
-        """``F(θ)``, a Python float."""
-        return self.value_and_grad(theta)[0]
+        """``F(θ)``, a Python float: ``+inf`` where the objective overflows float64 (never
+        NaN)."""
+        theta = self._check_theta(theta)
+        return self._value(self._state_at(theta, strict=False), theta)
+
+    def _value(self, st, theta):
+        Wmat, _ = self._split(theta)
+        value = st.loss + _half_sq_penalty(self.l2, Wmat.astype(np.float64))
+        return value if np.isfinite(value) else np.inf
 
     def grad(self, theta):
         """``∇F(θ)``, shape (P,)."""
         return self.value_and_grad(theta)[1]
 
     def value_and_grad(self, theta):
-        """``(F(θ), ∇F(θ))`` from one pass over ``X``."""
+        """``(F(θ), ∇F(θ))`` from one pass over ``X``.
+
+        Raises FloatingPointError where the objective or its gradient overflows (the gradient
+        has no finite value to return); :meth:`value` returns ``+inf`` there.
+        """
         theta = self._check_theta(theta)
         st = self._state_at(theta)
         Wmat, _ = self._split(theta)
         W64 = Wmat.astype(np.float64)
-        value = st.loss + 0.5 * self.l2 * float(np.sum(W64 * W64))
-        gW = st.gW + self.l2 * W64
+        value = st.loss + _half_sq_penalty(self.l2, W64)
+        with np.errstate(over="ignore"):
+            gW = st.gW + self.l2 * W64
         g = self._join_block(gW.reshape(-1, 1), st.gb.reshape(-1, 1), 1)[:, 0]
+        if not (np.isfinite(value) and np.isfinite(g).all()):
+            raise self._overflow_error(st, "objective (with its L2 penalty) or its gradient")
         return value, g
 
     # ------------------------------------------------------------------ curvature
@@ -328,6 +399,7 @@ class GLM:
         if penalty and self.l2 != 0.0:
             oW = oW + self.l2 * Vw.astype(np.float64)
         out = self._join_block(oW, ob, m)
+        _check_product(out, "v")
         return out[:, 0] if v.ndim == 1 else out
 
     def hvp(self, theta, v):
@@ -552,7 +624,7 @@ class GLM:
         """
         theta = self._check_theta(theta)
         d = val.check_vector(direction, self.n_params, self.dtype, "direction")
-        st = self._state_at(theta)
+        st = self._state_at(theta, strict=False)
         Dw, db = self._split_block(d.reshape(-1, 1))
         end = self._cached_state(theta + d)
         # X(θ + d) − Xθ carries the rounding of both η (about eps |Xθ|): used only when that
@@ -563,17 +635,17 @@ class GLM:
             np.max(np.abs(theta)))
         U = end.eta - st.eta if close else self._design.forward(Dw, db)
         Wmat, _ = self._split(theta)
-        W64 = Wmat.astype(np.float64).reshape(-1)
-        D64 = Dw.astype(np.float64).reshape(-1)
-        ww, wd, dd = float(W64 @ W64), float(W64 @ D64), float(D64 @ D64)
+        pen = _penalty_along(self.l2, Wmat.astype(np.float64).reshape(-1),
+                             Dw.astype(np.float64).reshape(-1))
         starts = reduce.row_partition(self.n_samples)
         lbuf = np.zeros(len(starts) - 1)
-        y2, a, fam, l2 = self._y2, self._a, self._fam, self.l2
+        y2, a, fam = self._y2, self._a, self._fam
 
         def phi(alpha):
             alpha = float(alpha)
             loss_along(fam, st.eta, U, alpha, y2, a, starts, lbuf)
-            return float(lbuf.sum()) + 0.5 * l2 * (ww + 2.0 * alpha * wd + alpha * alpha * dd)
+            f = float(lbuf.sum()) + pen(alpha)
+            return f if np.isfinite(f) else np.inf  # an overflow, as value() says
 
         return phi
 
@@ -587,7 +659,7 @@ class GLM:
         """
         if self.l2 != 0.0 or self._fam not in (LOGISTIC, MULTINOMIAL):
             return None
-        st = self._state_at(self._check_theta(theta))
+        st = self._state_at(self._check_theta(theta), strict=False)
         live = self._w > 0
         if self._fam == LOGISTIC:
             y = self._y2

@@ -1,5 +1,6 @@
 """Multilayer perceptrons: the objective, its gradient and exact curvature products."""
 
+import math
 import numbers
 
 import numpy as np
@@ -441,7 +442,21 @@ class MLP:
         finally:
             _blas.restore(before)
         self._remember(mode, theta, skip)
-        return loss + pen, outs[0]
+        total = loss + pen
+        if mode != K_.VALUE:
+            res = J if mode == K_.JVP else outs[0]
+            if not (math.isfinite(total) and all_finite(res.reshape(-1))):
+                raise self._overflow_error(mode)
+        return total, outs[0]
+
+    def _overflow_error(self, mode):
+        """FloatingPointError for a result that overflowed (finite θ, data and vectors)."""
+        what = {K_.VALUE_GRAD: "the network's loss or its gradient"}.get(mode, "this product")
+        return FloatingPointError(
+            f"At these parameters {what} overflows "
+            f"{np.dtype(self.dtype).name}. Start from smaller parameters (p.init()), "
+            "standardize the inputs (and the targets of an mse or poisson loss), or add an L2 "
+            "penalty; for a product, a smaller v (products are linear in it) may be enough.")
 
     # State of the row-block buffers. With all rows in one block, the buffers still hold the
     # forward pass (level 1: Z, h̃) and possibly the loss state and backward pass (level 2:
@@ -498,17 +513,22 @@ class MLP:
 
     # ------------------------------------------------------------------ objective
     def value(self, theta):
-        """``F(θ)``, a Python float."""
+        """``F(θ)``, a Python float: ``+inf`` where the objective overflows (never NaN)."""
         theta = self._check_theta(theta)
         total, _ = self._run(K_.VALUE, theta)
-        return float(total)
+        total = float(total)
+        return total if math.isfinite(total) else math.inf  # an overflow (never NaN)
 
     def grad(self, theta):
         """``∇F(θ)``, shape (P,)."""
         return self.value_and_grad(theta)[1]
 
     def value_and_grad(self, theta):
-        """``(F(θ), ∇F(θ))`` in one forward and one backward pass."""
+        """``(F(θ), ∇F(θ))`` in one forward and one backward pass.
+
+        Raises FloatingPointError where the loss or its gradient overflows (products too);
+        :meth:`value` returns ``+inf`` there.
+        """
         theta = self._check_theta(theta)
         total, out = self._run(K_.VALUE_GRAD, theta)
         return float(total), out[0].copy()
