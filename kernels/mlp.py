@@ -42,7 +42,9 @@ or the softmax ``p``), ``ones`` (B,) ones. Parameters: layer ``l``'s ``W̃_l`` s
 Sums over rows: inside a block BLAS sums rows in its own fixed order; the first block writes
 the output, later blocks are added in order. Larger problems split the rows into fixed chunks
 (:func:`run`), each with its own share of the buffers (per-chunk offsets) and its own output,
-added in chunk order. No result depends on the number of threads.
+added in chunk order. No result depends on the number of threads. Float32 data with several
+blocks per chunk add the blocks' sums, the chunks' sums and the penalty in float64 (blocks of
+float32 data hold at most ``F32_BLOCK_ROWS`` rows, see :class:`fastcurv.MLP`).
 """
 
 import math
@@ -448,8 +450,8 @@ def diag_layers(X, xd, xi, xp, sparse, s, e, cw, sizes, poff, aoff, qoff, D, SQ,
 # ----------------------------------------------------------------------------- driver
 @jit(parallel=True)
 def run(mode, X, xd, xi, xp, sparse, lc, Y, cw, l2, theta, sizes, acts, poff, aoffs, hoffs,
-        qoffs, starts, block, V, U, outs, J, Z, H, D, DP, RZ, Ts, T2s, GTs, HSs, SQ, ones,
-        losses, skip):
+        qoffs, starts, block, V, U, outs, acc64, accs, J, Z, H, D, DP, RZ, Ts, T2s, GTs, HSs, SQ,
+        ones, losses, skip):
     """One call for a whole product over all rows; ``outs[0]`` is written. Returns ``(data
     loss Σ c_i ℓ_i, penalty)``.
 
@@ -469,31 +471,60 @@ def run(mode, X, xd, xi, xp, sparse, lc, Y, cw, l2, theta, sizes, acts, poff, ao
     * ``GGN_DIAG``: ``out[0] = diag(Σ_i c_i J_iᵀ ∇²ℓ_i J_i)`` (K backward passes per block).
 
     ``skip``: see :func:`run_rows`.
+
+    ``acc64`` (float32 data whose chunks have several row blocks): each block's sums (BLAS,
+    float32) are added into the float64 ``accs[c]`` (C, m, P), zero on entry, and the chunks'
+    sums and the penalty are added in float64 before one rounding into ``outs[0]``; as the
+    GLM kernels do, so that float32 rounding does not grow with the number of rows.
+    Otherwise ``accs`` is unused.
     """
     C = starts.shape[0] - 1
     for c in prange(C):
+        ca = c * acc64  # accs is a (1, 1, 1) placeholder without acc64
         losses[c] = run_rows(mode, X, xd, xi, xp, sparse, lc, Y, cw, theta, sizes, acts, poff,
                              aoffs[c], hoffs[c], qoffs[c], starts[c], starts[c + 1], block, V,
-                             U, outs[c], J, Z, H, D, DP, RZ, Ts[c], T2s[c], GTs[c], HSs[c], SQ,
-                             ones, skip)
+                             U, outs[c], acc64, accs[ca], J, Z, H, D, DP, RZ, Ts[c], T2s[c],
+                             GTs[c], HSs[c], SQ, ones, skip)
     out = outs[0]
     total = losses[0]
+    sums = mode != VALUE and mode != JVP
     for c in range(1, C):
         total += losses[c]
-        if mode != VALUE and mode != JVP:
+        if sums and not acc64:
             out += outs[c]
+    penalized = l2 != 0.0 and mode != JVP and mode != VJP and mode != FISHER
     pen = 0.0
-    if l2 != 0.0 and mode != JVP and mode != VJP and mode != FISHER:
-        pen = add_penalty(mode, l2, theta, V, sizes, poff, out)
+    if not acc64:
+        if penalized:
+            pen = add_penalty(mode, l2, theta, V, sizes, poff, out)
+        return total, pen
+    acc = accs[0]
+    for c in range(1, C):
+        acc += accs[c]
+    if penalized:
+        pen = add_penalty(mode, l2, theta, V, sizes, poff, acc)
+    if sums:
+        for j in range(acc.shape[0]):
+            for t in range(acc.shape[1]):
+                out[j, t] = acc[j, t]
     return total, pen
 
 
 @jit
+def _add64(acc, out):
+    """``acc += out`` ((m, P), float64 += data dtype)."""
+    for j in range(out.shape[0]):
+        for t in range(out.shape[1]):
+            acc[j, t] += out[j, t]
+
+
+@jit
 def run_rows(mode, X, xd, xi, xp, sparse, lc, Y, cw, theta, sizes, acts, poff, aoff, hoff, qoff,
-             r0, r1, block, V, U, out, J, Z, H, D, DP, RZ, T, T2, GT, HS, SQ, ones, skip):
+             r0, r1, block, V, U, out, acc64, acc, J, Z, H, D, DP, RZ, T, T2, GT, HS, SQ, ones,
+             skip):
     """The rows ``r0:r1`` of :func:`run`, block by block, into ``out`` (written, not added:
     the first block writes, later blocks add in order); returns their ``Σ c_i ℓ_i`` (no
-    penalty).
+    penalty). With ``acc64`` every block writes ``out`` and is added into the float64 ``acc``.
 
     ``skip`` (only with a single row block, whose state the buffers still hold from a call at
     the same θ): 1 reuses the forward pass (``Z``, ``h̃``), 2 (HVP) also the loss state and
@@ -505,10 +536,17 @@ def run_rows(mode, X, xd, xi, xp, sparse, lc, Y, cw, theta, sizes, acts, poff, a
     m = V.shape[0]
     doff = 2 * aoff
     total = 0.0
+    pending = False  # with acc64: out holds a block's sums not yet added into acc
     for s in range(r0, r1, block):
+        if pending:
+            _add64(acc, out)
+            pending = False
         e = min(r1, s + block)
         nb = e - s
-        first = s == r0
+        first = s == r0 or acc64
+        if acc64 and mode == GGN_DIAG:
+            out[0][:] = 0.0  # diag_layers adds into it
+        pending = acc64 and mode != VALUE and mode != JVP
         if skip == 0:
             forward(X, xd, xi, xp, sparse, s, e, theta, sizes, acts, poff, aoff, hoff, Z, H)
         if mode == JVP:
@@ -569,6 +607,8 @@ def run_rows(mode, X, xd, xi, xp, sparse, lc, Y, cw, theta, sizes, acts, poff, a
                          H, D, DP, GT, ones, out[0], False, first)
                 diag_layers(X, xd, xi, xp, sparse, s, e, cw, sizes, poff, aoff, qoff, D, SQ, T2,
                             GT, ones, out[0])
+    if pending:
+        _add64(acc, out)
     return total
 
 

@@ -76,8 +76,9 @@ def _check_product(out, name):
     """FloatingPointError if a product with a finite ``name`` overflowed (at a state whose
     derivatives are finite, only a huge ``name`` can do that)."""
     if not np.isfinite(out).all():
-        raise FloatingPointError(f"the product overflows float64: {name} is too large; scale "
-                                 f"{name} down (products are linear in it) and the result up")
+        raise FloatingPointError(
+            f"the product overflows {out.dtype.name}: {name} is too large; scale {name} down "
+            "(products are linear in it) and the result up")
 
 
 def _readonly(a):
@@ -274,7 +275,8 @@ class GLM:
         parts = [gW.reshape(d * K, m)]
         if self.fit_intercept:
             parts.append(gb.reshape(K, m))
-        return np.concatenate(parts, axis=0).astype(self.dtype, copy=False)
+        with np.errstate(over="ignore"):  # a float32 overflow is raised by the caller
+            return np.concatenate(parts, axis=0).astype(self.dtype, copy=False)
 
     # ------------------------------------------------------------------ state
     def _cached_state(self, theta):
@@ -315,6 +317,8 @@ class GLM:
             why += " (the poisson mean exp(eta) overflows float64 above eta = 709.8)"
         if self._fam not in (LOGISTIC, MULTINOMIAL):
             why += f", the largest |y| is {float(np.max(np.abs(self._y2))):.3g}"
+        if self.dtype == np.float32:
+            why += " (float32 results overflow above 3.4e38)"
         return FloatingPointError(
             f"At these parameters the {self.family} {what} overflows: {why}. Start from "
             "smaller parameters (p.init()), standardize the features (and the targets of a "
