@@ -468,7 +468,8 @@ def main(argv=None):
     except BrokenPipeError:  # output piped into a command that stopped reading (head, less)
         sys.stderr.close()
         return 0
-    except (ValueError, TypeError, OSError, NotImplementedError, ImportError) as exc:
+    except (ValueError, TypeError, OSError, NotImplementedError, ImportError,
+            ArithmeticError) as exc:  # ArithmeticError: an overflow, FloatingPointError
         print(f"fastcurv: error: {exc}", file=sys.stderr)
         return 2
     except MemoryError as exc:

@@ -293,6 +293,23 @@ def test_summary_json_has_no_infinity(tmp_path, capsys):
     json.loads(text, parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}"))
 
 
+def test_influence_test_row_that_overflows_is_one_error_line(tmp_path, capsys):
+    """A held-out row far outside the training data makes exp(eta) overflow at the fitted
+    Poisson model: one error line naming the overflow (it was a traceback)."""
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((60, 2))
+    y = rng.poisson(np.exp(0.5 * X[:, 0] + 0.3)).astype(float)
+    X[-1] = [1e4, 1e4]
+    path = tmp_path / "p.npz"
+    np.savez(path, X=X, y=y)
+    rc = main(["influence", "--data", str(path), "--family", "poisson", "--test-rows", "-1",
+               "--out", str(tmp_path / "o")])
+    _, err = capsys.readouterr()
+    assert rc == 2
+    _one_error_line(err)
+    assert "overflows" in err and "exp(eta)" in err
+
+
 def test_influence_multinomial_class_only_in_test_rows(tmp_path, capsys):
     """The model's classes are those of all rows, also when one appears only in the held-out
     test rows (it was refused as a label out of range)."""
