@@ -803,6 +803,42 @@ def test_float32_row_blocks_add_their_sums_in_float64(loss):
         assert_close(got, want, c.rtol, f"{key} (float32, 8 row blocks)")
 
 
+@pytest.mark.parametrize("loss", ["mse", "softmax_cross_entropy"])
+def test_float32_passes_over_more_rows_than_one_block(loss):
+    """float32 with more rows than one block (1,300 > 512): the passes that run over row
+    blocks themselves (the Monte Carlo and Fisher diagonals, per-sample gradients, K-FAC
+    factors, the Monte Carlo Fisher) agree with the float64 problem on the same numbers.
+    They block by batch_size, which the float32 block cap must bound (they failed with
+    "total size of new array must be unchanged" when only the chunk blocks were capped)."""
+    from fastcurv.problems.mlp import F32_BLOCK_ROWS
+
+    rng = np.random.default_rng(3)
+    n, K = 1300, 3 if loss == "softmax_cross_entropy" else 2
+    X = rng.standard_normal((n, 5)).astype(np.float32)
+    y = rng.integers(0, K, n) if loss == "softmax_cross_entropy" else rng.standard_normal((n, K))
+    kw = dict(sizes=(5, 6, K), activation="tanh", loss=loss, l2=0.01)
+    p32, p64 = fc.MLP(X, y, **kw), fc.MLP(X.astype(np.float64), y, **kw)
+    assert p32.batch_size <= F32_BLOCK_ROWS < n and p32._acc64
+    th = p32.init(2)
+    th64 = th.astype(np.float64)
+    v = rng.standard_normal(p32.n_params)
+    tol = 50 * EPS32
+    pairs = {
+        "fisher_diag": (p32.fisher_diag(th), p64.fisher_diag(th64)),
+        "ggn_diag": (p32.ggn_diag(th), p64.ggn_diag(th64)),
+        "per_sample_grads": (p32.per_sample_grads(th), p64.per_sample_grads(th64)),
+        "kfac": (fc.KFACOperator(p32, th, fisher="type2", damping=0.1).matvec(v),
+                 fc.KFACOperator(p64, th64, fisher="type2", damping=0.1).matvec(v)),
+    }
+    if loss == "mse":  # the Monte Carlo targets are normal draws: the same in both dtypes
+        pairs["ggn_diag_mc"] = (p32.ggn_diag(th, mc_samples=2, seed=0),
+                                p64.ggn_diag(th64, mc_samples=2, seed=0))
+        pairs["fisher_mc"] = (fc.FisherOperator(p32, th, kind="mc", seed=1).matvec(v),
+                              fc.FisherOperator(p64, th64, kind="mc", seed=1).matvec(v))
+    for key, (got, want) in pairs.items():
+        assert_close(np.asarray(got, dtype=np.float64), want, tol, f"float32 {key}")
+
+
 def test_float32_sum_over_many_rows_does_not_grow():
     """A 4-8-1 network on 100,000 float32 rows: the gradient is within 4 float32 eps of its
     scale (Σ_i |g_i| / n, per component) of the float64 gradient on the same numbers. One
