@@ -274,3 +274,16 @@ def check_rows(rows, n, name="rows"):
     if r.size and (r.min() < -n or r.max() >= n):
         raise ValueError(f"{name} must be indices in [-{n}, {n}); got values outside that range")
     return np.where(r < 0, r + n, r)
+
+
+def finite_result(out, what):
+    """``out`` (array or sparse matrix) if every value is finite, else FloatingPointError: with
+    finite data and parameters (checked on the way in), a non-finite result is an overflow of
+    the data, parameters or curvature, which no finite answer can represent."""
+    data = out.data if sp.issparse(out) else np.asarray(out)
+    if not np.isfinite(data).all():
+        raise FloatingPointError(
+            f"{what} overflows {data.dtype.name} at these parameters: the values exceed its "
+            "range (huge features, targets or parameters). Standardize the features (and the "
+            "targets of a gaussian or poisson model), or start from smaller parameters.")
+    return out

@@ -9,6 +9,7 @@ import numpy as np
 from scipy.sparse.linalg import LinearOperator, cg
 
 from ._validation import as_float_scalar
+from .kernels.validate import all_finite
 from .operators import GGNOperator, HessianOperator
 
 #: CG stops at the latest when its residual norm is this fraction of gtol (a residual below
@@ -52,8 +53,13 @@ class NewtonResult:
                 f"n_hvp={self.n_hvp}, message={self.message!r})")
 
 
+class _CGBreakdown(Exception):
+    """CG produced a non-finite direction (its curvature ``dᵀAd`` was 0 or not finite)."""
+
+
 class _Counted(LinearOperator):
-    """Wraps an operator and counts the vectors it is applied to."""
+    """Wraps an operator and counts the vectors it is applied to; a non-finite vector (CG
+    divided by a zero or non-finite curvature) raises :class:`_CGBreakdown`."""
 
     def __init__(self, op):
         self.op = op
@@ -61,6 +67,8 @@ class _Counted(LinearOperator):
         super().__init__(dtype=op.dtype, shape=op.shape)
 
     def _matvec(self, v):
+        if not all_finite(np.ravel(v)):
+            raise _CGBreakdown
         self.count += 1
         return self.op.matvec(v)
 
@@ -540,7 +548,9 @@ def _newton_cg(p, theta0, gtol, max_iter, method, curvature, preconditioner, dam
                        f"{gmax:.3e} > gtol = {gtol:.1e}; increase max_iter, loosen gtol, or "
                        "try preconditioner='diag'.")
             break
-        if not np.isfinite(np.linalg.norm(g)):
+        with np.errstate(over="ignore"):
+            g_overflows = not np.isfinite(np.linalg.norm(g))
+        if g_overflows:
             # finite entries whose squared norm overflows: CG's inner products would be inf
             message = (f"The gradient is too large to solve with (max|grad| = {gmax:.3e}, its "
                        f"norm overflows float64) at iteration {it}; rescale the data "
@@ -578,8 +588,19 @@ def _newton_cg(p, theta0, gtol, max_iter, method, curvature, preconditioner, dam
         if method == "line-search":
             count = [0]
             t_solve = time.perf_counter()
-            d, _info = cg(op, -g, rtol=rtol, atol=0.0, maxiter=cg_max, M=M,
-                          callback=lambda xk, c=count: c.__setitem__(0, c[0] + 1))
+            try:
+                with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+                    d, _info = cg(op, -g, rtol=rtol, atol=0.0, maxiter=cg_max, M=M,
+                                  callback=lambda xk, c=count: c.__setitem__(0, c[0] + 1))
+            except _CGBreakdown:
+                d = None
+            if d is None or not np.isfinite(d).all():
+                n_hvp += op.count
+                message = (f"CG broke down at iteration {it}: the curvature along its "
+                           "directions is zero or not finite (it underflows or overflows at "
+                           f"parameters as large as max|theta| = {np.max(np.abs(theta)):.3g}). "
+                           "Start from smaller parameters, or add damping or an L2 penalty.")
+                break
             if auto is not None:
                 auto.after_step(time.perf_counter() - t_solve, count[0])
             d = np.asarray(d, dtype=p.dtype)
@@ -650,7 +671,8 @@ def _newton_cg(p, theta0, gtol, max_iter, method, curvature, preconditioner, dam
                 theta, f, g = trial, f_new, g_new
                 gmax = float(np.max(np.abs(g)))
             log(it, f, gmax, cg_it, s_norm if accepted else 0.0)
-            scale = max(1.0, float(np.linalg.norm(theta)))
+            with np.errstate(over="ignore"):  # |theta| beyond 1e154: inf, the test holds
+                scale = max(1.0, float(np.linalg.norm(theta)))
             if radius < 1e3 * np.finfo(p.dtype).eps * scale:
                 message = (f"The trust region shrank to {radius:.2e} at iteration {it} "
                            f"(max|grad| = {gmax:.3e}): no further decrease is measurable in "

@@ -359,7 +359,7 @@ def test_overflowing_objective_is_inf_and_its_derivatives_raise(family):
             call()
     # the derivatives at a finite point are unaffected, and a huge v is named
     assert np.isfinite(p.hvp(np.zeros(3), v)).all()
-    with pytest.raises(FloatingPointError, match="v is too large"):
+    with pytest.raises(FloatingPointError, match="v, or the data and curvature"):
         p.hvp(np.zeros(3), np.full(3, 1.5e308))
 
 
@@ -370,3 +370,41 @@ def test_linear_predictor_overflow_is_named():
     assert p.value(theta) == np.inf
     with pytest.raises(FloatingPointError, match="X theta itself overflows float64"):
         p.grad(theta)
+
+
+def test_penalty_and_line_search_values_overflow_only_beyond_float64():
+    """(λ/2)‖W‖² is scaled by max|W| (‖W‖² alone overflows from |W| ~ 1e154), and
+    value_along recomputes X d when X(θ + d) of the last evaluated point overflowed."""
+    X = np.array([[10.0], [-10.0]])
+    y = np.array([0.0, 1.0])
+    p = fc.GLM(X, y, l2=1e-3, fit_intercept=False)
+    th = np.array([1e155])
+    eta = X[:, 0] * th[0]
+    want = np.mean(np.logaddexp(0.0, eta) - y * eta) + (0.5e-3 * 1e155) * 1e155
+    np.testing.assert_allclose(p.value(th), want, rtol=1e-12)
+    q = fc.GLM(X, y, fit_intercept=False)
+    th, d = np.array([1e307]), np.array([1e307])
+    with pytest.raises(FloatingPointError):
+        q.value_and_grad(th + d)  # X(θ + d) = ±inf, now the last evaluated point
+    eta = X[:, 0] * 1.5e307
+    np.testing.assert_allclose(q.value_along(th, d)(0.5),
+                               np.sum((np.logaddexp(0.0, eta) - y * eta) / 2), rtol=1e-12)
+
+
+def test_derived_results_that_overflow_raise():
+    """Where the loss and gradient are finite but a derived result overflows (a feature of
+    1e160 squared in the curvature diagonal), the result raises FloatingPointError instead of
+    returning inf, here and in the K-FAC factors; jvp/vjp name their product."""
+    X = np.array([[1e160, 0.0], [0.0, 1.0], [1.0, 1.0], [-1.0, 0.5]])
+    y = np.array([0.0, 1.0, 1.0, 0.0])
+    p = fc.GLM(X, y)
+    th = np.zeros(3)
+    assert np.isfinite(p.grad(th)).all()
+    for call, what in ((lambda: p.hessian_diag(th), "curvature diagonal"),
+                       (lambda: p.fisher_diag(th), "curvature diagonal"),
+                       (lambda: p.hessian(th), "dense Hessian"),
+                       (lambda: fc.KFACOperator(p, th, fisher="type2"), "K-FAC input factor"),
+                       (lambda: p.jvp(th, np.array([1e160, 0.0, 0.0])), "J v"),
+                       (lambda: p.vjp(th, np.full(4, 1e160)), "Jᵀ u")):
+        with pytest.raises(FloatingPointError, match=what):
+            call()

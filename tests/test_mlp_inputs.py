@@ -548,3 +548,18 @@ def test_overflowing_objective_is_inf_and_its_derivatives_raise(loss):
     with pytest.raises(FloatingPointError, match="this product overflows"):
         p.ggn_vp(theta * 1e3, np.full(p.n_params, 1.5e308))
     assert np.isfinite(p.grad(theta)).all()  # the buffers are usable again
+
+
+def test_mlp_diagonals_and_per_sample_grads_that_overflow_raise():
+    """The MLP's own passes over row blocks (Fisher and Monte Carlo diagonals, per-sample
+    gradients, the Monte Carlo Fisher) raise FloatingPointError where they overflow."""
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((20, 3))
+    Y = rng.poisson(1.0, (20, 1)).astype(float)
+    p = fc.MLP(X, Y, sizes=(3, 4, 1), activation="relu", loss="poisson")
+    big = p.init() * 1e3
+    for call in (lambda: p.fisher_diag(big), lambda: p.ggn_diag(big, mc_samples=2, seed=0),
+                 lambda: p.per_sample_grads(big),
+                 lambda: fc.FisherOperator(p, big, kind="mc", seed=0).matvec(np.ones(p.n_params))):
+        with pytest.raises(FloatingPointError, match="overflows"):
+            call()

@@ -614,3 +614,17 @@ def test_a_starting_point_that_overflows_is_a_failed_result():
     r = fc.newton_cg(p, theta0=np.array([0.0, 0.0, 800.0]))
     assert not r.success and r.n_iter == 0 and r.fun == np.inf
     assert r.message.startswith("The starting point is unusable") and "exp(eta)" in r.message
+
+
+def test_cg_breakdown_from_a_huge_start_is_a_failed_result():
+    """Logistic with l2 = 0 at |θ| = 1e200: the loss and gradient are finite but the Hessian
+    underflows to exactly 0, so CG divides by zero; newton_cg says so instead of raising."""
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((40, 3))
+    y = (rng.random(40) < 0.5).astype(float)
+    p = fc.GLM(X, y)
+    th = np.array([1e200, -1e200, 1e200, -1e200])
+    for pre in (None, "diag", "auto"):
+        r = fc.newton_cg(p, th, preconditioner=pre)
+        assert not r.success and r.message.startswith("CG broke down"), r.message
+        np.testing.assert_array_equal(r.x, th)

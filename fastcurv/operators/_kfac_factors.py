@@ -29,6 +29,7 @@ problem and cached.
 import numpy as np
 import scipy.sparse as sp
 
+from .. import _validation as val
 from .._gram import gram_upper as _gram
 from .._gram import mirror as _mirror
 from ..kernels import kfac as K_
@@ -129,7 +130,9 @@ def factors(problem, theta, kind, mc_samples=1, seed=None):
     L = len(layers)
     if kind == "type2" and hasattr(problem, "_kfac_type2_output_gram"):
         # one-layer problems (GLMs): G = Σ_i c_i ∇²ℓ_i in closed form, no row blocks
-        return [(input_gram(problem), problem._kfac_type2_output_gram(theta))]
+        return [(val.finite_result(input_gram(problem), "the K-FAC input factor A"),
+                 val.finite_result(problem._kfac_type2_output_gram(theta),
+                                   "the K-FAC output factor G"))]
     c = _weights(problem)
     As = [input_gram(problem)] + [np.zeros((n_in + 1, n_in + 1)) for n_in, _, _ in layers[1:]]
     Gs = [np.zeros((w, w)) for _, w, _ in layers]
@@ -151,7 +154,8 @@ def factors(problem, theta, kind, mc_samples=1, seed=None):
         G = _mirror(Gs[l])
         if kind == "mc":
             G /= mc_samples
-        out.append((A, G))
+        out.append((val.finite_result(A, f"the K-FAC input factor A of layer {l}"),
+                    val.finite_result(G, f"the K-FAC output factor G of layer {l}")))
     return out
 
 
@@ -190,7 +194,7 @@ def second_moments(problem, theta, kind, mc_samples, seed, bases):
                 S[l] += U[l].T @ T[l]
     if kind == "mc":
         S = [x / mc_samples for x in S]
-    return S
+    return [val.finite_result(x, "the EK-FAC second moments") for x in S]
 
 
 def _rotated_first_layer(problem, s, e, c, bias, QA, dt):

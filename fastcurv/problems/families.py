@@ -133,7 +133,8 @@ def sample_residuals(family, eta, h, streams):
     if family == "poisson":
         # counts beyond 1e7 are drawn from the normal approximation N(mu, mu), whose residual
         # has the same second moment (numpy's Poisson sampler stops near 9e18)
-        mu = np.exp(eta)
+        with np.errstate(over="ignore"):  # an overflow is reported by the caller's check
+            mu = np.exp(eta)
         big = mu > 1e7
         counts = streams.poisson.poisson(np.where(big, 0.0, mu))
         normal = streams.normal.standard_normal(mu.shape)

@@ -37,11 +37,15 @@ class _State:
 
 
 def _half_sq_penalty(l2, W64):
-    """``(λ/2)‖W‖²``: 0 when λ = 0 (never 0 · inf), +inf when the square overflows."""
-    if l2 == 0.0:
+    """``(λ/2)‖W‖²``: 0 when λ = 0 (never 0 · inf); scaled by ``max|W|`` so that only a
+    penalty beyond float64 is +inf (``‖W‖²`` alone overflows from |W| ~ 1e154)."""
+    if l2 == 0.0 or W64.size == 0:
+        return 0.0
+    m = float(np.max(np.abs(W64)))
+    if m == 0.0:
         return 0.0
     with np.errstate(over="ignore"):
-        return 0.5 * l2 * float(np.sum(W64 * W64))
+        return (0.5 * l2 * m) * m * float(np.sum((W64 / m) ** 2))
 
 
 def _softmax_variance(p):
@@ -59,14 +63,15 @@ def _softmax_variance(p):
 
 def _penalty_along(l2, W64, D64):
     """``α ↦ (λ/2)‖W + α D‖²`` from three dot products: 0 when λ = 0, +inf on overflow."""
-    if l2 == 0.0:
+    m = max(float(np.max(np.abs(W64), initial=0.0)), float(np.max(np.abs(D64), initial=0.0)))
+    if l2 == 0.0 or m == 0.0:
         return lambda alpha: 0.0
-    with np.errstate(over="ignore", invalid="ignore"):
-        ww, wd, dd = float(W64 @ W64), float(W64 @ D64), float(D64 @ D64)
+    Ws, Ds = W64 / m, D64 / m  # (as _half_sq_penalty: only a penalty beyond float64 is inf)
+    ww, wd, dd = float(Ws @ Ws), float(Ws @ Ds), float(Ds @ Ds)
 
     def pen(alpha):
         with np.errstate(over="ignore", invalid="ignore"):
-            f = 0.5 * l2 * (ww + 2.0 * alpha * wd + alpha * alpha * dd)
+            f = (0.5 * l2 * m) * m * (ww + 2.0 * alpha * wd + alpha * alpha * dd)
         return f if np.isfinite(f) else np.inf
 
     return pen
@@ -77,8 +82,9 @@ def _check_product(out, name):
     derivatives are finite, only a huge ``name`` can do that)."""
     if not np.isfinite(out).all():
         raise FloatingPointError(
-            f"the product overflows {out.dtype.name}: {name} is too large; scale {name} down "
-            "(products are linear in it) and the result up")
+            f"the product overflows {out.dtype.name}: {name}, or the data and curvature it "
+            f"meets, is too large; if it is {name}, scale it down (products are linear in it) "
+            "and the result up")
 
 
 def _readonly(a):
@@ -444,6 +450,7 @@ class GLM:
             accW = accW + oW
             accb = accb + ob
         out = self._join_block(accW / mc_samples, accb / mc_samples, m)
+        val.finite_result(out, "the Monte Carlo Fisher product")
         return out[:, 0] if v.ndim == 1 else out
 
     def _curv_matrices(self, st, which):
@@ -476,7 +483,7 @@ class GLM:
         db = cw.sum(axis=0)
         if which != "fisher" and self.l2 != 0.0:
             dW = dW + self.l2
-        return self._join_block(dW, db, 1)[:, 0]
+        return val.finite_result(self._join_block(dW, db, 1)[:, 0], "the curvature diagonal")
 
     def hessian_diag(self, theta):
         """Exact diagonal of the Hessian in one pass: ``(1/W) Σ w_i x̃_ij² ℓ''_i[k, k] + λ``."""
@@ -517,7 +524,9 @@ class GLM:
         """The dense (P, P) Hessian, built from row blocks: ``(1/W) Σ_i w_i (x̃_i x̃_iᵀ) ⊗ ℓ''_i
         + λ I_weights``. Meant for small problems and checks; products never need it."""
         theta = self._check_theta(theta)
-        return self._dense_curvature(self._state_at(theta), "hess").astype(self.dtype)
+        H = self._dense_curvature(self._state_at(theta), "hess")
+        with np.errstate(over="ignore"):
+            return val.finite_result(H.astype(self.dtype), "the dense Hessian")
 
     def _dense_curvature_macs(self, curvature="hessian"):
         """Multiply-adds of :meth:`_dense_curvature` (the syrk calls): ``n (d+1)² K / 2`` for the
@@ -590,8 +599,9 @@ class GLM:
         V = v.reshape(self.n_params, -1)
         m = V.shape[1]
         Vw, vb = self._split_block(V)
-        out = self._design.forward(Vw, vb).astype(self.dtype, copy=False)
-        out = out.reshape(self.n_samples, self._K, m)
+        with np.errstate(over="ignore"):
+            out = self._design.forward(Vw, vb).astype(self.dtype, copy=False)
+        out = val.finite_result(out.reshape(self.n_samples, self._K, m), "the product J v")
         return out[:, :, 0] if v.ndim == 1 else out
 
     def vjp(self, theta, u):
@@ -613,9 +623,11 @@ class GLM:
         block = U.ndim == 3
         m = U.shape[2] if block else 1
         U = val.finite_as(U.reshape(n, K * m), self.dtype, "u")
-        oW = self._design.rmatmul(U)
-        ob = U.sum(axis=0, dtype=np.float64)
+        with np.errstate(over="ignore", invalid="ignore"):  # checked below
+            oW = self._design.rmatmul(U)
+            ob = U.sum(axis=0, dtype=np.float64)
         out = self._join_block(np.asarray(oW, dtype=np.float64), ob, m)
+        val.finite_result(out, "the product Jᵀ u")
         return out if block else out[:, 0]
 
     def value_along(self, theta, direction):
@@ -637,7 +649,9 @@ class GLM:
         eps = float(np.finfo(self.dtype).eps)
         close = end is not None and 1e-4 * float(np.max(np.abs(d))) >= eps * float(
             np.max(np.abs(theta)))
-        U = end.eta - st.eta if close else self._design.forward(Dw, db)
+        U = end.eta - st.eta if close else None
+        if U is None or not np.isfinite(U).all():  # (X(θ + d) may have overflowed)
+            U = self._design.forward(Dw, db)
         Wmat, _ = self._split(theta)
         pen = _penalty_along(self.l2, Wmat.astype(np.float64).reshape(-1),
                              Dw.astype(np.float64).reshape(-1))
@@ -699,7 +713,7 @@ class GLM:
             np.multiply(Xr[:, :, None], R[:, None, :], out=G[:, :d, :])
             if fi:
                 G[:, d, :] = R
-            return G.reshape(m, self.n_params)
+            return val.finite_result(G.reshape(m, self.n_params), "the per-sample gradients")
         Xr = sp.csr_matrix(Xr)
         nnz_row = np.diff(Xr.indptr)
         counts = nnz_row * K + fi * K
@@ -717,7 +731,8 @@ class GLM:
             ib = indptr[1:][:, None] - K + np.arange(K)[None, :]
             data[ib.ravel()] = R.ravel()
             indices[ib.ravel()] = np.tile(d * K + np.arange(K), m)
-        return sp.csr_matrix((data, indices, indptr), shape=(m, self.n_params))
+        return val.finite_result(sp.csr_matrix((data, indices, indptr), shape=(m, self.n_params)),
+                                 "the per-sample gradients")
 
     # ------------------------------------------------------------------ curvature rows
     #: rows per block of :meth:`_curvature_rows` (times d + 1 columns: about 32 MB in float64)

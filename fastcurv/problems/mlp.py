@@ -678,7 +678,7 @@ class MLP:
         ws = self._workspace(want_sq=True)
         Xa = self._data_args()
         L, K = len(self.sizes) - 1, self.n_outputs
-        out = np.zeros(self.n_params, dtype=self.dtype)
+        out = np.zeros(self.n_params)  # float64: the blocks' sums are added in float64
         fam = _FAMILY[self.loss]
         streams = families.LabelStreams(seed)
         n, B = self.n_samples, self.batch_size
@@ -700,11 +700,12 @@ class MLP:
                 Dout[:] = families.sample_residuals(fam, eta, ws["HS"][:nb], streams)
                 K_.backward(*Xa, s, e, theta, self._sizes, self._acts, self._poff, self._aoff,
                             self._hoff, ws["Z"], ws["H"], ws["D"], ws["DP"], ws["GT"],
-                            ws["ones"], out, False, False)
+                            ws["ones"], ws["out1"][0], False, False)
                 K_.diag_layers(*Xa, s, e, self._cw, self._sizes, self._poff, self._aoff,
                                self._qoff, ws["D"], ws["SQ"], ws["T2"], ws["GT"], ws["ones"],
                                out)
-        return out / mc
+        return val.finite_result((out / mc).astype(self.dtype),
+                                 "the Monte Carlo GGN diagonal")
 
     def fisher_diag(self, theta):
         """Diagonal of the empirical Fisher ``(1/W) Σ_i w_i g_i ⊙ g_i`` (per-sample loss
@@ -712,7 +713,7 @@ class MLP:
         per row block: ``Σ_i c_i (h̃_{l−1,i} ⊙ h̃_{l−1,i}) ⊗ (δ_{l,i} ⊙ δ_{l,i})`` layer by
         layer, without forming the per-sample gradients."""
         theta = self._check_theta(theta)
-        out = np.zeros(self.n_params, dtype=self.dtype)
+        out = np.zeros(self.n_params)  # float64: the blocks' sums are added in float64
         ws = self._workspace(want_sq=True)
         Xa = self._data_args()
         for s, e, _j, _deltas in self._curvature_rows(theta, "empirical"):
@@ -720,7 +721,7 @@ class MLP:
                              ws["SQ"])
             K_.diag_layers(*Xa, s, e, self._cw, self._sizes, self._poff, self._aoff,
                            self._qoff, ws["D"], ws["SQ"], ws["T2"], ws["GT"], ws["ones"], out)
-        return out
+        return val.finite_result(out.astype(self.dtype), "the empirical Fisher diagonal")
 
     def _mc_fisher_vp(self, theta, v, mc_samples, seed):
         """Monte Carlo Fisher product ``(1/S) Σ_s (1/W) Σ_i w_i g̃_is (g̃_isᵀ v)`` with
@@ -732,7 +733,7 @@ class MLP:
         m, P = Vt.shape[0], self.n_params
         ws = self._workspace()
         Xa = self._data_args()
-        out = np.zeros((m, P), dtype=self.dtype)
+        out = np.zeros((m, P))  # float64: the blocks' sums are added in float64
         tmp = np.empty(P, dtype=self.dtype)
         for s, e, _j, _deltas in self._curvature_rows(theta, "mc", mc_samples, seed):
             for k in range(m):
@@ -740,7 +741,8 @@ class MLP:
                                 self._aoff, self._hoff, ws["H"], ws["D"], ws["T"], ws["T2"],
                                 ws["GT"], ws["ones"], tmp, True)
                 out[k] += tmp
-        out /= mc_samples
+        out = val.finite_result((out / mc_samples).astype(self.dtype),
+                                "the Monte Carlo Fisher product")
         return out[0] if v.ndim == 1 else np.ascontiguousarray(out.T)
 
     # ------------------------------------------------------------------ curvature rows
@@ -863,7 +865,7 @@ class MLP:
                         False)
             K_.per_sample_block(*Xa, s, e, p._sizes, p._poff, p._aoff, p._hoff, ws["H"],
                                 ws["D"], G)
-        return G
+        return val.finite_result(G, "the per-sample gradients")
 
     # ------------------------------------------------------------------ new problems
     def _take(self, idx, weighted=True):
