@@ -20,6 +20,7 @@ from .glm_dense import (
     _rows_curvature,
     _rows_value_grad,
 )
+from .losses import weighted
 
 #: a row block holds at most this many rows and (unless one row has more) this many nonzeros:
 #: ~0.8 MB of float64 values and uint32 indices, so the block is still in L2/L3 when the
@@ -76,7 +77,7 @@ def pass_k1(data, indices, indptr, starts, v, vb, mode, fam, y, a, cw, eta, r, h
                     t, li = _row_value_grad(fam, s + vb, y[i], a[i], i, eta, r, h)
                     lsum += li
                     if diag:
-                        wb[i - i0] = a[i] * h[i]
+                        wb[i - i0] = weighted(a[i], h[i])
                 else:
                     t = cw[i] * (s + vb)
                 bsum += t

@@ -21,7 +21,7 @@ import numpy as np
 from numba import prange
 
 from ._jit import jit
-from .losses import MULTINOMIAL, pointwise, softmax_hess_row, softmax_row
+from .losses import MULTINOMIAL, pointwise, softmax_hess_row, softmax_row, weighted
 
 #: rows accumulated in the data dtype before they are added into the float64 chunk buffer
 FLUSH = 256
@@ -300,7 +300,7 @@ def _row_value_grad(fam, e, y, a, row, eta, r, h):
     eta[row] = e
     r[row] = d1
     h[row] = d2
-    return a * d1, a * loss
+    return weighted(a, d1), weighted(a, loss)
 
 
 @jit(parallel=True)
@@ -343,7 +343,7 @@ def pass_k1(X, starts, v, vb, mode, fam, y, a, cw, eta, r, h, lbuf, dbuf, gbuf, 
                 if mode != CURVATURE:
                     tq, lq = _row_value_grad(fam, s[q] + vb, y[row], a[row], row, eta, r, h)
                     lsum += lq
-                    w[q] = a[row] * h[row]
+                    w[q] = weighted(a[row], h[row])
                 else:
                     tq = cw[row] * (s[q] + vb)
                 bsum += tq
@@ -394,9 +394,9 @@ def _rows_value_grad(fam, U, T, nr, i, y, a, eta, r, h, e64, p64, r64, gb):
                 loss += lk
                 r[row, k] = d1
                 h[row, k] = d2
-        lsum += a[row] * loss
+        lsum += weighted(a[row], loss)
         for k in range(K):
-            t = a[row] * r[row, k]
+            t = weighted(a[row], r[row, k])
             T[q, k] = t
             gb[k] += t
     return lsum

@@ -25,8 +25,12 @@ def scaled_rows(src, c, s, bias, out):
         r = math.sqrt(c[s + i])
         o = out[i]
         x = src[i]
-        for j in range(n):
-            o[j] = r * x[j]
+        if r == 0.0:  # a row of weight 0 adds nothing, also where its values overflowed
+            for j in range(n):
+                o[j] = 0.0
+        else:
+            for j in range(n):
+                o[j] = r * x[j]
         if bias:
             o[n] = r
 

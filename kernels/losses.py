@@ -27,6 +27,13 @@ MULTINOMIAL = 3
 
 
 @jit
+def weighted(a, x):
+    """``a x``, and 0 when ``a = 0``: a row of weight zero adds nothing to a sum, also where
+    its own loss or derivative overflows (never ``0 · inf = NaN``)."""
+    return a * x if a != 0.0 else 0.0
+
+
+@jit
 def pointwise(fam, eta, y):
     """``(l, l', l'')`` of a single-output family at ``eta`` (float64) for target ``y``."""
     if fam == LOGISTIC:
@@ -128,5 +135,5 @@ def loss_along(fam, eta, u, alpha, y, a, starts, lbuf):
                 li = 0.0
                 for k in range(K):
                     li += pointwise(fam, e[k], y[i, k])[0]
-            s += a[i] * li
+            s += weighted(a[i], li)
         lbuf[c] = s

@@ -54,7 +54,7 @@ from numba import prange
 
 from . import activations as act
 from ._jit import jit
-from .losses import MULTINOMIAL, pointwise, softmax_hess_row, softmax_row
+from .losses import MULTINOMIAL, pointwise, softmax_hess_row, softmax_row, weighted
 
 # modes of run()
 VALUE = 0
@@ -211,15 +211,16 @@ def loss_block(lc, Z, aoff, sizes, Y, cw, s, e, HS, D, scaled):
             li = softmax_row(ev, int(Y[s + i, 0]), p, r)
             for k in range(K):
                 HS[i, k] = p[k]
-                U[i, k] = f * r[k]
+                U[i, k] = weighted(f, r[k])
         else:
             li = 0.0
             for k in range(K):
                 lk, g1, g2 = pointwise(lc, np.float64(eta[i, k]), Y[s + i, k])
                 li += lk
-                HS[i, k] = g2
-                U[i, k] = f * g1
-        total += c * li
+                # a row of weight 0 has no curvature, also where its own ℓ'' overflows
+                HS[i, k] = g2 if c != 0.0 or math.isfinite(g2) else 0.0
+                U[i, k] = weighted(f, g1)
+        total += weighted(c, li)
     return total
 
 
@@ -233,7 +234,7 @@ def loss_hess_apply(lc, HS, cw, s, R, out):
             softmax_hess_row(HS[i], R[i], c, out[i])
         else:
             for k in range(K):
-                out[i, k] = c * HS[i, k] * R[i, k]
+                out[i, k] = weighted(c, HS[i, k] * R[i, k])
 
 
 @jit
@@ -351,14 +352,14 @@ def fisher_block(X, xd, xi, xp, sparse, s, e, cw, v, sizes, poff, aoff, hoff, H,
                     t += Tl[i, j] * Dl[i, j]
                 sv[i] += t
     for i in range(nb):
-        sv[i] *= cw[s + i]
+        sv[i] = weighted(cw[s + i], sv[i])  # rows of weight 0 add nothing (even if inf)
     for l in range(L):
         w = sizes[l + 1]
         Dl = _stack(D, doff, l, nb, w)[nb:]
         Sl = T2[:nb * w].reshape((nb, w))
         for i in range(nb):
             for j in range(w):
-                Sl[i, j] = sv[i] * Dl[i, j]
+                Sl[i, j] = weighted(sv[i], Dl[i, j])
         Hl = _input(H, hoff, sizes, l, nb) if l > 0 else _stack(H, hoff, 0, 0, 1)
         grad_block(X, xd, xi, xp, sparse, s, e, sizes, poff, H, hoff, l, Sl, Hl, GT, ones, out,
                    first)
@@ -424,7 +425,7 @@ def diag_layers(X, xd, xi, xp, sparse, s, e, cw, sizes, poff, aoff, qoff, D, SQ,
         for i in range(nb):
             c = cw[s + i]
             for j in range(w):
-                Sl[i, j] = c * Dl[i, j] * Dl[i, j]
+                Sl[i, j] = weighted(c, Dl[i, j] * Dl[i, j])
         o = poff[l]
         if l == 0:
             G = GT[:n_in * w].reshape((n_in, w))

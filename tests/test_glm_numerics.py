@@ -408,3 +408,35 @@ def test_derived_results_that_overflow_raise():
                        (lambda: p.vjp(th, np.full(4, 1e160)), "Jᵀ u")):
         with pytest.raises(FloatingPointError, match=what):
             call()
+
+
+@pytest.mark.parametrize("sparse", [False, True], ids=["dense", "csr"])
+def test_a_zero_weight_row_whose_loss_overflows_adds_nothing(sparse):
+    """A row of weight 0 (an excluded outlier) whose own exp(η) overflows contributes exactly
+    nothing (it contributed 0 · inf = NaN): every product equals the problem without the row,
+    and newton_cg reaches that problem's optimum. Its own per-sample gradient still raises."""
+    rng = np.random.default_rng(0)
+    n = 200
+    x = rng.uniform(0.0, 1.0, n)
+    y = rng.poisson(np.exp(x)).astype(float)
+    X = np.r_[x, 1000.0][:, None]
+    if sparse:
+        X = sp.csr_matrix(X)
+    p = fc.GLM(X, np.r_[y, 0.0], family="poisson", sample_weight=np.r_[np.ones(n), 0.0])
+    q = fc.GLM(x[:, None], y, family="poisson")
+    th, v = np.array([1.0, 0.0]), np.array([0.3, -1.0])
+    np.testing.assert_allclose(p.value(th), q.value(th), rtol=1e-13)
+    for name in ("grad", "hessian_diag", "fisher_diag", "hessian"):
+        np.testing.assert_allclose(getattr(p, name)(th), getattr(q, name)(th), rtol=1e-13,
+                                   err_msg=name)
+    for name in ("hvp", "fisher_vp"):
+        np.testing.assert_allclose(getattr(p, name)(th, v), getattr(q, name)(th, v),
+                                   rtol=1e-13, err_msg=name)
+    np.testing.assert_allclose(fc.KFACOperator(p, th, fisher="empirical").matvec(v),
+                               fc.KFACOperator(q, th, fisher="empirical").matvec(v), rtol=1e-12)
+    np.testing.assert_allclose(p.value_along(th, v)(0.5), q.value_along(th, v)(0.5), rtol=1e-13)
+    r, ref = fc.newton_cg(p, gtol=1e-10), fc.newton_cg(q, gtol=1e-10)
+    assert r.success, r.message
+    np.testing.assert_allclose(r.x, ref.x, rtol=1e-10)
+    with pytest.raises(FloatingPointError):
+        p.per_sample_grads(th, rows=[n])

@@ -563,3 +563,25 @@ def test_mlp_diagonals_and_per_sample_grads_that_overflow_raise():
                  lambda: fc.FisherOperator(p, big, kind="mc", seed=0).matvec(np.ones(p.n_params))):
         with pytest.raises(FloatingPointError, match="overflows"):
             call()
+
+
+def test_mlp_zero_weight_row_whose_loss_overflows_adds_nothing():
+    rng = np.random.default_rng(0)
+    n = 50
+    x = rng.uniform(0.0, 1.0, n)
+    y = rng.poisson(np.exp(x)).astype(float)
+    kw = dict(sizes=(1, 1), loss="poisson")
+    p = fc.MLP(np.r_[x, 1000.0][:, None], np.r_[y, 0.0], sample_weight=np.r_[np.ones(n), 0.0],
+               **kw)
+    q = fc.MLP(x[:, None], y, **kw)
+    th, v = np.array([1.0, 0.0]), np.array([0.3, -1.0])
+    np.testing.assert_allclose(p.value(th), q.value(th), rtol=1e-13)
+    np.testing.assert_allclose(p.grad(th), q.grad(th), rtol=1e-13)
+    for name in ("hvp", "ggn_vp"):
+        np.testing.assert_allclose(getattr(p, name)(th, v), getattr(q, name)(th, v),
+                                   rtol=1e-13, err_msg=name)
+    np.testing.assert_allclose(p.ggn_diag(th), q.ggn_diag(th), rtol=1e-13)
+    np.testing.assert_allclose(p.fisher_diag(th), q.fisher_diag(th), rtol=1e-13)
+    np.testing.assert_allclose(p.fisher_vp(th, v), q.fisher_vp(th, v), rtol=1e-13)
+    np.testing.assert_allclose(fc.KFACOperator(p, th, fisher="empirical").matvec(v),
+                               fc.KFACOperator(q, th, fisher="empirical").matvec(v), rtol=1e-12)

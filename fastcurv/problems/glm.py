@@ -371,17 +371,32 @@ class GLM:
         return value, g
 
     # ------------------------------------------------------------------ curvature
+    def _rows_of(self, st, name):
+        """``st.r`` or ``st.h`` for curvature: rows of weight 0 whose own values overflowed
+        (their loss did; they add nothing to any sum) are zeroed, so that no ``0 · inf``
+        enters a product. Without such rows, the array itself."""
+        key = ("clean", name)
+        if key not in st._cache:
+            M = getattr(st, name)
+            bad = (self._w == 0) & ~np.isfinite(M).all(axis=1)
+            if bad.any():
+                M = M.copy()
+                M[bad] = 0.0
+            st._cache[key] = M
+        return st._cache[key]
+
     def _hess_weights(self, st, m):
         key = ("hess", m)
         if key in st._cache:
             return st._cache[key]
         a = self._a
+        h = self._rows_of(st, "h")
         if self._fam == MULTINOMIAL:
-            w = ("gen", a[:, None] * st.h, st.h, -a, CURV_SOFTMAX, m)
+            w = ("gen", a[:, None] * h, h, -a, CURV_SOFTMAX, m)
         elif self._K == 1 and m == 1:
-            w = ("k1", a * st.h[:, 0])
+            w = ("k1", a * h[:, 0])
         else:
-            w = ("gen", a[:, None] * st.h, st.h, a, CURV_DIAG, m)
+            w = ("gen", a[:, None] * h, h, a, CURV_DIAG, m)
         st._cache[key] = w
         return w
 
@@ -390,10 +405,11 @@ class GLM:
         if key in st._cache:
             return st._cache[key]
         a = self._a
+        r = self._rows_of(st, "r")
         if self._K == 1 and m == 1:
-            w = ("k1", a * st.r[:, 0] ** 2)
+            w = ("k1", a * r[:, 0] ** 2)
         else:
-            w = ("gen", np.zeros_like(st.r), st.r, a, CURV_RANK1, m)
+            w = ("gen", np.zeros_like(r), r, a, CURV_RANK1, m)
         st._cache[key] = w
         return w
 
@@ -457,10 +473,12 @@ class GLM:
         """Per-row (Dw, Q, qa) so that the per-sample curvature is diag(Dw) + qa Q Qᵀ."""
         a = self._a
         if which == "fisher":
-            return np.zeros_like(st.r), st.r, a
+            r = self._rows_of(st, "r")
+            return np.zeros_like(r), r, a
+        h = self._rows_of(st, "h")
         if self._fam == MULTINOMIAL:
-            return a[:, None] * st.h, st.h, -a
-        return a[:, None] * st.h, None, None
+            return a[:, None] * h, h, -a
+        return a[:, None] * h, None, None
 
     def _curv_row_diag(self, st, which):
         """Per row, the diagonal (n, K) of the curvature ``diag(Dw) + qa Q Qᵀ``; for the
@@ -469,7 +487,7 @@ class GLM:
         if Q is None:
             return Dw
         if which != "fisher" and self._fam == MULTINOMIAL:
-            return self._a[:, None] * _softmax_variance(st.h)
+            return self._a[:, None] * _softmax_variance(self._rows_of(st, "h"))
         return Dw + qa[:, None] * Q * Q
 
     def _diag(self, st, which, cw=None):
@@ -511,7 +529,9 @@ class GLM:
         for _ in range(int(mc_samples)):
             rs = families.sample_residuals(self.family, st.eta, st.h, streams)
             acc += rs * rs
-        cw = self._a[:, None] * acc / int(mc_samples)
+        cw = np.zeros_like(acc)  # rows of weight 0 add nothing, whatever their draws
+        np.multiply(self._a[:, None], acc / int(mc_samples), out=cw,
+                    where=(self._a > 0)[:, None])
         return self._diag(st, "hess", cw=cw)
 
     def fisher_diag(self, theta):
@@ -751,7 +771,7 @@ class GLM:
         blocks."""
         st = self._state_at(theta)
         c = self._a
-        h = np.asarray(st.h, dtype=np.float64)
+        h = np.asarray(self._rows_of(st, "h"), dtype=np.float64)
         h = h.reshape(self.n_samples, -1)
         G = np.diag(c @ h)  # (K, K): outputs with independent losses have diagonal ∇²ℓ
         if self._fam == MULTINOMIAL:
@@ -776,18 +796,18 @@ class GLM:
             e = min(n, s + block)
             for j in range(cols):
                 if kind == "empirical":
-                    delta = st.r[s:e]
+                    delta = self._rows_of(st, "r")[s:e]
                 elif kind == "mc":
                     delta = families.sample_residuals(self.family, st.eta[s:e], st.h[s:e],
                                                       streams[j])
                 elif self._fam == MULTINOMIAL:
-                    pj = st.h[s:e]
+                    pj = self._rows_of(st, "h")[s:e]
                     sq = np.sqrt(pj[:, j])
                     delta = -sq[:, None] * pj
                     delta[:, j] += sq
                 else:
                     delta = np.zeros((e - s, K))
-                    delta[:, j] = np.sqrt(st.h[s:e, j])
+                    delta[:, j] = np.sqrt(self._rows_of(st, "h")[s:e, j])
                 yield s, e, j, [np.ascontiguousarray(delta, dtype=self.dtype)]
 
     def _grad_dots(self, theta, S, lo, hi):
