@@ -613,7 +613,7 @@ def run_rows(mode, X, xd, xi, xp, sparse, lc, Y, cw, theta, sizes, acts, poff, a
     return total
 
 
-@jit
+@jit(strict=True)  # no reassociation: (λ/2 · m) · m · Σ(x/m)² must not become λ/2 · m² · ...
 def add_penalty(mode, l2, theta, V, sizes, poff, out):
     """The L2 term on the weight rows of every layer (not the bias rows): returns
     ``(λ/2)‖W‖²`` (VALUE, VALUE_GRAD) and adds ``λ θ_W`` (VALUE_GRAD), ``λ V[j]_W`` (HVP, GGN)
@@ -624,11 +624,17 @@ def add_penalty(mode, l2, theta, V, sizes, poff, out):
         o = poff[l]
         nw = sizes[l] * sizes[l + 1]
         if mode == VALUE or mode == VALUE_GRAD:
-            acc = 0.0
+            # scaled by max|W_l|: only a penalty beyond float64 is inf (x² alone overflows
+            # from |x| ~ 1e154)
+            m = 0.0
             for t in range(nw):
-                x = np.float64(theta[o + t])
-                acc += x * x
-            total += 0.5 * l2 * acc
+                m = max(m, abs(np.float64(theta[o + t])))
+            if m > 0.0:
+                acc = 0.0
+                for t in range(nw):
+                    x = np.float64(theta[o + t]) / m
+                    acc += x * x
+                total += (0.5 * l2 * m) * m * acc
             if mode == VALUE_GRAD:
                 g = out[0]
                 for t in range(nw):

@@ -585,3 +585,13 @@ def test_mlp_zero_weight_row_whose_loss_overflows_adds_nothing():
     np.testing.assert_allclose(p.fisher_vp(th, v), q.fisher_vp(th, v), rtol=1e-13)
     np.testing.assert_allclose(fc.KFACOperator(p, th, fisher="empirical").matvec(v),
                                fc.KFACOperator(q, th, fisher="empirical").matvec(v), rtol=1e-12)
+
+
+def test_mlp_penalty_overflows_only_beyond_float64():
+    """(λ/2)‖W‖² is scaled by max|W| (compiled without reassociation, which would form
+    max|W|² first): at W = 1e155 and λ = 1e-3 it is 5e306, not inf."""
+    X = np.array([[1.0], [-1.0]])
+    y = np.array([1.0, 0.0])
+    p = fc.MLP(X, y, sizes=(1, 1), loss="sigmoid_cross_entropy", l2=1e-3)
+    want = (0.5e-3 * 1e155) * 1e155 + np.log1p(np.exp(-1e155))  # both rows' losses are 0
+    np.testing.assert_allclose(p.value(np.array([1e155, 0.0])), want, rtol=1e-14)
