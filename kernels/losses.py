@@ -27,6 +27,16 @@ MULTINOMIAL = 3
 
 
 @jit
+def _argmax(a):
+    """Index of the first largest value of the 1-D array ``a`` (not empty)."""
+    top = 0
+    for k in range(1, a.shape[0]):
+        if a[k] > a[top]:
+            top = k
+    return top
+
+
+@jit
 def weighted(a, x):
     """``a x``, and 0 when ``a = 0``: a row of weight zero adds nothing to a sum, also where
     its own loss or derivative overflows (never ``0 · inf = NaN``)."""
@@ -63,10 +73,7 @@ def softmax_row(eta, label, p, r):
     (both length K, float64) and returns the loss ``logsumexp(eta) - eta[label]``.
     """
     K = eta.shape[0]
-    top = 0
-    for k in range(1, K):
-        if eta[k] > eta[top]:
-            top = k
+    top = _argmax(eta)
     m = eta[top]
     s = 0.0
     for k in range(K):
@@ -100,10 +107,7 @@ def softmax_hess_row(p, u, c, out):
     float64); this one sums only the small ``p_j``, ``j ≠ r``.
     """
     K = p.shape[0]
-    r = 0
-    for k in range(1, K):
-        if p[k] > p[r]:
-            r = k
+    r = _argmax(p)
     ur = u[r]
     s = 0.0
     for k in range(K):
