@@ -124,6 +124,13 @@ def _in_noise(f, f_new, model_decrease, gmax, g_new, dtype):
     return float(np.max(np.abs(g_new))) < gmax
 
 
+def _breakdown_message(it, theta):
+    return (f"CG broke down at iteration {it}: the curvature along its directions is zero or "
+            "not finite (it underflows or overflows at parameters as large as max|theta| = "
+            f"{np.max(np.abs(theta)):.3g}). Start from smaller parameters, or add damping or "
+            "an L2 penalty.")
+
+
 def _trial_value_and_grad(p, x):
     """``p.value_and_grad(x)`` at a trial point, or ``(inf, None)`` where the objective
     overflows there (a step too long: the line search backtracks, the trust region shrinks)."""
@@ -596,10 +603,7 @@ def _newton_cg(p, theta0, gtol, max_iter, method, curvature, preconditioner, dam
                 d = None
             if d is None or not np.isfinite(d).all():
                 n_hvp += op.count
-                message = (f"CG broke down at iteration {it}: the curvature along its "
-                           "directions is zero or not finite (it underflows or overflows at "
-                           f"parameters as large as max|theta| = {np.max(np.abs(theta)):.3g}). "
-                           "Start from smaller parameters, or add damping or an L2 penalty.")
+                message = _breakdown_message(it, theta)
                 break
             if auto is not None:
                 auto.after_step(time.perf_counter() - t_solve, count[0])
@@ -642,8 +646,7 @@ def _newton_cg(p, theta0, gtol, max_iter, method, curvature, preconditioner, dam
                 f_new, g_new = _trial_value_and_grad(p, trial)
                 if g_new is None:  # a finite value along d, but its gradient overflows
                     message = (f"The gradient overflows at the step the line search accepted "
-                               f"at iteration {it} (loss there {f_new:.6g}); rescale the data "
-                               "or add an L2 penalty.")
+                               f"at iteration {it}; rescale the data or add an L2 penalty.")
                     break
             theta, f, g = trial, f_new, g_new
             gmax = float(np.max(np.abs(g)))
@@ -652,7 +655,13 @@ def _newton_cg(p, theta0, gtol, max_iter, method, curvature, preconditioner, dam
         else:
             if radius is None:
                 radius = max(gnorm, 1e-3)
-            s, As, cg_it, _how = _steihaug(op, g64, radius, rtol, cg_max, Dm)
+            try:
+                with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+                    s, As, cg_it, _how = _steihaug(op, g64, radius, rtol, cg_max, Dm)
+            except _CGBreakdown:
+                n_hvp += op.count
+                message = _breakdown_message(it, theta)
+                break
             n_cg += cg_it
             n_hvp += op.count
             pred = -(float(g64 @ s) + 0.5 * float(s @ As))
