@@ -5,6 +5,7 @@ index structure, label ranges), and every error names the argument and says how 
 Checks on the data never allocate anything of the data's size.
 """
 
+import math
 import numbers
 
 import numpy as np
@@ -276,14 +277,22 @@ def check_rows(rows, n, name="rows"):
     return np.where(r < 0, r + n, r)
 
 
-def finite_result(out, what):
+def finite_result(out, what, advice=None):
     """``out`` (array or sparse matrix) if every value is finite, else FloatingPointError: with
     finite data and parameters (checked on the way in), a non-finite result is an overflow of
-    the data, parameters or curvature, which no finite answer can represent."""
+    the data, parameters or curvature, which no finite answer can represent. ``advice``
+    replaces the default text that follows ``"{what} overflows {dtype}"``."""
     data = out.data if sp.issparse(out) else np.asarray(out)
     if not np.isfinite(data).all():
-        raise FloatingPointError(
-            f"{what} overflows {data.dtype.name} at these parameters: the values exceed its "
-            "range (huge features, targets or parameters). Standardize the features (and the "
-            "targets of a gaussian or poisson model), or start from smaller parameters.")
+        if advice is None:
+            advice = (" at these parameters: the values exceed its range (huge features, "
+                      "targets or parameters). Standardize the features (and the targets of a "
+                      "gaussian or poisson model), or start from smaller parameters.")
+        raise FloatingPointError(f"{what} overflows {data.dtype.name}{advice}")
     return out
+
+
+def inf_if_overflow(x):
+    """A float objective value, ``+inf`` where it is not finite: with finite data and
+    parameters, NaN or inf there means the objective overflowed (it is never -inf)."""
+    return x if math.isfinite(x) else math.inf

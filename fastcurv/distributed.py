@@ -906,7 +906,7 @@ class DaskGLM:
         for i in sorted(res):
             loss += self._scale[i] * float(res[i])
         value = loss + _half_sq_penalty(self.l2, theta[: self._d * self._K].astype(np.float64))
-        return value if np.isfinite(value) else np.inf
+        return val.inf_if_overflow(value)
 
     def grad(self, theta):
         """``∇F(θ)``, shape (P,) (one round trip)."""
@@ -1156,7 +1156,7 @@ class DaskGLM:
             for i in sorted(res):
                 loss += self._scale[i] * float(res[i])
             f = loss + pen(alpha)
-            return f if np.isfinite(f) else np.inf
+            return val.inf_if_overflow(f)
 
         return phi
 

@@ -72,19 +72,9 @@ def _penalty_along(l2, W64, D64):
     def pen(alpha):
         with np.errstate(over="ignore", invalid="ignore"):
             f = (0.5 * l2 * m) * m * (ww + 2.0 * alpha * wd + alpha * alpha * dd)
-        return f if np.isfinite(f) else np.inf
+        return val.inf_if_overflow(f)
 
     return pen
-
-
-def _check_product(out, name):
-    """FloatingPointError if a product with a finite ``name`` overflowed (at a state whose
-    derivatives are finite, only a huge ``name`` can do that)."""
-    if not np.isfinite(out).all():
-        raise FloatingPointError(
-            f"the product overflows {out.dtype.name}: {name}, or the data and curvature it "
-            f"meets, is too large; if it is {name}, scale it down (products are linear in it) "
-            "and the result up")
 
 
 def _readonly(a):
@@ -346,7 +336,7 @@ class GLM:
     def _value(self, st, theta):
         Wmat, _ = self._split(theta)
         value = st.loss + _half_sq_penalty(self.l2, Wmat.astype(np.float64))
-        return value if np.isfinite(value) else np.inf
+        return val.inf_if_overflow(value)
 
     def grad(self, theta):
         """``∇F(θ)``, shape (P,)."""
@@ -425,7 +415,10 @@ class GLM:
         if penalty and self.l2 != 0.0:
             oW = oW + self.l2 * Vw.astype(np.float64)
         out = self._join_block(oW, ob, m)
-        _check_product(out, "v")
+        # at a state whose derivatives are finite, only v or the data can overflow here
+        val.finite_result(out, "the product", advice=(
+            ": v, or the data and curvature it meets, is too large; if it is v, scale it "
+            "down (products are linear in it) and the result up"))
         return out[:, 0] if v.ndim == 1 else out
 
     def hvp(self, theta, v):
@@ -683,7 +676,7 @@ class GLM:
             alpha = float(alpha)
             loss_along(fam, st.eta, U, alpha, y2, a, starts, lbuf)
             f = float(lbuf.sum()) + pen(alpha)
-            return f if np.isfinite(f) else np.inf  # an overflow, as value() says
+            return val.inf_if_overflow(f)  # as value() says
 
         return phi
 

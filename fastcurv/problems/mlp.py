@@ -540,7 +540,7 @@ class MLP:
         theta = self._check_theta(theta)
         total, _ = self._run(K_.VALUE, theta)
         total = float(total)
-        return total if math.isfinite(total) else math.inf  # an overflow (never NaN)
+        return val.inf_if_overflow(total)
 
     def grad(self, theta):
         """``∇F(θ)``, shape (P,)."""
