@@ -181,9 +181,10 @@ def build_parser():
     nw.add_argument("--precond", choices=("auto", "none", "diag", "cholesky", "kfac"),
                     default="auto",
                     help="CG preconditioner: auto (default: plain CG, switching to the "
-                         "cholesky factor once a Newton step needs more than 8 CG iterations "
-                         "and CG has spent half as long as building the factor would take; up "
-                         "to 1024 parameters, --method line-search), diag (the exact "
+                         "cholesky factor (up to 1024 parameters) or, for multinomial fits, to "
+                         "kfac first, once a Newton step needs more than 8 CG iterations "
+                         "and CG has spent half as long as building it would take; "
+                         "--method line-search), diag (the exact "
                          "Hessian diagonal), cholesky (a dense factor kept across Newton steps; "
                          "for correlated features and up to 4096 parameters, with --method "
                          "line-search), kfac (the K-FAC inverse; helps multinomial fits with "

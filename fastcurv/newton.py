@@ -226,10 +226,10 @@ def _cholesky_preconditioner(p, theta, curvature, damping):
 
 
 #: preconditioner="auto": largest parameter count it considers for the Cholesky switch, and
-#: the factor from the flop count of the dense curvature and its factorization (at the BLAS
-#: syrk rate measured on this machine) to the seconds the build takes: the build also scales
-#: the rows and mirrors the triangle (measured: a 100,000 x 300 logistic build predicted at
-#: 0.15-0.16 s by multiply-adds and rate alone took 0.22-0.23 s)
+#: the factor from the flop count of a preconditioner's build (at the BLAS syrk rate measured
+#: on this machine) to the seconds the build takes: the build also scales the rows and
+#: mirrors the triangle (measured: a 100,000 x 300 logistic build predicted at 0.15-0.16 s by
+#: multiply-adds and rate alone took 0.22-0.23 s)
 AUTO_MAX_PARAMS = 1024
 AUTO_BUILD_OVERHEAD = 1.5
 #: switch once the CG time reaches this fraction of the estimated build time (0.5: after a
@@ -238,6 +238,14 @@ AUTO_BUILD_OVERHEAD = 1.5
 #: least what has been spent; on the correlated 100,000 x 300 problem the late steps took
 #: 15, 20, 28, 30, 37 iterations)
 AUTO_BUY_FRACTION = 0.5
+#: preconditioner="auto" considers K-FAC for problems whose first-layer input factor has at
+#: most this many rows (GLMs: d + 1): its eigendecomposition costs ~10 (d+1)³ multiply-adds at
+#: the syrk rate (measured 7-12 for d + 1 = 301, 1001, 2049; 2049 took 11 s)
+AUTO_MAX_KFAC_INPUTS = 4096
+#: K-FAC comes before the Cholesky factor in "auto"'s ladder only when it is at least this
+#: many times cheaper to build (multinomial GLMs: ~K² times; for one output the two cost the
+#: same Gram pass, and the Cholesky factor of the weighted Hessian is the better one)
+AUTO_KFAC_DISCOUNT = 4.0
 
 _SYRK_RATE = None
 
@@ -260,45 +268,72 @@ def _syrk_rate():
     return _SYRK_RATE
 
 
-class _AutoCholesky:
-    """``preconditioner="auto"``: plain CG until the time spent in CG reaches part of the
-    estimated cost of building the Cholesky preconditioner, then ``"cholesky"`` for the rest of
-    the fit. The rule is armed by the first Newton step that needs more than
-    ``CHOLESKY_REFRESH_CG`` CG iterations; a fit whose steps all converge faster never
-    estimates or builds anything.
+def _build_macs(p, curvature, kind):
+    """Multiply-adds of building preconditioner ``kind`` on ``p`` (GLMs), or None where ``p``
+    has no such count or ``kind`` is not offered for a problem of its size."""
+    if kind == "cholesky":
+        if p.n_params > AUTO_MAX_PARAMS or not hasattr(p, "_dense_curvature_macs"):
+            return None
+        P = float(p.n_params)
+        return float(p._dense_curvature_macs(curvature)) + P ** 3 / 6.0  # Gram + Cholesky
+    if not hasattr(p, "_kfac_build_macs"):
+        return None
+    return p._kfac_build_macs(AUTO_MAX_KFAC_INPUTS)
 
-    This is the ski-rental rule (rent until the rent paid reaches the price, then buy):
-    whatever the remaining CG work turns out to be, the fit costs a small multiple of what the
-    better of the two fixed choices would have cost (at most 2 when buying at the full price,
-    3 at ``AUTO_BUY_FRACTION = 0.5`` of it; see that constant for why half). The price is the
-    problem's count of multiply-adds for its dense curvature and the factorization
-    (``_dense_curvature_macs``, GLMs) at the measured BLAS rate, times
-    ``AUTO_BUILD_OVERHEAD``. Timing samples of the real build was tried first: to be accurate
-    within 2x on a noisy machine they cost as much as the build. Problems without that count
-    (MLPs), or with more than ``AUTO_MAX_PARAMS`` parameters, get plain CG; if the
-    factorization fails (an indefinite Hessian), CG stays unpreconditioned.
+
+class _Auto:
+    """``preconditioner="auto"``: plain CG, then better preconditioners bought in turn by a
+    ski-rental rule (rent until the rent paid reaches the price, then buy).
+
+    The ladder holds at most two rungs, in order: ``"kfac"`` (GLMs with at most
+    ``AUTO_MAX_KFAC_INPUTS`` features, when it is ``AUTO_KFAC_DISCOUNT`` times cheaper than
+    the Cholesky factor or that one is not offered: the multinomial family), then
+    ``"cholesky"`` (GLMs with at most ``AUTO_MAX_PARAMS`` parameters). A rung is armed by the
+    first Newton step since the last purchase that needs more than ``CHOLESKY_REFRESH_CG`` CG
+    iterations, and bought once the CG time spent since then reaches ``AUTO_BUY_FRACTION`` of
+    its estimated build time: the rung's multiply-adds (``_build_macs``) at the measured BLAS
+    rate, times ``AUTO_BUILD_OVERHEAD``. Whatever the remaining CG work turns out to be, each
+    purchase costs the fit a small multiple of what the better of "keep" and "buy" would have
+    (at most 2 when buying at the full price, 3 at half of it). A fit whose steps all
+    converge in few iterations never estimates or builds anything. Timing samples of the real
+    build was tried first: to be accurate within 2x on a noisy machine they cost as much as
+    the build. Problems without these counts (MLPs) get plain CG; if a build fails (an
+    indefinite Hessian), the fit keeps the preconditioner it had and buys nothing more.
     """
 
     def __init__(self, p, curvature, damping, blas):
         self.p, self.curvature, self.damping, self.blas = p, curvature, damping, blas
+        self.current = None  # the preconditioner in use
+        self.previous = None
+        chol = _build_macs(p, curvature, "cholesky")
+        kfac = _build_macs(p, curvature, "kfac")
+        self.ladder = []
+        if kfac is not None and (chol is None or AUTO_KFAC_DISCOUNT * kfac <= chol):
+            self.ladder.append("kfac")
+        if chol is not None:
+            self.ladder.append("cholesky")
+        self._reset()
+
+    def _reset(self):
         self.t_cg = 0.0
         self.hard = False
         self.t_build = None
-        self.switched = False
-        self.eligible = (p.n_params <= AUTO_MAX_PARAMS
-                         and hasattr(p, "_dense_curvature_macs"))
+
+    @property
+    def eligible(self):
+        """Whether anything is left to buy."""
+        return bool(self.ladder)
 
     def _estimate(self):
-        macs = float(self.p._dense_curvature_macs(self.curvature))
-        P = float(self.p.n_params)
-        macs += P ** 3 / 6.0  # Cholesky
+        macs = _build_macs(self.p, self.curvature, self.ladder[0])
         self.t_build = AUTO_BUILD_OVERHEAD * macs / _syrk_rate()
 
     def after_step(self, seconds, cg_iters):
-        """Add one step's CG time; switch when it reaches ``AUTO_BUY_FRACTION`` of the estimated
-        build time. The build is only estimated (and bought) once a step needed more than
-        ``CHOLESKY_REFRESH_CG`` CG iterations: on well-conditioned problems CG is cheap."""
-        if self.switched or not self.eligible:
+        """Add one step's CG time; buy the next rung when it reaches ``AUTO_BUY_FRACTION`` of
+        the rung's estimated build time. A rung is only estimated (and bought) once a step
+        needed more than ``CHOLESKY_REFRESH_CG`` CG iterations: on well-conditioned problems
+        CG is cheap."""
+        if not self.ladder:
             return
         self.t_cg += seconds
         self.hard = self.hard or cg_iters > CHOLESKY_REFRESH_CG
@@ -308,7 +343,13 @@ class _AutoCholesky:
             with self.blas.full():
                 self._estimate()
         if self.t_cg >= AUTO_BUY_FRACTION * self.t_build:
-            self.switched = True
+            self.previous, self.current = self.current, self.ladder.pop(0)
+            self._reset()
+
+    def give_up(self):
+        """The current rung could not be built: back to the previous one, buy nothing more."""
+        self.current = self.previous
+        self.ladder = []
 
 
 def _steihaug(A, g, radius, rtol, maxiter, Dm):
@@ -387,11 +428,14 @@ def newton_cg(p, theta0=None, *, gtol=1e-8, max_iter=100, method="line-search",
     method : {"line-search", "trust-region"}
     curvature : {"hessian", "ggn"}
     preconditioner : None, "auto", "diag", "cholesky", "kfac" or a LinearOperator applying ``M⁻¹``
-        ``"auto"`` (line search) runs plain CG and switches to ``"cholesky"`` once the time
-        spent in CG reaches half the estimated cost of building that factor (a ski-rental rule:
-        a small multiple of the cost of the better fixed choice, whatever the conditioning), for
-        GLMs with up to 1,024 parameters, once a Newton step has needed more than 8 CG
-        iterations; on well-conditioned problems it never switches.
+        ``"auto"`` (line search) runs plain CG and, once a Newton step has needed more than 8
+        CG iterations, buys a better preconditioner when the time spent in CG reaches half the
+        estimated cost of building it (a ski-rental rule: a small multiple of the cost of the
+        better fixed choice, whatever the conditioning): ``"cholesky"`` for GLMs with up to
+        1,024 parameters; for multinomial GLMs (up to 4,095 features) ``"kfac"`` first, about
+        K² times cheaper to build, then ``"cholesky"`` if steps stay slow and it is offered.
+        On well-conditioned problems it never switches; MLPs and the trust-region method get
+        plain CG.
         ``"cholesky"`` (line search, up to 4096 parameters) factors the dense curvature at one
         iterate and keeps it as the preconditioner while CG converges in at most 8 iterations
         per step, refreshing it otherwise: on ill-conditioned data (correlated features) it
@@ -512,9 +556,8 @@ def _newton_cg(p, theta0, gtol, max_iter, method, curvature, preconditioner, dam
     chol = None  # the Cholesky preconditioner, kept across Newton steps
     auto = None
     if preconditioner == "auto":
-        # trust-region Newton has no Cholesky path: "auto" is plain CG there
-        auto = (_AutoCholesky(p, curvature, damping, blas) if method == "line-search"
-                else None)
+        # trust-region Newton (a diagonal M only) has no K-FAC or Cholesky path: plain CG
+        auto = _Auto(p, curvature, damping, blas) if method == "line-search" else None
         if auto is None:
             preconditioner = None
     last_cg = 0
@@ -566,7 +609,8 @@ def _newton_cg(p, theta0, gtol, max_iter, method, curvature, preconditioner, dam
             break
         it += 1
         op = _Counted(Op(p, theta, damping=damping))
-        if preconditioner == "cholesky" or (auto is not None and auto.switched):
+        use = preconditioner if auto is None else auto.current
+        if use == "cholesky":
             if method != "line-search":
                 raise ValueError("preconditioner='cholesky' works with method='line-search'")
             if chol is None or last_cg > CHOLESKY_REFRESH_CG:
@@ -576,15 +620,21 @@ def _newton_cg(p, theta0, gtol, max_iter, method, curvature, preconditioner, dam
                 except np.linalg.LinAlgError:
                     if auto is None:
                         raise
-                    auto.switched = auto.eligible = False  # indefinite: stay with plain CG
+                    auto.give_up()  # indefinite: keep the previous preconditioner
+                    use = auto.current
                     chol = None
+        if use == "cholesky":
             Dm, M = None, chol
-        elif auto is not None:
-            Dm, M = None, None
         else:
             # K-FAC's factors are BLAS-3 work (the first layer's input Gram matrix): all threads
-            with blas.full() if preconditioner == "kfac" else contextlib.nullcontext():
-                Dm, M = _make_preconditioner(preconditioner, p, theta, curvature, damping, mix)
+            try:
+                with blas.full() if use == "kfac" else contextlib.nullcontext():
+                    Dm, M = _make_preconditioner(use, p, theta, curvature, damping, mix)
+            except (np.linalg.LinAlgError, FloatingPointError):
+                if auto is None:
+                    raise
+                auto.give_up()  # K-FAC failed where auto bought it: back to plain CG
+                Dm, M = None, None
         gnorm = float(np.linalg.norm(g))
         # forcing term (N&W eq. 7.3), but never asking CG for a residual below what reaching
         # gtol needs: the next gradient is the CG residual plus O(|d|^2), so |r| <= gtol/2

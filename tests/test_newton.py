@@ -501,7 +501,7 @@ def test_auto_preconditioner_never_estimates_on_easy_problems(monkeypatch):
     def boom(*a, **k):
         raise AssertionError("auto estimated or built a dense factor on an easy problem")
 
-    monkeypatch.setattr(nw._AutoCholesky, "_estimate", boom)
+    monkeypatch.setattr(nw._Auto, "_estimate", boom)
     monkeypatch.setattr(nw, "_cholesky_preconditioner", boom)
     X, y = synthetic("logistic", n=400, d=5, seed=3)
     p = fc.GLM(X, y, l2=1e-2)
@@ -524,7 +524,7 @@ def test_auto_preconditioner_switches_to_cholesky(monkeypatch, storage):
     def instant(self):
         self.t_build = 0.0
 
-    monkeypatch.setattr(nw._AutoCholesky, "_estimate", instant)
+    monkeypatch.setattr(nw._Auto, "_estimate", instant)
     X, y = _illconditioned_logistic()
     p = fc.GLM(sp.csr_matrix(X) if storage == "csr" else X, y, family="logistic", l2=1e-4)
     plain = fc.newton_cg(p, gtol=1e-10)
@@ -550,7 +550,7 @@ def test_auto_preconditioner_estimate_and_fallbacks(monkeypatch):
     rate = nw._syrk_rate()
     assert 0.0 < rate < np.inf
     monkeypatch.setattr(nw, "_syrk_rate", lambda: 1e9)
-    a = nw._AutoCholesky(p, "hessian", 0.0, nw._BlasThreads())
+    a = nw._Auto(p, "hessian", 0.0, nw._BlasThreads())
     assert a.eligible
     a._estimate()
     assert p._dense_curvature_macs() == 20000 * 13 * 14 / 2
@@ -559,9 +559,9 @@ def test_auto_preconditioner_estimate_and_fallbacks(monkeypatch):
     pm = fc.GLM(X, np.arange(20000) % 3, family="multinomial", l2=1e-4)
     assert pm._dense_curvature_macs() == 20000 * (13 * 14 / 2 * 3 + 39 * 40 / 2)
     mlp = fc.MLP(X[:50], y[:50], sizes=(12, 3, 1), loss="sigmoid_cross_entropy")
-    assert not nw._AutoCholesky(mlp, "ggn", 0.0, nw._BlasThreads()).eligible
+    assert not nw._Auto(mlp, "ggn", 0.0, nw._BlasThreads()).eligible
 
-    monkeypatch.setattr(nw._AutoCholesky, "_estimate",
+    monkeypatch.setattr(nw._Auto, "_estimate",
                         lambda self: setattr(self, "t_build", 0.0))
 
     def indefinite(*a, **k):
@@ -576,7 +576,148 @@ def test_auto_preconditioner_estimate_and_fallbacks(monkeypatch):
     tr_plain = fc.newton_cg(p, gtol=1e-9, method="trust-region")
     assert tr.success and tr.n_cg == tr_plain.n_cg
     monkeypatch.setattr(nw, "AUTO_MAX_PARAMS", 5)
-    assert not nw._AutoCholesky(p, "hessian", 0.0, nw._BlasThreads()).eligible
+    assert nw._Auto(p, "hessian", 0.0, nw._BlasThreads()).ladder == ["kfac"]
+    monkeypatch.setattr(nw, "AUTO_MAX_KFAC_INPUTS", 12)
+    assert not nw._Auto(p, "hessian", 0.0, nw._BlasThreads()).eligible
+
+
+def _illconditioned_multinomial(n=3000, d=20, K=4, seed=11):
+    """Correlated features of mixed scales and K classes: plain CG needs many iterations per
+    Newton step, and K-FAC's input factor (the feature Gram matrix) captures what makes it
+    hard."""
+    X, _ = _illconditioned_logistic(n=n, d=d, seed=seed)
+    rng = np.random.default_rng(seed + 1)
+    eta = X @ rng.normal(0.0, 0.3, (d, K))
+    y = np.argmax(eta + rng.gumbel(size=(n, K)), axis=1).astype(np.int64)
+    return X, y
+
+
+def test_auto_ladder_by_problem(monkeypatch):
+    """Which preconditioners "auto" may buy, in order: the Cholesky factor alone for one
+    output (K-FAC costs the same Gram pass there); K-FAC first for the multinomial (about K²
+    times cheaper), then the Cholesky factor while that is offered (P <= AUTO_MAX_PARAMS);
+    nothing for an MLP (no multiply-add counts) or a first-layer input beyond
+    AUTO_MAX_KFAC_INPUTS."""
+    import fastcurv.newton as nw
+
+    def ladder(p):
+        return nw._Auto(p, "hessian", 0.0, nw._BlasThreads()).ladder
+
+    X, y = _illconditioned_logistic(n=500, d=12)
+    assert ladder(fc.GLM(X, y, l2=1e-3)) == ["cholesky"]
+    assert ladder(fc.GLM(X, np.arange(500) % 5, family="multinomial", l2=1e-3)) == [
+        "kfac", "cholesky"]
+    Xw = np.random.default_rng(0).standard_normal((300, 120))
+    pw = fc.GLM(Xw, np.arange(300) % 10, family="multinomial", l2=1e-3)  # P = 1,210
+    assert ladder(pw) == ["kfac"]
+    monkeypatch.setattr(nw, "AUTO_MAX_KFAC_INPUTS", 120)
+    assert ladder(pw) == []
+    mlp = fc.MLP(X[:50], y[:50], sizes=(12, 3, 1), loss="sigmoid_cross_entropy")
+    assert ladder(mlp) == []
+
+
+@pytest.mark.parametrize("storage", ["dense", "csr"])
+def test_kfac_build_macs(storage):
+    """K-FAC's build count: the input Gram matrix (dense n (d+1)(d+2)/2; CSR Σ nnz_i²/2 plus
+    the dense (d+1)² result) and its eigendecomposition (10 (d+1)³), both cached on the
+    problem once built, plus the output factor n K² at every iterate; None above the limit."""
+    import scipy.sparse as sp
+
+    X, y = synthetic("multinomial", n=200, d=6, K=3, seed=2, density=0.5)
+    X = X if storage == "csr" else X.toarray()
+    p = fc.GLM(X, y, family="multinomial", l2=1e-2)
+    gram = (float(np.sum(np.diff(sp.csr_matrix(X).indptr) ** 2.0)) / 2 + 49
+            if storage == "csr" else 200 * 7 * 8 / 2)
+    assert p._kfac_build_macs(4096) == 200 * 9 + gram + 10 * 7**3
+    assert p._kfac_build_macs(6) is None
+    fc.newton_cg(p, gtol=1e-6, preconditioner="kfac")  # builds and caches A and its eigh
+    assert p._kfac_build_macs(4096) == 200 * 9
+
+
+def test_auto_buys_the_ladder_in_turn(monkeypatch):
+    """The ski-rental rule on given step times: nothing while steps converge within
+    CHOLESKY_REFRESH_CG iterations; after a harder step, the next rung once the CG time since
+    the last purchase reaches AUTO_BUY_FRACTION of its estimated build time; a failed build
+    falls back to the rung before and ends the purchases."""
+    import fastcurv.newton as nw
+
+    monkeypatch.setattr(nw, "_syrk_rate", lambda: 1e9)
+    X, _ = _illconditioned_logistic(n=500, d=12)
+    p = fc.GLM(X, np.arange(500) % 5, family="multinomial", l2=1e-3)
+    a = nw._Auto(p, "hessian", 0.0, nw._BlasThreads())
+    price = nw.AUTO_BUILD_OVERHEAD * p._kfac_build_macs(nw.AUTO_MAX_KFAC_INPUTS) / 1e9
+    assert nw.AUTO_BUY_FRACTION == 0.5
+    a.after_step(0.2 * price, nw.CHOLESKY_REFRESH_CG)  # easy: no estimate
+    assert a.current is None and a.t_build is None
+    a.after_step(0.2 * price, nw.CHOLESKY_REFRESH_CG + 1)  # hard: estimated, 0.4 paid
+    assert a.current is None
+    np.testing.assert_allclose(a.t_build, price, rtol=1e-14)
+    a.after_step(0.1 * price, 1)  # the rent paid reaches half the price
+    assert a.current == "kfac" and a.ladder == ["cholesky"] and a.t_cg == 0.0
+    a.after_step(1e6, 2)  # easy under K-FAC: keep it
+    assert a.current == "kfac" and a.t_build is None
+    a.after_step(0.0, 30)
+    assert a.current == "cholesky" and not a.eligible
+    a.give_up()
+    assert a.current == "kfac" and not a.eligible
+
+
+def test_auto_switches_to_kfac_on_a_multinomial(monkeypatch):
+    """On a multinomial with correlated features (the build estimate forced to 0, so the
+    switch is not timing-dependent; the Cholesky rung removed) auto preconditions with K-FAC
+    after the first hard step: far fewer CG iterations than plain CG, the same optimum
+    (checked against the dense Newton system and scikit-learn's fit)."""
+    import fastcurv.newton as nw
+
+    monkeypatch.setattr(nw._Auto, "_estimate", lambda self: setattr(self, "t_build", 0.0))
+    monkeypatch.setattr(nw, "AUTO_MAX_PARAMS", 0)
+    X, y = _illconditioned_multinomial()
+    K, d, l2 = 4, X.shape[1], 1e-4
+    p = fc.GLM(X, y, family="multinomial", l2=l2)
+    plain = fc.newton_cg(p, gtol=1e-9)
+    built = []
+    real = nw._kfac_preconditioner
+    monkeypatch.setattr(nw, "_kfac_preconditioner",
+                        lambda *a: built.append(1) or real(*a))
+    auto = fc.newton_cg(fc.GLM(X, y, family="multinomial", l2=l2), gtol=1e-9,
+                        preconditioner="auto")
+    assert plain.success and auto.success
+    # plain CG up to the first step that needs more than CHOLESKY_REFRESH_CG iterations
+    hard = next(i for i, h in enumerate(plain.history) if h["n_cg"] > nw.CHOLESKY_REFRESH_CG)
+    assert [h["n_cg"] for h in auto.history[:hard + 1]] == [
+        h["n_cg"] for h in plain.history[:hard + 1]]
+    assert len(built) == auto.n_iter - hard  # K-FAC from the next step on
+    assert auto.n_cg < 0.5 * plain.n_cg  # measured: 444 plain, 42 with K-FAC throughout
+    ref = _ref("multinomial", X, y, l2, K=K)
+    _check_gradient(ref, auto.x, 1e-9)
+    # strong convexity off the one null direction (a common shift of the K intercepts)
+    mu = np.linalg.eigvalsh(ref.hessian(auto.x))[1]
+    gap = 2 * (np.linalg.norm(ref.grad(auto.x)) + np.linalg.norm(ref.grad(plain.x))) / mu
+    for other in (plain.x, oracle("multinomial", X, y, l2)):
+        assert np.linalg.norm(_center(auto.x, d, K) - _center(other, d, K)) <= gap + 1e-9
+        np.testing.assert_allclose(ref.value(auto.x), ref.value(other), rtol=1e-13)
+
+
+def test_auto_kfac_that_fails_falls_back_to_plain_cg(monkeypatch):
+    """A K-FAC build that raises under "auto" (an overflowing factor, say) leaves the fit on
+    plain CG: the same iterates as preconditioner=None."""
+    import fastcurv.newton as nw
+
+    monkeypatch.setattr(nw._Auto, "_estimate", lambda self: setattr(self, "t_build", 0.0))
+    monkeypatch.setattr(nw, "AUTO_MAX_PARAMS", 0)
+
+    def fails(*a):
+        raise FloatingPointError("the K-FAC input factor A overflows")
+
+    monkeypatch.setattr(nw, "_kfac_preconditioner", fails)
+    X, y = _illconditioned_multinomial(n=1000)
+    plain = fc.newton_cg(fc.GLM(X, y, family="multinomial", l2=1e-4), gtol=1e-9)
+    auto = fc.newton_cg(fc.GLM(X, y, family="multinomial", l2=1e-4), gtol=1e-9,
+                        preconditioner="auto")
+    assert auto.success and auto.n_cg == plain.n_cg
+    np.testing.assert_array_equal(auto.x, plain.x)
+    with pytest.raises(FloatingPointError, match="overflows"):
+        fc.newton_cg(fc.GLM(X, y, family="multinomial", l2=1e-4), preconditioner="kfac")
 
 
 @pytest.mark.parametrize("method", ["line-search", "trust-region"])
