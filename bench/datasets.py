@@ -162,6 +162,20 @@ def dense_correlated_logistic(n=FIT_DENSE["n"], d=FIT_DENSE["d"], seed=0):
                    y.astype(np.float64), z, z, z, "logistic")
 
 
+def dense_correlated_multinomial(n=FIT_DENSE["n"], d=FIT_DENSE["d"], K=10, seed=0):
+    """The issue's "multinomial K=10 on the dense problem": :func:`dense_correlated_logistic`'s
+    generator with ``n_classes=K`` (``make_classification(n, d, n_informative=30,
+    n_redundant=30, n_classes=10)``: correlated, redundant features; plain Newton-CG needs ~220
+    CG iterations here, scikit-learn's newton-cg ~28 s)."""
+    from sklearn.datasets import make_classification
+
+    X, y = make_classification(n_samples=n, n_features=d, n_informative=30, n_redundant=30,
+                               n_classes=K, random_state=seed)
+    z = np.zeros((d + 1) * K)
+    return Problem(f"multinomial K={K} {n}x{d} f64 (make_classification, correlated)", X,
+                   y.astype(np.float64), z, z, z, "multinomial", n_classes=K)
+
+
 def csr_classification(n=FIT_CSR["n"], d=FIT_CSR["d"], nnz_per_row=FIT_CSR["nnz_per_row"],
                        n_informative=FIT_CSR["n_informative"], seed=4):
     """Binary logistic on random CSR (as :func:`random_csr`) with labels sampled from a *sparse*

@@ -271,8 +271,8 @@ def render(benchmarks, results=None, env=None, markdown=False):
 # ------------------------------------------------------------------ whole fits and readers
 # (bench/bench_newton.py, bench/bench_io.py; keys ``<problem>.fit.<impl>`` / ``svmlight.read.*``)
 
-#: (label, problem, baseline impl, minimum speed-up of fastcurv); each is judged for both
-#: fastcurv variants (preconditioner None and "diag")
+#: (label, problem, baseline impl, minimum speed-up of fastcurv); each is judged for every
+#: fastcurv variant the run measured (FIT_VARIANTS: the preconditioners)
 FIT_TARGETS = [
     ("dense logistic fit vs scikit-learn newton-cg", "fitdense", "sklearn_newton_cg", 4.0),
     ("dense logistic fit vs scikit-learn lbfgs", "fitdense", "sklearn_lbfgs", 6.0),
@@ -286,9 +286,13 @@ FIT_TARGETS = [
     ("correlated dense fit vs scikit-learn lbfgs", "fitcorr", "sklearn_lbfgs", 6.0),
     ("correlated dense fit vs scikit-learn newton-cholesky", "fitcorr",
      "sklearn_newton_cholesky", 1.0),
+    ("correlated multinomial fit vs scikit-learn newton-cg", "fitmulticorr",
+     "sklearn_newton_cg", 3.0),
+    ("correlated multinomial fit vs scikit-learn lbfgs", "fitmulticorr", "sklearn_lbfgs", 3.0),
 ]
 FIT_VARIANTS = (("fastcurv_none", "fastcurv (no precond.)"), ("fastcurv_diag", "fastcurv diag"),
-                ("fastcurv_cholesky", "fastcurv cholesky"), ("fastcurv_auto", "fastcurv auto"))
+                ("fastcurv_cholesky", "fastcurv cholesky"), ("fastcurv_auto", "fastcurv auto"),
+                ("fastcurv_kfac", "fastcurv kfac"))
 
 
 def _g(x, fmt=".2e"):
