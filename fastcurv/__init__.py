@@ -13,6 +13,10 @@ Public API (everything else is private)::
                         influence functions of training points, and their leave-one-out check
     glm_diagnostics     leverage, Cook's distance, DFBETA(S), studentized residuals of a GLM
     hutchinson_diag     stochastic diagonal estimate of any symmetric operator
+    trace               stochastic trace estimates (Hutchinson, Hutch++, XTrace) or the exact one
+    top_eigenvalues     extreme eigenvalues (ARPACK Lanczos) of a symmetric operator
+    spectral_density    smoothed eigenvalue density by stochastic Lanczos quadrature
+    compare             curvature approximations against the exact curvature
     warmup              compile the common kernels ahead of time
 """
 

@@ -77,3 +77,36 @@ def test_dense_and_sparse_matrices_are_operators():
     A = np.diag([1.0, 2.0, 3.0])
     for op in (A, sp.csr_matrix(A)):
         np.testing.assert_array_equal(fc.hutchinson_diag(op, 3, seed=0).diag, [1.0, 2.0, 3.0])
+
+
+@pytest.mark.parametrize("c, scale", [(1.0, 1e-170), (1e6, 1.0), (1e8, 1.0), (1.0, 1e170)])
+def test_std_error_keeps_its_digits_far_from_unit_scale(c, scale):
+    """A large diagonal next to a small spread, ``scale (c I + N)`` with symmetric noise N of
+    1e-3: the standard error is the spread of the per-probe values, computed without the
+    one-pass Σx² − n·mean² (which cancelled to 0, "exact", from c = 1e6 on) and without
+    squares that underflow (scale 1e-170) or overflow (1e170). Checked against a two-pass
+    spread of the same probe values, rebuilt from the operator's own products."""
+    P, S = 60, 40
+    rng = np.random.default_rng(4)
+    N = 1e-3 * rng.standard_normal((P, P))
+    M = scale * (c * np.eye(P) + (N + N.T) / 2)
+
+    class Probes:
+        """The operator, keeping every block of probe values z_j (A z)_j."""
+        shape, dtype = (P, P), np.float64
+
+        def __init__(self):
+            self.vals = []
+
+        def matmat(self, Z):
+            AZ = M @ Z
+            self.vals.append(Z * AZ)
+            return AZ
+
+    op = Probes()
+    est = fc.hutchinson_diag(op, S, seed=1, block=16)
+    vals = np.concatenate(op.vals, axis=1) / scale  # two-pass spread, at unit scale
+    expected = scale * vals.std(axis=1, ddof=1) / np.sqrt(S)
+    assert np.all(est.std_error > 0)
+    np.testing.assert_allclose(est.std_error, expected, rtol=1e-6)
+    np.testing.assert_allclose(est.diag / scale, vals.mean(axis=1), rtol=1e-14)

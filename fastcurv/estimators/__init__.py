@@ -1,4 +1,5 @@
-"""Estimators built on curvature operators: diagonals (and, later, traces and spectra)."""
+"""Estimators built on curvature operators: diagonals, traces, extreme eigenvalues and the
+spectral density."""
 
 from .density import SpectralDensity, spectral_density
 from .diagonal import DiagonalEstimate, hutchinson_diag

@@ -51,21 +51,32 @@ def hutchinson_diag(op, n_probes, seed=None, block=32):
         raise ValueError(f"block must be a positive integer, got {block!r}")
     op, P, dtype = _as_operator(op)  # also takes dense arrays and sparse matrices
     rng = make_rng(seed)
-    total = np.zeros(P)
-    total_sq = np.zeros(P)
+    # per coordinate: the mean and the sum of squared deviations M2 of its probe values,
+    # block by block, merged by Chan, Golub & LeVeque's update (never Σx² − n mean², which
+    # cancels to 0 when |A_jj| is 1e8 times the spread); the values are divided by a
+    # per-coordinate power of two so that squares neither underflow nor overflow
+    mean = np.zeros(P)
+    m2 = np.zeros(P)
+    scale = None
     done = 0
     while done < n_probes:
         m = min(int(block), n_probes - done)
         Z = (2 * rng.integers(0, 2, size=(P, m)) - 1).astype(dtype)
         AZ = np.asarray(op.matmat(Z), dtype=np.float64).reshape(P, m)
         vals = Z.astype(np.float64) * AZ
-        total += vals.sum(axis=1)
-        total_sq += (vals * vals).sum(axis=1)
-        done += m
-    mean = total / n_probes
+        if scale is None:
+            top = np.max(np.abs(vals), axis=1)
+            scale = np.exp2(np.floor(np.log2(np.where(top > 0, top, 1.0))))
+        vals /= scale[:, None]
+        bmean = vals.mean(axis=1)
+        bm2 = np.square(vals - bmean[:, None]).sum(axis=1)
+        total = done + m
+        delta = bmean - mean
+        m2 += bm2 + delta * delta * (done * m / total)
+        mean += delta * (m / total)
+        done = total
     if n_probes > 1:
-        var = np.maximum(total_sq - n_probes * mean * mean, 0.0) / (n_probes - 1)
-        se = np.sqrt(var / n_probes)
+        se = scale * np.sqrt(m2 / (n_probes - 1) / n_probes)
     else:
         se = np.full(P, np.nan)
-    return DiagonalEstimate(mean, se, int(n_probes))
+    return DiagonalEstimate(mean * scale, se, int(n_probes))

@@ -4,7 +4,7 @@ import inspect
 import numbers
 
 import numpy as np
-from scipy.sparse.linalg import eigsh
+from scipy.sparse.linalg import LinearOperator, eigsh
 
 from .._validation import make_rng
 from .trace import _apply, _as_operator, _positive_int
@@ -49,7 +49,10 @@ def top_eigenvalues(op, k, which="LA", return_eigenvectors=False, tol=0, seed=No
     ARPACK runs in the operator's precision: a float32 operator is multiplied with float32
     vectors (eigsh's work arrays take ``op.dtype``), and the eigenvalues come back float32,
     accurate to about ``tol`` (machine precision of that dtype when ``tol = 0``) relative to
-    ``‖A‖``. For tiny problems (``k >= P − 1``, where ARPACK cannot run) the dense matrix
+    ``‖A‖`` at any scale (ARPACK runs on ``A / s``, ``s`` the power of two nearest
+    ``‖A v0‖ / ‖v0‖``, because its convergence test has an absolute floor of ``eps^(2/3)``; a
+    zero operator returns zeros and the first ``k`` coordinate vectors). For tiny problems
+    (``k >= P − 1``, where ARPACK cannot run) the dense matrix
     ``A @ I`` is formed from P products, symmetrized and decomposed with
     :func:`numpy.linalg.eigh` instead.
 
@@ -106,12 +109,29 @@ def top_eigenvalues(op, k, which="LA", return_eigenvectors=False, tol=0, seed=No
         w, V = _dense_select(w, V, k, which)
     else:
         v0 = rng.standard_normal(P).astype(dtype)
-        extra = {"rng": rng} if _EIGSH_TAKES_RNG else {}
-        # ARPACK refuses "BE" for one eigenvalue; k - k // 2 = 1 from the top is "LA"
-        arpack_which = "LA" if (which == "BE" and k == 1) else which
-        out = eigsh(lin, k=k, which=arpack_which, v0=v0, tol=float(tol),
-                    return_eigenvectors=return_eigenvectors, **extra)
-        w, V = out if return_eigenvectors else (out, None)
+        # ARPACK's convergence test has an absolute floor (eps^(2/3): 1.5e-5 in float32), so
+        # an operator of norm 1e-12 would be "converged" after one sweep: run it on A / s,
+        # s the power of two nearest ‖A v0‖ / ‖v0‖ (an exact scaling), and scale back
+        Av0 = np.asarray(lin.matvec(v0), dtype=np.float64).reshape(-1)
+        size = float(np.linalg.norm(Av0 / np.max(np.abs(Av0)))) * float(np.max(np.abs(Av0))) \
+            if np.any(Av0) else 0.0
+        if size == 0.0:
+            # A v0 = 0 for a random v0: A = 0 (almost surely), every vector an eigenvector
+            w = np.zeros(k)
+            V = np.eye(P, k)
+        else:
+            s = 2.0 ** np.round(np.log2(size / float(np.linalg.norm(v0))))
+            scaled = LinearOperator(
+                (P, P), dtype=lin.dtype,
+                matvec=lambda x: np.asarray(lin.matvec(x)) / np.asarray(s, dtype=lin.dtype),
+                matmat=lambda X: np.asarray(lin.matmat(X)) / np.asarray(s, dtype=lin.dtype))
+            extra = {"rng": rng} if _EIGSH_TAKES_RNG else {}
+            # ARPACK refuses "BE" for one eigenvalue; k - k // 2 = 1 from the top is "LA"
+            arpack_which = "LA" if (which == "BE" and k == 1) else which
+            out = eigsh(scaled, k=k, which=arpack_which, v0=v0, tol=float(tol),
+                        return_eigenvectors=return_eigenvectors, **extra)
+            w, V = out if return_eigenvectors else (out, None)
+            w = np.asarray(w, dtype=np.float64) * s
     order = np.argsort(w, kind="stable")[::-1]
     w = np.asarray(w[order], dtype=dtype)
     if return_eigenvectors:

@@ -94,10 +94,18 @@ def _rademacher(rng, P, m):
 
 
 def _mean_and_se(values):
-    """Sample mean and standard error (sample standard deviation / sqrt(n); NaN for n = 1)."""
+    """Sample mean and standard error (sample standard deviation / sqrt(n); NaN for n = 1).
+
+    The spread is computed on the values divided by the power of two nearest their largest
+    magnitude, so that it neither underflows to 0 (which would read "exact") for values of
+    1e-160 nor overflows for values of 1e160."""
     n = values.size
     mean = float(values.mean())
-    se = float(values.std(ddof=1) / np.sqrt(n)) if n > 1 else float("nan")
+    if n == 1:
+        return mean, float("nan")
+    top = float(np.max(np.abs(values)))
+    scale = 2.0 ** np.floor(np.log2(top)) if top > 0 and np.isfinite(top) else 1.0
+    se = float(scale * (values / scale).std(ddof=1) / np.sqrt(n))
     return mean, se
 
 
@@ -140,12 +148,15 @@ def _xtrace(lin, P, dtype, n, rng, block):
     # Q_(i) Q_(i)ᵀ = Q (I - s_i s_iᵀ) Qᵀ. When A has rank < m, R has rounding-sized pivots and
     # s_i points into those noise directions, which keeps range(A) inside every Q_(i) (so the
     # estimate stays exact); an exactly zero pivot is replaced by a tiny one to the same effect.
-    R = R.copy()
+    # R is divided by its largest entry first: only the directions of R⁻ᵀ e_i matter, and
+    # at ‖A‖ = 1e±160 the entries of R⁻ᵀ would overflow or underflow the norms below
+    top = np.abs(R).max()
+    R = R / top if top > 0 else R.copy()
     d = np.abs(np.diag(R))
-    tiny = np.finfo(np.float64).eps * (np.abs(R).max() if R.any() else 1.0)
     zero = d == 0
-    R[zero, zero] = tiny
+    R[zero, zero] = np.finfo(np.float64).eps
     S = solve_triangular(R, np.eye(m), lower=False).T  # column i is R⁻ᵀ e_i
+    S /= np.max(np.abs(S), axis=0)  # entries in [-1, 1]: the norms cannot overflow
     S /= np.linalg.norm(S, axis=0)
     Z = _apply(lin, Q, dtype, block)  # A Q, (P, m)
     H = Q.T @ Z  # QᵀAQ, (m, m)
