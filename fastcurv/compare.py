@@ -9,7 +9,10 @@ for each:
   dense_limit``, else the randomized estimate ``‖(A − R) Z‖_F / ‖R Z‖_F`` with ``n_probes``
   Gaussian columns ``Z`` (unbiased for the squared norms),
 * ``newton_cosine``: cosine between ``(A + δI)⁻¹ g`` and ``(R + δI)⁻¹ g`` for the gradient
-  ``g`` (the Newton / natural-gradient direction each would take),
+  ``g`` (the Newton / natural-gradient direction each would take; for the diagonals ``A``
+  is ``|d|``, as in their preconditioner; for K-FAC and EK-FAC with the penalty on the weights
+  only, ``(A + δI)⁻¹ g`` is solved exactly, by CG preconditioned with their inverse of
+  ``A + (λ + δ)I`` where the penalty is folded into the damping),
 * ``top_eig_ratio`` and ``trace_ratio``: ``λ_max(A)/λ_max(R)`` (Lanczos) and
   ``tr(A)/tr(R)`` (exact for diagonals and Kronecker factors, Hutch++ otherwise),
 * ``cg_iters``: CG iterations (None when CG does not reach ``rtol`` within ``maxiter``, as on
@@ -57,9 +60,13 @@ def _op(P, mm):
 class _Approx:
     """An approximation: its operator, optional inverse of ``A + δI``, exact trace or None."""
 
-    def __init__(self, name, op, inverse=None, trace=None, diag=None, build_s=0.0):
+    def __init__(self, name, op, inverse=None, trace=None, diag=None, build_s=0.0,
+                 exact_inverse=True):
         self.name, self.op, self.inverse, self.trace = name, op, inverse, trace
         self.diag, self.build_s = diag, build_s
+        # False where ``inverse`` only approximates (A + δI)⁻¹ (K-FAC with the penalty
+        # folded into its damping): a preconditioner, not the approximation's Newton step
+        self.exact_inverse = exact_inverse
 
 
 def _diag_approx(name, d, damping, t):
@@ -114,7 +121,10 @@ def _build(p, theta, name, damping, seed, hutch_probes):
             parts = [((qa * qa) @ S @ (qg * qg).T).ravel()
                      for (qa, qg), S in zip(K._bases, K.scalings, strict=True)]
         d = np.concatenate(parts) + lam
-        return _Approx(name, op, inv_op, float(d.sum()), d, build)
+        # the penalty λ·mask is uniform (so folding it into the damping is exact) only
+        # when λ = 0 or every parameter is penalized
+        exact = bool(np.all(lam == lam[0])) if P else True
+        return _Approx(name, op, inv_op, float(d.sum()), d, build, exact_inverse=exact)
     if name == "block_ggn":
         layers, offsets = p._kfac_layout()
 
@@ -223,7 +233,11 @@ def _warm_kernels(p, theta, names, damping, hutch_probes):
     loading compiled kernels from Numba's cache (a one-off per process)."""
     if not hasattr(p, "subset") or p.n_samples <= 8:
         return
-    tiny = p.subset(np.arange(8))
+    c = getattr(p, "_cw", getattr(p, "_a", None))  # w_i / W (GLM, MLP)
+    rows = np.arange(8) if c is None else np.flatnonzero(np.asarray(c) > 0)[:8]
+    if rows.size == 0:
+        return
+    tiny = p.subset(rows)  # rows of positive weight: a subset of weight 0 is refused
     for name in names:
         _build(tiny, theta, name, damping, np.random.default_rng(0), min(hutch_probes, 2))
 
@@ -357,7 +371,8 @@ def compare(p, theta, approximations=APPROXIMATIONS, reference="ggn", *, damping
                 Ad = _dense(ap.op, P)
             err = float(np.linalg.norm(Ad - Rd) / np.linalg.norm(Rd))
             M = ap.inverse if ap.inverse is not None else _dense_inverse(Ad, damping)
-            x = M.matvec(g) if M is not None else _dense_solve(Ad, g, damping)
+            x = M.matvec(g) if M is not None and ap.exact_inverse else \
+                _dense_solve(Ad, g, damping)
             eig = np.linalg.eigvalsh(Ad)
             spectra[name] = (eig[None, :], np.full((1, P), 1.0 / P))
             top = float(eig[-1])
@@ -367,10 +382,10 @@ def compare(p, theta, approximations=APPROXIMATIONS, reference="ggn", *, damping
             M = ap.inverse
             ops[name] = ap.op
             err = float(np.linalg.norm(ap.op.matmat(Z) - RZ) / np.linalg.norm(RZ))
-            if ap.inverse is not None:
+            if ap.inverse is not None and ap.exact_inverse:
                 x = ap.inverse.matvec(g)
-            else:
-                x, _ = _solve(ap.op, g, damping, rtol, maxiter)
+            else:  # CG on A + δI (preconditioned by the approximate inverse where there is one)
+                x, _ = _solve(ap.op, g, damping, rtol, maxiter, M=ap.inverse)
             top = float(top_eigenvalues(ap.op, 1, seed=rng, tol=1e-8)[0])
             tr = ap.trace if ap.trace is not None else \
                 float(trace_est(ap.op, 3 * hutch_probes, seed=rng).trace)

@@ -118,8 +118,9 @@ def write_report(records, folder, title="Curvature approximations", description=
           "* **top eig / trace ratio**: λ_max(A)/λ_max(R) and tr(A)/tr(R).",
           "* **CG iterations**: CG on (R + δI)x = g with (A + δI)⁻¹ as preconditioner "
           "(reference row: no preconditioner; the empirical Fisher and the block GGN, "
-          "which have no cheap inverse, only up to 3,000 parameters, from a dense Cholesky "
-          "factor; — otherwise).",
+          "which have no cheap inverse, only where compare formed dense matrices "
+          "(P ≤ dense_limit, 3,000 by default), from a dense Cholesky factor; — "
+          "otherwise).",
           "* **costs**: in gradient evaluations of the same model: building the "
           "approximation, one product A v, one inverse product (A + δI)⁻¹ v.", ""]
     if plt is None:

@@ -6,6 +6,7 @@ or pseudo-inverse; leave-one-out by actual refits.
 """
 
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -133,7 +134,8 @@ def test_scores_written_to_npy_resume_after_an_interruption(tmp_path, monkeypatc
                         lambda self, S, idx, a, b, target=None: seen.append(a)
                         or real(self, S, idx, a, b, target))
     got = inf.scores(tp, out=path)
-    assert seen == [120, 160]  # only the two blocks not written before
+    # the first block again (its scores fingerprint the call), then the two not written
+    assert seen == [0, 120, 160]
     np.testing.assert_array_equal(np.load(path), want)
     np.testing.assert_array_equal(np.asarray(got), want)
 
@@ -233,3 +235,83 @@ def test_float32_problems_and_progress_bar(capsys):
         if method != "kfac":
             np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-4 * np.abs(want).max())
     assert "scoring" in capsys.readouterr().err
+
+
+def test_scores_file_of_another_call_is_not_taken_for_this_one(tmp_path, monkeypatch):
+    """A finished ``out`` file is reused only by the same call: other rows or another
+    ``against`` problem of the same shape are scored afresh (they used to come back as the
+    first call's scores)."""
+    p, tp, theta = _logistic(n=200)
+    inf = fc.Influence(p, theta, method="direct")
+    monkeypatch.setattr(influence_mod, "_SCORE_BLOCK_ELEMENTS", 15 * 40)
+    path = tmp_path / "scores.npy"
+    full = inf.scores(tp)
+    np.testing.assert_array_equal(np.asarray(inf.scores(tp, rows=np.arange(100), out=path)),
+                                  full[:, :100])
+    np.testing.assert_array_equal(
+        np.asarray(inf.scores(tp, rows=np.arange(100, 200), out=path)), full[:, 100:])
+    other = p.with_data(p.X[::-1].copy(), p.y[::-1].copy())
+    got = inf.scores(tp, rows=np.arange(100, 200), out=path, against=other)
+    np.testing.assert_allclose(np.asarray(got),
+                               inf.scores(tp, against=other)[:, 100:], rtol=1e-12)
+
+
+def test_top_k_ties_go_to_the_smaller_row_index_whatever_the_blocks(monkeypatch):
+    """Duplicated training rows score exactly alike: the docstring's "ties broken by the
+    smaller row index" holds for any block size (argpartition alone kept an arbitrary member
+    of a tie at the k-th place)."""
+    p0, tp, theta = _logistic(n=40, weighted=False)
+    X = np.vstack([p0.X] * 3)
+    y = np.concatenate([p0.y] * 3)
+    p = fc.GLM(X, y, family="logistic", l2=p0.l2)
+    theta = fc.newton_cg(p, gtol=1e-12).x
+    inf = fc.Influence(p, theta, method="direct")
+    S = inf.scores(tp)
+    for block in (15 * 3, 15 * 7, 15 * 1000):
+        monkeypatch.setattr(influence_mod, "_SCORE_BLOCK_ELEMENTS", block)
+        for helpful, sign in ((True, 1), (False, -1)):
+            idx, _ = inf.top_k(tp, k=5, helpful=helpful)
+            order = np.lexsort((np.broadcast_to(np.arange(120), S.shape), -sign * S),
+                               axis=1)[:, :5]
+            np.testing.assert_array_equal(idx, order)  # equal scores: first copy first
+
+
+def test_lissa_that_reaches_its_depth_says_so():
+    """The full-data LiSSA series that has not converged after ``depth`` steps warns (its
+    result was returned silently, 38% off on an ill-conditioned problem) and records it."""
+    p, tp, theta = _logistic()
+    inf = fc.Influence(p, theta, method="lissa", depth=20)
+    with pytest.warns(RuntimeWarning, match="depth = 20 steps without converging"):
+        inf.scores(tp)
+    assert inf.solver.info["converged"] is False
+    done = fc.Influence(p, theta, method="lissa")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        done.scores(tp)
+    assert done.solver.info["converged"] is True
+
+
+def test_loo_refit_checks_its_inputs_and_warns_away_from_a_minimizer():
+    p, tp, theta = _logistic(n=100, weighted=False)
+    with pytest.raises(TypeError, match="same model"):
+        fc.loo_refit(p, theta, [0], tp.X)
+    with pytest.raises(TypeError, match="same model"):
+        fc.loo_refit(p, theta, [0], fc.GLM(tp.X[:, :3], tp.y))
+    q = fc.GLM(p.X, p.y, family="logistic", l2=1.0)
+    with pytest.raises(ValueError, match="another problem or another theta"):
+        fc.loo_refit(p, theta, [0], tp, influence=fc.Influence(q, theta, "direct"))
+    with pytest.raises(ValueError, match="another problem or another theta"):
+        fc.loo_refit(p, theta, [0], tp, influence=fc.Influence(p, theta + 0.1, "direct"))
+    with pytest.raises(TypeError, match="fastcurv.Influence"):
+        fc.loo_refit(p, theta, [0], tp, influence="direct")
+    with pytest.warns(RuntimeWarning, match="not a minimizer"):
+        fc.loo_refit(p, theta + 0.3, [0, 1], tp)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fc.loo_refit(p, theta, [0, 1], tp)
+    inf = fc.Influence(p, theta, "direct")
+    with pytest.raises(ValueError, match="B must have shape"):
+        inf.solve(1.0)
+    P = p.n_params
+    for rank in (2, P):  # eigsh's tol is an option of every rank
+        fc.Influence(p, theta, "arnoldi", rank=rank, tol=1e-6)

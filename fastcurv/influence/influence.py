@@ -1,5 +1,6 @@
 """Influence functions: which training points drive a prediction."""
 
+import hashlib
 import json
 import os
 import sys
@@ -148,7 +149,7 @@ class Influence:
         """``(H + δI)⁻¹ B`` for a (P,) vector or (P, m) block (float64)."""
         B = np.asarray(B, dtype=np.float64)
         one = B.ndim == 1
-        if B.shape[0] != self.p.n_params or B.ndim > 2:
+        if B.ndim not in (1, 2) or B.shape[0] != self.p.n_params:
             raise ValueError(f"B must have shape ({self.p.n_params},) or "
                              f"({self.p.n_params}, m), got {B.shape}")
         if not np.all(np.isfinite(B)):
@@ -192,9 +193,11 @@ class Influence:
 
         One pass over the training rows per call (blocks of rows against all test factors).
         ``out``: a ``.npy`` path to write the scores to as they are produced (a memmap is
-        returned); if the file exists from an interrupted run with the same shape, the blocks
-        already written (recorded in ``out + '.progress.json'``) are skipped, so a run
-        resumes where it stopped."""
+        returned); if the file exists from an interrupted run of the same call (the same
+        solver, test factors and rows, and the same scores of the first block, which is
+        computed again to check), the blocks already written (recorded in
+        ``out + '.progress.json'``) are skipped, so a run resumes where it stopped; a file
+        from any other call is overwritten."""
         if test_rows is not None:
             test_rows = val.check_rows(test_rows, self._check_test(test_p).n_samples, "test_rows")
         S = self.factors(test_p, test_rows)
@@ -202,18 +205,24 @@ class Influence:
         idx = val.check_rows(rows, target.n_samples)
         m = S.shape[0]
         blocks = list(self._row_blocks(idx, m))
+        first = None
         if out is None:
             res = np.empty((m, idx.size))
             done = set()
             log = None
         else:
-            res, done, log = _open_output(out, (m, idx.size), blocks, self._signature(S))
+            # the first block's scores fingerprint the rows actually scored (``rows``,
+            # ``against``): a file from another call is never taken for this one's
+            first = self._dots(S, idx, *blocks[0], target) if blocks else np.empty((m, 0))
+            res, done, log = _open_output(out, (m, idx.size), blocks,
+                                          self._signature(S, idx, first))
         bar = _Progress(self.progress, idx.size, "scoring")
         for k, (a, b) in enumerate(blocks):
             if k in done:
                 bar.update(b - a)
                 continue
-            res[:, a:b] = self._dots(S, idx, a, b, target)
+            res[:, a:b] = first if k == 0 and first is not None else self._dots(
+                S, idx, a, b, target)
             if log is not None:
                 res.flush()
                 done.add(k)
@@ -221,9 +230,15 @@ class Influence:
             bar.update(b - a)
         return res
 
-    def _signature(self, S):
+    def _signature(self, S, idx, first):
+        """What a resumed ``scores(out=...)`` must share with the run that wrote the file:
+        the solver, the test factors ``S``, the rows and the first block of scores."""
+        def digest(a):
+            return hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()
+
         return dict(method=self.method, damping=self.damping, shape=list(S.shape),
-                    checksum=float(np.sum(S[:, :64] * np.arange(1, min(64, S.shape[1]) + 1))))
+                    factors=digest(S), rows=digest(np.asarray(idx, dtype=np.int64)),
+                    first_block=digest(first))
 
     def top_k(self, test_p, k=10, helpful=True, rows=None):
         """The ``k`` most helpful (largest scores) or harmful (``helpful=False``: most negative)
@@ -247,9 +262,7 @@ class Influence:
             cv = np.concatenate([best_v, v], axis=1)
             ci = np.concatenate([best_i, np.broadcast_to(idx[a:b], v.shape)], axis=1)
             if cv.shape[1] > k:
-                part = np.argpartition(-cv, k - 1, axis=1)[:, :k]
-                cv = np.take_along_axis(cv, part, axis=1)
-                ci = np.take_along_axis(ci, part, axis=1)
+                cv, ci = _keep_top(cv, ci, k)
             best_v, best_i = cv, ci
             bar.update(b - a)
         # best first; ties broken by the smaller row index
@@ -287,6 +300,23 @@ class Influence:
     def __repr__(self):
         return (f"Influence(method={self.method!r}, damping={self.damping}, "
                 f"curvature={self.curvature!r}, P={self.p.n_params})")
+
+
+def _keep_top(cv, ci, k):
+    """Per row, the ``k`` largest values of ``cv`` and their indices ``ci``, ties at the
+    k-th place going to the smaller index (so the result does not depend on how the rows
+    were blocked). ``argpartition`` finds the k-th value; only the candidates at or above it
+    are sorted."""
+    m = cv.shape[0]
+    kth = -np.partition(-cv, k - 1, axis=1)[:, k - 1]
+    out_v = np.empty((m, k))
+    out_i = np.empty((m, k), dtype=ci.dtype)
+    for t in range(m):
+        cand = np.flatnonzero(cv[t] >= kth[t])
+        order = np.lexsort((ci[t, cand], -cv[t, cand]))[:k]
+        out_v[t] = cv[t, cand[order]]
+        out_i[t] = ci[t, cand[order]]
+    return out_v, out_i
 
 
 def _open_output(path, shape, blocks, signature):

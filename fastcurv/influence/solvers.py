@@ -14,6 +14,7 @@ orthogonal to ``N`` unchanged and returns a solution orthogonal to ``N``; the ot
 """
 
 import numbers
+import warnings
 
 import numpy as np
 import scipy.linalg as sla
@@ -232,8 +233,9 @@ class LiSSA(Solver):
     ``C + δI`` (Lanczos). With ``batch_size`` the products use random row subsets (the
     stochastic LiSSA; ``repeats`` runs averaged, seeded by ``seed``); by default the full
     data. Stops when ``‖x_{j+1} − x_j‖ ≤ tol ‖x_j‖`` (``tol`` 1e-10) or after ``depth``
-    steps (5,000), and raises with a message when the iterates grow without bound (a scale
-    below the top eigenvalue, or an indefinite Hessian)."""
+    steps (5,000; on the full data a RuntimeWarning then says the series has not converged,
+    and ``info["converged"]`` is False), and raises with a message when the iterates grow
+    without bound (a scale below the top eigenvalue, or an indefinite Hessian)."""
 
     def __init__(self, p, theta, damping, curvature, options):
         super().__init__(p, theta, damping, curvature)
@@ -267,6 +269,8 @@ class LiSSA(Solver):
         rng = np.random.default_rng(self.seed)
         total = np.zeros_like(B)
         steps = 0
+        converged = True
+        last = 0.0
         for _ in range(self.repeats):
             X = B.copy()
             b0 = max(float(np.linalg.norm(B)), np.finfo(np.float64).tiny)
@@ -287,8 +291,21 @@ class LiSSA(Solver):
                 X = Xn
                 if change <= self.tol * nx:
                     break
+            else:
+                converged = False
+                last = max(last, change / nx if nx > 0 else 0.0)
             total += X / self.scale
-        self.info = dict(steps=steps, scale=self.scale)
+        self.info = dict(steps=steps, scale=self.scale, converged=converged)
+        if not converged and self.batch_size is None:
+            # the full-data series is deterministic: a step change this large after ``depth``
+            # steps means the sum is still far from (C + δI)⁻¹ b (the error is about the
+            # change divided by 1 - ρ, ρ = 1 - λ_min / s the contraction factor)
+            warnings.warn(
+                f"LiSSA stopped after depth = {self.depth} steps without converging (last "
+                f"relative change {last:.2e} > tol = {self.tol:g}): the result may be far "
+                "from the inverse-curvature product (the series needs about "
+                "scale / smallest eigenvalue steps). Raise depth, add damping, or use "
+                "method='cg' or 'direct'.", RuntimeWarning, stacklevel=3)
         return _project_out(self.null, total / self.repeats)
 
 
@@ -312,11 +329,12 @@ class Arnoldi(Solver):
         super().__init__(p, theta, damping, curvature)
         P = p.n_params
         self.rank = min(_int_option(options, "rank", min(P, 100)), P)
+        tol = _float_option(options, "tol", 0.0)  # eigsh's; unused by the dense path
         if self.rank >= P - 1:
             lam, V = np.linalg.eigh(_dense_curvature(p, theta, curvature))
         else:
             A = curvature_operator(p, theta, curvature)
-            lam, V = eigsh(A, k=self.rank, which="LM", tol=options.pop("tol", 0.0))
+            lam, V = eigsh(A, k=self.rank, which="LM", tol=tol)
             V = np.asarray(V, dtype=np.float64)
         self.eigenvalues, self.V = lam.astype(np.float64), V
         self._inv = _pinv_diag(self.eigenvalues, damping)
