@@ -113,13 +113,13 @@ def top_eigenvalues(op, k, which="LA", return_eigenvectors=False, tol=0, seed=No
         # an operator of norm 1e-12 would be "converged" after one sweep: run it on A / s,
         # s the power of two nearest ‖A v0‖ / ‖v0‖ (an exact scaling), and scale back
         Av0 = np.asarray(lin.matvec(v0), dtype=np.float64).reshape(-1)
-        size = float(np.linalg.norm(Av0 / np.max(np.abs(Av0)))) * float(np.max(np.abs(Av0))) \
-            if np.any(Av0) else 0.0
-        if size == 0.0:
+        top = float(np.max(np.abs(Av0)))
+        if top == 0.0:
             # A v0 = 0 for a random v0: A = 0 (almost surely), every vector an eigenvector
             w = np.zeros(k)
             V = np.eye(P, k)
         else:
+            size = top * float(np.linalg.norm(Av0 / top))  # ‖A v0‖ without overflow
             s = 2.0 ** np.round(np.log2(size / float(np.linalg.norm(v0))))
             scaled = LinearOperator(
                 (P, P), dtype=lin.dtype,
