@@ -323,3 +323,41 @@ def test_operators_on_sparse_array_input():
     theta = case.theta()
     assert_close(fc.GGNOperator(p, theta) @ np.eye(case.P), case.ref().ggn(theta), REF_RTOL,
                  "GGN on csr_array")
+
+
+@pytest.mark.parametrize("which", ["hessian", "ggn", "fisher"])
+def test_mlp_products_are_not_views_of_a_reused_buffer(which):
+    """An MLP keeps its one-direction output in a workspace buffer: a (P, 1) block, and so
+    every ``matvec`` of an operator with damping 0, used to come back as a view of it and
+    change under the next product (``H @ v1 - H @ v2`` was exactly 0; SciPy's lgmres, which
+    keeps earlier products, broke on it). The same for the Jacobian's ``rmatvec``."""
+    from mlp_reference import make_data, random_theta
+
+    sizes = (3, 5, 2)
+    X, y, w = make_data("softmax_cross_entropy", 2, 40, 3, seed=2)
+    p = fc.MLP(X, y, sizes=sizes, loss="softmax_cross_entropy", l2=1e-2, sample_weight=w)
+    theta = random_theta(sizes, seed=1, scale=0.5)
+    op = {"hessian": fc.HessianOperator, "ggn": fc.GGNOperator,
+          "fisher": fc.FisherOperator}[which](p, theta)
+    dense = op @ np.eye(p.n_params)
+    rng = np.random.default_rng(0)
+    v1, v2 = rng.standard_normal((2, p.n_params))
+    a = op @ v1
+    b = op.matvec(v2)
+    c = op.matmat(v1[:, None])
+    d = op.rmatvec(v2)
+    for got, v in ((a, v1), (b, v2), (c[:, 0], v1), (d, v2)):
+        np.testing.assert_allclose(got, dense @ v, rtol=1e-10, atol=1e-12)
+    if which == "hessian":
+        J = fc.JacobianOperator(p, theta)
+        u1, u2 = rng.standard_normal((2, J.shape[0]))
+        g1 = J.rmatvec(u1)
+        g2 = J.rmatvec(u2)
+        Jd = J @ np.eye(p.n_params)
+        np.testing.assert_allclose(g1, Jd.T @ u1, rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(g2, Jd.T @ u2, rtol=1e-10, atol=1e-12)
+
+
+def test_jacobian_operator_refuses_a_non_problem():
+    with pytest.raises(TypeError, match="problem must be a fastcurv problem"):
+        fc.JacobianOperator(np.eye(3), np.zeros(3))

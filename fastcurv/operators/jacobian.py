@@ -13,6 +13,9 @@ class JacobianOperator(LinearOperator):
     """
 
     def __init__(self, problem, theta):
+        if not all(hasattr(problem, a) for a in ("jvp", "vjp", "_check_theta")):
+            raise TypeError(f"problem must be a fastcurv problem (GLM, MLP), got "
+                            f"{type(problem).__name__}")
         self.problem = problem
         self.theta = problem._check_theta(theta).copy()
         n, K, P = problem.n_samples, problem.n_outputs, problem.n_params

@@ -561,7 +561,9 @@ class MLP:
         theta = self._check_theta(theta)
         v, Vt = self._block(v)
         _, out = self._run(mode, theta, V=Vt, m_out=Vt.shape[0])
-        return out[0].copy() if v.ndim == 1 else np.ascontiguousarray(out.T)
+        # always a copy: with one direction ``out`` is the reused workspace buffer (and its
+        # (P, 1) transpose is already contiguous, so ascontiguousarray would not copy it)
+        return out[0].copy() if v.ndim == 1 else out.T.copy()
 
     def hvp(self, theta, v):
         """Exact Hessian of ``F`` (penalty included) times ``v`` (P,) or a block (P, m)."""
@@ -602,7 +604,7 @@ class MLP:
         U = val.finite_as(U, self.dtype, "u")
         Ut = np.ascontiguousarray((U if block else U[:, :, None]).transpose(2, 0, 1))
         _, out = self._run(K_.VJP, theta, U=Ut, m_out=Ut.shape[0])
-        return np.ascontiguousarray(out.T) if block else out[0].copy()
+        return out.T.copy() if block else out[0].copy()  # a copy of the reused buffer
 
     # ------------------------------------------------------------------ dense and diagonal
     def _dense(self, theta, product):
