@@ -236,6 +236,19 @@ def check_vector(v, n_params, dtype, name, *, allow_block=False):
     return finite_as(arr, dtype, name)
 
 
+def problem_theta(problem, theta, name="theta"):
+    """``theta`` checked for ``problem``: its own ``_check_theta`` (fastcurv's problems), or,
+    for any other object with the problem API, a finite (P,) vector of its dtype."""
+    if hasattr(problem, "_check_theta"):
+        try:
+            return problem._check_theta(theta)
+        except (ValueError, TypeError) as exc:  # the problems call it theta
+            if name == "theta":
+                raise
+            raise type(exc)(str(exc).replace("theta", name, 1)) from None
+    return check_vector(theta, problem.n_params, problem.dtype, name)
+
+
 def finite_as(arr, dtype, name):
     """``arr`` as a C-contiguous array of ``dtype``, all finite. A non-finite entry is named
     with its index; so is a finite value that the cast to float32 overflows."""

@@ -49,6 +49,10 @@ def _labels_for(family, y, note):
             note("labels -1/+1 mapped to 0/1")
             return (y > 0).astype(np.float64)
         if u.size == 2 and not np.all(np.isin(u, (0.0, 1.0))):
+            if u[0] >= 0.0 and u[1] <= 1.0:
+                # targets in [0, 1] are probabilities (fc.GLM's logistic family takes them)
+                note(f"targets {u[0]:g}/{u[1]:g} taken as probabilities of class 1")
+                return y
             note(f"labels {u[0]:g}/{u[1]:g} mapped to 0/1")
             return (y == u[1]).astype(np.float64)
     if family == "multinomial":
@@ -73,6 +77,12 @@ def _check_options(args):
     if args.out and os.path.exists(args.out) and not os.path.isdir(args.out):
         raise ValueError(f"--out {args.out}: exists and is not a folder; name a folder to "
                          "create or to write into")
+    if args.out:
+        try:  # created now, so that a path that cannot be a folder fails before the fit
+            os.makedirs(args.out, exist_ok=True)
+        except OSError as e:
+            raise ValueError(f"--out {args.out}: cannot create this folder "
+                             f"({e.strerror or e})") from None
 
 
 def _newton(args):
@@ -181,8 +191,9 @@ def build_parser():
     nw.add_argument("--precond", choices=("auto", "none", "diag", "cholesky", "kfac"),
                     default="auto",
                     help="CG preconditioner: auto (default: plain CG, switching to the "
-                         "cholesky factor (up to 1024 parameters) or, for multinomial fits, to "
-                         "kfac first, once a Newton step needs more than 8 CG iterations "
+                         "cholesky factor (up to 1024 parameters) or to kfac (multinomial "
+                         "fits first; above 1024 parameters instead), once a Newton step "
+                         "needs more than 8 CG iterations "
                          "and CG has spent half as long as building it would take; "
                          "--method line-search), diag (the exact "
                          "Hessian diagonal), cholesky (a dense factor kept across Newton steps; "

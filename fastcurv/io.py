@@ -183,7 +183,9 @@ def _csv_problem(path, delimiter, skip, encoding):
                 return f"{path}: line {no} has {len(fields)} fields, expected {width}"
             for col, tok in enumerate(fields, start=1):
                 if not (_is_number(tok) and np.isfinite(float(tok))):
-                    what = "missing value" if tok == "" else f"value {tok!r} is not a finite number"
+                    shown = tok if len(tok) <= 40 else tok[:40] + "..."
+                    what = ("missing value" if tok == ""
+                            else f"value {shown!r} is not a finite number")
                     hint = _delimiter_hint(tok, delimiter)
                     if not hint and skip == 0 and no == first:
                         hint = (" (the first line is read as a header only when none of its "

@@ -346,3 +346,38 @@ def test_bad_options_are_refused_before_reading(tmp_path, capsys):
             _, err = capsys.readouterr()
             assert rc == 2 and pattern in err and "not-there" not in err, (cmd, err)
             _one_error_line(err)
+
+
+def test_two_valued_targets_in_0_1_are_probabilities(tmp_path, capsys):
+    """Logistic targets 0.2/0.8 are probabilities, as fc.GLM takes them (the command once
+    mapped them to 0/1 and fitted another model)."""
+    X, y = synthetic("logistic", n=300, d=3, seed=5)
+    t = np.where(y > 0, 0.8, 0.2)
+    path = tmp_path / "soft.npz"
+    np.savez(path, X=X, y=t)
+    out_dir = tmp_path / "fit"
+    assert main(["newton", "--data", str(path), "--quiet", "--out", str(out_dir)]) == 0
+    out, _ = capsys.readouterr()
+    assert "probabilities" in out
+    res = fc.newton_cg(fc.GLM(X, t, l2=L2), gtol=1e-10)
+    np.testing.assert_allclose(np.load(out_dir / "coef.npy").ravel(), res.x[:3], rtol=1e-6)
+
+
+def test_out_that_cannot_be_a_folder_fails_before_the_fit(logistic_npz, tmp_path, capsys):
+    path, _, _ = logistic_npz
+    (tmp_path / "afile").write_text("")
+    rc = main(["newton", "--data", str(path), "--quiet", "--out",
+               str(tmp_path / "afile" / "sub")])
+    out, err = capsys.readouterr()
+    assert rc == 2 and "converged" not in out
+    _one_error_line(err)
+    assert "--out" in err
+
+
+def test_binary_file_read_as_csv_is_a_short_error_line(logistic_npz, capsys):
+    path, _, _ = logistic_npz
+    rc = main(["newton", "--data", str(path), "--format", "csv", "--quiet"])
+    _, err = capsys.readouterr()
+    assert rc == 2
+    _one_error_line(err)
+    assert len(err) < 400, err

@@ -610,6 +610,8 @@ def test_auto_ladder_by_problem(monkeypatch):
     Xw = np.random.default_rng(0).standard_normal((300, 120))
     pw = fc.GLM(Xw, np.arange(300) % 10, family="multinomial", l2=1e-3)  # P = 1,210
     assert ladder(pw) == ["kfac"]
+    Xb = np.random.default_rng(1).standard_normal((300, 1100))
+    assert ladder(fc.GLM(Xb, np.arange(300) % 2, l2=1e-3)) == ["kfac"]  # P = 1,101
     monkeypatch.setattr(nw, "AUTO_MAX_KFAC_INPUTS", 120)
     assert ladder(pw) == []
     mlp = fc.MLP(X[:50], y[:50], sizes=(12, 3, 1), loss="sigmoid_cross_entropy")
@@ -769,3 +771,99 @@ def test_cg_breakdown_from_a_huge_start_is_a_failed_result():
         r = fc.newton_cg(p, th, preconditioner=pre)
         assert not r.success and r.message.startswith("CG broke down"), r.message
         np.testing.assert_array_equal(r.x, th)
+        assert r.n_cg == r.n_hvp  # the broken-down solve's iterations are counted too
+
+
+def test_trust_region_refuses_preconditioners_it_cannot_apply():
+    """Steihaug-Toint CG measures its region in a diagonal norm: K-FAC and a LinearOperator
+    were accepted and silently ignored (K-FAC even built at every iterate)."""
+    from scipy.sparse.linalg import aslinearoperator
+
+    X, y = synthetic("logistic", n=60, d=3, seed=1)
+    p = fc.GLM(X, y, l2=1e-2)
+    for pre in ("kfac", "cholesky", aslinearoperator(np.eye(p.n_params))):
+        with pytest.raises(ValueError, match="line-search"):
+            fc.newton_cg(p, method="trust-region", preconditioner=pre)
+
+
+@pytest.mark.parametrize("method", ["line-search", "trust-region"])
+def test_a_step_that_no_longer_moves_theta_ends_the_fit(method):
+    """float32 to a gtol below its rounding: once the accepted step rounds to no change of θ,
+    every later step would too (a fit once spun to max_iter, paying a CG solve each time, and
+    then advised raising max_iter)."""
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((20000, 20)).astype(np.float32)
+    y = (X @ rng.standard_normal(20) + rng.standard_normal(20000) > 0).astype(float)
+    r = fc.newton_cg(fc.GLM(X, y, l2=1e-4), gtol=1e-12, max_iter=200, method=method)
+    # (the trust region may first shrink below what float32 can measure: its own message)
+    assert not r.success and ("rounding" in r.message or "measurable" in r.message), r.message
+    assert "float32" in r.message and r.n_iter < 200
+
+
+def test_cholesky_of_a_float32_singular_curvature_and_an_indefinite_one():
+    """Collinear float32 columns with l2 = 0: the dense Hessian comes rounded to float32, so
+    the Cholesky shift is relative to float32's eps (it was 1e-10 and the factorization
+    failed with a bare "5-th leading minor is not positive definite"). An MLP's indefinite
+    Hessian raises a LinAlgError that says what to do."""
+    rng = np.random.default_rng(3)
+    B = rng.standard_normal((2000, 4))
+    X = (B @ rng.standard_normal((4, 34))).astype(np.float32)
+    y = (B[:, 0] + rng.standard_normal(2000) > 0).astype(float)
+    r = fc.newton_cg(fc.GLM(X, y, l2=0.0), gtol=1e-4, preconditioner="cholesky")
+    assert r.success, r.message
+    from mlp_reference import make_data, random_theta
+
+    Xm, ym, _ = make_data("mse", 1, 30, 3, seed=4, weighted=False)
+    m = fc.MLP(Xm, ym, sizes=(3, 6, 1), loss="mse")
+    tm = random_theta((3, 6, 1), seed=3, scale=2.0)
+    with pytest.raises(np.linalg.LinAlgError, match="not positive definite.*curvature='ggn'"):
+        fc.newton_cg(m, tm, preconditioner="cholesky")
+
+
+class _Quadratic:
+    """A problem with only the public problem API: F(θ) = ½ θᵀAθ − bᵀθ."""
+
+    def __init__(self, P=6, seed=0):
+        rng = np.random.default_rng(seed)
+        B = rng.standard_normal((P, P))
+        self.A = B @ B.T + P * np.eye(P)
+        self.b = rng.standard_normal(P)
+        self.n_params, self.dtype = P, np.float64
+
+    def init(self, seed=None):
+        return np.zeros(self.n_params)
+
+    def value(self, theta):
+        return 0.5 * theta @ self.A @ theta - self.b @ theta
+
+    def value_and_grad(self, theta):
+        return self.value(theta), self.A @ theta - self.b
+
+    def hvp(self, theta, v):
+        return self.A @ v
+
+
+def test_any_object_with_the_problem_api():
+    """newton_cg and the operators take any object with the documented problem API (they
+    used to need fastcurv's private _check_theta); what a chosen option needs beyond it
+    (hessian_diag for "diag", K-FAC's layout) is refused up front by name."""
+    q = _Quadratic()
+    x = np.linalg.solve(q.A, q.b)
+    for method in ("line-search", "trust-region"):
+        r = fc.newton_cg(q, gtol=1e-12, method=method)
+        assert r.success, r.message
+        np.testing.assert_allclose(r.x, x, rtol=1e-10)
+    r = fc.newton_cg(q, np.full(q.n_params, 0.5), gtol=1e-12)  # a warm start
+    assert r.success
+    np.testing.assert_allclose(fc.HessianOperator(q, x, damping=0.5) @ np.ones(6),
+                               (q.A + 0.5 * np.eye(6)) @ np.ones(6), rtol=1e-14)
+    with pytest.raises(ValueError, match="theta0"):
+        fc.newton_cg(q, np.zeros(3))
+    with pytest.raises(TypeError, match="hessian_diag"):
+        fc.newton_cg(q, preconditioner="diag")
+    with pytest.raises(TypeError, match="fastcurv.GLM or fastcurv.MLP"):
+        fc.newton_cg(q, preconditioner="kfac")
+    del_value = type("NoValue", (), {k: getattr(_Quadratic, k) for k in
+                                     ("__init__", "init", "value_and_grad", "hvp")})
+    with pytest.raises(TypeError, match="has no value"):
+        fc.newton_cg(del_value())

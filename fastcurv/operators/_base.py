@@ -3,7 +3,7 @@
 import numpy as np
 from scipy.sparse.linalg import LinearOperator
 
-from .._validation import as_float_scalar
+from .._validation import as_float_scalar, problem_theta
 
 
 class CurvatureOperator(LinearOperator):
@@ -15,11 +15,11 @@ class CurvatureOperator(LinearOperator):
     """
 
     def __init__(self, problem, theta, damping=0.0):
-        if not hasattr(problem, "n_params") or not hasattr(problem, "_check_theta"):
-            raise TypeError(f"problem must be a fastcurv problem (GLM, MLP), got "
-                            f"{type(problem).__name__}")
+        if not all(hasattr(problem, a) for a in ("n_params", "dtype")):
+            raise TypeError(f"problem must be a fastcurv problem (GLM, MLP) or an object "
+                            f"with the problem API, got {type(problem).__name__}")
         self.problem = problem
-        self.theta = problem._check_theta(theta).copy()
+        self.theta = problem_theta(problem, theta).copy()
         self.damping = as_float_scalar(damping, "damping", low=0.0)
         P = problem.n_params
         super().__init__(dtype=np.dtype(problem.dtype), shape=(P, P))

@@ -3,6 +3,8 @@
 import numpy as np
 from scipy.sparse.linalg import LinearOperator
 
+from .._validation import problem_theta
+
 
 class JacobianOperator(LinearOperator):
     r"""``J`` of shape (n K, P): ``J v`` stacks the output changes ``η̇_i = J_i v`` row by row
@@ -13,11 +15,11 @@ class JacobianOperator(LinearOperator):
     """
 
     def __init__(self, problem, theta):
-        if not all(hasattr(problem, a) for a in ("jvp", "vjp", "_check_theta")):
-            raise TypeError(f"problem must be a fastcurv problem (GLM, MLP), got "
-                            f"{type(problem).__name__}")
+        if not all(hasattr(problem, a) for a in ("jvp", "vjp", "n_params", "dtype")):
+            raise TypeError(f"problem must be a fastcurv problem (GLM, MLP) or an object "
+                            f"with jvp and vjp, got {type(problem).__name__}")
         self.problem = problem
-        self.theta = problem._check_theta(theta).copy()
+        self.theta = problem_theta(problem, theta).copy()
         n, K, P = problem.n_samples, problem.n_outputs, problem.n_params
         super().__init__(dtype=np.dtype(problem.dtype), shape=(n * K, P))
 
