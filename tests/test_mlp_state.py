@@ -74,3 +74,17 @@ def test_same_values_compares_every_element():
         z = np.zeros(3, dtype)
         assert same_values(z, -z)
         assert same_values(z[:0], z[:0])
+
+
+def test_with_data_and_subset_keep_the_batch_size_given():
+    """A batch_size given to the constructor bounds the block memory of the problems built
+    from it: subset kept it, with_data fell back to the default."""
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((1000, 3))
+    y = rng.standard_normal(1000)
+    p = fc.MLP(X, y, sizes=(3, 4, 1), loss="mse", batch_size=16)
+    assert p.subset(np.arange(500)).batch_size == 16
+    assert p.with_data(X[:700], y[:700]).batch_size == 16
+    q = fc.MLP(X, y, sizes=(3, 4, 1), loss="mse")  # the default follows the new data
+    assert q.with_data(X[:700], y[:700]).batch_size == fc.MLP(
+        X[:700], y[:700], sizes=(3, 4, 1), loss="mse").batch_size

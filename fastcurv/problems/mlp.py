@@ -222,6 +222,7 @@ class MLP:
         scaled = self._w / self._w.max()
         self._cw = scaled / scaled.sum()
         self._l2 = val.as_float_scalar(l2, "l2", low=0.0)
+        self._batch_size_arg = batch_size  # as given: with_data passes it on
         if batch_size is None:
             per_row = 7 * sum(self.sizes[1:]) + 2 * max(self.sizes[1:])
             batch_size = max(256, _BLOCK_ELEMENTS // per_row)
@@ -893,9 +894,10 @@ class MLP:
         return self._take(idx)
 
     def with_data(self, X, y, sample_weight=None):
-        """The same model and penalty on other data."""
+        """The same model, penalty and ``batch_size`` (as given to the constructor; the
+        default when none was) on other data."""
         val.check_n_features(X, self.sizes[0], "the network's input width sizes[0]")
-        return self._like(X, y, sample_weight, None)
+        return self._like(X, y, sample_weight, self._batch_size_arg)
 
     def _like(self, X, y, sample_weight, batch_size):
         return MLP(X, y, sizes=self.sizes, activation=list(self.activations) or "tanh",
