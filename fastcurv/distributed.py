@@ -131,7 +131,7 @@ import scipy.sparse as sp
 from . import _validation as val
 from .kernels.losses import LOGISTIC, MULTINOMIAL
 from .problems import families
-from .problems.glm import GLM, _half_sq_penalty, _penalty_along
+from .problems.glm import GLM, _half_sq_penalty, _penalty_along, flatten_layer
 
 _INSTALL = "pip install fastcurv[dask]"
 
@@ -273,14 +273,21 @@ class _Chunk:
         if op == "vjp":
             return g.vjp(*args)
         if op == "psg":
-            return g.per_sample_grads(*args)
+            theta, rows = args
+            if self.zero and rows is not None:
+                # unit weights stand in for the block's zeros: only the rows asked for may
+                # take part (another row's overflow must not fail this call, as in GLM)
+                return g._rows_problem(rows).per_sample_grads(theta)
+            return g.per_sample_grads(theta, rows)
         if op == "phi":
             return self.phi(*args)
         if op == "separable":
             return g._diverging_message(*args)
         if op == "grad_dots":
             theta, S, local = args
-            if local.size and local[-1] - local[0] == local.size - 1:
+            run = (local.size and local[-1] - local[0] == local.size - 1
+                   and np.all(np.diff(local) == 1))  # sorted, distinct and contiguous
+            if run and not self.zero:
                 return g._grad_dots(theta, S, int(local[0]), int(local[-1]) + 1)
             return g._rows_problem(local)._grad_dots(theta, S, 0, local.size)
         if op == "row_weights":
@@ -746,6 +753,8 @@ class DaskGLM:
             raise ValueError(f"client must be None, 'local' or a dask.distributed.Client, got "
                              f"{client!r}")
         cl = None if local else _resolve_client(client)
+        if n_classes is not None and self._fam != MULTINOMIAL:
+            raise ValueError("n_classes is only used by family='multinomial'")
         if self._fam == MULTINOMIAL and n_classes is None:
             n_classes = self._infer_classes(y, cl)
         starts = np.concatenate(([0], np.cumsum(X.chunks[0]))).astype(np.int64)
@@ -768,12 +777,22 @@ class DaskGLM:
 
     # ------------------------------------------------------------------ construction
     def _infer_classes(self, y, client):
-        ymax = y.max()
-        ymax = float(ymax.compute(scheduler="threads") if client is None
-                     else client.compute(ymax).result())
-        if not np.isfinite(ymax):
+        """``max(y) + 1`` (at least 2), refused as fastcurv.GLM refuses it when most of the
+        classes it implies would be empty (one pass: the distinct labels)."""
+        u = da.unique(y)
+        u = np.asarray(u.compute(scheduler="threads") if client is None
+                       else client.compute(u).result(), dtype=np.float64)
+        if u.size == 0:
+            raise ValueError("y is empty")
+        if not np.all(np.isfinite(u)):
             raise ValueError("y contains a non-finite value; remove or impute it")
-        return max(int(ymax) + 1, 2)
+        K = max(int(u.max()) + 1, 2)
+        if 2 * u.size < K:
+            raise ValueError(
+                f"the labels go up to {K - 1} but only {u.size} distinct values occur: most "
+                f"of the {K} classes this implies would be empty; relabel with "
+                "np.unique(y, return_inverse=True)[1], or pass n_classes")
+        return K
 
     def _init_from_meta(self, meta, n):
         ms = [meta[i] for i in range(self.n_chunks)]
@@ -852,15 +871,7 @@ class DaskGLM:
 
     def flatten(self, parts):
         """Inverse of :meth:`unflatten`."""
-        if isinstance(parts, np.ndarray):
-            parts = [parts]
-        if len(parts) != 1:
-            raise ValueError(f"a GLM has one layer, got {len(parts)} parts")
-        rows = self._d + int(self.fit_intercept)
-        W = np.asarray(parts[0])
-        if W.size != rows * self._K or W.shape not in ((rows, self._K), (rows * self._K,)):
-            raise ValueError(f"the layer must have shape ({rows}, {self._K}), got {W.shape}")
-        return np.ascontiguousarray(W, dtype=self.dtype).reshape(-1)
+        return flatten_layer(parts, self._d + int(self.fit_intercept), self._K, self.dtype)
 
     def _check_theta(self, theta):
         return val.check_vector(theta, self.n_params, self.dtype, "theta")

@@ -523,3 +523,77 @@ def test_overflow_matches_in_memory(client):
     assert pp.value_along(np.zeros(3), hot)(1.0) == np.inf
     with pytest.raises(FloatingPointError, match="overflows"):
         pp.grad(hot)
+
+
+def test_scores_of_rows_out_of_order_or_repeated(client):
+    """Influence scores of rows given out of order or twice, within one chunk: the chunk took
+    any run of the right length for the contiguous rows lo..hi (rows [0, 2, 1, 3] came back
+    as 0, 1, 2, 3), where the in-memory GLM checks the run."""
+    X, y, w, kw = make_data("logistic", "dense", "weighted")
+    ref = fc.GLM(X, y, sample_weight=w, **kw)
+    theta = fc.newton_cg(ref, gtol=1e-10).x
+    p = dask_problem(X, y, w, kw, "weighted", client=client)
+    tp = ref.with_data(X[:3], y[:3])
+    for rows in ([0, 2, 1, 3], [0, 0, 3, 3], [5, 4]):
+        want = fc.Influence(ref, theta, "direct").scores(tp, rows=rows)
+        got = fc.Influence(p, theta, "direct").scores(tp, rows=rows)
+        np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-14)
+
+
+def test_label_and_option_checks_as_in_memory(client):
+    """n_classes inferred from labels that would leave most classes empty is refused, and
+    n_classes for another family too, as fastcurv.GLM does (the first silently built a
+    5,001-class model)."""
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((40, 2))
+    y = np.arange(40) % 4
+    y[7] = 5000
+    for make in (lambda X, y, **k: fc.GLM(X, y, **k),
+                 lambda X, y, **k: fc.GLM(da.from_array(X, chunks=(20, 2)), y, client="local",
+                                          **k)):
+        with pytest.raises(ValueError, match="only 5 distinct values occur"):
+            make(X, y, family="multinomial")
+        with pytest.raises(ValueError, match="only used by family='multinomial'"):
+            make(X, (y > 2).astype(float), family="logistic", n_classes=2)
+        q = make(X, np.arange(40) % 4, family="multinomial")
+        with pytest.raises(ValueError, match="non-finite"):
+            q.flatten([np.full((3, 4), np.nan)])
+        with pytest.raises(ValueError, match="one layer"):
+            q.flatten(3.0)
+
+
+def test_zero_weight_chunk_behaves_as_zero_weight_rows(client):
+    """A chunk whose weights are all 0 is built with unit weights and the share 0; its rows
+    must still behave as rows of weight 0 do in memory: another row's overflow in the chunk
+    does not fail a per-sample gradient or a score, and soft labels there do not hide
+    separable data from the separability check (in memory they did: the check now ignores
+    rows of weight 0 there too)."""
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((40, 2))
+    y = rng.poisson(1.0, 40).astype(float)
+    X[15, 0] = 1000.0  # weight 0; exp(η) overflows at θ below
+    w = np.ones(40)
+    w[10:20] = 0.0
+    th = np.array([1.0, 0.0, 0.0])
+    ref = fc.GLM(X, y, family="poisson", sample_weight=w)
+    p = fc.GLM(da.from_array(X, chunks=((10, 10, 20), 2)), y, family="poisson",
+               sample_weight=w, client="local")
+    np.testing.assert_allclose(p.per_sample_grads(th, [12]), ref.per_sample_grads(th, [12]),
+                               rtol=1e-14)
+    tp = ref.with_data(X[:2], y[:2])
+    np.testing.assert_allclose(
+        fc.Influence(p, th, "direct", damping=1.0).scores(tp, rows=np.arange(10, 14)),
+        fc.Influence(ref, th, "direct", damping=1.0).scores(tp, rows=np.arange(10, 14)),
+        rtol=1e-12)
+    # separable weighted rows, soft labels on the rows of weight 0
+    Xs = rng.standard_normal((60, 2))
+    ys = (Xs[:, 0] > 0).astype(float)
+    ys[20:40] = 0.5
+    ws = np.ones(60)
+    ws[20:40] = 0.0
+    r0 = fc.newton_cg(fc.GLM(Xs, ys, l2=0.0, sample_weight=ws))
+    for chunks in ((30, 30), (20, 20, 20)):
+        r = fc.newton_cg(fc.GLM(da.from_array(Xs, chunks=(chunks, 2)), ys, l2=0.0,
+                                sample_weight=ws, client="local"))
+        assert r.message == r0.message and "separable" in r.message
+        assert r.n_iter == r0.n_iter

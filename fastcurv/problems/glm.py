@@ -84,6 +84,22 @@ def _readonly(a):
     return v
 
 
+
+def flatten_layer(parts, rows, K, dtype):
+    """The parameter vector of a one-layer model from ``[W]``, ``W`` of shape (rows, K) (or
+    flat): checked for count, shape, a real dtype and finite values (GLM and DaskGLM)."""
+    if isinstance(parts, np.ndarray):
+        parts = [parts]
+    if not isinstance(parts, (list, tuple)) or len(parts) != 1:
+        raise ValueError("a GLM has one layer: pass a list of one (d [+ 1], K) array, got "
+                         f"{type(parts).__name__}")
+    W = np.asarray(parts[0])
+    if W.dtype.kind not in "biuf":
+        raise TypeError(f"the layer must hold real numbers, got dtype {W.dtype}")
+    if W.size != rows * K or W.shape not in ((rows, K), (rows * K,)):
+        raise ValueError(f"the layer must have shape ({rows}, {K}), got {W.shape}")
+    return val.finite_as(W, dtype, "the layer").reshape(-1)
+
 class GLM:
     r"""A generalized linear model with a canonical link, L2 penalty and sample weights.
 
@@ -231,18 +247,8 @@ class GLM:
 
     def flatten(self, parts):
         """Inverse of :meth:`unflatten`."""
-        if isinstance(parts, np.ndarray):
-            parts = [parts]
-        if not isinstance(parts, (list, tuple)) or len(parts) != 1:
-            raise ValueError("a GLM has one layer: pass a list of one (d [+ 1], K) array, got "
-                             f"{type(parts).__name__}")
-        rows = self._design.d + int(self.fit_intercept)
-        W = np.asarray(parts[0])
-        if W.dtype.kind not in "biuf":
-            raise TypeError(f"the layer must hold real numbers, got dtype {W.dtype}")
-        if W.size != rows * self._K or W.shape not in ((rows, self._K), (rows * self._K,)):
-            raise ValueError(f"the layer must have shape ({rows}, {self._K}), got {W.shape}")
-        return val.finite_as(W, self.dtype, "the layer").reshape(-1)
+        return flatten_layer(parts, self._design.d + int(self.fit_intercept), self._K,
+                             self.dtype)
 
     def _check_theta(self, theta):
         return val.check_vector(theta, self.n_params, self.dtype, "theta")
@@ -720,7 +726,7 @@ class GLM:
         live = self._w > 0
         if self._fam == LOGISTIC:
             y = self._y2
-            if np.any((y != 0) & (y != 1)):
+            if np.any((y[live] != 0) & (y[live] != 1)):  # rows of weight 0 play no part
                 return None
             correct = np.where(y == 1, st.eta > 0, st.eta < 0).all(axis=1)
         else:
