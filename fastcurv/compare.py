@@ -233,10 +233,9 @@ def _warm_kernels(p, theta, names, damping, hutch_probes):
     loading compiled kernels from Numba's cache (a one-off per process)."""
     if not hasattr(p, "subset") or p.n_samples <= 8:
         return
-    c = getattr(p, "_cw", getattr(p, "_a", None))  # w_i / W (GLM, MLP)
-    rows = np.arange(8) if c is None else np.flatnonzero(np.asarray(c) > 0)[:8]
-    if rows.size == 0:
-        return
+    from .influence.influence import _weights  # w_i / W of a problem's rows
+
+    rows = np.flatnonzero(_weights(p, np.arange(p.n_samples)) > 0)[:8]
     tiny = p.subset(rows)  # rows of positive weight: a subset of weight 0 is refused
     for name in names:
         _build(tiny, theta, name, damping, np.random.default_rng(0), min(hutch_probes, 2))

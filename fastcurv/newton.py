@@ -321,8 +321,8 @@ class _Auto:
     indefinite Hessian), the fit keeps the preconditioner it had and buys nothing more.
     """
 
-    def __init__(self, p, curvature, damping, blas):
-        self.p, self.curvature, self.damping, self.blas = p, curvature, damping, blas
+    def __init__(self, p, curvature, blas):
+        self.p, self.curvature, self.blas = p, curvature, blas
         self.current = None  # the preconditioner in use
         self.previous = None
         chol = _build_macs(p, curvature, "cholesky")
@@ -511,19 +511,19 @@ _PROBLEM_API = ("n_params", "dtype", "init", "value", "value_and_grad", "hvp")
 
 def _check_problem(p, curvature, preconditioner):
     """Refuse a problem without the methods this fit will call."""
+    pc = preconditioner if isinstance(preconditioner, str) else None
     need = list(_PROBLEM_API)
     if curvature == "ggn":
         need.append("ggn_vp")
-    if isinstance(preconditioner, str) and preconditioner == "diag":
+    if pc == "diag":
         need.append("hessian_diag" if curvature == "hessian" else "ggn_diag")
-    if isinstance(preconditioner, str) and preconditioner == "cholesky":
+    if pc == "cholesky":
         need.append("hessian")  # also for curvature="ggn" without p.ggn (GLMs: equal)
     missing = [a for a in need if not hasattr(p, a)]
     if missing:
         raise TypeError(f"p must be a problem such as fastcurv.GLM or fastcurv.MLP; a "
                         f"{type(p).__name__} has no {', '.join(missing)}")
-    if isinstance(preconditioner, str) and preconditioner == "kfac" \
-            and not hasattr(p, "_kfac_layout"):
+    if pc == "kfac" and not hasattr(p, "_kfac_layout"):
         raise TypeError("preconditioner='kfac' needs a fastcurv.GLM or fastcurv.MLP, got a "
                         f"{type(p).__name__}")
 
@@ -594,7 +594,7 @@ def _newton_cg(p, theta0, gtol, max_iter, method, curvature, preconditioner, dam
     auto = None
     if preconditioner == "auto":
         # trust-region Newton (a diagonal M only) has no K-FAC or Cholesky path: plain CG
-        auto = _Auto(p, curvature, damping, blas) if method == "line-search" else None
+        auto = _Auto(p, curvature, blas) if method == "line-search" else None
         if auto is None:
             preconditioner = None
     last_cg = 0
@@ -647,9 +647,7 @@ def _newton_cg(p, theta0, gtol, max_iter, method, curvature, preconditioner, dam
         it += 1
         op = _Counted(Op(p, theta, damping=damping))
         use = preconditioner if auto is None else auto.current
-        if use == "cholesky":
-            if method != "line-search":
-                raise ValueError("preconditioner='cholesky' works with method='line-search'")
+        if use == "cholesky":  # line search only (_check_preconditioner)
             if chol is None or last_cg > CHOLESKY_REFRESH_CG:
                 try:
                     with blas.full():

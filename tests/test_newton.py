@@ -550,7 +550,7 @@ def test_auto_preconditioner_estimate_and_fallbacks(monkeypatch):
     rate = nw._syrk_rate()
     assert 0.0 < rate < np.inf
     monkeypatch.setattr(nw, "_syrk_rate", lambda: 1e9)
-    a = nw._Auto(p, "hessian", 0.0, nw._BlasThreads())
+    a = nw._Auto(p, "hessian", nw._BlasThreads())
     assert a.eligible
     a._estimate()
     assert p._dense_curvature_macs() == 20000 * 13 * 14 / 2
@@ -559,7 +559,7 @@ def test_auto_preconditioner_estimate_and_fallbacks(monkeypatch):
     pm = fc.GLM(X, np.arange(20000) % 3, family="multinomial", l2=1e-4)
     assert pm._dense_curvature_macs() == 20000 * (13 * 14 / 2 * 3 + 39 * 40 / 2)
     mlp = fc.MLP(X[:50], y[:50], sizes=(12, 3, 1), loss="sigmoid_cross_entropy")
-    assert not nw._Auto(mlp, "ggn", 0.0, nw._BlasThreads()).eligible
+    assert not nw._Auto(mlp, "ggn", nw._BlasThreads()).eligible
 
     monkeypatch.setattr(nw._Auto, "_estimate",
                         lambda self: setattr(self, "t_build", 0.0))
@@ -576,9 +576,9 @@ def test_auto_preconditioner_estimate_and_fallbacks(monkeypatch):
     tr_plain = fc.newton_cg(p, gtol=1e-9, method="trust-region")
     assert tr.success and tr.n_cg == tr_plain.n_cg
     monkeypatch.setattr(nw, "AUTO_MAX_PARAMS", 5)
-    assert nw._Auto(p, "hessian", 0.0, nw._BlasThreads()).ladder == ["kfac"]
+    assert nw._Auto(p, "hessian", nw._BlasThreads()).ladder == ["kfac"]
     monkeypatch.setattr(nw, "AUTO_MAX_KFAC_INPUTS", 12)
-    assert not nw._Auto(p, "hessian", 0.0, nw._BlasThreads()).eligible
+    assert not nw._Auto(p, "hessian", nw._BlasThreads()).eligible
 
 
 def _illconditioned_multinomial(n=3000, d=20, K=4, seed=11):
@@ -601,7 +601,7 @@ def test_auto_ladder_by_problem(monkeypatch):
     import fastcurv.newton as nw
 
     def ladder(p):
-        return nw._Auto(p, "hessian", 0.0, nw._BlasThreads()).ladder
+        return nw._Auto(p, "hessian", nw._BlasThreads()).ladder
 
     X, y = _illconditioned_logistic(n=500, d=12)
     assert ladder(fc.GLM(X, y, l2=1e-3)) == ["cholesky"]
@@ -646,7 +646,7 @@ def test_auto_buys_the_ladder_in_turn(monkeypatch):
     monkeypatch.setattr(nw, "_syrk_rate", lambda: 1e9)
     X, _ = _illconditioned_logistic(n=500, d=12)
     p = fc.GLM(X, np.arange(500) % 5, family="multinomial", l2=1e-3)
-    a = nw._Auto(p, "hessian", 0.0, nw._BlasThreads())
+    a = nw._Auto(p, "hessian", nw._BlasThreads())
     price = nw.AUTO_BUILD_OVERHEAD * p._kfac_build_macs(nw.AUTO_MAX_KFAC_INPUTS) / 1e9
     assert nw.AUTO_BUY_FRACTION == 0.5
     a.after_step(0.2 * price, nw.CHOLESKY_REFRESH_CG)  # easy: no estimate
