@@ -8,6 +8,10 @@ Without ``--data`` it fits an embedded default problem (synthetic L2-logistic re
 for chosen test rows and the self-influence ranking, and writes everything to a folder.
 Without ``--data`` it uses an embedded default (synthetic logistic regression, 20,000 x 50,
 with 1% of the training labels flipped: the self-influence ranking should find them).
+
+``fastcurv compare`` fits a small MLP, then benchmarks curvature approximations (diagonals,
+Fisher, K-FAC, EK-FAC, block-diagonal GGN) against the exact GGN or Hessian and writes a
+report (``report.md``, tables, figures).
 """
 
 import argparse
@@ -72,6 +76,9 @@ def _check_options(args):
     for name in ("l2", "gtol", "damping"):
         if getattr(args, name, None) is not None:
             as_float_scalar(getattr(args, name), f"--{name}", low=0.0)
+    if getattr(args, "format", None) and not getattr(args, "data", None):
+        raise ValueError("--format applies to the file of --data: give --data FILE, or drop "
+                         "--format to use the embedded default problem")
     if getattr(args, "max_iter", 0) < 0:
         raise ValueError(f"--max-iter must be >= 0, got {args.max_iter}")
     if args.out and os.path.exists(args.out) and not os.path.isdir(args.out):
@@ -249,8 +256,11 @@ def _compare(args):
         X, y = load(args.data, fmt=args.format)
         X = X.toarray() if hasattr(X, "toarray") else X
         source = args.data
-    y = _labels_for("multinomial", np.asarray(y, dtype=np.float64),
-                    lambda m: print(f"note: {m}", flush=True))
+    y = np.asarray(y, dtype=np.float64)
+    if np.any(y != np.round(y)):
+        raise ValueError(f"{source}: compare fits a classifier and needs class labels "
+                         "(integers); these targets are not")
+    y = _labels_for("multinomial", y, lambda m: print(f"note: {m}", flush=True))
     K = int(y.max()) + 1
     if K < 2:
         raise ValueError(f"{source}: y has a single class; compare needs classification data "
@@ -286,6 +296,9 @@ def _compare_names(text, known):
         return known
     names = tuple(t.strip() for t in text.split(","))
     bad = [t for t in names if t not in known]
+    twice = sorted({t for t in names if names.count(t) > 1})
+    if twice:
+        raise ValueError(f"--approx: {', '.join(map(repr, twice))} listed more than once")
     if bad or not names:
         raise ValueError(f"--approx: unknown name(s) {', '.join(map(repr, bad))}; choose from "
                          f"{', '.join(known)} (comma-separated) or 'all'")
@@ -324,14 +337,18 @@ def _compare_parser(sub):
     cp.add_argument("--hidden", default="32,32", help="hidden widths (default 32,32)")
     cp.add_argument("--activation", default="tanh",
                     choices=("tanh", "relu", "sigmoid", "softplus", "gelu", "identity"))
-    cp.add_argument("--l2", type=float, default=1e-3)
-    cp.add_argument("--reference", choices=("ggn", "hessian"), default="ggn")
-    cp.add_argument("--damping", type=float, default=1e-3)
+    cp.add_argument("--l2", type=float, default=1e-3, help="L2 penalty (default 1e-3)")
+    cp.add_argument("--reference", choices=("ggn", "hessian"), default="ggn",
+                    help="the exact curvature compared against (default ggn)")
+    cp.add_argument("--damping", type=float, default=1e-3,
+                    help="damping added to every curvature in the solves (default 1e-3)")
     cp.add_argument("--approx", default="all",
                     help="comma-separated subset of diag_hessian, diag_ggn, diag_ggn_mc, "
                          "empirical_fisher, kfac, ekfac, block_ggn (default all)")
-    cp.add_argument("--fit-iter", type=int, default=30, help="Newton iterations of the fit")
-    cp.add_argument("--seed", type=int, default=0)
+    cp.add_argument("--fit-iter", type=int, default=30,
+                    help="Newton iterations of the fit (default 30)")
+    cp.add_argument("--seed", type=int, default=0,
+                    help="seed of the initial weights and of the random probes (default 0)")
     cp.add_argument("--out", default="compare-report", help="report folder "
                                                             "(default compare-report)")
     cp.set_defaults(func=_compare)
@@ -383,11 +400,19 @@ def _influence(args):
     n = X.shape[0]
     test = _parse_rows(args.test_rows, n)
     train = np.setdiff1d(np.arange(n), test)
+    if train.size == 0:
+        raise ValueError(f"--test-rows holds out all {n} rows: no training rows are left")
     Xtr, Xte = X[train], X[test]
     # the classes are those of all rows: a class seen only in the test rows is still a class
     extra = {"n_classes": max(2, int(y.max()) + 1)} if family == "multinomial" else {}
     p = fc.GLM(Xtr, y[train], family=family, l2=args.l2, **extra)
     tp = p.with_data(Xte, y[test])
+    from fastcurv.influence.solvers import MAX_DENSE_PARAMS
+
+    if args.method == "direct" and p.n_params > MAX_DENSE_PARAMS:
+        raise ValueError(f"--method direct factors the dense {p.n_params}x{p.n_params} Hessian "
+                         f"(limit {MAX_DENSE_PARAMS} parameters); use --method cg, arnoldi, "
+                         "nystrom, lissa or kfac")
     print(f"data: {source}")
     print(f"model: {family} GLM, {p.n_samples:,} training rows x {p.n_features:,} features, "
           f"{p.n_params:,} parameters, l2={args.l2:g}; test rows {', '.join(map(str, test))}")
@@ -407,8 +432,9 @@ def _influence(args):
           "raises test row t's loss by about (w_i/W) score")
     top = {}
     for j, t in enumerate(test):
-        order = np.argsort(-S[j], kind="stable")
-        helpful, harmful = order[:k], order[::-1][:k]
+        # ties go to the smaller row index in both lists, as Influence.top_k
+        helpful = np.argsort(-S[j], kind="stable")[:k]
+        harmful = np.argsort(S[j], kind="stable")[:k]
         top[int(t)] = dict(helpful=[[int(train[i]), float(S[j, i])] for i in helpful],
                            harmful=[[int(train[i]), float(S[j, i])] for i in harmful])
         print(f"test row {t} (label {y[t]:g}):")
@@ -445,7 +471,8 @@ def _influence_parser(sub):
         "influence", help="which training points drive chosen predictions",
         description="Fit a GLM, then score every training row's influence on chosen test "
                     "rows (held out of the fit) and rank rows by self-influence. Without "
-                    "--data: synthetic logistic regression, 20,000 x 50, 1%% labels flipped.",
+                    "--data: synthetic logistic regression, 20,000 x 50, 1% of the labels "
+                    "flipped.",
     )
     ip.add_argument("--data", help="data file (.npz, .csv or svmlight), as for 'newton'")
     ip.add_argument("--format", choices=("npz", "csv", "svmlight"))
@@ -453,8 +480,10 @@ def _influence_parser(sub):
     ip.add_argument("--l2", type=float, default=1e-3, help="L2 penalty (default 1e-3)")
     ip.add_argument("--gtol", type=float, default=1e-10, help="fit tolerance (default 1e-10)")
     ip.add_argument("--test-rows", default="-1,-2,-3",
-                    help="comma-separated rows held out as test points (default the last "
-                         "three)")
+                    help="comma-separated data rows held out as test points, counted from 0 "
+                         "(header and comment lines not counted), negative from the end; "
+                         "write --test-rows=-1,-2 for a list starting with a minus sign "
+                         "(default the last three)")
     ip.add_argument("--method", default="direct",
                     choices=("direct", "cg", "lissa", "arnoldi", "nystrom", "kfac", "ekfac"),
                     help="inverse-Hessian method (default direct)")
@@ -463,6 +492,10 @@ def _influence_parser(sub):
     ip.add_argument("--out", help="folder for scores.npy, self_influence.npy, summary.json")
     ip.add_argument("--progress", action="store_true", help="progress bars on stderr")
     ip.set_defaults(func=_influence)
+
+
+def _warning_line(message, category, filename, lineno, file=None, line=None):
+    print(f"fastcurv: warning: {message}", file=sys.stderr, flush=True)
 
 
 def main(argv=None):
@@ -475,13 +508,17 @@ def main(argv=None):
         # failures are reported by the checks themselves, in one line: numpy's floating-point
         # warnings (overflow on absurdly scaled data, say) would only add lines before it
         with warnings.catch_warnings(), np.errstate(all="ignore"):
-            warnings.simplefilter("ignore", RuntimeWarning)
-            return args.func(args)
+            warnings.filterwarnings("once", category=RuntimeWarning)
+            warnings.filterwarnings("ignore", message=".*encountered in",
+                                    category=RuntimeWarning)
+            warnings.showwarning = _warning_line  # fastcurv's own warnings (LiSSA stopped
+            return args.func(args)                # short, theta not a minimizer): one line
     except BrokenPipeError:  # output piped into a command that stopped reading (head, less)
         sys.stderr.close()
         return 0
     except (ValueError, TypeError, OSError, NotImplementedError, ImportError,
-            ArithmeticError) as exc:  # ArithmeticError: an overflow, FloatingPointError
+            ArithmeticError, RuntimeError) as exc:  # ArithmeticError: an overflow;
+        # RuntimeError: an iterative solver that did not converge or diverged
         print(f"fastcurv: error: {exc}", file=sys.stderr)
         return 2
     except MemoryError as exc:

@@ -381,3 +381,83 @@ def test_binary_file_read_as_csv_is_a_short_error_line(logistic_npz, capsys):
     assert rc == 2
     _one_error_line(err)
     assert len(err) < 400, err
+
+
+def test_influence_solver_warnings_and_failures_are_lines(tmp_path, capsys):
+    """A LiSSA series that stops short is a warning line (the command hid every
+    RuntimeWarning and printed rankings 29% off with exit code 0); a CG that does not
+    converge is one error line (it was a traceback)."""
+    rng = np.random.default_rng(11)
+    X = rng.standard_normal((300, 6)) * np.array([1, 1, 1e-2, 1e-3, 1e-4, 1e-5])
+    path = tmp_path / "ill.npz"
+    np.savez(path, X=X, y=X @ np.ones(6) + 0.1 * rng.standard_normal(300))
+    rc = main(["influence", "--data", str(path), "--family", "gaussian", "--l2", "0",
+               "--method", "lissa", "--test-rows", "0", "--top", "2"])
+    _, err = capsys.readouterr()
+    assert rc == 0 and err.startswith("fastcurv: warning: LiSSA stopped"), err
+    assert "Traceback" not in err
+    X = rng.standard_normal((300, 30)) * np.logspace(0, -6, 30)
+    path = tmp_path / "cgfail.npz"
+    np.savez(path, X=X, y=X @ np.ones(30) + 0.1 * rng.standard_normal(300))
+    rc = main(["influence", "--data", str(path), "--family", "gaussian", "--l2", "0",
+               "--method", "cg", "--top", "2"])
+    _, err = capsys.readouterr()
+    assert rc == 2 and "CG did not reach" in err
+    _one_error_line(err)
+
+
+def test_influence_refusals_come_before_the_fit(tmp_path, capsys):
+    """--method direct beyond its dense limit and --test-rows that leave no training rows are
+    refused before the fit, in the command's words; --format without --data is refused."""
+    rng = np.random.default_rng(2)
+    wide = tmp_path / "wide.svm"
+    with open(wide, "w") as f:
+        for _ in range(50):
+            idx = np.sort(rng.choice(25000, 5, replace=False)) + 1
+            f.write(f"{int(rng.random() < 0.5)} "
+                    + " ".join(f"{j}:{rng.standard_normal():.4g}" for j in idx) + "\n")
+    rc = main(["influence", "--data", str(wide)])
+    out, err = capsys.readouterr()
+    assert rc == 2 and "fit:" not in out and "--method cg" in err
+    _one_error_line(err)
+    tiny = tmp_path / "tiny.npz"
+    np.savez(tiny, X=rng.standard_normal((4, 2)), y=np.array([0.0, 1.0, 0.0, 1.0]))
+    rc = main(["influence", "--data", str(tiny), "--test-rows", "0,1,2,3"])
+    _, err = capsys.readouterr()
+    assert rc == 2 and "no training rows" in err
+    for cmd in ("newton", "influence", "compare"):
+        rc = main([cmd, "--format", "csv"])
+        _, err = capsys.readouterr()
+        assert rc == 2 and "--format applies to the file of --data" in err, (cmd, err)
+
+
+def test_influence_harmful_ties_and_compare_inputs(tmp_path, capsys):
+    """Equal scores (duplicated rows) are listed smaller row first in both lists, as
+    Influence.top_k does; compare refuses a name listed twice and real-valued targets in
+    its own words."""
+    rng = np.random.default_rng(0)
+    X0 = rng.standard_normal((20, 2))
+    y0 = (X0[:, 0] + 0.5 * rng.standard_normal(20) > 0).astype(float)
+    X = np.vstack([X0, X0, X0[:1]])
+    y = np.concatenate([y0, y0, y0[:1]])
+    path = tmp_path / "dups.npz"
+    np.savez(path, X=X, y=y)
+    out_dir = tmp_path / "inf"
+    assert main(["influence", "--data", str(path), "--test-rows", "40", "--top", "6",
+                 "--out", str(out_dir)]) == 0
+    capsys.readouterr()
+    top = json.loads((out_dir / "summary.json").read_text())["top"]["40"]
+    for kind in ("helpful", "harmful"):
+        rows = [r for r, _ in top[kind]]
+        scores = [s for _, s in top[kind]]
+        for a in range(len(rows) - 1):
+            if scores[a] == scores[a + 1]:
+                assert rows[a] < rows[a + 1], (kind, top[kind])
+    rc = main(["compare", "--approx", "kfac,kfac", "--out", str(tmp_path / "c")])
+    _, err = capsys.readouterr()
+    assert rc == 2 and "listed more than once" in err
+    real = tmp_path / "real.npz"
+    np.savez(real, X=rng.standard_normal((30, 2)), y=rng.standard_normal(30))
+    rc = main(["compare", "--data", str(real), "--out", str(tmp_path / "c2")])
+    _, err = capsys.readouterr()
+    assert rc == 2 and "needs class labels" in err
