@@ -711,7 +711,10 @@ def _newton_cg(p, theta0, gtol, max_iter, method, curvature, preconditioner, dam
                 # backtracking: on GLMs each trial is O(n) (X theta and X d are known)
                 phi = p.value_along(theta, d) if hasattr(p, "value_along") else (
                     lambda a, th=theta, d=d: p.value(th + np.asarray(a, p.dtype) * d))
-                while not (f_new <= f + ARMIJO_C1 * alpha * slope):
+                # the trials are compared with phi(0), not f: the two sum the same losses in
+                # another order, and near convergence ulps would decide the Armijo test
+                f_ref = phi(0.0)
+                while not (f_new <= f_ref + ARMIJO_C1 * alpha * slope):
                     backtracks += 1
                     if backtracks > MAX_BACKTRACKS:
                         break

@@ -867,3 +867,29 @@ def test_any_object_with_the_problem_api():
                                      ("__init__", "init", "value_and_grad", "hvp")})
     with pytest.raises(TypeError, match="has no value"):
         fc.newton_cg(del_value())
+
+
+def test_backtracking_compares_trials_with_the_same_sum(monkeypatch):
+    """The backtracking trials phi(α) = F(θ + αd) (value_along) sum the losses in another
+    order than value_and_grad, so they are compared with phi(0), not with F(θ): ulps must not
+    decide the Armijo test. Shown with phi shifted by a constant (1e3 here, a few ulps in
+    practice): the fit backtracks from a far start and reaches the same optimum, where
+    comparing with F(θ) made every trial fail."""
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((200, 3))
+    y = rng.poisson(2.0, 200).astype(float)
+    ref = fc.newton_cg(fc.GLM(X, y, family="poisson"), gtol=1e-10)
+    real = fc.GLM.value_along
+    calls = []
+
+    def shifted(self, theta, d):
+        calls.append(1)
+        phi = real(self, theta, d)
+        return lambda a: phi(a) + 1e3
+
+    monkeypatch.setattr(fc.GLM, "value_along", shifted)
+    r = fc.newton_cg(fc.GLM(X, y, family="poisson"), np.array([0.0, 0.0, 0.0, -30.0]),
+                     gtol=1e-10, max_iter=200)
+    assert calls, "no step backtracked: the test does not test the path"
+    assert r.success, r.message
+    np.testing.assert_allclose(r.x, ref.x, rtol=1e-8, atol=1e-10)
