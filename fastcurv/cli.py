@@ -402,11 +402,11 @@ def _influence(args):
     train = np.setdiff1d(np.arange(n), test)
     if train.size == 0:
         raise ValueError(f"--test-rows holds out all {n} rows: no training rows are left")
-    Xtr, Xte = X[train], X[test]
-    # the classes are those of all rows: a class seen only in the test rows is still a class
+    # one problem on all rows first: its checks name rows of the file, and its classes are
+    # those of all rows (a class seen only in the test rows is still a class)
     extra = {"n_classes": max(2, int(y.max()) + 1)} if family == "multinomial" else {}
-    p = fc.GLM(Xtr, y[train], family=family, l2=args.l2, **extra)
-    tp = p.with_data(Xte, y[test])
+    p_all = fc.GLM(X, y, family=family, l2=args.l2, **extra)
+    p, tp = p_all.subset(train), p_all.subset(test)
     from fastcurv.influence.solvers import MAX_DENSE_PARAMS
 
     if args.method == "direct" and p.n_params > MAX_DENSE_PARAMS:

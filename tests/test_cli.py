@@ -461,3 +461,19 @@ def test_influence_harmful_ties_and_compare_inputs(tmp_path, capsys):
     rc = main(["compare", "--data", str(real), "--out", str(tmp_path / "c2")])
     _, err = capsys.readouterr()
     assert rc == 2 and "needs class labels" in err
+
+
+def test_influence_errors_name_rows_of_the_file(tmp_path, capsys):
+    """A bad target is reported at its row in the file, as 'newton' does (the check ran on
+    the training subset and named row 7 for file row 10 with three rows held out)."""
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((30, 3))
+    y = (X[:, 0] > 0).astype(float)
+    y[10] = 2.0
+    path = tmp_path / "bad.npz"
+    np.savez(path, X=X, y=y)
+    for cmd in (["newton"], ["influence", "--test-rows", "0,1,2"]):
+        rc = main([*cmd, "--data", str(path), "--family", "logistic"])
+        _, err = capsys.readouterr()
+        assert rc == 2 and "row 10" in err, (cmd, err)
+        _one_error_line(err)
