@@ -22,6 +22,7 @@ from numba import prange
 
 from ._jit import jit
 from .losses import MULTINOMIAL, pointwise, softmax_hess_row, softmax_row, weighted
+from .simd import prefetch, vbcast, vfma, vload, vstore, vsum, vwidth, vzero
 
 #: rows accumulated in the data dtype before they are added into the float64 chunk buffer
 FLUSH = 256
@@ -40,17 +41,24 @@ VALUE_GRAD_DIAG = 2
 
 
 # ----------------------------------------------------------------------------- helpers
-# Register tiles for L columns, vectorized along the feature axis j. AVX2 has 16 vector
-# registers, so a tile must keep its accumulators and operands within about 14 of them: the
-# forward tile is two rows times 5 (or 4) columns (10 accumulators, the two rows' vectors, the
-# parameters as memory operands); the backward tile is four rows times two columns (eight
-# loop-invariant weights, one load and store of each accumulator element per four rows).
-# The earlier 4 x 5 tiles needed 20 accumulators and spilled 15 of them to the stack on every
-# iteration (AVX2; they were written for AVX-512's 32 registers). In cache, fused forward +
-# backward on two cores (multinomial K = 10, d = 300), these tiles were faster in three of
-# five paired measurements (23.1 vs 13.9 GMAC/s at best) and tied in two; on a noisy shared
-# machine. ``Vt`` comes padded with zero rows to a multiple of the forward tile width (see
-# ``tile_width``).
+# Register tiles for L columns (K outputs times m vectors), written with explicit vectors
+# (:mod:`.simd`, W lanes: 4 float64 or 8 float32). AVX2 has 16 vector registers:
+# * forward: two rows times 5 (or 4) columns of ``U = X Vt^T``, vectorized along the feature
+#   axis j: 10 accumulators, the two rows' vectors, ``Vt``'s vectors as memory operands;
+# * backward: 5 (or 4) columns times 2 W features of ``acc += T^T X``: 10 accumulators held
+#   over all rows of a block, one vector load of each row and one broadcast of each T value.
+# Rows go in blocks of ``BLOCK``: the forward tiles of a block read its rows from memory, the
+# backward tiles read them again from L2, and ``Vt`` (Lp x d) and the accumulator tiles stay
+# in L1 over a block instead of streaming from L2 for every 4 rows. Meanwhile the block
+# prefetches the next block's rows, spread over its tiles in proportion to their arithmetic,
+# so that memory traffic overlaps the arithmetic (without it, a block's first reads stalled:
+# a forward sweep over 240 MB ran at 6.5 GMAC/s on one core against 18 in L2).
+# ``Vt`` comes padded with zero rows to a multiple of the forward tile width (``tile_width``).
+
+#: rows per block: 32 rows of 300 float64 features are 77 KB, well inside L2 (512 KB)
+BLOCK = 32
+#: the forward tiles prefetch the next block's first HALF rows, the backward tiles the others
+HALF = BLOCK // 2
 
 
 @jit
@@ -62,12 +70,73 @@ def tile_width(L):
 
 
 @jit
-def _fwd2x5(X, i, Vt, l, U, q):
-    """``U[q + r, l + c] = X[i + r] . Vt[l + c]`` for r < 2, c < 5."""
+def _fwd2x5(X, i, Vt, l, U, q, pr):
+    """``U[q + r, l + c] = X[i + r] . Vt[l + c]`` for r < 2, c < 5; meanwhile prefetch row
+    ``pr`` (one line per 2 W features read)."""
     d = Vt.shape[1]
-    z = X[i, 0] - X[i, 0]  # zero in the data dtype (X[i, 0] * 0 would be float64)
-    s00 = s01 = s02 = s03 = s04 = s10 = s11 = s12 = s13 = s14 = z
-    for j in range(d):
+    W = vwidth(X)
+    d2 = d - d % (2 * W)
+    dv = d - d % W
+    a00 = a01 = a02 = a03 = a04 = a10 = a11 = a12 = a13 = a14 = vzero(X)
+    for j in range(0, d2, 2 * W):
+        prefetch(X, pr, j)
+        x0 = vload(X, i, j)
+        x1 = vload(X, i + 1, j)
+        v = vload(Vt, l, j)
+        a00 = vfma(x0, v, a00)
+        a10 = vfma(x1, v, a10)
+        v = vload(Vt, l + 1, j)
+        a01 = vfma(x0, v, a01)
+        a11 = vfma(x1, v, a11)
+        v = vload(Vt, l + 2, j)
+        a02 = vfma(x0, v, a02)
+        a12 = vfma(x1, v, a12)
+        v = vload(Vt, l + 3, j)
+        a03 = vfma(x0, v, a03)
+        a13 = vfma(x1, v, a13)
+        v = vload(Vt, l + 4, j)
+        a04 = vfma(x0, v, a04)
+        a14 = vfma(x1, v, a14)
+        j1 = j + W
+        x0 = vload(X, i, j1)
+        x1 = vload(X, i + 1, j1)
+        v = vload(Vt, l, j1)
+        a00 = vfma(x0, v, a00)
+        a10 = vfma(x1, v, a10)
+        v = vload(Vt, l + 1, j1)
+        a01 = vfma(x0, v, a01)
+        a11 = vfma(x1, v, a11)
+        v = vload(Vt, l + 2, j1)
+        a02 = vfma(x0, v, a02)
+        a12 = vfma(x1, v, a12)
+        v = vload(Vt, l + 3, j1)
+        a03 = vfma(x0, v, a03)
+        a13 = vfma(x1, v, a13)
+        v = vload(Vt, l + 4, j1)
+        a04 = vfma(x0, v, a04)
+        a14 = vfma(x1, v, a14)
+    if dv > d2:
+        j = d2
+        x0 = vload(X, i, j)
+        x1 = vload(X, i + 1, j)
+        v = vload(Vt, l, j)
+        a00 = vfma(x0, v, a00)
+        a10 = vfma(x1, v, a10)
+        v = vload(Vt, l + 1, j)
+        a01 = vfma(x0, v, a01)
+        a11 = vfma(x1, v, a11)
+        v = vload(Vt, l + 2, j)
+        a02 = vfma(x0, v, a02)
+        a12 = vfma(x1, v, a12)
+        v = vload(Vt, l + 3, j)
+        a03 = vfma(x0, v, a03)
+        a13 = vfma(x1, v, a13)
+        v = vload(Vt, l + 4, j)
+        a04 = vfma(x0, v, a04)
+        a14 = vfma(x1, v, a14)
+    s00, s01, s02, s03, s04 = vsum(a00), vsum(a01), vsum(a02), vsum(a03), vsum(a04)
+    s10, s11, s12, s13, s14 = vsum(a10), vsum(a11), vsum(a12), vsum(a13), vsum(a14)
+    for j in range(dv, d):
         x0 = X[i, j]
         x1 = X[i + 1, j]
         s00 += x0 * Vt[l, j]
@@ -80,18 +149,77 @@ def _fwd2x5(X, i, Vt, l, U, q):
         s12 += x1 * Vt[l + 2, j]
         s13 += x1 * Vt[l + 3, j]
         s14 += x1 * Vt[l + 4, j]
-    U[q, l], U[q, l + 1], U[q, l + 2], U[q, l + 3], U[q, l + 4] = s00, s01, s02, s03, s04
-    U[q + 1, l], U[q + 1, l + 1], U[q + 1, l + 2] = s10, s11, s12
-    U[q + 1, l + 3], U[q + 1, l + 4] = s13, s14
+    U[q, l] = s00
+    U[q, l + 1] = s01
+    U[q, l + 2] = s02
+    U[q, l + 3] = s03
+    U[q, l + 4] = s04
+    U[q + 1, l] = s10
+    U[q + 1, l + 1] = s11
+    U[q + 1, l + 2] = s12
+    U[q + 1, l + 3] = s13
+    U[q + 1, l + 4] = s14
 
 
 @jit
-def _fwd2x4(X, i, Vt, l, U, q):
-    """``U[q + r, l + c] = X[i + r] . Vt[l + c]`` for r < 2, c < 4."""
+def _fwd2x4(X, i, Vt, l, U, q, pr):
+    """``U[q + r, l + c] = X[i + r] . Vt[l + c]`` for r < 2, c < 4; meanwhile prefetch row
+    ``pr`` (one line per 2 W features read)."""
     d = Vt.shape[1]
-    z = X[i, 0] - X[i, 0]  # zero in the data dtype (X[i, 0] * 0 would be float64)
-    s00 = s01 = s02 = s03 = s10 = s11 = s12 = s13 = z
-    for j in range(d):
+    W = vwidth(X)
+    d2 = d - d % (2 * W)
+    dv = d - d % W
+    a00 = a01 = a02 = a03 = a10 = a11 = a12 = a13 = vzero(X)
+    for j in range(0, d2, 2 * W):
+        prefetch(X, pr, j)
+        x0 = vload(X, i, j)
+        x1 = vload(X, i + 1, j)
+        v = vload(Vt, l, j)
+        a00 = vfma(x0, v, a00)
+        a10 = vfma(x1, v, a10)
+        v = vload(Vt, l + 1, j)
+        a01 = vfma(x0, v, a01)
+        a11 = vfma(x1, v, a11)
+        v = vload(Vt, l + 2, j)
+        a02 = vfma(x0, v, a02)
+        a12 = vfma(x1, v, a12)
+        v = vload(Vt, l + 3, j)
+        a03 = vfma(x0, v, a03)
+        a13 = vfma(x1, v, a13)
+        j1 = j + W
+        x0 = vload(X, i, j1)
+        x1 = vload(X, i + 1, j1)
+        v = vload(Vt, l, j1)
+        a00 = vfma(x0, v, a00)
+        a10 = vfma(x1, v, a10)
+        v = vload(Vt, l + 1, j1)
+        a01 = vfma(x0, v, a01)
+        a11 = vfma(x1, v, a11)
+        v = vload(Vt, l + 2, j1)
+        a02 = vfma(x0, v, a02)
+        a12 = vfma(x1, v, a12)
+        v = vload(Vt, l + 3, j1)
+        a03 = vfma(x0, v, a03)
+        a13 = vfma(x1, v, a13)
+    if dv > d2:
+        j = d2
+        x0 = vload(X, i, j)
+        x1 = vload(X, i + 1, j)
+        v = vload(Vt, l, j)
+        a00 = vfma(x0, v, a00)
+        a10 = vfma(x1, v, a10)
+        v = vload(Vt, l + 1, j)
+        a01 = vfma(x0, v, a01)
+        a11 = vfma(x1, v, a11)
+        v = vload(Vt, l + 2, j)
+        a02 = vfma(x0, v, a02)
+        a12 = vfma(x1, v, a12)
+        v = vload(Vt, l + 3, j)
+        a03 = vfma(x0, v, a03)
+        a13 = vfma(x1, v, a13)
+    s00, s01, s02, s03 = vsum(a00), vsum(a01), vsum(a02), vsum(a03)
+    s10, s11, s12, s13 = vsum(a10), vsum(a11), vsum(a12), vsum(a13)
+    for j in range(dv, d):
         x0 = X[i, j]
         x1 = X[i + 1, j]
         s00 += x0 * Vt[l, j]
@@ -102,82 +230,180 @@ def _fwd2x4(X, i, Vt, l, U, q):
         s11 += x1 * Vt[l + 1, j]
         s12 += x1 * Vt[l + 2, j]
         s13 += x1 * Vt[l + 3, j]
-    U[q, l], U[q, l + 1], U[q, l + 2], U[q, l + 3] = s00, s01, s02, s03
-    U[q + 1, l], U[q + 1, l + 1], U[q + 1, l + 2], U[q + 1, l + 3] = s10, s11, s12, s13
+    U[q, l] = s00
+    U[q, l + 1] = s01
+    U[q, l + 2] = s02
+    U[q, l + 3] = s03
+    U[q + 1, l] = s10
+    U[q + 1, l + 1] = s11
+    U[q + 1, l + 2] = s12
+    U[q + 1, l + 3] = s13
 
 
 @jit
-def _fwd4(X, i, Vt, vb, U):
-    """``U[r, l] = X[i + r] . Vt[l] + vb[l]`` for r = 0..3 (Vt padded to the tile width)."""
-    Lp = Vt.shape[0]
-    if Lp % 5 == 0:
-        for l in range(0, Lp, 5):
-            _fwd2x5(X, i, Vt, l, U, 0)
-            _fwd2x5(X, i + 2, Vt, l, U, 2)
-    else:
-        for l in range(0, Lp, 4):
-            _fwd2x4(X, i, Vt, l, U, 0)
-            _fwd2x4(X, i + 2, Vt, l, U, 2)
-    for r in range(4):
-        for l in range(Lp):
-            U[r, l] += vb[l]
-
-
-@jit
-def _fwd1(X, i, Vt, vb, U, r):
-    """``U[r, l] = X[i] . Vt[l] + vb[l]``."""
+def _fwd1(X, i, Vt, U, q):
+    """``U[q, l] = X[i] . Vt[l]`` for every l."""
     L, d = Vt.shape
     for l in range(L):
-        s = X[i, 0] * Vt[l, 0]
-        for j in range(1, d):
-            s += X[i, j] * Vt[l, j]
-        U[r, l] = s + vb[l]
-
-
-@jit
-def _bwd4x2(X, i, T, l, acc):
-    """``acc[l + c] += sum_r T[r, l + c] X[i + r]`` for r < 4, c < 2."""
-    d = acc.shape[1]
-    t00, t01 = T[0, l], T[0, l + 1]
-    t10, t11 = T[1, l], T[1, l + 1]
-    t20, t21 = T[2, l], T[2, l + 1]
-    t30, t31 = T[3, l], T[3, l + 1]
-    for j in range(d):
-        x0 = X[i, j]
-        x1 = X[i + 1, j]
-        x2 = X[i + 2, j]
-        x3 = X[i + 3, j]
-        acc[l, j] += t00 * x0 + t10 * x1 + t20 * x2 + t30 * x3
-        acc[l + 1, j] += t01 * x0 + t11 * x1 + t21 * x2 + t31 * x3
-
-
-@jit
-def _bwd4x1(X, i, T, l, acc):
-    """``acc[l] += sum_r T[r, l] X[i + r]`` for r < 4."""
-    d = acc.shape[1]
-    t0, t1, t2, t3 = T[0, l], T[1, l], T[2, l], T[3, l]
-    for j in range(d):
-        acc[l, j] += t0 * X[i, j] + t1 * X[i + 1, j] + t2 * X[i + 2, j] + t3 * X[i + 3, j]
-
-
-@jit
-def _bwd4(X, i, T, acc):
-    """``acc[l] += sum_r T[r, l] X[i + r]`` for r = 0..3 and every column l of ``acc``."""
-    Lp = acc.shape[0]
-    for l in range(0, Lp - 1, 2):
-        _bwd4x2(X, i, T, l, acc)
-    if Lp % 2 == 1:
-        _bwd4x1(X, i, T, Lp - 1, acc)
-
-
-@jit
-def _bwd1(X, i, T, r, acc):
-    """``acc[l] += T[r, l] X[i]``."""
-    L, d = acc.shape
-    for l in range(L):
-        t = T[r, l]
+        s = X[i, 0] - X[i, 0]  # zero in the data dtype (X[i, 0] * 0 would be float64)
         for j in range(d):
-            acc[l, j] += t * X[i, j]
+            s += X[i, j] * Vt[l, j]
+        U[q, l] = s
+
+
+@jit
+def _bwd5(X, i, nr, T, l, acc, j, two, pr, plast):
+    """``acc[l + c, j : j + w] += sum_q T[q, l + c] X[i + q, j : j + w]`` over q < nr, for
+    c < 5 and w = 2 W features (``two``) or W. With ``two``, row q also prefetches the line of
+    row ``min(pr + q % HALF, plast)`` at column j."""
+    W = vwidth(X)
+    a00 = vload(acc, l, j)
+    a10 = vload(acc, l + 1, j)
+    a20 = vload(acc, l + 2, j)
+    a30 = vload(acc, l + 3, j)
+    a40 = vload(acc, l + 4, j)
+    if two:
+        a01 = vload(acc, l, j + W)
+        a11 = vload(acc, l + 1, j + W)
+        a21 = vload(acc, l + 2, j + W)
+        a31 = vload(acc, l + 3, j + W)
+        a41 = vload(acc, l + 4, j + W)
+        for q in range(nr):
+            prefetch(X, min(pr + q % HALF, plast), j)
+            x0 = vload(X, i + q, j)
+            x1 = vload(X, i + q, j + W)
+            t = vbcast(T, q, l)
+            a00 = vfma(x0, t, a00)
+            a01 = vfma(x1, t, a01)
+            t = vbcast(T, q, l + 1)
+            a10 = vfma(x0, t, a10)
+            a11 = vfma(x1, t, a11)
+            t = vbcast(T, q, l + 2)
+            a20 = vfma(x0, t, a20)
+            a21 = vfma(x1, t, a21)
+            t = vbcast(T, q, l + 3)
+            a30 = vfma(x0, t, a30)
+            a31 = vfma(x1, t, a31)
+            t = vbcast(T, q, l + 4)
+            a40 = vfma(x0, t, a40)
+            a41 = vfma(x1, t, a41)
+        vstore(acc, l, j + W, a01)
+        vstore(acc, l + 1, j + W, a11)
+        vstore(acc, l + 2, j + W, a21)
+        vstore(acc, l + 3, j + W, a31)
+        vstore(acc, l + 4, j + W, a41)
+    else:
+        for q in range(nr):
+            x0 = vload(X, i + q, j)
+            a00 = vfma(x0, vbcast(T, q, l), a00)
+            a10 = vfma(x0, vbcast(T, q, l + 1), a10)
+            a20 = vfma(x0, vbcast(T, q, l + 2), a20)
+            a30 = vfma(x0, vbcast(T, q, l + 3), a30)
+            a40 = vfma(x0, vbcast(T, q, l + 4), a40)
+    vstore(acc, l, j, a00)
+    vstore(acc, l + 1, j, a10)
+    vstore(acc, l + 2, j, a20)
+    vstore(acc, l + 3, j, a30)
+    vstore(acc, l + 4, j, a40)
+
+
+@jit
+def _bwd4(X, i, nr, T, l, acc, j, two, pr, plast):
+    """:func:`_bwd5` for 4 columns."""
+    W = vwidth(X)
+    a00 = vload(acc, l, j)
+    a10 = vload(acc, l + 1, j)
+    a20 = vload(acc, l + 2, j)
+    a30 = vload(acc, l + 3, j)
+    if two:
+        a01 = vload(acc, l, j + W)
+        a11 = vload(acc, l + 1, j + W)
+        a21 = vload(acc, l + 2, j + W)
+        a31 = vload(acc, l + 3, j + W)
+        for q in range(nr):
+            prefetch(X, min(pr + q % HALF, plast), j)
+            x0 = vload(X, i + q, j)
+            x1 = vload(X, i + q, j + W)
+            t = vbcast(T, q, l)
+            a00 = vfma(x0, t, a00)
+            a01 = vfma(x1, t, a01)
+            t = vbcast(T, q, l + 1)
+            a10 = vfma(x0, t, a10)
+            a11 = vfma(x1, t, a11)
+            t = vbcast(T, q, l + 2)
+            a20 = vfma(x0, t, a20)
+            a21 = vfma(x1, t, a21)
+            t = vbcast(T, q, l + 3)
+            a30 = vfma(x0, t, a30)
+            a31 = vfma(x1, t, a31)
+        vstore(acc, l, j + W, a01)
+        vstore(acc, l + 1, j + W, a11)
+        vstore(acc, l + 2, j + W, a21)
+        vstore(acc, l + 3, j + W, a31)
+    else:
+        for q in range(nr):
+            x0 = vload(X, i + q, j)
+            a00 = vfma(x0, vbcast(T, q, l), a00)
+            a10 = vfma(x0, vbcast(T, q, l + 1), a10)
+            a20 = vfma(x0, vbcast(T, q, l + 2), a20)
+            a30 = vfma(x0, vbcast(T, q, l + 3), a30)
+    vstore(acc, l, j, a00)
+    vstore(acc, l + 1, j, a10)
+    vstore(acc, l + 2, j, a20)
+    vstore(acc, l + 3, j, a30)
+
+
+@jit
+def _block(X, i, nr, Vt, vb, U, T, acc, tw, backward):
+    """The tiles of one block of ``nr <= BLOCK`` rows from row ``i``: the forward
+    ``U[q] = Vt X[i + q] + vb``, which prefetches the next block's rows as it goes, or, with
+    ``backward``, ``acc += T[:nr]^T X[i : i + nr]`` (its rows then come from L2). The caller
+    applies the per-row curvature between the two calls."""
+    Lp, d = Vt.shape
+    W = vwidth(X)
+    last = X.shape[0] - 1
+    if not backward:
+        q = 0
+        while q + 2 <= nr:
+            ahead = min(i + nr + q // 2, last)
+            for l in range(0, Lp, tw):
+                # the first column tile prefetches a row of the next block; the others
+                # re-touch a row they read (a prefetch of a line in cache costs one instruction)
+                pr = ahead if l == 0 else i + q
+                if tw == 5:
+                    _fwd2x5(X, i + q, Vt, l, U, q, pr)
+                else:
+                    _fwd2x4(X, i + q, Vt, l, U, q, pr)
+            q += 2
+        if q < nr:
+            _fwd1(X, i + q, Vt, U, q)
+        for q in range(nr):
+            for l in range(Lp):
+                U[q, l] += vb[l]
+        return
+    step = 2 * W
+    d2 = d - d % step
+    ahead = min(i + nr + HALF, last)
+    for j in range(0, d2, step):
+        for l in range(0, Lp, tw):
+            pr = ahead if l == 0 else i
+            if tw == 5:
+                _bwd5(X, i, nr, T, l, acc, j, True, pr, last)
+            else:
+                _bwd4(X, i, nr, T, l, acc, j, True, pr, last)
+    j = d2
+    if d - j >= W:
+        for l in range(0, Lp, tw):
+            if tw == 5:
+                _bwd5(X, i, nr, T, l, acc, j, False, i, last)
+            else:
+                _bwd4(X, i, nr, T, l, acc, j, False, i, last)
+        j += W
+    for q in range(nr):
+        for l in range(Lp):
+            t = T[q, l]
+            for jj in range(j, d):
+                acc[l, jj] += t * X[i + q, jj]
 
 
 @jit
@@ -402,11 +628,38 @@ def _rows_value_grad(fam, U, T, nr, i, y, a, eta, r, h, e64, p64, r64, gb):
     return lsum
 
 
+@jit(strict=True)  # no reassociation, as softmax_hess_row: (u_k − u_r) − s must stay
+def _rows_softmax_hess(U, T, nr, i, P, qa, gb):
+    """``T[q] = −qa_i (diag(p_i) − p_i p_iᵀ) U[q]`` for the rows ``i + q`` of a block, one
+    vector: :func:`.losses.softmax_hess_row` (the same formula, in float64, relative to the
+    most probable class r: ``c p_k ((u_k − u_r) − Σ_j p_j (u_j − u_r))``, whose j = r term is
+    exactly 0) written out over the block, without per-row array views."""
+    K = P.shape[1]
+    for q in range(nr):
+        row = i + q
+        r = 0
+        for k in range(1, K):
+            if P[row, k] > P[row, r]:
+                r = k
+        ur = np.float64(U[q, r])
+        s = 0.0
+        for k in range(K):
+            s += P[row, k] * (np.float64(U[q, k]) - ur)
+        c = -qa[row]
+        for k in range(K):
+            t = c * P[row, k] * ((np.float64(U[q, k]) - ur) - s)
+            T[q, k] = t
+            gb[k] += t
+
+
 @jit
 def _rows_curvature(U, T, nr, i, Dw, Q, qa, kind, m, u64, t64, gb):
     """``T[q] = H~_{i+q} U[q]`` for each row of the block (see ``_apply_curvature``), also
     added to ``gb`` in float64."""
     L = Dw.shape[1] * m
+    if kind == CURV_SOFTMAX and m == 1:
+        _rows_softmax_hess(U, T, nr, i, Q, qa, gb)
+        return
     for q in range(nr):
         for l in range(L):
             u64[l] = U[q, l]
@@ -436,10 +689,11 @@ def pass_gen(X, starts, Vt, vb, mode, fam, y, a, eta, r, h, Dw, Q, qa, kind, m,
     n_chunks = starts.shape[0] - 1
     Lp, d = Vt.shape
     L = eta.shape[1] if mode == VALUE_GRAD else Dw.shape[1] * m
+    tw = tile_width(L)
     for c in prange(n_chunks):
         acc = np.zeros((Lp, d), dtype=X.dtype)
-        U = np.zeros((4, Lp), dtype=X.dtype)
-        T = np.zeros((4, Lp), dtype=X.dtype)
+        U = np.zeros((BLOCK, Lp), dtype=X.dtype)
+        T = np.zeros((BLOCK, Lp), dtype=X.dtype)
         w1 = np.zeros(L)
         w2 = np.zeros(L)
         w3 = np.zeros(L)
@@ -448,22 +702,14 @@ def pass_gen(X, starts, Vt, vb, mode, fam, y, a, eta, r, h, Dw, Q, qa, kind, m,
         i = starts[c]
         stop = starts[c + 1]
         while i < stop:
-            nr = min(4, stop - i)
-            if nr == 4:
-                _fwd4(X, i, Vt, vb, U)
-            else:
-                for q in range(nr):
-                    _fwd1(X, i + q, Vt, vb, U, q)
+            nr = min(BLOCK, stop - i)
+            _block(X, i, nr, Vt, vb, U, T, acc, tw, False)
             if mode == VALUE_GRAD:
                 lsum += _rows_value_grad(fam, U, T, nr, i, y, a, eta, r, h, w1, w2, w3,
                                          gbbuf[c])
             else:
                 _rows_curvature(U, T, nr, i, Dw, Q, qa, kind, m, w1, w2, gbbuf[c])
-            if nr == 4:
-                _bwd4(X, i, T, acc)
-            else:
-                for q in range(nr):
-                    _bwd1(X, i + q, T, q, acc)
+            _block(X, i, nr, Vt, vb, U, T, acc, tw, True)
             count += nr
             if count >= FLUSH:
                 _flush(acc, gbuf[c])
@@ -527,17 +773,14 @@ def forward_gen(X, starts, Vt, vb, out):
     n_chunks = starts.shape[0] - 1
     Lp = Vt.shape[0]
     L = out.shape[1]
+    tw = tile_width(L)
     for c in prange(n_chunks):
-        U = np.zeros((4, Lp), dtype=X.dtype)
+        U = np.zeros((BLOCK, Lp), dtype=X.dtype)
         i = starts[c]
         stop = starts[c + 1]
         while i < stop:
-            nr = min(4, stop - i)
-            if nr == 4:
-                _fwd4(X, i, Vt, vb, U)
-            else:
-                for q in range(nr):
-                    _fwd1(X, i + q, Vt, vb, U, q)
+            nr = min(BLOCK, stop - i)
+            _block(X, i, nr, Vt, vb, U, U, U, tw, False)
             for q in range(nr):
                 for l in range(L):
                     out[i + q, l] = U[q, l]

@@ -1,0 +1,216 @@
+"""Explicit 256-bit vectors for register tiles, and a software prefetch.
+
+LLVM vectorizes plain loops well, but not register tiles: a tile written as scalar
+accumulators (``s00 += x0 * v0`` for 2 rows x 5 columns) is left to the SLP vectorizer,
+which packed the GLM's backward tile so badly that it spilled to the stack and ran 2x slower
+than the scalar loop it replaced. Here a tile holds its accumulators as values of type
+:class:`Vec` (an LLVM ``<4 x double>`` or ``<8 x float>``, one AVX register): they are SSA
+values, so LLVM keeps them in registers and emits one FMA per :func:`vfma`.
+
+All functions take the array and indices, like ``X[i, j]``; the vector is ``X[i, j : j + W]``
+with ``W = vwidth(X)`` lanes (32 bytes: 4 float64 or 8 float32). The caller keeps ``j + W``
+within the row: there is no bounds check, as for any Numba indexing with boundscheck off.
+Arrays whose rows are not contiguous in Numba's type (layout ``'F'`` or ``'A'``) are read and
+written lane by lane through their strides: slower, but the same numbers.
+
+:func:`vfma` is ``llvm.fmuladd``: one fused multiply-add where the CPU has FMA (as the
+project's ``contract`` fast-math flag allows everywhere), a multiply and an add elsewhere.
+:func:`vsum` adds the lanes pairwise in a fixed order, so results do not depend on the
+thread count.
+"""
+
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic, models, register_model
+
+#: bytes per vector (AVX2)
+VECTOR_BYTES = 32
+
+
+class Vec(types.Type):
+    """A vector of ``VECTOR_BYTES // itemsize`` floats of ``dtype`` (float32 or float64)."""
+
+    def __init__(self, dtype):
+        self.dtype = dtype
+        self.lanes = VECTOR_BYTES // (dtype.bitwidth // 8)
+        super().__init__(name=f"Vec({dtype} x {self.lanes})")
+
+
+@register_model(Vec)
+class _VecModel(models.PrimitiveModel):
+    def __init__(self, dmm, fe_type):
+        elt = ir.DoubleType() if fe_type.dtype == types.float64 else ir.FloatType()
+        super().__init__(dmm, fe_type, ir.VectorType(elt, fe_type.lanes))
+
+
+_I32 = ir.IntType(32)
+
+
+def _vec_of(arr):
+    if not isinstance(arr, types.Array) or arr.dtype not in (types.float32, types.float64):
+        raise TypeError(f"simd: a float32 or float64 array is needed, not {arr}")
+    return Vec(arr.dtype)
+
+
+def _item_ptr(context, builder, aryty, ary, i, j):
+    a = context.make_array(aryty)(context, builder, ary)
+    return cgutils.get_item_pointer(context, builder, aryty, a, [i, j], wraparound=False)
+
+
+def _lane_ptrs(context, builder, aryty, ary, i, j, lanes):
+    """Pointers to ``ary[i, j + k]`` for every lane k (through the strides)."""
+    out = []
+    for k in range(lanes):
+        jk = builder.add(j, ir.Constant(j.type, k))
+        out.append(_item_ptr(context, builder, aryty, ary, i, jk))
+    return out
+
+
+def _cast_index(context, builder, val, ty):
+    return context.cast(builder, val, ty, types.intp)
+
+
+@intrinsic
+def vwidth(typingctx, arr):
+    """The number of lanes of a vector of ``arr``'s dtype (a compile-time constant)."""
+    vt = _vec_of(arr)
+
+    def codegen(context, builder, sig, args):
+        return context.get_constant(types.intp, vt.lanes)
+
+    return types.intp(arr), codegen
+
+
+@intrinsic
+def vzero(typingctx, arr):
+    """A vector of zeros in ``arr``'s dtype."""
+    vt = _vec_of(arr)
+
+    def codegen(context, builder, sig, args):
+        return ir.Constant(context.get_value_type(vt), None)
+
+    return vt(arr), codegen
+
+
+@intrinsic
+def vload(typingctx, arr, i, j):
+    """``arr[i, j : j + W]`` as a vector."""
+    vt = _vec_of(arr)
+
+    def codegen(context, builder, sig, args):
+        aryty = sig.args[0]
+        ii = _cast_index(context, builder, args[1], sig.args[1])
+        jj = _cast_index(context, builder, args[2], sig.args[2])
+        ll = context.get_value_type(vt)
+        if aryty.layout == "C":
+            p = _item_ptr(context, builder, aryty, args[0], ii, jj)
+            return builder.load(builder.bitcast(p, ll.as_pointer()), align=vt.dtype.bitwidth // 8)
+        v = ir.Constant(ll, ir.Undefined)
+        for k, p in enumerate(_lane_ptrs(context, builder, aryty, args[0], ii, jj, vt.lanes)):
+            v = builder.insert_element(v, builder.load(p), ir.Constant(_I32, k))
+        return v
+
+    return vt(arr, i, j), codegen
+
+
+@intrinsic
+def vstore(typingctx, arr, i, j, v):
+    """``arr[i, j : j + W] = v``."""
+    vt = _vec_of(arr)
+    if v != vt:
+        raise TypeError(f"simd: cannot store {v} into {arr}")
+
+    def codegen(context, builder, sig, args):
+        aryty = sig.args[0]
+        ii = _cast_index(context, builder, args[1], sig.args[1])
+        jj = _cast_index(context, builder, args[2], sig.args[2])
+        if aryty.layout == "C":
+            p = _item_ptr(context, builder, aryty, args[0], ii, jj)
+            builder.store(args[3], builder.bitcast(p, args[3].type.as_pointer()),
+                          align=vt.dtype.bitwidth // 8)
+        else:
+            for k, p in enumerate(_lane_ptrs(context, builder, aryty, args[0], ii, jj,
+                                             vt.lanes)):
+                builder.store(builder.extract_element(args[3], ir.Constant(_I32, k)), p)
+        return context.get_dummy_value()
+
+    return types.void(arr, i, j, v), codegen
+
+
+@intrinsic
+def vbcast(typingctx, arr, i, j):
+    """``arr[i, j]`` in every lane."""
+    vt = _vec_of(arr)
+
+    def codegen(context, builder, sig, args):
+        ii = _cast_index(context, builder, args[1], sig.args[1])
+        jj = _cast_index(context, builder, args[2], sig.args[2])
+        x = builder.load(_item_ptr(context, builder, sig.args[0], args[0], ii, jj))
+        ll = context.get_value_type(vt)
+        v = builder.insert_element(ir.Constant(ll, ir.Undefined), x, ir.Constant(_I32, 0))
+        mask = ir.Constant(ir.VectorType(_I32, vt.lanes), [0] * vt.lanes)
+        return builder.shuffle_vector(v, ir.Constant(ll, ir.Undefined), mask)
+
+    return vt(arr, i, j), codegen
+
+
+@intrinsic
+def vfma(typingctx, a, b, c):
+    """``a * b + c``, lane by lane (fused where the CPU has FMA)."""
+    if not (isinstance(a, Vec) and a == b == c):
+        raise TypeError("simd: vfma needs three vectors of one type")
+
+    def codegen(context, builder, sig, args):
+        ll = args[0].type
+        fn = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ll, [ll, ll, ll]),
+            f"llvm.fmuladd.v{a.lanes}f{a.dtype.bitwidth}")
+        return builder.call(fn, list(args))
+
+    return a(a, b, c), codegen
+
+
+@intrinsic
+def vsum(typingctx, a):
+    """The sum of the lanes: halves added pairwise, ``((v0 + v2) + (v1 + v3))`` for 4 lanes."""
+    if not isinstance(a, Vec):
+        raise TypeError("simd: vsum needs a vector")
+
+    def codegen(context, builder, sig, args):
+        v, n = args[0], a.lanes
+        while n > 1:
+            h = n // 2
+            lo = builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(_I32, h), list(range(h))))
+            hi = builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(_I32, h),
+                                                          list(range(h, n))))
+            v = builder.fadd(lo, hi)
+            n = h
+        return builder.extract_element(v, ir.Constant(_I32, 0))
+
+    return a.dtype(a), codegen
+
+
+@intrinsic
+def prefetch(typingctx, arr, i, j):
+    """Ask the CPU to bring the cache line of ``arr[i, j]`` into L2 (``prefetcht1`` on x86):
+    a hint, never a fault, so ``(i, j)`` may lie past the data the caller reads next (it must
+    still be inside the array). A no-op for arrays not C-contiguous in Numba's type."""
+    _vec_of(arr)
+
+    def codegen(context, builder, sig, args):
+        aryty = sig.args[0]
+        if aryty.layout == "C":
+            ii = _cast_index(context, builder, args[1], sig.args[1])
+            jj = _cast_index(context, builder, args[2], sig.args[2])
+            p = _item_ptr(context, builder, aryty, args[0], ii, jj)
+            i8p = builder.bitcast(p, ir.IntType(8).as_pointer())
+            fn = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(ir.VoidType(), [i8p.type, _I32, _I32, _I32]),
+                "llvm.prefetch.p0")
+            # read, locality 1 (outer cache levels), data cache
+            builder.call(fn, [i8p, ir.Constant(_I32, 0), ir.Constant(_I32, 1),
+                              ir.Constant(_I32, 1)])
+        return context.get_dummy_value()
+
+    return types.void(arr, i, j), codegen

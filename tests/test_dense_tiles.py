@@ -1,0 +1,117 @@
+"""The explicit-vector helpers (kernels/simd.py) and the blocked K-output dense pass built on
+them (kernels/glm_dense.py: 2 x 5 / 2 x 4 forward tiles, 5 / 4 x 2W backward tiles, blocks of
+BLOCK rows, prefetching), on every ragged edge: feature counts around the vector width and the
+two-vector step, row counts around the block and the row pair, both tile widths, float32 and
+float64, C, Fortran and non-contiguous layouts (the vectors then go lane by lane).
+
+The references are numpy products in float64 (``X @ V``, ``X.T @ T``) and the dense Hessian of
+tests/reference.py, summed over samples one by one.
+"""
+
+import numpy as np
+import pytest
+from numba import njit
+from reference import RefGLM
+
+import fastcurv as fc
+from fastcurv.kernels import glm_dense
+from fastcurv.kernels.simd import vbcast, vfma, vload, vstore, vsum, vwidth, vzero
+
+
+@njit
+def _roundtrip(A, B, i, j):
+    """B[i, j : j + W] = A[i, j : j + W] * A[i, 0] + A[i, j : j + W]; return (W, sum of lanes)."""
+    v = vload(A, i, j)
+    w = vfma(v, vbcast(A, i, 0), v)
+    vstore(B, i, j, w)
+    return vwidth(A), vsum(w) + vsum(vzero(A))
+
+
+def _layouts(A):
+    """The same values as C-, F-ordered and non-contiguous (every other column) arrays."""
+    wide = np.zeros((A.shape[0], 2 * A.shape[1]), dtype=A.dtype)
+    wide[:, ::2] = A
+    return {"C": np.ascontiguousarray(A), "F": np.asfortranarray(A), "strided": wide[:, ::2]}
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("layout", ["C", "F", "strided"])
+def test_simd_primitives_against_numpy(dtype, layout):
+    rng = np.random.default_rng(0)
+    A = _layouts(rng.standard_normal((3, 21)).astype(dtype))[layout]
+    W = 32 // A.itemsize
+    for i, j in [(0, 0), (1, 3), (2, 21 - W)]:
+        B = _layouts(np.zeros((3, 21), dtype=dtype))[layout]
+        w, s = _roundtrip(A, B, i, j)
+        x = A[i, j:j + W].astype(np.float64)
+        want = x * float(A[i, 0]) + x
+        assert w == W
+        np.testing.assert_allclose(B[i, j:j + W], want, rtol=4 * np.finfo(dtype).eps)
+        # only the W lanes were written
+        assert np.count_nonzero(B) == np.count_nonzero(want)
+        assert abs(s - want.sum()) <= 8 * float(np.finfo(dtype).eps) * np.abs(want).sum()
+
+
+def _multinomial_hvp_numpy(X, y, K, theta, v, l2):
+    """(1/n) Σ_i x̃_i ⊗ (diag(p_i) − p_i p_iᵀ)(V̆ᵀ x̃_i) + λ v (weights only), in float64."""
+    X = np.asarray(X, dtype=np.float64)
+    n, d = X.shape
+    Xt = np.hstack([X, np.ones((n, 1))])
+    Th = np.asarray(theta, np.float64).reshape(d + 1, K)
+    Vm = np.asarray(v, np.float64).reshape(d + 1, K)
+    eta = Xt @ Th
+    p = np.exp(eta - eta.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    U = Xt @ Vm
+    T = p * (U - np.sum(p * U, axis=1, keepdims=True))
+    out = Xt.T @ T / n
+    out[:d] += l2 * Vm[:d]
+    return out.ravel()
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("layout", ["C", "F", "strided"])
+def test_blocked_multinomial_hvp_on_ragged_shapes(dtype, layout):
+    rng = np.random.default_rng(1)
+    B = glm_dense.BLOCK
+    tol = 1e-12 if dtype == np.float64 else 2e-5
+    for n in (1, 2, 3, B - 1, B + 1, 2 * B + 3):
+        for d in (1, 3, 4, 7, 8, 9, 17, 33):
+            for K in (3, 4, 10):  # tile width 4 (K = 3, 4: padded to 4), 5 (K = 10)
+                X0 = rng.standard_normal((n, d)).astype(dtype)
+                X = _layouts(X0)[layout]
+                y = np.arange(n) % K
+                p = fc.GLM(X, y, family="multinomial", n_classes=K, l2=0.1)
+                theta = (0.3 * rng.standard_normal(p.n_params)).astype(dtype)
+                v = rng.standard_normal(p.n_params).astype(dtype)
+                got = p.hvp(theta, v)
+                want = _multinomial_hvp_numpy(X0, y, K, theta, v, 0.1)
+                err = np.abs(got - want).max() / np.abs(want).max()
+                assert err < tol, (n, d, K, err)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_blocked_pass_block_products_and_jvp(dtype):
+    """m vectors at once (L = K m columns: 2 x 3 = 6 pads to 8 with tile width 4, 3 x 3 = 9
+    to 10 with width 5), the forward-only pass (jvp) and the value+grad pass, against the
+    dense reference."""
+    rng = np.random.default_rng(2)
+    tol = 1e-11 if dtype == np.float64 else 3e-5
+    for n, d, K in [(45, 11, 2), (70, 13, 3), (33, 9, 4)]:
+        X = rng.standard_normal((n, d)).astype(dtype)
+        y = np.arange(n) % K
+        p = fc.GLM(X, y, family="multinomial", n_classes=K)
+        ref = RefGLM(X.astype(np.float64), y, "multinomial", K)
+        theta = (0.3 * rng.standard_normal(p.n_params)).astype(dtype)
+        H = ref.hessian(theta)
+        Vs = rng.standard_normal((p.n_params, 3)).astype(dtype)
+        got = p.hvp(theta, Vs)
+        want = H @ Vs.astype(np.float64)
+        assert np.abs(got - want).max() / np.abs(want).max() < tol
+        J = p.jvp(theta, Vs[:, 0])
+        Jref = ref.eta(Vs[:, 0]) - ref.eta(np.zeros(p.n_params))
+        assert np.abs(J - Jref).max() / np.abs(Jref).max() < tol
+        f, g = p.value_and_grad(theta)
+        assert abs(f - ref.value(theta)) / abs(ref.value(theta)) < tol
+        gref = ref.grad(theta)
+        assert np.abs(g - gref).max() / np.abs(gref).max() < tol
