@@ -4,8 +4,10 @@ Notation: ``a_i = w_i / W`` are the normalized sample weights, ``x_i`` the rows 
 ``eta_i = x_i W + b`` the linear predictor (K values), ``r_i = dl/deta`` the residual and
 ``H_i = d2l/deta2`` the per-sample loss curvature.
 
-Every kernel reads each row once from memory and uses it twice while it sits in L1: first for
-the products ``x_i . v`` (forward), then for the accumulation ``out += t_i x_i`` (backward).
+Every kernel reads each row once from memory and uses it twice while it sits in cache: first
+for the products ``x_i . v`` (forward), then for the accumulation ``out += t_i x_i``
+(backward). The single-output kernels go four rows at a time (in L1); the K-output ones in
+blocks of ``BLOCK`` rows (in L2), with register tiles in explicit vectors (:mod:`.simd`).
 Rows are processed in a fixed partition ``starts`` (see :mod:`.reduce`); chunk ``c`` writes
 its partial sums to ``gbuf[c]`` (float64), which the caller adds in chunk order. Inside a
 chunk, sums are accumulated in the dtype of ``X`` for ``FLUSH`` rows at a time and then added
@@ -49,10 +51,12 @@ VALUE_GRAD_DIAG = 2
 #   over all rows of a block, one vector load of each row and one broadcast of each T value.
 # Rows go in blocks of ``BLOCK``: the forward tiles of a block read its rows from memory, the
 # backward tiles read them again from L2, and ``Vt`` (Lp x d) and the accumulator tiles stay
-# in L1 over a block instead of streaming from L2 for every 4 rows. Meanwhile the block
-# prefetches the next block's rows, spread over its tiles in proportion to their arithmetic,
-# so that memory traffic overlaps the arithmetic (without it, a block's first reads stalled:
-# a forward sweep over 240 MB ran at 6.5 GMAC/s on one core against 18 in L2).
+# in L1 over a block instead of streaming from L2 for every 4 rows. Meanwhile a block
+# prefetches the next one's rows from inside the tile loops, one line per two vectors read: the
+# forward tiles its first HALF rows, the backward tiles the others, so that the requests spread
+# over the whole block and memory traffic overlaps the arithmetic (without prefetching, a
+# forward sweep over 240 MB ran at 6.5 GMAC/s on one core against 18 in L2; a burst of
+# prefetches per row pair overlapped much less than prefetches inside the loops).
 # ``Vt`` comes padded with zero rows to a multiple of the forward tile width (``tile_width``).
 
 #: rows per block: 32 rows of 300 float64 features are 77 KB, well inside L2 (512 KB)

@@ -10,12 +10,12 @@ tests/reference.py, summed over samples one by one.
 
 import numpy as np
 import pytest
+from fastcurv.kernels import glm_dense
+from fastcurv.kernels.simd import vbcast, vfma, vload, vstore, vsum, vwidth, vzero
 from numba import njit
 from reference import RefGLM
 
 import fastcurv as fc
-from fastcurv.kernels import glm_dense
-from fastcurv.kernels.simd import vbcast, vfma, vload, vstore, vsum, vwidth, vzero
 
 
 @njit
