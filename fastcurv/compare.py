@@ -295,8 +295,8 @@ def compare(p, theta, approximations=APPROXIMATIONS, reference="ggn", *, damping
     """
     from .estimators.density import spectral_density
     from .estimators.eigen import top_eigenvalues
-    from .estimators.trace import _positive_int
-    from .estimators.trace import trace as trace_est
+    from .estimators.trace_estimators import _positive_int
+    from .estimators.trace_estimators import trace as trace_est
 
     if reference not in ("ggn", "hessian"):
         raise ValueError(f"reference must be 'ggn' or 'hessian', got {reference!r}")

@@ -110,3 +110,17 @@ def test_std_error_keeps_its_digits_far_from_unit_scale(c, scale):
     assert np.all(est.std_error > 0)
     np.testing.assert_allclose(est.std_error, expected, rtol=1e-6)
     np.testing.assert_allclose(est.diag / scale, vals.mean(axis=1), rtol=1e-14)
+
+
+def test_trace_is_one_name_for_one_thing():
+    """``fastcurv.estimators.trace`` is the function (also ``fc.trace``); the module that
+    holds it is ``trace_estimators``, so importing it by path does not meet the function."""
+    import importlib
+
+    import fastcurv.estimators as E
+
+    assert callable(E.trace) and E.trace is fc.trace
+    mod = importlib.import_module("fastcurv.estimators.trace_estimators")
+    assert mod.trace is fc.trace
+    with pytest.raises(ModuleNotFoundError):
+        importlib.import_module("fastcurv.estimators.trace")

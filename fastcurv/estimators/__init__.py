@@ -4,7 +4,7 @@ spectral density."""
 from .density import SpectralDensity, spectral_density
 from .diagonal import DiagonalEstimate, hutchinson_diag
 from .eigen import top_eigenvalues
-from .trace import TraceEstimate, trace
+from .trace_estimators import TraceEstimate, trace
 
 __all__ = [
     "DiagonalEstimate",

@@ -7,7 +7,7 @@ import numpy as np
 from scipy.linalg import eigh_tridiagonal
 
 from .._validation import make_rng
-from .trace import _apply, _as_operator, _positive_int, _rademacher
+from .trace_estimators import _apply, _as_operator, _positive_int, _rademacher
 
 #: most float64 entries of Lanczos basis held at once (256 MB); more probes run in turn
 _BASIS_FLOATS = 2**25

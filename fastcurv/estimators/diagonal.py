@@ -6,7 +6,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .._validation import make_rng
-from .trace import _as_operator
+from .trace_estimators import _as_operator
 
 
 class DiagonalEstimate(NamedTuple):

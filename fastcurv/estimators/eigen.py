@@ -7,7 +7,7 @@ import numpy as np
 from scipy.sparse.linalg import LinearOperator, eigsh
 
 from .._validation import make_rng
-from .trace import _apply, _as_operator, _positive_int
+from .trace_estimators import _apply, _as_operator, _positive_int
 
 WHICH = ("LA", "SA", "LM", "BE")
 

@@ -29,7 +29,7 @@ class TraceEstimate(NamedTuple):
 
 
 # ---------------------------------------------------------------------------------------------
-# shared helpers of trace.py, eigen.py and density.py
+# shared helpers of trace_estimators.py, eigen.py, density.py and diagonal.py
 
 
 def _positive_int(value, name, low=1):
