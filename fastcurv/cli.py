@@ -17,6 +17,7 @@ report (``report.md``, tables, figures).
 import argparse
 import json
 import os
+import re
 import sys
 import time
 import warnings
@@ -494,8 +495,25 @@ def _influence_parser(sub):
     ip.set_defaults(func=_influence)
 
 
+#: library argument names and the command-line options that set them
+_OPTION_OF = {"method": "--method", "preconditioner": "--precond", "max_iter": "--max-iter"}
+_VALUE = r"""(?:'[\w.+-]+'|"[\w.+-]+"|None|\d+)"""
+_ARG_VALUE = re.compile(
+    rf"\b(method|preconditioner|max_iter)=({_VALUE}(?:\s*(?:,|or)\s*{_VALUE})*)")
+
+
+def _in_command_words(message):
+    """A library message in the command's spelling: ``method='cg' or 'direct'`` becomes
+    ``--method cg or direct``, ``preconditioner=None`` ``--precond none`` (the messages are
+    written for Python callers)."""
+    def repl(m):
+        values = re.sub(r"""['"]""", "", m.group(2)).replace("None", "none")
+        return f"{_OPTION_OF[m.group(1)]} {values}"
+    return _ARG_VALUE.sub(repl, str(message))
+
+
 def _warning_line(message, category, filename, lineno, file=None, line=None):
-    print(f"fastcurv: warning: {message}", file=sys.stderr, flush=True)
+    print(f"fastcurv: warning: {_in_command_words(message)}", file=sys.stderr, flush=True)
 
 
 def main(argv=None):
@@ -519,7 +537,7 @@ def main(argv=None):
     except (ValueError, TypeError, OSError, NotImplementedError, ImportError,
             ArithmeticError, RuntimeError) as exc:  # ArithmeticError: an overflow;
         # RuntimeError: an iterative solver that did not converge or diverged
-        print(f"fastcurv: error: {exc}", file=sys.stderr)
+        print(f"fastcurv: error: {_in_command_words(exc)}", file=sys.stderr)
         return 2
     except MemoryError as exc:
         print(f"fastcurv: error: out of memory ({exc or 'allocation failed'}); the data is too "

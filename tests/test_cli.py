@@ -396,6 +396,8 @@ def test_influence_solver_warnings_and_failures_are_lines(tmp_path, capsys):
     _, err = capsys.readouterr()
     assert rc == 0 and err.startswith("fastcurv: warning: LiSSA stopped"), err
     assert "Traceback" not in err
+    # in the command's words: the library's "use method='cg' or 'direct'"
+    assert "--method cg or direct" in err and "method='" not in err, err
     X = rng.standard_normal((300, 30)) * np.logspace(0, -6, 30)
     path = tmp_path / "cgfail.npz"
     np.savez(path, X=X, y=X @ np.ones(30) + 0.1 * rng.standard_normal(300))
@@ -477,3 +479,17 @@ def test_influence_errors_name_rows_of_the_file(tmp_path, capsys):
         _, err = capsys.readouterr()
         assert rc == 2 and "row 10" in err, (cmd, err)
         _one_error_line(err)
+
+
+def test_library_messages_in_the_commands_spelling():
+    """Errors and warnings written for Python callers name the command's options."""
+    from fastcurv.cli import _in_command_words as words
+    assert words("use method='cg', 'lissa' or \"kfac\"") == "use --method cg, lissa or kfac"
+    assert (words("method='trust-region' refuses preconditioner='kfac'")
+            == "--method trust-region refuses --precond kfac")
+    assert words("use preconditioner=None or 'diag'") == "use --precond none or diag"
+    assert words("max_iter=50 reached") == "--max-iter 50 reached"
+    # other names, and names inside longer identifiers, stay as they are
+    for text in ("curvature='ggn'", "some_method='x'", "scale=..., damping > 0"):
+        assert words(text) == text
+
