@@ -7,11 +7,13 @@ than the scalar loop it replaced. Here a tile holds its accumulators as values o
 :class:`Vec` (an LLVM ``<4 x double>`` or ``<8 x float>``, one AVX register): they are SSA
 values, so LLVM keeps them in registers and emits one FMA per :func:`vfma`.
 
-All functions take the array and indices, like ``X[i, j]``; the vector is ``X[i, j : j + W]``
-with ``W = vwidth(X)`` lanes (32 bytes: 4 float64 or 8 float32). The caller keeps ``j + W``
-within the row: there is no bounds check, as for any Numba indexing with boundscheck off.
-Arrays whose rows are not contiguous in Numba's type (layout ``'F'`` or ``'A'``) are read and
-written lane by lane through their strides: slower, but the same numbers.
+All functions take a 2-D float32 or float64 array and two integer indices; the vector is
+``X[i, j : j + W]`` with ``W = vwidth(X)`` lanes (32 bytes: 4 float64 or 8 float32). The
+indices must be non-negative and the caller keeps ``j + W`` within the row: there is no
+wraparound and no bounds check. Other arrays, non-integer indices and (for :func:`vstore`)
+read-only arrays are refused when the calling function is compiled. Arrays whose rows are not
+contiguous in Numba's type (layout ``'F'`` or ``'A'``) are read and written lane by lane
+through their strides: slower, but the same values.
 
 :func:`vfma` is ``llvm.fmuladd``: one fused multiply-add where the CPU has FMA (as the
 project's ``contract`` fast-math flag allows everywhere), a multiply and an add elsewhere.
@@ -47,9 +49,16 @@ class _VecModel(models.PrimitiveModel):
 _I32 = ir.IntType(32)
 
 
-def _vec_of(arr):
-    if not isinstance(arr, types.Array) or arr.dtype not in (types.float32, types.float64):
-        raise TypeError(f"simd: a float32 or float64 array is needed, not {arr}")
+def _vec_of(arr, *indices, writable=False):
+    """The vector type of ``arr``; refuses what the intrinsics cannot index correctly."""
+    if (not isinstance(arr, types.Array) or arr.ndim != 2
+            or arr.dtype not in (types.float32, types.float64)):
+        raise TypeError(f"simd: a 2-D float32 or float64 array is needed, not {arr}")
+    if writable and not arr.mutable:
+        raise TypeError(f"simd: cannot store into a read-only array ({arr})")
+    for k in indices:
+        if not isinstance(k, types.Integer):
+            raise TypeError(f"simd: indices must be integers, not {k}")
     return Vec(arr.dtype)
 
 
@@ -96,7 +105,7 @@ def vzero(typingctx, arr):
 @intrinsic
 def vload(typingctx, arr, i, j):
     """``arr[i, j : j + W]`` as a vector."""
-    vt = _vec_of(arr)
+    vt = _vec_of(arr, i, j)
 
     def codegen(context, builder, sig, args):
         aryty = sig.args[0]
@@ -117,7 +126,7 @@ def vload(typingctx, arr, i, j):
 @intrinsic
 def vstore(typingctx, arr, i, j, v):
     """``arr[i, j : j + W] = v``."""
-    vt = _vec_of(arr)
+    vt = _vec_of(arr, i, j, writable=True)
     if v != vt:
         raise TypeError(f"simd: cannot store {v} into {arr}")
 
@@ -141,7 +150,7 @@ def vstore(typingctx, arr, i, j, v):
 @intrinsic
 def vbcast(typingctx, arr, i, j):
     """``arr[i, j]`` in every lane."""
-    vt = _vec_of(arr)
+    vt = _vec_of(arr, i, j)
 
     def codegen(context, builder, sig, args):
         ii = _cast_index(context, builder, args[1], sig.args[1])
@@ -196,7 +205,7 @@ def prefetch(typingctx, arr, i, j):
     """Ask the CPU to bring the cache line of ``arr[i, j]`` into L2 (``prefetcht1`` on x86):
     a hint, never a fault, so ``(i, j)`` may lie past the data the caller reads next (it must
     still be inside the array). A no-op for arrays not C-contiguous in Numba's type."""
-    _vec_of(arr)
+    _vec_of(arr, i, j)
 
     def codegen(context, builder, sig, args):
         aryty = sig.args[0]

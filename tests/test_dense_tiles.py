@@ -115,3 +115,34 @@ def test_blocked_pass_block_products_and_jvp(dtype):
         assert abs(f - ref.value(theta)) / abs(ref.value(theta)) < tol
         gref = ref.grad(theta)
         assert np.abs(g - gref).max() / np.abs(gref).max() < tol
+
+
+@njit
+def _load_sum(A, i, j):
+    return vsum(vload(A, i, j))
+
+
+@njit
+def _store_zero(A):
+    vstore(A, 0, 0, vzero(A))
+
+
+def test_simd_refuses_what_it_cannot_index():
+    """Not 2-D, not float32/float64, non-integer indices and stores into read-only arrays are
+    typing errors (a review found a 1-D array read with j ignored, a 0-D one read past its end,
+    and a store into a read-only memmap that crashed the process)."""
+    from numba.core.errors import TypingError
+
+    for bad in (np.arange(32.0), np.zeros((2, 2, 8)), np.array(1.0), np.zeros((2, 8), np.int64),
+                np.zeros((2, 8), np.float16)):
+        with pytest.raises((TypingError, TypeError), match="simd: a 2-D float32 or float64 array"):
+            _load_sum(bad, 0, 0)
+    with pytest.raises((TypingError, TypeError), match="simd: indices must be integers"):
+        _load_sum(np.zeros((2, 8)), 1.5, 0)
+    ro = np.zeros((2, 8))
+    ro.flags.writeable = False
+    with pytest.raises((TypingError, TypeError), match="simd: cannot store into a read-only array"):
+        _store_zero(ro)
+    w = np.ones((2, 8))
+    _store_zero(w)
+    assert np.all(w[0, :32 // w.itemsize] == 0) and np.all(w[1] == 1)
