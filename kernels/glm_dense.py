@@ -23,7 +23,7 @@ import numpy as np
 from numba import prange
 
 from ._jit import jit
-from .losses import MULTINOMIAL, pointwise, softmax_hess_row, softmax_row, weighted
+from .losses import MULTINOMIAL, pointwise, softmax_row, weighted
 from .simd import prefetch, vbcast, vfma, vload, vstore, vsum, vwidth, vzero
 
 #: rows accumulated in the data dtype before they are added into the float64 chunk buffer
@@ -423,17 +423,13 @@ def _flush(acc, buf):
 @jit
 def _apply_curvature(u, t, i, Dw, Q, qa, kind, m):
     """``t = Dw[i] * u + qa[i] (Q[i] . u) Q[i]`` for each of the m vectors in ``u``
-    (``kind`` CURV_RANK1; CURV_DIAG: ``t = Dw[i] * u``; CURV_SOFTMAX, the multinomial Hessian
-    with ``Dw = a p``, ``Q = p``, ``qa = −a``: :func:`.losses.softmax_hess_row`, which forms
-    it without cancellation).
+    (``kind`` CURV_RANK1; CURV_DIAG: ``t = Dw[i] * u``). CURV_SOFTMAX, the multinomial Hessian
+    with ``Dw = a p``, ``Q = p``, ``qa = −a``, goes to :func:`_rows_softmax_hess`, which forms
+    it without cancellation.
 
     ``u`` and ``t`` hold L = K m values with vector ``mm``'s output ``k`` at ``k m + mm``.
     """
     K = Dw.shape[1]
-    if kind == CURV_SOFTMAX:
-        for mm in range(m):
-            softmax_hess_row(Q[i], u[mm::m], -qa[i], t[mm::m])
-        return
     use_q = kind == CURV_RANK1
     for mm in range(m):
         for k in range(K):
@@ -633,10 +629,11 @@ def _rows_value_grad(fam, U, T, nr, i, y, a, eta, r, h, e64, p64, r64, gb):
 
 
 @jit(strict=True)  # no reassociation, as softmax_hess_row: (u_k − u_r) − s must stay
-def _rows_softmax_hess(U, T, nr, i, P, qa, gb):
-    """``T[q] = −qa_i (diag(p_i) − p_i p_iᵀ) U[q]`` for the rows ``i + q`` of a block, one
-    vector: :func:`.losses.softmax_hess_row` (the same formula, in float64, relative to the
-    most probable class r: ``c p_k ((u_k − u_r) − Σ_j p_j (u_j − u_r))``, whose j = r term is
+def _rows_softmax_hess(U, T, nr, i, P, qa, m, gb):
+    """``T[q] = −qa_i (diag(p_i) − p_i p_iᵀ) U[q]`` for the rows ``i + q`` of a block and
+    each of the m vectors (vector mm's class k in column ``k m + mm``):
+    :func:`.losses.softmax_hess_row` (the same formula, in float64, relative to the most
+    probable class r: ``c p_k ((u_k − u_r) − Σ_j p_j (u_j − u_r))``, whose j = r term is
     exactly 0) written out over the block, without per-row array views."""
     K = P.shape[1]
     for q in range(nr):
@@ -645,15 +642,16 @@ def _rows_softmax_hess(U, T, nr, i, P, qa, gb):
         for k in range(1, K):
             if P[row, k] > P[row, r]:
                 r = k
-        ur = np.float64(U[q, r])
-        s = 0.0
-        for k in range(K):
-            s += P[row, k] * (np.float64(U[q, k]) - ur)
         c = -qa[row]
-        for k in range(K):
-            t = c * P[row, k] * ((np.float64(U[q, k]) - ur) - s)
-            T[q, k] = t
-            gb[k] += t
+        for mm in range(m):
+            ur = np.float64(U[q, r * m + mm])
+            s = 0.0
+            for k in range(K):
+                s += P[row, k] * (np.float64(U[q, k * m + mm]) - ur)
+            for k in range(K):
+                t = c * P[row, k] * ((np.float64(U[q, k * m + mm]) - ur) - s)
+                T[q, k * m + mm] = t
+                gb[k * m + mm] += t
 
 
 @jit
@@ -661,8 +659,8 @@ def _rows_curvature(U, T, nr, i, Dw, Q, qa, kind, m, u64, t64, gb):
     """``T[q] = H~_{i+q} U[q]`` for each row of the block (see ``_apply_curvature``), also
     added to ``gb`` in float64."""
     L = Dw.shape[1] * m
-    if kind == CURV_SOFTMAX and m == 1:
-        _rows_softmax_hess(U, T, nr, i, Q, qa, gb)
+    if kind == CURV_SOFTMAX:
+        _rows_softmax_hess(U, T, nr, i, Q, qa, m, gb)
         return
     for q in range(nr):
         for l in range(L):
