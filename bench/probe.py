@@ -2,14 +2,21 @@
 
 A Numba parallel sum that reads every byte of ``X`` exactly once: the rows are cut into a
 fixed number of contiguous chunks (independent of the thread count), ``prange`` runs over
-the chunks and each chunk sums its rows in the data dtype (fastmath lets LLVM vectorize the
-reduction with several accumulators). Nothing is written but one number per chunk, so the
-time is the time to stream ``X`` through the cores: ``GB/s = X.nbytes / time``.
+the chunks and each chunk sums its bytes front to back as one flat run of memory, in the data
+dtype (fastmath lets LLVM vectorize the reduction with several accumulators). Nothing is
+written but one number per chunk, so the time is the time to stream ``X`` through the cores:
+``GB/s = X.nbytes / time``.
 
-Measured on this machine (quiet, 2 threads, 800 MB f64): this 4-rows-at-a-time loop streams
-~24-25 GB/s, on par with OpenBLAS's ``X @ v`` (24-26 GB/s); one row at a time gave ~22 GB/s
-and a flat 1-D loop ``for i in range(lo, hi): s += flat[i]`` only ~12 GB/s (slower than
-fastcurv's own kernels), so the probe is row-wise and 4-row blocked like them.
+Why a flat run and not rows: the access pattern, not only the byte count, sets the speed.
+Reading four rows side by side (four streams, as the probe did until 2026-11-27) matched the
+flat read on 200,000 x 500 float64 (4,000-byte rows: 40 ms both, 20 GB/s) but not on shorter
+rows: 200,000 x 500 float32 (2,000-byte rows) took 25.7 ms against 17.5 ms flat, and the
+multinomial benchmark's 100,000 x 300 float64 14.1 ms against 10.5 ms (interleaved medians,
+two threads, the AMD EPYC machine). The hardware prefetcher follows one long stream better
+than four short ones, so only the flat read is the limit for every shape. (A flat loop
+written ``for i in range(lo, hi): s += flat[i]`` ran at ~12 GB/s: Numba's wraparound test
+for a possibly negative index stops the vectorizer; slicing first and counting from 0 does
+not.)
 
 This is a baseline, not library code: it lives in bench/ and is compiled here without
 Numba's on-disk cache (the warm-up call compiles it), so it leaves no files behind.
@@ -26,35 +33,14 @@ _OPTS = dict(parallel=True, fastmath=True, nogil=True, cache=False, error_model=
 
 
 @numba.njit(**_OPTS)
-def _sum_rows(X, starts, out):
-    """``out[c]`` = sum of rows ``starts[c]:starts[c+1]`` of a C-contiguous 2-D array.
-
-    Four rows at a time (four concurrent streams, like the GLM kernels' 4-row blocks), each
-    inner loop from 0 over contiguous rows, so Numba needs no negative-index wraparound test
-    and LLVM vectorizes it; accumulates in the data dtype.
-    """
-    d = X.shape[1]
+def _sum_flat(flat, d, starts, out):
+    """``out[c]`` = sum of rows ``starts[c]:starts[c+1]`` of a C-contiguous array whose
+    ``d``-long rows are laid end to end in ``flat``; each chunk is one run of memory."""
     for c in prange(starts.shape[0] - 1):
-        s = 0.0
-        i = starts[c]
-        stop = starts[c + 1]
-        while i + 4 <= stop:
-            r0 = X[i]
-            r1 = X[i + 1]
-            r2 = X[i + 2]
-            r3 = X[i + 3]
-            t = r0[0] - r0[0]  # zero in the data dtype (r0[0] * 0 would be float64)
-            for j in range(d):
-                t += (r0[j] + r1[j]) + (r2[j] + r3[j])
-            s += t
-            i += 4
-        while i < stop:
-            r0 = X[i]
-            t = r0[0] - r0[0]  # zero in the data dtype (r0[0] * 0 would be float64)
-            for j in range(d):
-                t += r0[j]
-            s += t
-            i += 1
+        seg = flat[starts[c] * d:starts[c + 1] * d]
+        s = seg[0] - seg[0]  # zero in the data dtype (chunks are never empty: see chunk_starts)
+        for j in range(seg.shape[0]):
+            s += seg[j]
         out[c] = s
 
 
@@ -99,7 +85,7 @@ class DenseProbe:
         self.nbytes = X.nbytes
 
     def __call__(self):
-        _sum_rows(self.A, self.starts, self.out)
+        _sum_flat(self.A.reshape(-1), self.A.shape[1], self.starts, self.out)
         return self.out.sum()
 
 
