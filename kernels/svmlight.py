@@ -38,6 +38,7 @@ def _number(buf, pos, end, pow10):
     ndig = 0
     exp10 = 0
     any_digit = False
+    huge_exp = False
     while i < end and 48 <= buf[i] <= 57:
         any_digit = True
         if mant == 0 and buf[i] == 48:
@@ -75,12 +76,17 @@ def _number(buf, pos, end, pow10):
             while j < end and 48 <= buf[j] <= 57:
                 if e < 100000:
                     e = e * 10 + (buf[j] - 48)
+                else:
+                    # digits dropped: the exponent is not known here, so the slow exact path
+                    # reads the token (1e1000000 after 100,000 leading fraction zeros would
+                    # otherwise come out as 1)
+                    huge_exp = True
                 j += 1
             exp10 += -e if eneg else e
             i = j
         else:
             return 0.0, i, False, False
-    exact = ndig <= 15 and -22 <= exp10 <= 22
+    exact = ndig <= 15 and -22 <= exp10 <= 22 and not huge_exp
     if mant == 0:
         value = 0.0
         exact = True

@@ -141,6 +141,20 @@ def test_svmlight_bad_line_raises_with_line_number(tmp_path, bad):
     assert str(path) in str(info.value)
 
 
+def test_svmlight_exponent_with_many_digits(tmp_path):
+    """An exponent too long for the fast path goes to the exact one: after 100,000 leading
+    fraction zeros, 1e1000000 is 1e900000 (inf: refused), not 1; 1e100005 is 1e5."""
+    zeros = "0." + "0" * 99999
+    path = tmp_path / "big.svm"
+    path.write_text(f"1 1:{zeros}1e100005 2:{zeros}123e100002\n")
+    X, y = load_svmlight(path)
+    np.testing.assert_array_equal(X.toarray(), [[1e5, 1.23e2]])
+    for line in (f"1 1:{zeros}1e1000000\n", f"{zeros}1e1000000 1:1\n"):
+        path.write_text(line)
+        with pytest.raises(DataError, match=r"\bline 1\b"):
+            load_svmlight(path)
+
+
 def test_svmlight_other_errors(tmp_path):
     empty = tmp_path / "empty.svm"
     empty.write_text("# only a comment\n\n")
