@@ -63,8 +63,8 @@ def load_npz(path):
             if "X" in keys:
                 X = np.asarray(f["X"])
             elif {"X_data", "X_indices", "X_indptr", "X_shape"} <= keys:
-                X = sp.csr_matrix((f["X_data"], f["X_indices"], f["X_indptr"]),
-                                  shape=tuple(f["X_shape"]))
+                X = _csr_from_parts(path, f["X_data"], f["X_indices"], f["X_indptr"],
+                                    f["X_shape"])
             else:
                 raise DataError(f"{path}: no array 'X' (found: {', '.join(sorted(keys))})")
     except DataError:
@@ -81,6 +81,26 @@ def load_npz(path):
     if X.dtype.kind not in "biuf" or y.dtype.kind not in "biuf":
         raise DataError(f"{path}: X and y must be numeric (got {X.dtype} and {y.dtype})")
     return X.astype(np.float64, copy=False), y.astype(np.float64, copy=False)
+
+
+def _csr_from_parts(path, data, indices, indptr, shape):
+    """The CSR matrix of ``scipy.sparse.save_npz``'s parts, refusing parts that scipy would
+    silently repair (fractional indices truncated, entries past ``indptr[-1]`` dropped)."""
+    for name, a in (("X_indices", indices), ("X_indptr", indptr), ("X_shape", shape)):
+        if a.dtype.kind not in "iu" or a.ndim != 1:
+            raise DataError(f"{path}: {name} must be a 1-D integer array (got {a.ndim}-D "
+                            f"{a.dtype}); write the matrix with scipy.sparse.save_npz")
+    if shape.shape[0] != 2 or data.ndim != 1:
+        raise DataError(f"{path}: X_shape must hold 2 numbers and X_data be 1-D (got "
+                        f"{shape.shape[0]} and {data.ndim}-D)")
+    if indptr.shape[0] != int(shape[0]) + 1 or indptr[0] != 0 or (
+            indptr[-1] != data.shape[0] or indices.shape[0] != data.shape[0]):
+        raise DataError(f"{path}: inconsistent CSR parts: X_indptr has {indptr.shape[0]} "
+                        f"entries from {indptr[0]} to {indptr[-1]}, X_data "
+                        f"{data.shape[0]}, X_indices {indices.shape[0]}, X_shape "
+                        f"{tuple(int(k) for k in shape)} (expected X_shape[0] + 1 entries "
+                        "from 0 to the number of stored values)")
+    return sp.csr_matrix((data, indices, indptr), shape=tuple(int(k) for k in shape))
 
 
 def load_csv(path, *, target=-1, delimiter=","):

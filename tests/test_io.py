@@ -273,6 +273,31 @@ def test_npz_sparse_parts(tmp_path):
     np.testing.assert_array_equal(yl, y)
 
 
+_IND = np.array([0, 2, 1, 0, 2], np.int32)
+_PTR = np.array([0, 2, 3, 3, 5], np.int32)
+
+
+@pytest.mark.parametrize("parts, name", [
+    (dict(X_indices=_IND + 0.5), "X_indices"),  # scipy would truncate them to integers
+    (dict(X_indptr=_PTR + np.array([0, .7, .2, .9, 0])), "X_indptr"),  # ... and floor these
+    (dict(X_indptr=np.array([0, 2, 3, 3, 4], np.int32)), "X_indptr"),  # would drop a value
+    (dict(X_indptr=_PTR[:-1]), "X_indptr"),  # one row short of X_shape
+    (dict(X_shape=np.array([4.0, 3.0])), "X_shape"),
+], ids=["fractional-indices", "fractional-indptr", "indptr-ends-early", "indptr-short",
+        "float-shape"])
+def test_npz_sparse_parts_are_not_repaired(tmp_path, parts, name):
+    """Parts that scipy.sparse.csr_matrix would silently repair are refused, by name."""
+    arrays = dict(X_data=np.arange(1.0, 6.0), X_indices=_IND, X_indptr=_PTR,
+                  X_shape=np.array([4, 3]), y=np.array([0.0, 1, 0, 1]))
+    path = tmp_path / "parts.npz"
+    np.savez(path, **arrays)
+    X, _ = load_npz(path)  # the consistent parts are read
+    np.testing.assert_array_equal(X.toarray(), [[1, 0, 2], [0, 3, 0], [0, 0, 0], [4, 0, 5]])
+    np.savez(path, **dict(arrays, **parts))
+    with pytest.raises(DataError, match=name):
+        load_npz(path)
+
+
 @pytest.mark.parametrize("arrays", [
     dict(X=np.ones((3, 2))),  # no y
     dict(y=np.ones(3)),  # no X
