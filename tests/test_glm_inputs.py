@@ -538,3 +538,18 @@ def test_flatten_checks_its_input(parts, exc, pattern):
         parts = [np.full(p.n_params, np.nan)]
     with pytest.raises(exc, match=pattern):
         p.flatten(parts)
+
+
+def test_a_model_too_large_for_memory_is_refused_before_allocating(tmp_path):
+    """One column index of 2^31 in a 3-row CSR matrix (as one bad line of an svmlight file
+    gives) asks for a 2-billion-parameter model: a MemoryError that names the sizes and the
+    likely cause, raised before any buffer of that size exists (the kernel used to kill the
+    process), in the library and in the command."""
+    X = sp.csr_matrix((np.ones(3), np.array([0, 5, 2 ** 31]), np.arange(4)),
+                      shape=(3, 2 ** 31 + 1))
+    with pytest.raises(MemoryError, match=r"2,147,483,650 parameters.*3 stored values"):
+        fc.GLM(X, np.array([0.0, 1.0, 0.0]))
+    from fastcurv.cli import main
+    path = tmp_path / "wide.svm"
+    path.write_text("".join(f"{i % 2} 1:{i} 2:1\n" for i in range(40)) + "1 2147483648:1\n")
+    assert main(["newton", "--data", str(path), "--quiet"]) == 2

@@ -1,5 +1,7 @@
 """Generalized linear models: the objective, its gradient and exact curvature products."""
 
+import os
+
 import numpy as np
 import scipy.sparse as sp
 
@@ -181,10 +183,33 @@ class GLM:
         if not isinstance(fit_intercept, (bool, np.bool_)):
             raise TypeError(f"fit_intercept must be True or False, got {fit_intercept!r}")
         self.fit_intercept = bool(fit_intercept)
+        self._check_memory()
         self._states = []  # the two most recent _State, newest first
         #: compute the Hessian diagonal in every value-and-gradient pass (single output only);
         #: newton_cg turns this on while it uses the diagonal preconditioner
         self.fuse_diag = False
+
+    def _check_memory(self):
+        """MemoryError before anything of the parameters' size is allocated, where the passes'
+        per-chunk float64 buffers plus a few parameter vectors would not fit in this machine's
+        memory (a CSR matrix whose columns run far beyond its real features: one feature index
+        of 2^31 in an svmlight file made a 2-billion-parameter model that the kernel killed)."""
+        P = self.n_params
+        need = (self._design.n_chunks + 8) * P * 8
+        try:
+            phys = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        except (ValueError, OSError, AttributeError):  # not on this platform
+            return
+        if need <= phys:
+            return
+        msg = (f"a GLM with {P:,} parameters needs at least {need / 1e9:,.1f} GB (a float64 "
+               f"buffer of {P * 8 / 1e9:,.1f} GB per row chunk, {self._design.n_chunks} "
+               f"chunks, and a few parameter vectors); this machine has {phys / 1e9:,.1f} GB")
+        if self._design.is_sparse:
+            msg += (f". X has {self._design.d:,} columns but {self._design.X.nnz:,} stored "
+                    "values: if a column index in the data is far beyond the real number of "
+                    "features, fix the data or give the number of features")
+        raise MemoryError(msg)
 
     # ------------------------------------------------------------------ attributes
     @property
