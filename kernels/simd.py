@@ -202,7 +202,8 @@ def vsum(typingctx, a):
 
 @intrinsic
 def prefetch(typingctx, arr, i, j):
-    """Ask the CPU to bring the cache line of ``arr[i, j]`` into L2 (``prefetcht1`` on x86):
+    """Ask the CPU to bring the cache line of ``arr[i, j]`` into the outer caches (LLVM's
+    locality 1, emitted as ``prefetcht2`` on x86, as the GLM kernels' assembly shows):
     a hint, never a fault, so ``(i, j)`` may lie past the data the caller reads next (it must
     still be inside the array). A no-op for arrays not C-contiguous in Numba's type."""
     _vec_of(arr, i, j)
