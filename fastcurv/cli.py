@@ -408,6 +408,7 @@ def _influence(args):
     extra = {"n_classes": max(2, int(y.max()) + 1)} if family == "multinomial" else {}
     p_all = fc.GLM(X, y, family=family, l2=args.l2, **extra)
     p, tp = p_all.subset(train), p_all.subset(test)
+    _check_training_classes(p, family, y, train, test)
     from fastcurv.influence.solvers import MAX_DENSE_PARAMS
 
     if args.method == "direct" and p.n_params > MAX_DENSE_PARAMS:
@@ -465,6 +466,23 @@ def _influence(args):
         print(f"wrote {args.out}/scores.npy (test x train), self_influence.npy, "
               "train_rows.npy and summary.json")
     return 0 if res.success else 1  # as 'newton': scores at an unconverged fit are suspect
+
+
+def _check_training_classes(p, family, y, train, test):
+    """Refuse a fit without a finite minimizer before it runs (scores at it would be
+    garbage): a multinomial class held out entirely in ``--test-rows`` gets its own message."""
+    why = p._runaway_intercept_message()
+    if why is None:
+        return
+    if family == "multinomial":
+        missing = np.setdiff1d(np.unique(y[test]), np.unique(y[train]))
+        if missing.size:
+            raise ValueError(
+                f"class {int(missing[0])} occurs only in the test rows (--test-rows), so the "
+                "training rows have no sample of it and the fit has no finite minimizer (that "
+                "class's intercept keeps falling); hold out rows of classes that also occur "
+                "among the training rows")
+    raise ValueError(why)
 
 
 def _influence_parser(sub):

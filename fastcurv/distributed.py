@@ -234,9 +234,13 @@ class _Chunk:
 
     def meta(self):
         g = self.glm
+        if self.zero:  # no row of positive weight: no side of any target range is reached
+            support = (np.zeros(g.n_outputs, dtype=bool),) * 2
+        else:
+            support = g._target_support()
         return dict(n=g.n_samples, d=g.n_features, K=g.n_outputs, dtype=g.dtype.str,
                     sparse=g.is_sparse, wmax=self.wmax, wsum=self.wsum, zero=self.zero,
-                    nbytes=self.__sizeof__())
+                    support=support, nbytes=self.__sizeof__())
 
     def phi(self, theta, d, alpha):
         """``F_c(θ + α d)`` from the closure of :meth:`GLM.value_along`, kept per (θ, d)."""
@@ -819,6 +823,11 @@ class DaskGLM:
         self._scale = rel / total
         self._active = [i for i in range(self.n_chunks) if self._scale[i] > 0]
         self.nbytes = int(sum(m["nbytes"] for m in ms))
+        # a side of an output's target range is reached iff some chunk reaches it
+        above = np.logical_or.reduce([m["support"][0] for m in ms])
+        below = np.logical_or.reduce([m["support"][1] for m in ms])
+        self._runaway = (families.runaway_intercept_message(self._fam, above, below)
+                         if self.fit_intercept else None)
 
     # ------------------------------------------------------------------ attributes
     @property
@@ -1173,7 +1182,10 @@ class DaskGLM:
 
     def _diverging_message(self, theta):
         """As :meth:`fastcurv.GLM._diverging_message` (one round trip when ``l2 = 0`` for a
-        logistic or multinomial model, none otherwise): separable iff every chunk is."""
+        logistic or multinomial model, none otherwise): the runaway intercept comes from the
+        chunks' target support gathered at construction; separable iff every chunk is."""
+        if self._runaway is not None:
+            return self._runaway
         if self.l2 != 0.0 or self._fam not in (LOGISTIC, MULTINOMIAL):
             return None
         res = self._run("separable", (self._check_theta(theta),))

@@ -311,19 +311,29 @@ def test_influence_test_row_that_overflows_is_one_error_line(tmp_path, capsys):
 
 
 def test_influence_multinomial_class_only_in_test_rows(tmp_path, capsys):
-    """The model's classes are those of all rows, also when one appears only in the held-out
-    test rows (it was refused as a label out of range)."""
+    """The model's classes are those of all rows (a label seen only in the held-out test rows
+    was refused as out of range); a class held out entirely leaves the training fit without a
+    finite minimizer (its intercept runs to -inf), which is refused before the fit, naming the
+    class and the test rows, instead of scores at an intercept that only gtol stopped."""
     rng = np.random.default_rng(2)
     X = rng.standard_normal((40, 3))
     y = (X[:, 0] > 0).astype(float)
     y[-1] = 2.0
+    y[-2] = 2.0
     path = tmp_path / "m.npz"
     np.savez(path, X=X, y=y)
     rc = main(["influence", "--data", str(path), "--family", "multinomial", "--test-rows", "-1",
                "--out", str(tmp_path / "o")])
     out, err = capsys.readouterr()
-    assert rc == 0, err
+    assert rc == 0, err  # class 2 also has a training row: K = 3 from all rows
     assert np.load(tmp_path / "o" / "scores.npy").shape == (1, 39)
+    rc = main(["influence", "--data", str(path), "--family", "multinomial", "--test-rows",
+               "38,39", "--out", str(tmp_path / "o2")])
+    out, err = capsys.readouterr()
+    assert rc == 2
+    assert "class 2 occurs only in the test rows" in err and "--test-rows" in err
+    assert "fit:" not in out and not (tmp_path / "o2" / "scores.npy").exists()
+    _one_error_line(err)
 
 
 def test_influence_top_must_be_positive(logistic_npz, capsys):

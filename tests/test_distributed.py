@@ -286,6 +286,34 @@ def test_separable_data_stop_with_the_same_message(client):
     assert r1.n_iter == r0.n_iter
 
 
+def test_runaway_intercept_stops_with_the_same_message(client):
+    """Targets on one side of their range only (here: class 1 in no chunk, and y = 1 on every
+    row of weight > 0, the zeros sitting in a chunk of weight 0): gathered from the chunks at
+    construction, no extra round trip; the fit stops as the in-memory one does."""
+    rng = np.random.default_rng(5)
+    X = rng.standard_normal((120, 3))
+    y3 = rng.integers(0, 2, 120) * 2
+    ref = fc.GLM(X, y3, family="multinomial", l2=1e-3)
+    p = fc.GLM(da.from_array(X, chunks=(40, 3)), y3, family="multinomial", l2=1e-3)
+    r0, r1 = fc.newton_cg(ref), fc.newton_cg(p)
+    assert not r1.success and r1.message == r0.message and "class 1" in r1.message
+    assert r1.n_iter == r0.n_iter == 0
+    y = np.ones(120)
+    y[40:80] = 0.0
+    w = np.ones(120)
+    w[40:80] = 0.0
+    ref = fc.GLM(X, y, l2=1e-3, sample_weight=w)
+    p = fc.GLM(da.from_array(X, chunks=(40, 3)), y, l2=1e-3, sample_weight=w)
+    p.stats.reset()
+    r0, r1 = fc.newton_cg(ref), fc.newton_cg(p)
+    assert not r1.success and r1.message == r0.message and "y = 1" in r1.message
+    assert p.stats.round_trips == 1  # the initial value and gradient only
+    # a row of each label in another chunk: a finite minimizer, the fit converges
+    w[45] = 1.0
+    p = fc.GLM(da.from_array(X, chunks=(40, 3)), y, l2=1e-3, sample_weight=w)
+    assert fc.newton_cg(p).success
+
+
 # ------------------------------------------------------------------------- influence
 @pytest.mark.parametrize("variant,storage,config", [
     ("logistic", "dense", "weighted"), ("multinomial", "csr", "plain"),

@@ -313,6 +313,90 @@ def test_separable_without_penalty_stops_and_says_so(family, method):
     assert res.n_iter < 100  # detected, not run to max_iter
 
 
+def _runaway_cases():
+    """(name, problem builder, intercept column index, direction +1/-1 it runs to)."""
+    rng = np.random.default_rng(31)
+    X = rng.standard_normal((120, 3))
+    y3 = rng.integers(0, 3, 120)
+    y3[y3 == 1] = 2  # class 1 absent: K = 3 inferred from the labels
+    w = np.ones(120)
+    ylog = (X[:, 0] > 0).astype(np.float64)
+    w0 = w.copy()
+    w0[ylog == 0] = 0.0  # every row of weight > 0 has y = 1
+    return [
+        ("logistic all ones", lambda: fc.GLM(X, np.ones(120), l2=1e-3), 3, +1),
+        ("logistic all zeros", lambda: fc.GLM(X, np.zeros(120), l2=1e-3), 3, -1),
+        ("logistic, the zeros weighted 0", lambda: fc.GLM(X, ylog, l2=1e-3, sample_weight=w0),
+         3, +1),
+        ("poisson all zeros", lambda: fc.GLM(X, np.zeros(120), family="poisson", l2=1e-3), 3,
+         -1),
+        ("multinomial class 1 absent", lambda: fc.GLM(X, y3, family="multinomial", l2=1e-3),
+         3 * 3 + 1, -1),
+        ("two logistic outputs, the second all ones",
+         lambda: fc.GLM(X, np.column_stack([ylog, np.ones(120)]), l2=1e-3), 3 * 2 + 1, +1),
+    ]
+
+
+@pytest.mark.parametrize("method", ["line-search", "trust-region"])
+@pytest.mark.parametrize("case", range(6))
+def test_runaway_intercept_stops_and_says_so(case, method):
+    """With an intercept (never penalized), targets on one side of their range only leave the
+    loss without a finite minimizer whatever l2: a fit stops before its first step, with
+    success False and a message naming the cause (it ran to gtol and said "Converged", with
+    the intercept wherever gtol stopped it). Independent check that the message is right: the
+    loss keeps decreasing as that intercept moves on, by amounts that shrink but stay > 0."""
+    name, build, j, sign = _runaway_cases()[case]
+    p = build()
+    res = fc.newton_cg(p, method=method)
+    assert res.success is False and res.n_iter == 0, (name, res.message)
+    assert "no finite minimizer" in res.message and "fit_intercept=False" in res.message
+    theta = np.zeros(p.n_params)
+    f = [p.value(theta + sign * t * np.eye(p.n_params)[j]) for t in (0, 4, 8, 12, 16)]
+    assert np.all(np.diff(f) < 0), (name, f)
+
+
+def test_runaway_intercept_message_names_the_cause():
+    cases = {name: build() for name, build, _, _ in _runaway_cases()}
+    assert "class 1 (of K = 3 classes)" in cases["multinomial class 1 absent"]._diverging_message(
+        None)
+    assert "y = 1" in cases["logistic all ones"]._diverging_message(None)
+    assert "y = 0" in cases["logistic all zeros"]._diverging_message(None)
+    assert "(output 1)" in cases["two logistic outputs, the second all ones"]._diverging_message(
+        None)
+
+
+def test_runaway_intercept_not_flagged_without_intercept_or_with_both_sides():
+    """fit_intercept=False (l2 > 0: strongly convex) and data holding both sides (a single
+    row of the other label, fractional logistic targets, a poisson count) fit as before."""
+    rng = np.random.default_rng(32)
+    X = rng.standard_normal((120, 3))
+    ones = np.ones(120)
+    one_zero = ones.copy()
+    one_zero[5] = 0.0
+    frac = np.full(120, 0.999)
+    counts = np.zeros(120)
+    counts[7] = 1.0
+    for p in (fc.GLM(X, ones, l2=1e-3, fit_intercept=False),
+              fc.GLM(X, one_zero, l2=1e-3), fc.GLM(X, frac, l2=1e-3),
+              fc.GLM(X, counts, family="poisson", l2=1e-3),
+              fc.GLM(X, np.array([0, 2] * 60), family="multinomial", l2=1e-3,
+                     fit_intercept=False)):
+        res = fc.newton_cg(p)
+        assert res.success, res.message
+
+
+def test_runaway_bias_of_an_mlp_stops_and_says_so():
+    """An MLP's output biases are not penalized either: a softmax class without samples."""
+    rng = np.random.default_rng(33)
+    X = rng.standard_normal((60, 3))
+    y = rng.integers(0, 2, 60) * 2  # labels 0 and 2 of 3 classes
+    p = fc.MLP(X, y, sizes=(3, 4, 3), activation="tanh", loss="softmax_cross_entropy", l2=1e-2)
+    res = fc.newton_cg(p, theta0=p.init(seed=0), method="trust-region")
+    assert res.success is False and res.n_iter == 0
+    assert "class 1" in res.message and "no finite minimizer" in res.message
+    assert "output bias" in res.message and "fit_intercept" not in res.message
+
+
 def test_constant_columns():
     """A column of ones next to the intercept (identified only through l2 > 0) and an
     all-zero column (its coefficient's optimum is exactly 0 with l2 > 0)."""

@@ -107,6 +107,67 @@ def prepare_targets(family, y, n, n_classes=None, classes_from="n_classes"):
     return y2, y2.shape[1]
 
 
+def target_support(fam, y2, K, live):
+    """Which sides of each output's target range the rows of positive weight reach.
+
+    Returns ``(above, below)``, boolean arrays of length K: ``above[k]`` is whether some live
+    row's target of output k lies above the bottom of the range (logistic and poisson
+    ``y > 0``; multinomial: some live row has label k), ``below[k]`` whether some lies below
+    the top (logistic ``y < 1``; poisson and multinomial have no top, always True). A GLM's
+    unpenalized intercept has a finite optimum only where both hold
+    (:func:`runaway_intercept_message`). Gaussian targets are unbounded: all True.
+    ``live`` is the (n,) mask of rows of positive weight; per-chunk results combine by ``|``.
+    """
+    yl = y2[live]
+    if fam == MULTINOMIAL:
+        present = np.bincount(yl[:, 0].astype(np.int64), minlength=K)[:K] > 0
+        return present, np.ones(K, dtype=bool)
+    if fam == GAUSSIAN:
+        return np.ones(K, dtype=bool), np.ones(K, dtype=bool)
+    above = (yl > 0).any(axis=0)
+    below = (yl < 1).any(axis=0) if fam == LOGISTIC else np.ones(K, dtype=bool)
+    return above, below
+
+
+def runaway_intercept_message(fam, above, below, bias="intercept"):
+    """Why the loss has no finite minimizer when an unpenalized intercept has targets on one
+    side of its range only (from :func:`target_support`), or None when every output has both.
+
+    The intercept's own gradient, ``sum_i w_i (mu_ik - y_ik)`` (multinomial: ``sum_i w_i
+    p_ik`` for a class no live row has), then keeps one sign for every finite parameter
+    vector, whatever the L2 penalty on the weights: the intercept runs to ±inf and any fit
+    only stops where the gradient tolerance lets it. ``bias`` names the parameter in the
+    message: ``"intercept"`` (a GLM, which can drop it) or ``"output bias"`` (an MLP).
+    """
+    K = above.shape[0]
+    out = (lambda k: f" (output {k})") if K > 1 else (lambda k: "")
+    fix = (" The L2 penalty does not bound it: it applies to the weights only" + (
+        "; fit_intercept=False removes the intercept." if bias == "intercept" else "."))
+    head = f"the {bias} of that class" if fam == MULTINOMIAL else f"the {bias}"
+    if fam == MULTINOMIAL:
+        empty = np.flatnonzero(~above)
+        if empty.size == 0:
+            return None
+        names = ", ".join(str(int(k)) for k in empty[:5]) + (", ..." if empty.size > 5 else "")
+        return (f"No sample of positive weight has class {names} (of K = {K} classes): {head} "
+                "keeps falling and the loss has no finite minimizer. Relabel the classes present "
+                "to 0 .. K'-1 (np.unique(y, return_inverse=True)[1]) and set the class count to "
+                "match." + fix)
+    for k in range(K):
+        if not above[k]:
+            what = ("every sample of positive weight has y = 0" if fam == LOGISTIC
+                    else "every target of positive weight is 0")
+            need = "both labels" if fam == LOGISTIC else "a positive count"
+            return (f"The data leave {head} no finite optimum: {what}{out(k)}, so it keeps "
+                    f"falling and the loss has no finite minimizer; the data must hold {need}."
+                    + fix)
+        if not below[k]:
+            return (f"The data leave {head} no finite optimum: every sample of positive weight "
+                    f"has y = 1{out(k)}, so it keeps growing and the loss has no finite "
+                    "minimizer; the data must hold both labels." + fix)
+    return None
+
+
 class LabelStreams:
     """Independent random streams for sampled labels (uniform, normal and Poisson draws),
     spawned from ``seed``. Each stream is consumed row by row, so a sample does not depend on

@@ -749,14 +749,36 @@ class GLM:
 
         return phi
 
+    def _target_support(self):
+        """:func:`families.target_support` of this problem's rows of positive weight (computed
+        once: the targets and weights are private copies)."""
+        if getattr(self, "_support", None) is None:
+            self._support = families.target_support(self._fam, self._y2, self._K, self._w > 0)
+        return self._support
+
+    def _runaway_intercept_message(self):
+        """Why the unpenalized intercept has no finite optimum (targets on one side of their
+        range only, or a class without samples), or None; always None without an intercept."""
+        if not self.fit_intercept:
+            return None
+        return families.runaway_intercept_message(self._fam, *self._target_support())
+
     def _diverging_message(self, theta):
         """A message when the objective has no finite minimizer that θ is running towards.
+
+        With an intercept, whatever ``l2``: when no row of positive weight has a target on one
+        side of an output's range (logistic: all 0 or all 1; poisson: all 0; multinomial: a
+        class without samples), the unpenalized intercept runs off to ±∞
+        (:meth:`_runaway_intercept_message`); a data fact, so a fit stops before its first step.
 
         With ``l2 = 0`` and 0/1 labels, if θ classifies every weighted sample correctly
         (logistic: ``η_i > 0`` exactly when ``y_i = 1``; multinomial: ``argmax η_i = y_i``),
         then scaling θ up lowers every loss: the data are separable and the infimum is only
         approached as ``||θ|| → ∞``.
         """
+        runaway = self._runaway_intercept_message()
+        if runaway is not None:
+            return runaway
         if self.l2 != 0.0 or self._fam not in (LOGISTIC, MULTINOMIAL):
             return None
         st = self._state_at(self._check_theta(theta), strict=False)

@@ -845,6 +845,18 @@ class MLP:
         return self._ws["H"][o:o + 2 * nb * w].reshape(2 * nb, w)[:nb]
 
     # ------------------------------------------------------------------ per-sample
+    def _diverging_message(self, theta):
+        """Why the loss has no finite minimizer, or None (asked by ``newton_cg`` before each
+        step). The output biases are not penalized, so when no row of positive weight has a
+        target on one side of an output's range (sigmoid cross-entropy: all 0 or all 1;
+        poisson: all 0; softmax: a class without samples) that bias runs off to ±∞
+        (:func:`families.runaway_intercept_message`). A data fact, computed once."""
+        if getattr(self, "_runaway", None) is None:
+            support = families.target_support(self._lc, self._y2, self.n_outputs, self._w > 0)
+            self._runaway = families.runaway_intercept_message(
+                self._lc, *support, bias="output bias") or ""
+        return self._runaway or None
+
     def per_sample_grads(self, theta, rows=None):
         """Per-sample loss gradients ``g_i = ∇_θ ℓ(y_i, η_i)`` (no weight, no penalty), as a
         dense (m, P) array for the rows ``rows`` (default all)."""
