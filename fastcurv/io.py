@@ -6,6 +6,7 @@ what is wrong when a file cannot be used.
 """
 
 import os
+import re
 import warnings
 import zipfile
 
@@ -228,9 +229,27 @@ def load_svmlight(path, *, zero_based="auto", n_features=None):
 
     Indices are one-based unless ``zero_based`` is True; ``"auto"`` treats the file as
     zero-based only if an index 0 occurs (scikit-learn's rule). Parsed in one compiled pass;
-    numbers are converted exactly (see :mod:`fastcurv.kernels.svmlight`).
+    numbers are converted exactly (see :mod:`fastcurv.kernels.svmlight`). An error names the
+    file's line (blank and comment lines counted) and the token at fault.
     """
     buf = np.fromfile(path, dtype=np.uint8)
+    labels, indices, values, indptr = _svm_parse(path, buf)
+    _svm_check_finite(path, buf, labels, values, indptr)
+    indices, one_based = _svm_zero_based(path, buf, indices, indptr, zero_based)
+    d = int(indices.max()) + 1 if indices.size else 1
+    if n_features is not None:
+        if d > n_features:
+            raise DataError(f"{path}: feature index {d} exceeds n_features = {n_features}")
+        d = int(n_features)
+    n, nnz = labels.shape[0], indices.shape[0]
+    idx_dtype = np.int32 if d < 2**31 and nnz < 2**31 else np.int64
+    X = sp.csr_matrix((values, indices.astype(idx_dtype), indptr.astype(idx_dtype)),
+                      shape=(n, d))
+    return X, labels
+
+
+def _svm_parse(path, buf):
+    """``(labels, indices, values, indptr)`` of svmlight bytes, the indices as written."""
     n_lines = int(np.count_nonzero(buf == 10)) + 1
     n_pairs = int(np.count_nonzero(buf == 58))
     labels = np.empty(n_lines)
@@ -239,13 +258,12 @@ def load_svmlight(path, *, zero_based="auto", n_features=None):
     indptr = np.empty(n_lines + 1, dtype=np.int64)
     slow_buf = np.empty(buf.shape[0] + n_lines + n_pairs + 1, dtype=np.uint8)
     slow_at = np.empty(n_lines + n_pairs, dtype=np.int64)
-    n, nnz, n_slow, n_bytes, err, line = svmlight.parse(
+    n, nnz, n_slow, n_bytes, err, line, at = svmlight.parse(
         buf, labels, indices, values, indptr, slow_buf, slow_at
     )
     if err:
-        raw = bytes(buf[_line_start(buf, line):][:200]).split(b"\n", 1)[0]
-        text = raw.decode("utf-8", "replace")
-        raise DataError(f"{path}: line {line}: {_SVM_ERRORS[err]}: {text[:80]!r}")
+        tok, char = _svm_token(buf, at)
+        raise DataError(f"{path}: line {line}: {_SVM_ERRORS[err]}: {tok!r} at character {char}")
     if n == 0:
         raise DataError(f"{path}: no data lines")
     if n_slow:
@@ -257,33 +275,66 @@ def load_svmlight(path, *, zero_based="auto", n_features=None):
         is_label = at < 0
         labels[-1 - at[is_label]] = exact[is_label]
         values[at[~is_label]] = exact[~is_label]
-    labels, indices, values, indptr = labels[:n], indices[:nnz], values[:nnz], indptr[: n + 1]
-    if not (np.all(np.isfinite(values)) and np.all(np.isfinite(labels))):
-        bad_value = np.flatnonzero(~np.isfinite(values))
-        rows = [np.searchsorted(indptr, bad_value[0], side="right") - 1] if bad_value.size else []
-        rows += list(np.flatnonzero(~np.isfinite(labels))[:1])
-        raise DataError(f"{path}: data line {int(min(rows)) + 1} (not counting blank and "
-                        "comment lines) holds a NaN or inf value, or one beyond the float64 "
-                        "range; remove or impute it")
-    if nnz:
-        one_based = (zero_based is False) or (zero_based == "auto" and indices.min() > 0)
-        if one_based:
-            if indices.min() < 1:
-                raise DataError(f"{path}: feature index 0 in a one-based file")
-            indices = indices - 1
-    d = int(indices.max()) + 1 if nnz else 1
-    if n_features is not None:
-        if d > n_features:
-            raise DataError(f"{path}: feature index {d} exceeds n_features = {n_features}")
-        d = int(n_features)
-    idx_dtype = np.int32 if d < 2**31 and nnz < 2**31 else np.int64
-    X = sp.csr_matrix((values, indices.astype(idx_dtype), indptr.astype(idx_dtype)),
-                      shape=(n, d))
-    return X, labels
+    return labels[:n], indices[:nnz], values[:nnz], indptr[: n + 1]
 
 
-def _line_start(buf, line):
-    if line <= 1:
-        return 0
-    nl = np.flatnonzero(buf == 10)
-    return int(nl[line - 2]) + 1 if line - 2 < len(nl) else 0
+def _svm_check_finite(path, buf, labels, values, indptr):
+    """Refuse a value or label beyond the float64 range, naming its line and token."""
+    if np.all(np.isfinite(values)) and np.all(np.isfinite(labels)):
+        return
+    n = labels.shape[0]
+    bad_label = np.flatnonzero(~np.isfinite(labels))
+    bad_value = np.flatnonzero(~np.isfinite(values))
+    label_row = int(bad_label[0]) if bad_label.size else n
+    value_row = _svm_row_of(indptr, bad_value[0]) if bad_value.size else n
+    if label_row <= value_row:
+        line, tok, char = _svm_row_token(buf, label_row, 0)
+    else:
+        line, tok, char = _svm_row_token(buf, value_row, 1 + bad_value[0] - indptr[value_row])
+    raise DataError(f"{path}: line {line}: {tok!r} at character {char} holds a NaN or inf "
+                    "value, or one beyond the float64 range; remove or impute it")
+
+
+def _svm_zero_based(path, buf, indices, indptr, zero_based):
+    """``(indices counted from 0, whether the file was read as one-based)``."""
+    one_based = (zero_based is False) or (zero_based == "auto" and indices.size > 0
+                                          and indices.min() > 0)
+    if not one_based or indices.size == 0:
+        return indices, one_based
+    if indices.min() < 1:
+        entry = int(np.argmin(indices))
+        row = _svm_row_of(indptr, entry)
+        line, tok, char = _svm_row_token(buf, row, 1 + entry - indptr[row])
+        raise DataError(f"{path}: line {line}: feature index 0 ({tok!r} at character {char}) "
+                        "in a file read as one-based (zero_based=False); pass zero_based=True "
+                        "or 'auto' to read the indices as counted from 0")
+    return indices - 1, one_based
+
+
+def _svm_row_of(indptr, entry):
+    """The data row (0-based) that holds stored entry ``entry``."""
+    return int(np.searchsorted(indptr, entry, side="right")) - 1
+
+
+def _svm_token(buf, at):
+    """``(text, character)``: the token that starts at offset ``at`` (cut to 40 characters)
+    and its 1-based position in its line. Only for messages."""
+    nl = np.flatnonzero(buf[:at] == 10)
+    start = int(nl[-1]) + 1 if nl.size else 0
+    char = len(bytes(buf[start:at]).decode("utf-8", "replace")) + 1
+    tok = re.match(rb"[^ \t\r\n#]*", bytes(buf[at:at + 200])).group()
+    text = tok.decode("utf-8", "replace")
+    return (text if len(text) <= 40 else text[:40] + "..."), char
+
+
+def _svm_row_token(buf, row, k):
+    """``(line, text, character)`` of token ``k`` of data row ``row``: its label for 0, else
+    its k-th ``index:value`` entry (``qid:`` skipped as the parser does). Only for messages:
+    the row's line is found by scanning the file again."""
+    line, start = svmlight.row_line(buf, row)
+    rest = buf[start:]
+    nl = np.flatnonzero(rest == 10)
+    text = bytes(rest[: int(nl[0]) if nl.size else rest.shape[0]]).split(b"#", 1)[0]
+    tokens = [m.start() for m in re.finditer(rb"[^ \t\r]+", text)]
+    tokens = tokens[:1] + [t for t in tokens[1:] if not text.startswith(b"qid:", t)]
+    return (line, *_svm_token(buf, start + tokens[int(k)]))

@@ -7,6 +7,8 @@ svmlight numbers must be the correctly rounded doubles of their decimal text, as
 subnormals included), not to a tolerance.
 """
 
+import re
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -139,6 +141,39 @@ def test_svmlight_bad_line_raises_with_line_number(tmp_path, bad):
         load_svmlight(path)
     assert isinstance(info.value, ValueError)
     assert str(path) in str(info.value)
+
+
+@pytest.mark.parametrize("bad,token,char", [
+    ("0 1:1e999", "1:1e999", 3),  # a value beyond the float64 range
+    ("1e999 1:1", "1e999", 1),  # a label
+    ("1 qid:7 2:1 3:-1e400", "3:-1e400", 13),  # qid: is not an entry
+], ids=["value", "label", "after-qid"])
+def test_svmlight_overflow_names_the_file_line_and_token(tmp_path, bad, token, char):
+    """Found after parsing, a value beyond the float64 range is still reported at its line of
+    the file (it once said "data line 2", counting neither comments nor blank lines)."""
+    path = tmp_path / "o.svm"
+    path.write_text(f"# header\n\n1 1:1\n{bad}\n")
+    with pytest.raises(DataError, match=rf"line 4: '{re.escape(token)}' at character {char}\b"):
+        load_svmlight(path)
+
+
+def test_svmlight_error_shows_the_bad_token_of_a_long_line(tmp_path):
+    """The message shows the token at fault and where it is, not the line's first 80
+    characters (a bad entry at the end of a long line was not visible)."""
+    line = "1 " + " ".join(f"{i}:0.{i}" for i in range(1, 300)) + " 300:0.3x"
+    path = tmp_path / "long.svm"
+    path.write_text(f"1 1:1\n{line}\n")
+    with pytest.raises(DataError, match=r"line 2: an entry is not of the form") as info:
+        load_svmlight(path)
+    assert f"'300:0.3x' at character {line.index('300:0.3x') + 1}" in str(info.value)
+
+
+def test_svmlight_index_0_read_as_one_based_names_the_line(tmp_path):
+    path = tmp_path / "z.svm"
+    path.write_text("1 1:1\n# note\n1 qid:2 0:1 2:1\n")
+    with pytest.raises(DataError, match=r"line 3: feature index 0 \('0:1' at character 9\)"
+                       r".*pass zero_based=True or 'auto'"):
+        load_svmlight(path, zero_based=False)
 
 
 def test_svmlight_exponent_with_many_digits(tmp_path):
@@ -392,7 +427,8 @@ def test_svmlight_index_beyond_limit_is_an_error(tmp_path):
     1234567890123456789 as 1234567890123455, silently)."""
     path = tmp_path / "i.svm"
     path.write_text("1 1:0.5\n0 2:1 1234567890123456789:1\n")
-    with pytest.raises(DataError, match=r"line 2: a feature index is larger than"):
+    with pytest.raises(DataError, match=r"line 2: a feature index is larger than .*: "
+                       r"'1234567890123456789:1' at character 7\b"):
         load_svmlight(path)
     path.write_text("1 1:0.5 1099511627776:2\n")  # 2^40 itself is read exactly
     X, _ = load_svmlight(path)
