@@ -5,6 +5,7 @@ float64 vector, and raises :class:`DataError` (a ``ValueError``) with the file, 
 what is wrong when a file cannot be used.
 """
 
+import csv
 import os
 import re
 import warnings
@@ -110,29 +111,34 @@ def load_csv(path, *, target=-1, delimiter=","):
     The first line that is not blank or a ``#`` comment is a header, and skipped, when none of
     its fields is a number (empty names are allowed, as pandas writes for its index column);
     a first line mixing numbers and other fields is data, and an error names its bad field.
-    Blank lines and ``#`` comments are ignored; numbers may be quoted; a UTF-8 byte-order mark
-    and any 8-bit text encoding of the header are accepted; ``\n``, ``\r\n`` and ``\r`` line
-    ends alike. An empty field, NaN or inf is an error naming its line and column.
+    Blank lines (also of only spaces or tabs) and ``#`` comments are ignored; numbers may be
+    quoted; a UTF-8 byte-order mark and any 8-bit text encoding of the header are accepted;
+    ``\n``, ``\r\n`` and ``\r`` line ends alike. An empty field, NaN or inf is an error naming
+    its line and column.
     """
     encoding = _csv_encoding(path)
     first, text = _first_content_line(path, encoding)
     fields = _csv_fields(text, delimiter)
     header = text is not None and any(fields) and not any(map(_is_number, fields))
     skip = first if header else 0
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # "input contained no data"
-            data = np.loadtxt(path, delimiter=delimiter, skiprows=skip, dtype=np.float64,
-                              ndmin=2, comments="#", quotechar='"', encoding=encoding)
-    except ValueError:
-        raise DataError(_csv_problem(path, delimiter, skip, encoding)) from None
+    data = _loadtxt(path, encoding, delimiter, skip)
+    if data is None:
+        problem = _csv_problem(path, delimiter, skip, encoding)
+        if problem:
+            raise DataError(problem)
+        # no bad line by this reader's rules: numpy refused a line that holds only spaces
+        # (or an indented comment) as a row of one empty field; read again without them
+        data = _loadtxt(path, encoding, delimiter, skip, blank_lines=True)
+        if data is None:
+            raise DataError(f"{path}: could not be read as numeric CSV")
     if data.shape[0] == 0:
         raise DataError(f"{path}: no data rows")
     if data.shape[1] < 2:
         raise DataError(f"{path}: needs at least one feature column and one target column"
                         + _delimiter_hint(text, delimiter))
     if not np.all(np.isfinite(data)):
-        raise DataError(_csv_problem(path, delimiter, skip, encoding))
+        raise DataError(_csv_problem(path, delimiter, skip, encoding)
+                        or f"{path}: could not be read as numeric CSV")
     ncol = data.shape[1]
     if not -ncol <= target < ncol:
         raise DataError(f"{path}: target column {target} does not exist (the file has {ncol} "
@@ -150,27 +156,62 @@ def _csv_encoding(path):
         return "utf-8-sig" if fh.read(3) == b"\xef\xbb\xbf" else "latin-1"
 
 
+def _text(path, encoding):
+    """The file as text lines; every kind of line end (LF, CR LF, CR) ends a line."""
+    return open(path, encoding=encoding, newline=None)
+
+
+def _is_blank(line):
+    """Whether a CSV line holds no data: empty, only spaces and tabs, or a ``#`` comment."""
+    text = line.strip()
+    return not text or text.startswith("#")
+
+
+def _loadtxt(path, encoding, delimiter, skip, *, blank_lines=False):
+    """``np.loadtxt`` of the file after ``skip`` lines; None if numpy refuses it. numpy reads
+    a path itself (its fast path); with ``blank_lines`` it is given the lines, those that hold
+    no data emptied (numpy skips only empty lines)."""
+    kw = dict(delimiter=delimiter, skiprows=skip, dtype=np.float64, ndmin=2, comments="#",
+              quotechar='"', encoding=encoding)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # "input contained no data"
+            if not blank_lines:
+                return np.loadtxt(path, **kw)
+            with _text(path, encoding) as fh:
+                return np.loadtxt(("\n" if _is_blank(ln) else ln for ln in fh), **kw)
+    except UnicodeDecodeError:
+        raise
+    except ValueError:
+        return None
+
+
 def _first_content_line(path, encoding):
     """(1-based number, stripped text) of the first line that is not blank or a comment;
-    (0, None) for a file without one. Text mode: every kind of line end counts."""
-    with open(path, encoding=encoding, newline=None) as fh:
+    (0, None) for a file without one."""
+    with _text(path, encoding) as fh:
         for no, line in enumerate(fh, start=1):
-            text = line.strip()
-            if text and not text.startswith("#"):
-                return no, text
+            if not _is_blank(line):
+                return no, line.strip()
     return 0, None
 
 
 def _csv_fields(text, delimiter):
+    """The fields of one line, stripped of spaces and quotes; a quoted field may hold the
+    delimiter (``"1,5"`` is one field, as numpy reads it)."""
     if text is None:
         return []
-    return [t.strip().strip('"').strip() for t in text.split(delimiter)]
+    try:
+        fields = next(csv.reader([text], delimiter=delimiter))
+    except csv.Error:  # a field beyond the csv module's size limit
+        fields = text.split(delimiter)
+    return [t.strip().strip('"').strip() for t in fields]
 
 
 def _is_number(tok):
     """Whether ``tok`` is a number as ``np.loadtxt`` reads one (Python's ``float`` also takes
-    ``1_000``, which loadtxt refuses)."""
-    if "_" in tok:
+    ``1_000`` and non-ASCII digits, which loadtxt refuses)."""
+    if "_" in tok or not tok.isascii():
         return False
     try:
         float(tok)
@@ -187,16 +228,27 @@ def _delimiter_hint(text, delimiter):
     return ""
 
 
+def _value_hint(tok, delimiter):
+    """Why a field might not be a number: a decimal comma, another delimiter."""
+    if "," in tok and _is_number(tok.replace(",", ".")):
+        return " (a decimal comma? this reader takes '.' as the decimal point)"
+    return _delimiter_hint(tok, delimiter)
+
+
 def _csv_problem(path, delimiter, skip, encoding):
-    """Describe the first bad line of a CSV file (only run once reading has failed)."""
+    """Describe the first bad line of a CSV file (only run once reading has failed); None if
+    every line is good by these rules."""
     width = None
     first = None  # the first line read as data
-    with open(path, encoding=encoding, newline=None) as fh:
+    with _text(path, encoding) as fh:
         for no, line in enumerate(fh, start=1):
-            text = line.strip()
-            if no <= skip or not text or text.startswith("#"):
+            if no <= skip or _is_blank(line):
                 continue
             first = first or no
+            text = line.split("#", 1)[0].strip()  # numpy drops a comment after the data
+            if text.count('"') % 2:
+                return (f"{path}: line {no}: a quote (\") opens a field that is not closed on "
+                        "this line; remove it or close the field")
             fields = _csv_fields(text, delimiter)
             if width is None:
                 width = len(fields)
@@ -207,12 +259,12 @@ def _csv_problem(path, delimiter, skip, encoding):
                     shown = tok if len(tok) <= 40 else tok[:40] + "..."
                     what = ("missing value" if tok == ""
                             else f"value {shown!r} is not a finite number")
-                    hint = _delimiter_hint(tok, delimiter)
+                    hint = _value_hint(tok, delimiter)
                     if not hint and skip == 0 and no == first:
                         hint = (" (the first line is read as a header only when none of its "
                                 "fields is a number)")
                     return f"{path}: line {no}, column {col}: {what}; remove or impute it{hint}"
-    return f"{path}: could not be read as numeric CSV"
+    return None
 
 
 _SVM_ERRORS = {

@@ -284,6 +284,42 @@ def test_csv_target_out_of_range(tmp_path):
         load_csv(path, target=3)
 
 
+@pytest.mark.parametrize("raw", [
+    b"x1,x2,y\n1,2,0\n   \n3,4,1\n",  # a line of spaces
+    b" \t\nx1,x2,y\n1,2,0\n\t\n3,4,1\n",  # before the header, and a tab
+    b"1,2,0\n  # an indented comment\n3,4,1\n  \n",
+    b"x1,x2,y\r1,2,0\r  \r3,4,1\r",  # CR line ends
+], ids=["spaces", "before-header", "indented-comment", "cr"])
+def test_csv_whitespace_only_lines_are_blank(tmp_path, raw):
+    """A line of only spaces or tabs is a blank line, ignored (numpy reads it as a row of one
+    empty field, and the file was refused without a line number)."""
+    path = tmp_path / "w.csv"
+    path.write_bytes(raw)
+    X, y = load_csv(path)
+    np.testing.assert_array_equal(X, [[1.0, 2.0], [3.0, 4.0]])
+    np.testing.assert_array_equal(y, [0.0, 1.0])
+    path.write_bytes(raw.replace(b"3,4,1", b"3,x,1"))  # counted as lines by the messages
+    line = raw.replace(b"\r", b"\n").split(b"\n").index(b"3,4,1") + 1
+    with pytest.raises(DataError, match=rf"line {line}, column 2: value 'x'"):
+        load_csv(path)
+
+
+@pytest.mark.parametrize("text,pattern", [
+    ('x,y,t\n"1,5",2,0\n3,4,1\n',
+     r"line 2, column 1: value '1,5' is not a finite number.*decimal comma"),
+    ('x,y,t\n1,2,0\n"3,4,1\n5,6,0\n', r"line 3: a quote \(\"\) opens a field that is not closed"),
+    ("\ufeffx,y,t\n1,2,0\n\u0661,4,1\n", r"line 3, column 1: value '\u0661'"),  # arabic-indic 1
+    ("x,y,t\n1,2,0 # a comment\n3,4,x\n", r"line 3, column 3: value 'x'"),
+], ids=["quoted-decimal-comma", "unbalanced-quote", "non-ascii-digit", "comment-after-data"])
+def test_csv_errors_name_the_right_line(tmp_path, text, pattern):
+    """Quotes are honoured when the bad line is looked for: a quoted decimal comma was blamed on
+    the next line, an unbalanced quote, like a non-ASCII digit, named no line."""
+    path = tmp_path / "q.csv"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(DataError, match=pattern):
+        load_csv(path)
+
+
 # ---------------------------------------------------------------------- npz
 def test_npz_dense(tmp_path):
     rng = np.random.default_rng(6)
