@@ -112,11 +112,28 @@ def load_csv(path, *, target=-1, delimiter=","):
     its fields is a number (empty names are allowed, as pandas writes for its index column);
     a first line mixing numbers and other fields is data, and an error names its bad field.
     Blank lines (also of only spaces or tabs) and ``#`` comments are ignored; numbers may be
-    quoted; a UTF-8 byte-order mark and any 8-bit text encoding of the header are accepted;
-    ``\n``, ``\r\n`` and ``\r`` line ends alike. An empty field, NaN or inf is an error naming
-    its line and column.
+    quoted; ``\n``, ``\r\n`` and ``\r`` line ends alike. A file that starts with a UTF-8
+    byte-order mark must be UTF-8 throughout (an error names the line of a byte that is not);
+    without one, any 8-bit text encoding of the header and comments is accepted. An empty
+    field, NaN or inf is an error naming its line and column.
     """
     encoding = _csv_encoding(path)
+    try:
+        data = _csv_table(path, encoding, delimiter)
+    except UnicodeDecodeError:  # only after a byte-order mark: latin-1 decodes any byte
+        raise DataError(_not_utf8(path)) from None
+    ncol = data.shape[1]
+    if not -ncol <= target < ncol:
+        raise DataError(f"{path}: target column {target} does not exist (the file has {ncol} "
+                        "columns)")
+    t = target % ncol
+    y = data[:, t].copy()
+    X = np.ascontiguousarray(np.delete(data, t, axis=1))
+    return X, y
+
+
+def _csv_table(path, encoding, delimiter):
+    """The numbers of the file as a 2-D float64 array, the header skipped, every value finite."""
     first, text = _first_content_line(path, encoding)
     fields = _csv_fields(text, delimiter)
     header = text is not None and any(fields) and not any(map(_is_number, fields))
@@ -139,14 +156,7 @@ def load_csv(path, *, target=-1, delimiter=","):
     if not np.all(np.isfinite(data)):
         raise DataError(_csv_problem(path, delimiter, skip, encoding)
                         or f"{path}: could not be read as numeric CSV")
-    ncol = data.shape[1]
-    if not -ncol <= target < ncol:
-        raise DataError(f"{path}: target column {target} does not exist (the file has {ncol} "
-                        "columns)")
-    t = target % ncol
-    y = data[:, t].copy()
-    X = np.ascontiguousarray(np.delete(data, t, axis=1))
-    return X, y
+    return data
 
 
 def _csv_encoding(path):
@@ -156,9 +166,27 @@ def _csv_encoding(path):
         return "utf-8-sig" if fh.read(3) == b"\xef\xbb\xbf" else "latin-1"
 
 
-def _text(path, encoding):
+def _text(path, encoding, errors="strict"):
     """The file as text lines; every kind of line end (LF, CR LF, CR) ends a line."""
-    return open(path, encoding=encoding, newline=None)
+    return open(path, encoding=encoding, errors=errors, newline=None)
+
+
+#: a byte that is not UTF-8, as decoded by ``errors="surrogateescape"``
+_NOT_UTF8 = re.compile("[\udc80-\udcff]")
+
+
+def _not_utf8(path):
+    """Name the first byte that is not UTF-8 in a file that starts with a UTF-8 byte-order
+    mark (only run once decoding has failed)."""
+    with _text(path, "utf-8-sig", errors="surrogateescape") as fh:
+        for no, line in enumerate(fh, start=1):
+            bad = _NOT_UTF8.search(line)
+            if bad:
+                return (f"{path}: line {no}: byte 0x{ord(bad.group()) - 0xdc00:02x} at "
+                        f"character {bad.start() + 1} is not UTF-8, but the file starts with a "
+                        "UTF-8 byte-order mark; save the file as UTF-8 (or, in an 8-bit "
+                        "encoding such as latin-1, without the byte-order mark)")
+    return f"{path}: not UTF-8 after its byte-order mark; save the file as UTF-8"
 
 
 def _is_blank(line):
@@ -235,6 +263,17 @@ def _value_hint(tok, delimiter):
     return _delimiter_hint(tok, delimiter)
 
 
+def _shown(tok, encoding):
+    """``tok`` for a message, cut to 40 characters; read as latin-1 (no byte-order mark), UTF-8
+    text shows as its own characters."""
+    if encoding == "latin-1" and not tok.isascii():
+        try:
+            tok = tok.encode("latin-1").decode("utf-8")
+        except UnicodeDecodeError:
+            pass
+    return tok if len(tok) <= 40 else tok[:40] + "..."
+
+
 def _csv_problem(path, delimiter, skip, encoding):
     """Describe the first bad line of a CSV file (only run once reading has failed); None if
     every line is good by these rules."""
@@ -256,9 +295,8 @@ def _csv_problem(path, delimiter, skip, encoding):
                 return f"{path}: line {no} has {len(fields)} fields, expected {width}"
             for col, tok in enumerate(fields, start=1):
                 if not (_is_number(tok) and np.isfinite(float(tok))):
-                    shown = tok if len(tok) <= 40 else tok[:40] + "..."
                     what = ("missing value" if tok == ""
-                            else f"value {shown!r} is not a finite number")
+                            else f"value {_shown(tok, encoding)!r} is not a finite number")
                     hint = _value_hint(tok, delimiter)
                     if not hint and skip == 0 and no == first:
                         hint = (" (the first line is read as a header only when none of its "

@@ -383,6 +383,18 @@ def test_binary_file_read_as_csv_is_a_short_error_line(logistic_npz, capsys):
     assert len(err) < 400, err
 
 
+def test_csv_with_bom_and_a_latin1_byte_is_one_error_line(tmp_path, capsys):
+    """A UTF-8 byte-order mark then a latin-1 byte: one line naming the file's line and the fix
+    (a bare UnicodeDecodeError message once, with no file and no line)."""
+    path = tmp_path / "bom.csv"
+    path.write_bytes(b"\xef\xbb\xbfx,b,y\n1,2,0\n3,4\xe9,1\n")
+    rc = main(["newton", "--data", str(path), "--quiet"])
+    _, err = capsys.readouterr()
+    assert rc == 2
+    _one_error_line(err)
+    assert str(path) in err and "line 3: byte 0xe9" in err and "save the file as UTF-8" in err
+
+
 def test_influence_solver_warnings_and_failures_are_lines(tmp_path, capsys):
     """A LiSSA series that stops short is a warning line (the command hid every
     RuntimeWarning and printed rankings 29% off with exit code 0); a CG that does not

@@ -320,6 +320,37 @@ def test_csv_errors_name_the_right_line(tmp_path, text, pattern):
         load_csv(path)
 
 
+@pytest.mark.parametrize("raw,line,char", [
+    (b"caf\xe9,b,y\n1,2,0\n3,4,1\n", 1, 4),  # a latin-1 header after a UTF-8 BOM
+    (b"x,b,y\n1,2,0\n3,4\xe9,1\n", 3, 4),
+    (b"# caf\xe9\nx,b,y\n1,2,0\n3,4,1\n", 1, 6),
+    (b"x,b,y\r" + b"1,2,0\r" * 3000 + b"3,4\xe9,1\r", 3002, 4),  # found by numpy's reader
+], ids=["header", "data", "comment", "far-cr"])
+def test_csv_bom_then_a_byte_that_is_not_utf8(tmp_path, raw, line, char):
+    """A file that starts with a UTF-8 byte-order mark must be UTF-8: a latin-1 byte is named
+    by line, with the fix (it raised a bare UnicodeDecodeError, naming neither)."""
+    path = tmp_path / "b.csv"
+    path.write_bytes(b"\xef\xbb\xbf" + raw)
+    with pytest.raises(DataError, match=rf"line {line}: byte 0xe9 at character {char} is not "
+                       r"UTF-8, but the file starts with a UTF-8 byte-order mark; save the "
+                       r"file as UTF-8") as info:
+        load_csv(path)
+    assert str(path) in str(info.value)
+
+
+@pytest.mark.parametrize("raw,shown", [
+    (b"x,b,y\n1,2,0\n3,4\xe9,1\n", "4\xe9"),  # latin-1
+    ("x,b,y\n1,2,0\n3,4\u0661,1\n".encode(), "4\u0661"),  # UTF-8: shown as written
+], ids=["latin1", "utf8"])
+def test_csv_without_bom_any_8bit_text_and_bad_bytes_named(tmp_path, raw, shown):
+    """Without a byte-order mark any 8-bit encoding is read (a latin-1 header is accepted, see
+    test_csv_variants_read_every_row); a non-ASCII byte in a number is named by line and column."""
+    path = tmp_path / "n.csv"
+    path.write_bytes(raw)
+    with pytest.raises(DataError, match=rf"line 3, column 2: value '{shown}' is not a finite"):
+        load_csv(path)
+
+
 # ---------------------------------------------------------------------- npz
 def test_npz_dense(tmp_path):
     rng = np.random.default_rng(6)
