@@ -6,6 +6,7 @@ what is wrong when a file cannot be used.
 """
 
 import csv
+import numbers
 import os
 import re
 import warnings
@@ -117,6 +118,8 @@ def load_csv(path, *, target=-1, delimiter=","):
     without one, any 8-bit text encoding of the header and comments is accepted. An empty
     field, NaN or inf is an error naming its line and column.
     """
+    target = _as_int(target, "target", "an integer column index (negative counts from the "
+                     "last column)")
     encoding = _csv_encoding(path)
     try:
         data = _csv_table(path, encoding, delimiter)
@@ -125,11 +128,18 @@ def load_csv(path, *, target=-1, delimiter=","):
     ncol = data.shape[1]
     if not -ncol <= target < ncol:
         raise DataError(f"{path}: target column {target} does not exist (the file has {ncol} "
-                        "columns)")
+                        f"columns: 0 to {ncol - 1}, or -{ncol} to -1 from the last)")
     t = target % ncol
     y = data[:, t].copy()
     X = np.ascontiguousarray(np.delete(data, t, axis=1))
     return X, y
+
+
+def _as_int(value, name, what):
+    """``value`` as a Python int; TypeError for anything but an integer (bool included)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be {what}, got {value!r}")
+    return int(value)
 
 
 def _csv_table(path, encoding, delimiter):
@@ -321,21 +331,36 @@ def load_svmlight(path, *, zero_based="auto", n_features=None):
     zero-based only if an index 0 occurs (scikit-learn's rule). Parsed in one compiled pass;
     numbers are converted exactly (see :mod:`fastcurv.kernels.svmlight`). An error names the
     file's line (blank and comment lines counted) and the token at fault.
+
+    ``n_features`` (None or an integer >= 0) fixes the number of columns; None takes one past
+    the largest index (at least 1).
     """
+    zero_based, n_features = _svm_options(zero_based, n_features)
     buf = np.fromfile(path, dtype=np.uint8)
     labels, indices, values, indptr = _svm_parse(path, buf)
     _svm_check_finite(path, buf, labels, values, indptr)
     indices, one_based = _svm_zero_based(path, buf, indices, indptr, zero_based)
-    d = int(indices.max()) + 1 if indices.size else 1
-    if n_features is not None:
-        if d > n_features:
-            raise DataError(f"{path}: feature index {d} exceeds n_features = {n_features}")
-        d = int(n_features)
+    d = _svm_n_columns(path, buf, indices, indptr, one_based, n_features)
     n, nnz = labels.shape[0], indices.shape[0]
     idx_dtype = np.int32 if d < 2**31 and nnz < 2**31 else np.int64
     X = sp.csr_matrix((values, indices.astype(idx_dtype), indptr.astype(idx_dtype)),
                       shape=(n, d))
     return X, labels
+
+
+def _svm_options(zero_based, n_features):
+    """``(zero_based, n_features)`` checked: True, False or 'auto'; None or an integer >= 0."""
+    if isinstance(zero_based, (bool, np.bool_)):
+        zero_based = bool(zero_based)
+    elif not (isinstance(zero_based, str) and zero_based == "auto"):
+        kind = ValueError if isinstance(zero_based, str) else TypeError
+        raise kind(f"zero_based must be True, False or 'auto', got {zero_based!r}")
+    if n_features is not None:
+        n_features = _as_int(n_features, "n_features", "a non-negative integer or None")
+        if n_features < 0:
+            raise ValueError(f"n_features must be a non-negative integer or None, got "
+                             f"{n_features}")
+    return zero_based, n_features
 
 
 def _svm_parse(path, buf):
@@ -399,6 +424,26 @@ def _svm_zero_based(path, buf, indices, indptr, zero_based):
                         "in a file read as one-based (zero_based=False); pass zero_based=True "
                         "or 'auto' to read the indices as counted from 0")
     return indices - 1, one_based
+
+
+def _svm_n_columns(path, buf, indices, indptr, one_based, n_features):
+    """The number of columns: ``n_features``, which must hold every (zero-based) index, or
+    one past the largest index (at least 1)."""
+    needed = int(indices.max()) + 1 if indices.size else 0
+    if n_features is None:
+        return max(needed, 1)
+    if needed > n_features:
+        entry = int(np.argmax(indices >= n_features))  # the first one beyond
+        row = _svm_row_of(indptr, entry)
+        line, tok, char = _svm_row_token(buf, row, 1 + entry - indptr[row])
+        base = int(one_based)
+        takes = (f"{('zero', 'one')[base]}-based indices {base} to {n_features - 1 + base}"
+                 if n_features else "no index")
+        raise DataError(f"{path}: line {line}: feature index {int(indices[entry]) + base} "
+                        f"({tok!r} at character {char}) is beyond n_features = {n_features}, "
+                        f"which takes {takes}; pass n_features >= {needed}, or None to take "
+                        "the number of features from the file")
+    return n_features
 
 
 def _svm_row_of(indptr, entry):

@@ -119,6 +119,50 @@ def test_svmlight_n_features(tmp_path):
         load_svmlight(path, n_features=2)
 
 
+
+@pytest.mark.parametrize("kw,error", [
+    (dict(n_features=4.5), TypeError),  # was truncated to 4 columns, silently
+    (dict(n_features="5"), TypeError),  # was a raw TypeError from a comparison
+    (dict(n_features=True), TypeError),
+    (dict(n_features=-1), ValueError),
+    (dict(zero_based=0), TypeError),  # these three were read as zero-based, silently
+    (dict(zero_based=None), TypeError),
+    (dict(zero_based="no"), ValueError),
+], ids=["float", "str", "bool", "negative", "zb-0", "zb-None", "zb-no"])
+def test_svmlight_options_are_checked(tmp_path, kw, error):
+    path = tmp_path / "o.svm"
+    path.write_text("1 1:1 3:2\n")
+    name = next(iter(kw))
+    with pytest.raises(error, match=rf"{name} must be .*, got {re.escape(repr(kw[name]))}"):
+        load_svmlight(path, **kw)
+
+
+def test_svmlight_options_accept_numpy_scalars(tmp_path):
+    path = tmp_path / "o.svm"
+    path.write_text("1 1:1 3:2\n0\n")
+    X, _ = load_svmlight(path, zero_based=np.bool_(False), n_features=np.int64(5))
+    assert X.shape == (2, 5) and list(X.indices) == [0, 2]
+    X, _ = load_svmlight(path, zero_based=np.bool_(True))
+    assert X.shape == (2, 4) and list(X.indices) == [1, 3]
+    (tmp_path / "none.svm").write_text("1\n0\n")  # no features: n_features=0 is a fit
+    assert load_svmlight(tmp_path / "none.svm", n_features=0)[0].shape == (2, 0)
+
+
+@pytest.mark.parametrize("zero_based,n_features,line,index,takes,needed", [
+    (True, 3, 3, 3, "zero-based indices 0 to 2", 5),  # the message once said "index 4"
+    (False, 3, 3, 4, "one-based indices 1 to 3", 4),
+    ("auto", 0, 1, 1, "no index", 4),  # auto: one-based, as no index is 0
+])
+def test_svmlight_n_features_too_small_names_the_index_as_written(
+        tmp_path, zero_based, n_features, line, index, takes, needed):
+    """The first index beyond n_features is named as written in the file, with its line."""
+    path = tmp_path / "n.svm"
+    path.write_text("1 1:1 2:1\n# note\n0 2:1 3:5 4:2\n")
+    with pytest.raises(DataError, match=rf"line {line}: feature index {index} .* is beyond "
+                       rf"n_features = {n_features}, which takes {takes}; pass n_features >= "
+                       rf"{needed}\b"):
+        load_svmlight(path, zero_based=zero_based, n_features=n_features)
+
 BAD_LINES = {
     "label": "abc 1:2",
     "index": "1 x:2",
@@ -282,6 +326,21 @@ def test_csv_target_out_of_range(tmp_path):
     path.write_text("1,2,0\n3,4,1\n")
     with pytest.raises(DataError):
         load_csv(path, target=3)
+
+
+@pytest.mark.parametrize("target", [1.0, "1", True, None])
+def test_csv_target_must_be_an_integer(tmp_path, target):
+    """target=1.0 raised an IndexError and "1" a raw TypeError from a comparison."""
+    path = tmp_path / "t.csv"
+    path.write_text("1,2,0\n3,4,1\n")
+    with pytest.raises(TypeError, match=rf"target must be an integer column index .*, got "
+                       rf"{re.escape(repr(target))}"):
+        load_csv(path, target=target)
+    with pytest.raises(DataError, match=r"target column -4 does not exist \(the file has 3 "
+                       r"columns: 0 to 2, or -3 to -1"):
+        load_csv(path, target=-4)
+    X, y = load_csv(path, target=np.int64(-3))
+    np.testing.assert_array_equal(y, [1.0, 3.0])
 
 
 @pytest.mark.parametrize("raw", [
