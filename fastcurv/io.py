@@ -2,15 +2,20 @@
 
 Every reader returns ``(X, y)`` with ``X`` a dense float64 array or a CSR matrix and ``y`` a
 float64 vector, and raises :class:`DataError` (a ``ValueError``) with the file, the line and
-what is wrong when a file cannot be used.
+what is wrong when a file cannot be used. The text formats may be gzip or bzip2 compressed
+(told by the file's first bytes, as ``data.svm.gz``; read whole into memory).
 """
 
+import bz2
 import csv
+import gzip
+import io
 import numbers
 import os
 import re
 import warnings
 import zipfile
+import zlib
 
 import numpy as np
 import scipy.sparse as sp
@@ -39,12 +44,7 @@ def load(path, *, fmt=None, target=-1):
 
 def _load(path, fmt, target):
     if fmt is None:
-        ext = os.path.splitext(path)[1].lower()
-        fmt = {".npz": "npz", ".csv": "csv", ".svm": "svmlight", ".svmlight": "svmlight",
-               ".libsvm": "svmlight", ".txt": "svmlight"}.get(ext)
-        if fmt is None:
-            raise DataError(f"{path}: unknown extension {ext!r}; use .npz, .csv or .svmlight "
-                            "(or pass the format explicitly)")
+        fmt = _format_of(path)
     if fmt == "npz":
         return load_npz(path)
     if fmt == "csv":
@@ -52,6 +52,55 @@ def _load(path, fmt, target):
     if fmt == "svmlight":
         return load_svmlight(path)
     raise DataError(f"unknown format {fmt!r}; use 'npz', 'csv' or 'svmlight'")
+
+
+_EXTENSIONS = {".npz": "npz", ".csv": "csv", ".svm": "svmlight", ".svmlight": "svmlight",
+               ".libsvm": "svmlight", ".txt": "svmlight"}
+
+
+def _format_of(path):
+    """The format named by the file's extension, which for a text format may be followed by
+    ``.gz`` or ``.bz2`` (``data.svm.gz``)."""
+    stem, ext = os.path.splitext(path.lower())
+    if ext in (".gz", ".bz2"):
+        inner = os.path.splitext(stem)[1]
+        if _EXTENSIONS.get(inner) in ("csv", "svmlight"):
+            return _EXTENSIONS[inner]
+        ext = inner + ext
+    if ext not in _EXTENSIONS:
+        raise DataError(f"{path}: unknown extension {ext!r}; use .npz, .csv or .svmlight (the "
+                        "text formats also as .csv.gz or .svm.bz2, say), or pass the format "
+                        "explicitly")
+    return _EXTENSIONS[ext]
+
+
+#: readers of compressed files, by the format that the file's first bytes show
+_DECOMPRESS = {"gzip": gzip.open, "bzip2": bz2.open}
+
+
+def _compression(path):
+    """'gzip' or 'bzip2' for a file that starts with that format's magic bytes, else None."""
+    with open(path, "rb") as fh:
+        head = fh.read(10)
+    if head[:3] == b"\x1f\x8b\x08":  # gzip, deflate method
+        return "gzip"
+    # bzip2: "BZh", the block size, then the magic of a block or of the end of the stream
+    if head[:3] == b"BZh" and head[4:10] in (b"1AY&SY", b"\x17rE8P\x90"):
+        return "bzip2"
+    return None
+
+
+def _decompressed(path):
+    """The decompressed bytes of a gzip or bzip2 file; None for a file that is neither."""
+    kind = _compression(path)
+    if kind is None:
+        return None
+    try:
+        with _DECOMPRESS[kind](path, "rb") as fh:
+            return fh.read()
+    except (OSError, EOFError, zlib.error) as exc:
+        raise DataError(f"{path}: cannot be decompressed as {kind} ({exc}); the file is "
+                        "damaged or cut short") from None
 
 
 def load_npz(path):
@@ -120,11 +169,13 @@ def load_csv(path, *, target=-1, delimiter=","):
     """
     target = _as_int(target, "target", "an integer column index (negative counts from the "
                      "last column)")
-    encoding = _csv_encoding(path)
+    raw = _decompressed(path)
+    source = path if raw is None else raw
+    encoding = _csv_encoding(source)
     try:
-        data = _csv_table(path, encoding, delimiter)
+        data = _csv_table(path, source, encoding, delimiter)
     except UnicodeDecodeError:  # only after a byte-order mark: latin-1 decodes any byte
-        raise DataError(_not_utf8(path)) from None
+        raise DataError(_not_utf8(path, source)) from None
     ncol = data.shape[1]
     if not -ncol <= target < ncol:
         raise DataError(f"{path}: target column {target} does not exist (the file has {ncol} "
@@ -142,20 +193,21 @@ def _as_int(value, name, what):
     return int(value)
 
 
-def _csv_table(path, encoding, delimiter):
-    """The numbers of the file as a 2-D float64 array, the header skipped, every value finite."""
-    first, text = _first_content_line(path, encoding)
+def _csv_table(path, source, encoding, delimiter):
+    """The numbers of the file as a 2-D float64 array, the header skipped, every value finite
+    (``source``: the path, or the bytes of a decompressed file)."""
+    first, text = _first_content_line(source, encoding)
     fields = _csv_fields(text, delimiter)
     header = text is not None and any(fields) and not any(map(_is_number, fields))
     skip = first if header else 0
-    data = _loadtxt(path, encoding, delimiter, skip)
+    data = _loadtxt(source, encoding, delimiter, skip)
     if data is None:
-        problem = _csv_problem(path, delimiter, skip, encoding)
+        problem = _csv_problem(path, source, delimiter, skip, encoding)
         if problem:
             raise DataError(problem)
         # no bad line by this reader's rules: numpy refused a line that holds only spaces
         # (or an indented comment) as a row of one empty field; read again without them
-        data = _loadtxt(path, encoding, delimiter, skip, blank_lines=True)
+        data = _loadtxt(source, encoding, delimiter, skip, blank_lines=True)
         if data is None:
             raise DataError(f"{path}: could not be read as numeric CSV")
     if data.shape[0] == 0:
@@ -164,31 +216,36 @@ def _csv_table(path, encoding, delimiter):
         raise DataError(f"{path}: needs at least one feature column and one target column"
                         + _delimiter_hint(text, delimiter))
     if not np.all(np.isfinite(data)):
-        raise DataError(_csv_problem(path, delimiter, skip, encoding)
+        raise DataError(_csv_problem(path, source, delimiter, skip, encoding)
                         or f"{path}: could not be read as numeric CSV")
     return data
 
 
-def _csv_encoding(path):
+def _csv_encoding(source):
     """'utf-8-sig' for a file that starts with a UTF-8 byte-order mark, else 'latin-1': the
     numbers are ASCII either way, and latin-1 decodes any byte of a header or comment."""
-    with open(path, "rb") as fh:
+    with _binary(source) as fh:
         return "utf-8-sig" if fh.read(3) == b"\xef\xbb\xbf" else "latin-1"
 
 
-def _text(path, encoding, errors="strict"):
+def _binary(source):
+    """The file (a path, or the bytes of a decompressed file) opened for reading bytes."""
+    return io.BytesIO(source) if isinstance(source, bytes) else open(source, "rb")
+
+
+def _text(source, encoding, errors="strict"):
     """The file as text lines; every kind of line end (LF, CR LF, CR) ends a line."""
-    return open(path, encoding=encoding, errors=errors, newline=None)
+    return io.TextIOWrapper(_binary(source), encoding=encoding, errors=errors, newline=None)
 
 
 #: a byte that is not UTF-8, as decoded by ``errors="surrogateescape"``
 _NOT_UTF8 = re.compile("[\udc80-\udcff]")
 
 
-def _not_utf8(path):
+def _not_utf8(path, source):
     """Name the first byte that is not UTF-8 in a file that starts with a UTF-8 byte-order
     mark (only run once decoding has failed)."""
-    with _text(path, "utf-8-sig", errors="surrogateescape") as fh:
+    with _text(source, "utf-8-sig", errors="surrogateescape") as fh:
         for no, line in enumerate(fh, start=1):
             bad = _NOT_UTF8.search(line)
             if bad:
@@ -205,29 +262,30 @@ def _is_blank(line):
     return not text or text.startswith("#")
 
 
-def _loadtxt(path, encoding, delimiter, skip, *, blank_lines=False):
+def _loadtxt(source, encoding, delimiter, skip, *, blank_lines=False):
     """``np.loadtxt`` of the file after ``skip`` lines; None if numpy refuses it. numpy reads
-    a path itself (its fast path); with ``blank_lines`` it is given the lines, those that hold
-    no data emptied (numpy skips only empty lines)."""
+    a path itself (its fast path); it is given the lines of decompressed bytes, and with
+    ``blank_lines`` those that hold no data emptied (numpy skips only empty lines)."""
     kw = dict(delimiter=delimiter, skiprows=skip, dtype=np.float64, ndmin=2, comments="#",
               quotechar='"', encoding=encoding)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # "input contained no data"
-            if not blank_lines:
-                return np.loadtxt(path, **kw)
-            with _text(path, encoding) as fh:
-                return np.loadtxt(("\n" if _is_blank(ln) else ln for ln in fh), **kw)
+            if isinstance(source, str) and not blank_lines:
+                return np.loadtxt(source, **kw)
+            with _text(source, encoding) as fh:
+                lines = ("\n" if _is_blank(ln) else ln for ln in fh) if blank_lines else fh
+                return np.loadtxt(lines, **kw)
     except UnicodeDecodeError:
         raise
     except ValueError:
         return None
 
 
-def _first_content_line(path, encoding):
+def _first_content_line(source, encoding):
     """(1-based number, stripped text) of the first line that is not blank or a comment;
     (0, None) for a file without one."""
-    with _text(path, encoding) as fh:
+    with _text(source, encoding) as fh:
         for no, line in enumerate(fh, start=1):
             if not _is_blank(line):
                 return no, line.strip()
@@ -284,12 +342,12 @@ def _shown(tok, encoding):
     return tok if len(tok) <= 40 else tok[:40] + "..."
 
 
-def _csv_problem(path, delimiter, skip, encoding):
+def _csv_problem(path, source, delimiter, skip, encoding):
     """Describe the first bad line of a CSV file (only run once reading has failed); None if
     every line is good by these rules."""
     width = None
     first = None  # the first line read as data
-    with _text(path, encoding) as fh:
+    with _text(source, encoding) as fh:
         for no, line in enumerate(fh, start=1):
             if no <= skip or _is_blank(line):
                 continue
@@ -336,7 +394,7 @@ def load_svmlight(path, *, zero_based="auto", n_features=None):
     the largest index (at least 1).
     """
     zero_based, n_features = _svm_options(zero_based, n_features)
-    buf = np.fromfile(path, dtype=np.uint8)
+    buf = _svm_bytes(path)
     labels, indices, values, indptr = _svm_parse(path, buf)
     _svm_check_finite(path, buf, labels, values, indptr)
     indices, one_based = _svm_zero_based(path, buf, indices, indptr, zero_based)
@@ -361,6 +419,14 @@ def _svm_options(zero_based, n_features):
             raise ValueError(f"n_features must be a non-negative integer or None, got "
                              f"{n_features}")
     return zero_based, n_features
+
+
+def _svm_bytes(path):
+    """The file's bytes (decompressed for gzip or bzip2) as a writable uint8 array."""
+    raw = _decompressed(path)
+    if raw is None:
+        return np.fromfile(path, dtype=np.uint8)
+    return np.frombuffer(raw, dtype=np.uint8).copy()  # writable: as the parser is compiled
 
 
 def _svm_parse(path, buf):

@@ -7,6 +7,8 @@ svmlight numbers must be the correctly rounded doubles of their decimal text, as
 subnormals included), not to a tolerance.
 """
 
+import bz2
+import gzip
 import re
 
 import numpy as np
@@ -245,6 +247,62 @@ def test_svmlight_other_errors(tmp_path):
         load_svmlight(zero, zero_based=False)  # index 0 in a one-based file
     X, _ = load_svmlight(zero)  # "auto": an index 0 makes it zero-based
     np.testing.assert_array_equal(X.toarray(), [[1.0, 0.0, 3.0]])
+
+
+@pytest.mark.parametrize("name,compress", [
+    ("d.svm.gz", gzip.compress), ("d.svmlight.bz2", bz2.compress), ("d.txt.gz", gzip.compress),
+])
+def test_svmlight_compressed_matches_sklearn(tmp_path, name, compress):
+    """gzip and bzip2 files are read as scikit-learn reads them (by name, as they were
+    refused: "unknown extension '.gz'"), and by their first bytes whatever the name (fmt=
+    'svmlight' on a compressed file said "the label is not a number")."""
+    X = _matrix(40, 6, 0.5, seed=8)
+    y = np.arange(40) % 3
+    plain = tmp_path / "plain.svm"
+    skd.dump_svmlight_file(X, y, str(plain), zero_based=False, comment="compressed")
+    path = tmp_path / name
+    path.write_bytes(compress(plain.read_bytes()))
+    Xf, yf = assert_same_as_sklearn(path)
+    for X2, y2 in (load(path), load(plain), load_svmlight(plain)):
+        np.testing.assert_array_equal(X2.toarray(), Xf.toarray())
+        np.testing.assert_array_equal(y2, yf)
+    anonymous = tmp_path / "data"  # no extension: the format is given, compression is seen
+    anonymous.write_bytes(path.read_bytes())
+    np.testing.assert_array_equal(load(anonymous, fmt="svmlight")[0].toarray(), Xf.toarray())
+
+
+@pytest.mark.parametrize("name,compress,fmt", [
+    ("d.csv.gz", gzip.compress, None), ("d.csv.bz2", bz2.compress, None),
+    ("d.gz", gzip.compress, "csv"),  # the first data row was dropped, silently
+    ("d.dat", bz2.compress, "csv"),
+])
+def test_csv_compressed_reads_every_row(tmp_path, name, compress, fmt):
+    raw = b"\xef\xbb\xbfx1,x2,y\r\n1,2,0\r\n  \r\n3,4,1\r\n"  # BOM, header, CRLF, blank
+    path = tmp_path / name
+    path.write_bytes(compress(raw))
+    X, y = load(path, fmt=fmt)
+    np.testing.assert_array_equal(X, [[1.0, 2.0], [3.0, 4.0]])
+    np.testing.assert_array_equal(y, [0.0, 1.0])
+    path.write_bytes(compress(raw.replace(b"3,4,1", b"3,4,x")))  # messages read it too
+    with pytest.raises(DataError, match=r"line 4, column 3: value 'x'"):
+        load(path, fmt=fmt)
+
+
+def test_compressed_file_damaged_or_not_a_text_format(tmp_path):
+    path = tmp_path / "cut.svm.gz"
+    path.write_bytes(gzip.compress(b"1 1:2 3:4\n" * 100)[:30])
+    with pytest.raises(DataError, match=r"cut.svm.gz: cannot be decompressed as gzip .*cut "
+                       r"short"):
+        load(path)
+    path = tmp_path / "bad.csv.bz2"
+    path.write_bytes(bz2.compress(b"1,2,0\n")[:16] + b"x" * 40)
+    with pytest.raises(DataError, match=r"cannot be decompressed as bzip2"):
+        load(path)
+    (tmp_path / "d.npz.gz").write_bytes(gzip.compress(b"x"))
+    with pytest.raises(DataError, match=r"unknown extension '.npz.gz'"):
+        load(tmp_path / "d.npz.gz")
+    (tmp_path / "plain.svm.gz").write_text("1 1:2\n")  # not compressed after all: plain text
+    np.testing.assert_array_equal(load(tmp_path / "plain.svm.gz")[0].toarray(), [[2.0]])
 
 
 # ---------------------------------------------------------------------- CSV
