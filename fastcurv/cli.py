@@ -496,10 +496,11 @@ def _influence_parser(sub):
 
 
 #: library argument names and the command-line options that set them
-_OPTION_OF = {"method": "--method", "preconditioner": "--precond", "max_iter": "--max-iter"}
+_OPTION_OF = {"method": "--method", "preconditioner": "--precond", "max_iter": "--max-iter",
+              "fmt": "--format"}
 _VALUE = r"""(?:'[\w.+-]+'|"[\w.+-]+"|None|\d+)"""
 _ARG_VALUE = re.compile(
-    rf"\b(method|preconditioner|max_iter)=({_VALUE}(?:\s*(?:,|or)\s*{_VALUE})*)")
+    rf"\b(method|preconditioner|max_iter|fmt)=({_VALUE}(?:\s*(?:,|or)\s*{_VALUE})*)")
 
 
 def _in_command_words(message):

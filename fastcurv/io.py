@@ -69,8 +69,8 @@ def _format_of(path):
         ext = inner + ext
     if ext not in _EXTENSIONS:
         raise DataError(f"{path}: unknown extension {ext!r}; use .npz, .csv or .svmlight (the "
-                        "text formats also as .csv.gz or .svm.bz2, say), or pass the format "
-                        "explicitly")
+                        "text formats also as .csv.gz or .svm.bz2, say), or pass fmt='npz', "
+                        "'csv' or 'svmlight'")
     return _EXTENSIONS[ext]
 
 
@@ -443,8 +443,11 @@ def _svm_parse(path, buf):
         buf, labels, indices, values, indptr, slow_buf, slow_at
     )
     if err:
-        tok, char = _svm_token(buf, at)
-        raise DataError(f"{path}: line {line}: {_SVM_ERRORS[err]}: {tok!r} at character {char}")
+        start = svmlight.row_line(buf, n)[1]  # the line of the row that failed
+        tok, char = _svm_token(buf, start, at)
+        hint = _svm_csv_hint(_LINE.match(buf, start).group()) if n == 0 else ""
+        raise DataError(f"{path}: line {line}: {_SVM_ERRORS[err]}: {tok!r} at character "
+                        f"{char}{hint}")
     if n == 0:
         raise DataError(f"{path}: no data lines")
     if n_slow:
@@ -517,14 +520,16 @@ def _svm_row_of(indptr, entry):
     return int(np.searchsorted(indptr, entry, side="right")) - 1
 
 
-def _svm_token(buf, at):
-    """``(text, character)``: the token that starts at offset ``at`` (cut to 40 characters)
-    and its 1-based position in its line. Only for messages."""
-    nl = np.flatnonzero(buf[:at] == 10)
-    start = int(nl[-1]) + 1 if nl.size else 0
+#: a line, and a token of the svmlight parser, from an offset (``re`` reads the uint8 array)
+_LINE = re.compile(rb"[^\n]*")
+_TOKEN = re.compile(rb"[^ \t\r\n#]*")
+
+
+def _svm_token(buf, start, at):
+    """``(text, character)``: the token at offset ``at`` of the line that starts at ``start``,
+    cut to 40 characters, and its 1-based position in the line. Only for messages."""
     char = len(bytes(buf[start:at]).decode("utf-8", "replace")) + 1
-    tok = re.match(rb"[^ \t\r\n#]*", bytes(buf[at:at + 200])).group()
-    text = tok.decode("utf-8", "replace")
+    text = _TOKEN.match(buf, at).group()[:200].decode("utf-8", "replace")
     return (text if len(text) <= 40 else text[:40] + "..."), char
 
 
@@ -533,9 +538,13 @@ def _svm_row_token(buf, row, k):
     its k-th ``index:value`` entry (``qid:`` skipped as the parser does). Only for messages:
     the row's line is found by scanning the file again."""
     line, start = svmlight.row_line(buf, row)
-    rest = buf[start:]
-    nl = np.flatnonzero(rest == 10)
-    text = bytes(rest[: int(nl[0]) if nl.size else rest.shape[0]]).split(b"#", 1)[0]
+    text = _LINE.match(buf, start).group().split(b"#", 1)[0]
     tokens = [m.start() for m in re.finditer(rb"[^ \t\r]+", text)]
     tokens = tokens[:1] + [t for t in tokens[1:] if not text.startswith(b"qid:", t)]
-    return (line, *_svm_token(buf, start + tokens[int(k)]))
+    return (line, *_svm_token(buf, start, start + tokens[int(k)]))
+
+
+def _svm_csv_hint(line):
+    """A hint for a first data line that looks like CSV: commas, no ``index:value``."""
+    text = line.split(b"#", 1)[0]
+    return "; this looks like CSV: pass fmt='csv'" if b"," in text and b":" not in text else ""

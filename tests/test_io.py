@@ -305,6 +305,25 @@ def test_compressed_file_damaged_or_not_a_text_format(tmp_path):
     np.testing.assert_array_equal(load(tmp_path / "plain.svm.gz")[0].toarray(), [[2.0]])
 
 
+@pytest.mark.parametrize("text,hint", [
+    ("x1,x2,y\n1,2,0\n3,4,1\n", True),  # a header
+    ("# exported\n\n1,2,0\n3,4,1\n", True),  # the first data line, after a comment
+    ("1 1:2\n3,4,1\n", False),  # not on the first data line: an svmlight file with a bad line
+    ("a b c\n1 2 0\n", False),  # no commas
+], ids=["header", "after-comment", "later-line", "no-commas"])
+def test_svmlight_reading_a_csv_file_hints_at_fmt_csv(tmp_path, text, hint):
+    """A CSV file saved as .txt goes to the svmlight reader; when its first data line fails and
+    looks like CSV, the message says so ("the label is not a number" alone gave no clue)."""
+    path = tmp_path / "d.txt"
+    path.write_text(text)
+    with pytest.raises(DataError, match=r"the label is not a number") as info:
+        load(path)
+    assert ("; this looks like CSV: pass fmt='csv'" in str(info.value)) == hint
+    if hint:
+        X, y = load(path, fmt="csv")
+        np.testing.assert_array_equal(X, [[1.0, 2.0], [3.0, 4.0]])
+
+
 # ---------------------------------------------------------------------- CSV
 def _write_csv(path, data, header=None):
     with open(path, "w") as fh:
