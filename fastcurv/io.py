@@ -29,6 +29,15 @@ class DataError(ValueError):
 
 def load(path, *, fmt=None, target=-1):
     """Read ``path`` by its extension (or ``fmt``: 'npz', 'csv', 'svmlight')."""
+    path = _checked_path(path)
+    try:
+        return _load(path, fmt, target)
+    except OSError as exc:  # a read error: name the file
+        raise DataError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+
+
+def _checked_path(path):
+    """``path`` as a string, refused unless it names a regular file (every reader checks)."""
     path = os.fspath(path)
     if os.path.isdir(path):
         raise DataError(f"{path}: is a directory, not a data file")
@@ -36,10 +45,7 @@ def load(path, *, fmt=None, target=-1):
         raise DataError(f"{path}: no such file")
     if not os.path.isfile(path):
         raise DataError(f"{path}: not a regular file")
-    try:
-        return _load(path, fmt, target)
-    except OSError as exc:  # a read error: name the file
-        raise DataError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    return path
 
 
 def _load(path, fmt, target):
@@ -106,17 +112,18 @@ def _decompressed(path):
 def load_npz(path):
     """``.npz`` with arrays ``X`` and ``y``; ``X`` may also be stored by ``scipy.sparse.save_npz``
     next to ``y`` as ``X_data, X_indices, X_indptr, X_shape``."""
+    path = _checked_path(path)
     try:
         with np.load(path, allow_pickle=False) as f:
             keys = set(f.files)
             if "y" not in keys:
                 raise DataError(f"{path}: no array 'y' (found: {', '.join(sorted(keys))})")
-            y = np.asarray(f["y"])
+            y = _npz_array(path, f, "y")
             if "X" in keys:
-                X = np.asarray(f["X"])
+                X = _npz_array(path, f, "X")
             elif {"X_data", "X_indices", "X_indptr", "X_shape"} <= keys:
-                X = _csr_from_parts(path, f["X_data"], f["X_indices"], f["X_indptr"],
-                                    f["X_shape"])
+                X = _csr_from_parts(path, *(_npz_array(path, f, f"X_{part}")
+                                            for part in ("data", "indices", "indptr", "shape")))
             else:
                 raise DataError(f"{path}: no array 'X' (found: {', '.join(sorted(keys))})")
     except DataError:
@@ -133,6 +140,16 @@ def load_npz(path):
     if X.dtype.kind not in "biuf" or y.dtype.kind not in "biuf":
         raise DataError(f"{path}: X and y must be numeric (got {X.dtype} and {y.dtype})")
     return X.astype(np.float64, copy=False), y.astype(np.float64, copy=False)
+
+
+def _npz_array(path, f, name):
+    """Array ``name`` of the open ``.npz`` ``f``; numpy gives the raw bytes of a member that is
+    not a ``.npy`` array, and those are refused."""
+    a = f[name]
+    if not isinstance(a, np.ndarray):
+        raise DataError(f"{path}: {name} is not a valid .npy array (the archive member holds "
+                        "other data); write the file with numpy.savez")
+    return a
 
 
 def _csr_from_parts(path, data, indices, indptr, shape):
@@ -169,6 +186,7 @@ def load_csv(path, *, target=-1, delimiter=","):
     """
     target = _as_int(target, "target", "an integer column index (negative counts from the "
                      "last column)")
+    path = _checked_path(path)
     raw = _decompressed(path)
     source = path if raw is None else raw
     encoding = _csv_encoding(source)
@@ -394,6 +412,7 @@ def load_svmlight(path, *, zero_based="auto", n_features=None):
     the largest index (at least 1).
     """
     zero_based, n_features = _svm_options(zero_based, n_features)
+    path = _checked_path(path)
     buf = _svm_bytes(path)
     labels, indices, values, indptr = _svm_parse(path, buf)
     _svm_check_finite(path, buf, labels, values, indptr)

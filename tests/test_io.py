@@ -9,7 +9,9 @@ subnormals included), not to a tolerance.
 
 import bz2
 import gzip
+import io
 import re
+import zipfile
 
 import numpy as np
 import pytest
@@ -553,6 +555,33 @@ def test_npz_not_an_npz(tmp_path):
     path = tmp_path / "fake.npz"
     path.write_text("this is not a zip file\n")
     with pytest.raises(DataError):
+        load_npz(path)
+
+
+@pytest.mark.parametrize("reader", [load_npz, load_csv, load_svmlight, load])
+def test_missing_file_is_no_such_file(tmp_path, reader):
+    """load_npz said "not an .npz file (not a zip archive ...)"; load_csv and load_svmlight
+    raised FileNotFoundError."""
+    with pytest.raises(DataError, match=r"missing.npz: no such file$"):
+        reader(tmp_path / "missing.npz")
+
+
+@pytest.mark.parametrize("members,name", [
+    (dict(X=b"garbage", y=b"garbage"), "y"),  # was "X has shape () but y has shape ()"
+    (dict(X=b"garbage", y=np.ones(3)), "X"),
+    (dict(X_data=np.ones(2), X_indices=np.array([0, 1]), X_indptr=np.array([0, 1, 2]),
+          X_shape=b"\x93NUMPX", y=np.ones(2)), "X_shape"),
+], ids=["both", "X", "sparse-part"])
+def test_npz_member_that_is_not_npy(tmp_path, members, name):
+    path = tmp_path / "junk.npz"
+    with zipfile.ZipFile(path, "w") as z:
+        for key, value in members.items():
+            if isinstance(value, np.ndarray):
+                buf = io.BytesIO()
+                np.save(buf, value)
+                value = buf.getvalue()
+            z.writestr(f"{key}.npy", value)
+    with pytest.raises(DataError, match=rf"junk.npz: {name} is not a valid .npy array"):
         load_npz(path)
 
 
