@@ -312,12 +312,17 @@ def _first_content_line(source, encoding):
 
 def _csv_fields(text, delimiter):
     """The fields of one line, stripped of spaces and quotes; a quoted field may hold the
-    delimiter (``"1,5"`` is one field, as numpy reads it)."""
+    delimiter (``"1,5"`` is one field, as numpy reads it). With an unbalanced quote the line is
+    split at every delimiter: read as one field it would look like a header."""
     if text is None:
         return []
-    try:
-        fields = next(csv.reader([text], delimiter=delimiter))
-    except csv.Error:  # a field beyond the csv module's size limit
+    fields = None
+    if text.count('"') % 2 == 0:
+        try:
+            fields = next(csv.reader([text], delimiter=delimiter))
+        except csv.Error:  # a field beyond the csv module's size limit
+            pass
+    if fields is None:
         fields = text.split(delimiter)
     return [t.strip().strip('"').strip() for t in fields]
 

@@ -446,9 +446,11 @@ def test_csv_whitespace_only_lines_are_blank(tmp_path, raw):
     ('x,y,t\n"1,5",2,0\n3,4,1\n',
      r"line 2, column 1: value '1,5' is not a finite number.*decimal comma"),
     ('x,y,t\n1,2,0\n"3,4,1\n5,6,0\n', r"line 3: a quote \(\"\) opens a field that is not closed"),
+    ('"1,2,0\n3,4,1\n', r"line 1: a quote"),  # not a header, whose row would be dropped
     ("\ufeffx,y,t\n1,2,0\n\u0661,4,1\n", r"line 3, column 1: value '\u0661'"),  # arabic-indic 1
     ("x,y,t\n1,2,0 # a comment\n3,4,x\n", r"line 3, column 3: value 'x'"),
-], ids=["quoted-decimal-comma", "unbalanced-quote", "non-ascii-digit", "comment-after-data"])
+], ids=["quoted-decimal-comma", "unbalanced-quote", "unbalanced-quote-first-line",
+        "non-ascii-digit", "comment-after-data"])
 def test_csv_errors_name_the_right_line(tmp_path, text, pattern):
     """Quotes are honoured when the bad line is looked for: a quoted decimal comma was blamed on
     the next line, an unbalanced quote, like a non-ASCII digit, named no line."""
