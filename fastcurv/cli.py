@@ -186,7 +186,8 @@ def build_parser():
                     "problem (synthetic L2-logistic regression, 100,000 x 300).",
     )
     nw.add_argument("--data", help="data file: .npz (X, y), .csv (last column = target) or "
-                                   "svmlight/libsvm text (.svm, .svmlight, .libsvm, .txt)")
+                                   "svmlight/libsvm text (.svm, .svmlight, .libsvm, .txt); "
+                                   "the text formats also .gz or .bz2")
     nw.add_argument("--format", choices=("npz", "csv", "svmlight"),
                     help="file format, if the extension does not say")
     nw.add_argument("--family", choices=("logistic", "gaussian", "poisson", "multinomial"),

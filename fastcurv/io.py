@@ -28,7 +28,9 @@ class DataError(ValueError):
 
 
 def load(path, *, fmt=None, target=-1):
-    """Read ``path`` by its extension (or ``fmt``: 'npz', 'csv', 'svmlight')."""
+    """Read ``path`` by its extension (or ``fmt``: 'npz', 'csv', 'svmlight'): ``.npz``,
+    ``.csv``, ``.svm``, ``.svmlight``, ``.libsvm`` or ``.txt`` (svmlight), the text formats
+    also followed by ``.gz`` or ``.bz2``."""
     path = _checked_path(path)
     try:
         return _load(path, fmt, target)
@@ -450,7 +452,9 @@ def _svm_bytes(path):
     raw = _decompressed(path)
     if raw is None:
         return np.fromfile(path, dtype=np.uint8)
-    return np.frombuffer(raw, dtype=np.uint8).copy()  # writable: as the parser is compiled
+    # a writable copy: the parser is compiled for writable arrays (a read-only buffer would
+    # have it compiled a second time)
+    return np.frombuffer(raw, dtype=np.uint8).copy()
 
 
 def _svm_parse(path, buf):
