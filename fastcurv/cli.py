@@ -186,7 +186,8 @@ def build_parser():
                     "problem (synthetic L2-logistic regression, 100,000 x 300).",
     )
     nw.add_argument("--data", help="data file: .npz (X, y), .csv (last column = target) or "
-                                   "svmlight/libsvm text (.svm, .svmlight, .libsvm, .txt)")
+                                   "svmlight/libsvm text (.svm, .svmlight, .libsvm, .txt); "
+                                   "the text formats also .gz or .bz2")
     nw.add_argument("--format", choices=("npz", "csv", "svmlight"),
                     help="file format, if the extension does not say")
     nw.add_argument("--family", choices=("logistic", "gaussian", "poisson", "multinomial"),
@@ -514,10 +515,11 @@ def _influence_parser(sub):
 
 
 #: library argument names and the command-line options that set them
-_OPTION_OF = {"method": "--method", "preconditioner": "--precond", "max_iter": "--max-iter"}
+_OPTION_OF = {"method": "--method", "preconditioner": "--precond", "max_iter": "--max-iter",
+              "fmt": "--format"}
 _VALUE = r"""(?:'[\w.+-]+'|"[\w.+-]+"|None|\d+)"""
 _ARG_VALUE = re.compile(
-    rf"\b(method|preconditioner|max_iter)=({_VALUE}(?:\s*(?:,|or)\s*{_VALUE})*)")
+    rf"\b(method|preconditioner|max_iter|fmt)=({_VALUE}(?:\s*(?:,|or)\s*{_VALUE})*)")
 
 
 def _in_command_words(message):

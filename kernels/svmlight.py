@@ -116,11 +116,13 @@ def _copy_token(buf, lo, hi, out, nb):
 def parse(buf, labels, indices, values, indptr, slow_buf, slow_at):
     """Parse the whole buffer (uint8) into CSR pieces; arrays are sized by the caller.
 
-    Returns ``(n_rows, nnz, n_slow, slow_bytes, err_code, err_line)``. err_code: 0 ok, 1 bad label,
-    2 bad ``index:value`` pair, 3 a non-integer or negative index, 4 indices not increasing
-    within a line, 5 an index above ``MAX_INDEX``. Numbers that need the exact slow path are
-    copied into ``slow_buf`` followed by a space; ``slow_at`` says where each goes: ``-1 - row``
-    for a label, else the entry.
+    Returns ``(n_rows, nnz, n_slow, slow_bytes, err_code, err_line, err_at)``. err_code: 0 ok,
+    1 bad label, 2 bad ``index:value`` pair, 3 a non-integer or negative index, 4 indices not
+    increasing within a line, 5 an index above ``MAX_INDEX``; ``err_line`` is the file's line
+    (1-based) and ``err_at`` the offset in ``buf`` of the token at fault (the label or the
+    ``index:value`` entry). Numbers that need the exact slow path are copied into ``slow_buf``
+    followed by a space; ``slow_at`` says where each goes: ``-1 - row`` for a label, else the
+    entry.
     """
     pow10 = _POW10
     n = buf.shape[0]
@@ -147,7 +149,7 @@ def parse(buf, labels, indices, values, indptr, slow_buf, slow_at):
             continue
         value, j, ok, exact = _number(buf, i, stop, pow10)
         if not ok or (j < stop and not _is_space(buf[j])):
-            return row, nnz, n_slow, nb, 1, line_no
+            return row, nnz, n_slow, nb, 1, line_no, i
         if not exact:
             nb = _copy_token(buf, i, j, slow_buf, nb)
             slow_at[n_slow] = -1 - row
@@ -176,17 +178,17 @@ def parse(buf, labels, indices, values, indptr, slow_buf, slow_at):
                     big = idx > MAX_INDEX
                 k += 1
             if k == i:
-                return row, nnz, n_slow, nb, 3, line_no
+                return row, nnz, n_slow, nb, 3, line_no, i
             if k >= stop or buf[k] != 58:  # ':'
-                return row, nnz, n_slow, nb, 2, line_no
+                return row, nnz, n_slow, nb, 2, line_no, i
             if big:
-                return row, nnz, n_slow, nb, 5, line_no
+                return row, nnz, n_slow, nb, 5, line_no, i
             if idx <= prev:
-                return row, nnz, n_slow, nb, 4, line_no
+                return row, nnz, n_slow, nb, 4, line_no, i
             prev = idx
             value, j, ok, exact = _number(buf, k + 1, stop, pow10)
             if not ok or (j < stop and not _is_space(buf[j])):
-                return row, nnz, n_slow, nb, 2, line_no
+                return row, nnz, n_slow, nb, 2, line_no, i
             if not exact:
                 nb = _copy_token(buf, k + 1, j, slow_buf, nb)
                 slow_at[n_slow] = nnz
@@ -198,4 +200,30 @@ def parse(buf, labels, indices, values, indptr, slow_buf, slow_at):
         row += 1
         indptr[row] = nnz
         pos = eol + 1
-    return row, nnz, n_slow, nb, 0, 0
+    return row, nnz, n_slow, nb, 0, 0, 0
+
+
+@jit
+def row_line(buf, row):
+    """``(line, offset)``: the file's line number (1-based) of data row ``row`` (0-based) and
+    the offset in ``buf`` where that line starts, skipping blank and comment-only lines as
+    ``parse`` does; for messages about a row found bad after parsing. ``(0, 0)`` if there is
+    no such row."""
+    n = buf.shape[0]
+    pos = 0
+    line_no = 0
+    seen = -1
+    while pos < n:
+        line_no += 1
+        eol = pos
+        while eol < n and buf[eol] != 10:
+            eol += 1
+        i = pos
+        while i < eol and _is_space(buf[i]):
+            i += 1
+        if i < eol and buf[i] != 35:  # not blank, not a comment
+            seen += 1
+            if seen == row:
+                return line_no, pos
+        pos = eol + 1
+    return 0, 0

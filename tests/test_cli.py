@@ -393,6 +393,35 @@ def test_binary_file_read_as_csv_is_a_short_error_line(logistic_npz, capsys):
     assert len(err) < 400, err
 
 
+def test_csv_with_bom_and_a_latin1_byte_is_one_error_line(tmp_path, capsys):
+    """A UTF-8 byte-order mark then a latin-1 byte: one line naming the file's line and the fix
+    (a bare UnicodeDecodeError message once, with no file and no line)."""
+    path = tmp_path / "bom.csv"
+    path.write_bytes(b"\xef\xbb\xbfx,b,y\n1,2,0\n3,4\xe9,1\n")
+    rc = main(["newton", "--data", str(path), "--quiet"])
+    _, err = capsys.readouterr()
+    assert rc == 2
+    _one_error_line(err)
+    assert str(path) in err and "line 3: byte 0xe9" in err and "save the file as UTF-8" in err
+
+
+def test_csv_in_a_txt_file_names_the_format_option(tmp_path, capsys):
+    """A CSV file saved as .txt is read as svmlight; the error says it looks like CSV and names
+    the option that reads it as such."""
+    X, y = synthetic("logistic", n=60, d=2, seed=3)
+    path = tmp_path / "d.txt"
+    np.savetxt(path, np.column_stack([X, y]), delimiter=",", header="a,b,y", comments="")
+    rc = main(["newton", "--data", str(path), "--family", "logistic", "--quiet"])
+    _, err = capsys.readouterr()
+    assert rc == 2
+    _one_error_line(err)
+    assert "line 1: the label is not a number" in err and "looks like CSV: pass --format csv" in err
+    rc = main(["newton", "--data", str(path), "--format", "csv", "--family", "logistic",
+               "--quiet"])
+    out, err = capsys.readouterr()
+    assert rc == 0, out + err
+
+
 def test_influence_solver_warnings_and_failures_are_lines(tmp_path, capsys):
     """A LiSSA series that stops short is a warning line (the command hid every
     RuntimeWarning and printed rankings 29% off with exit code 0); a CG that does not
@@ -499,6 +528,7 @@ def test_library_messages_in_the_commands_spelling():
             == "--method trust-region refuses --precond kfac")
     assert words("use preconditioner=None or 'diag'") == "use --precond none or diag"
     assert words("max_iter=50 reached") == "--max-iter 50 reached"
+    assert words("pass fmt='npz', 'csv' or 'svmlight'") == "pass --format npz, csv or svmlight"
     # other names, and names inside longer identifiers, stay as they are
     for text in ("curvature='ggn'", "some_method='x'", "scale=..., damping > 0"):
         assert words(text) == text

@@ -7,6 +7,12 @@ svmlight numbers must be the correctly rounded doubles of their decimal text, as
 subnormals included), not to a tolerance.
 """
 
+import bz2
+import gzip
+import io
+import re
+import zipfile
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -117,6 +123,50 @@ def test_svmlight_n_features(tmp_path):
         load_svmlight(path, n_features=2)
 
 
+
+@pytest.mark.parametrize("kw,error", [
+    (dict(n_features=4.5), TypeError),  # was truncated to 4 columns, silently
+    (dict(n_features="5"), TypeError),  # was a raw TypeError from a comparison
+    (dict(n_features=True), TypeError),
+    (dict(n_features=-1), ValueError),
+    (dict(zero_based=0), TypeError),  # these three were read as zero-based, silently
+    (dict(zero_based=None), TypeError),
+    (dict(zero_based="no"), ValueError),
+], ids=["float", "str", "bool", "negative", "zb-0", "zb-None", "zb-no"])
+def test_svmlight_options_are_checked(tmp_path, kw, error):
+    path = tmp_path / "o.svm"
+    path.write_text("1 1:1 3:2\n")
+    name = next(iter(kw))
+    with pytest.raises(error, match=rf"{name} must be .*, got {re.escape(repr(kw[name]))}"):
+        load_svmlight(path, **kw)
+
+
+def test_svmlight_options_accept_numpy_scalars(tmp_path):
+    path = tmp_path / "o.svm"
+    path.write_text("1 1:1 3:2\n0\n")
+    X, _ = load_svmlight(path, zero_based=np.bool_(False), n_features=np.int64(5))
+    assert X.shape == (2, 5) and list(X.indices) == [0, 2]
+    X, _ = load_svmlight(path, zero_based=np.bool_(True))
+    assert X.shape == (2, 4) and list(X.indices) == [1, 3]
+    (tmp_path / "none.svm").write_text("1\n0\n")  # no features: n_features=0 is a fit
+    assert load_svmlight(tmp_path / "none.svm", n_features=0)[0].shape == (2, 0)
+
+
+@pytest.mark.parametrize("zero_based,n_features,line,index,takes,needed", [
+    (True, 3, 3, 3, "zero-based indices 0 to 2", 5),  # the message once said "index 4"
+    (False, 3, 3, 4, "one-based indices 1 to 3", 4),
+    ("auto", 0, 1, 1, "no index", 4),  # auto: one-based, as no index is 0
+])
+def test_svmlight_n_features_too_small_names_the_index_as_written(
+        tmp_path, zero_based, n_features, line, index, takes, needed):
+    """The first index beyond n_features is named as written in the file, with its line."""
+    path = tmp_path / "n.svm"
+    path.write_text("1 1:1 2:1\n# note\n0 2:1 3:5 4:2\n")
+    with pytest.raises(DataError, match=rf"line {line}: feature index {index} .* is beyond "
+                       rf"n_features = {n_features}, which takes {takes}; pass n_features >= "
+                       rf"{needed}\b"):
+        load_svmlight(path, zero_based=zero_based, n_features=n_features)
+
 BAD_LINES = {
     "label": "abc 1:2",
     "index": "1 x:2",
@@ -139,6 +189,39 @@ def test_svmlight_bad_line_raises_with_line_number(tmp_path, bad):
         load_svmlight(path)
     assert isinstance(info.value, ValueError)
     assert str(path) in str(info.value)
+
+
+@pytest.mark.parametrize("bad,token,char", [
+    ("0 1:1e999", "1:1e999", 3),  # a value beyond the float64 range
+    ("1e999 1:1", "1e999", 1),  # a label
+    ("1 qid:7 2:1 3:-1e400", "3:-1e400", 13),  # qid: is not an entry
+], ids=["value", "label", "after-qid"])
+def test_svmlight_overflow_names_the_file_line_and_token(tmp_path, bad, token, char):
+    """Found after parsing, a value beyond the float64 range is still reported at its line of
+    the file (it once said "data line 2", counting neither comments nor blank lines)."""
+    path = tmp_path / "o.svm"
+    path.write_text(f"# header\n\n1 1:1\n{bad}\n")
+    with pytest.raises(DataError, match=rf"line 4: '{re.escape(token)}' at character {char}\b"):
+        load_svmlight(path)
+
+
+def test_svmlight_error_shows_the_bad_token_of_a_long_line(tmp_path):
+    """The message shows the token at fault and where it is, not the line's first 80
+    characters (a bad entry at the end of a long line was not visible)."""
+    line = "1 " + " ".join(f"{i}:0.{i}" for i in range(1, 300)) + " 300:0.3x"
+    path = tmp_path / "long.svm"
+    path.write_text(f"1 1:1\n{line}\n")
+    with pytest.raises(DataError, match=r"line 2: an entry is not of the form") as info:
+        load_svmlight(path)
+    assert f"'300:0.3x' at character {line.index('300:0.3x') + 1}" in str(info.value)
+
+
+def test_svmlight_index_0_read_as_one_based_names_the_line(tmp_path):
+    path = tmp_path / "z.svm"
+    path.write_text("1 1:1\n# note\n1 qid:2 0:1 2:1\n")
+    with pytest.raises(DataError, match=r"line 3: feature index 0 \('0:1' at character 9\)"
+                       r".*pass zero_based=True or 'auto'"):
+        load_svmlight(path, zero_based=False)
 
 
 def test_svmlight_exponent_with_many_digits(tmp_path):
@@ -166,6 +249,81 @@ def test_svmlight_other_errors(tmp_path):
         load_svmlight(zero, zero_based=False)  # index 0 in a one-based file
     X, _ = load_svmlight(zero)  # "auto": an index 0 makes it zero-based
     np.testing.assert_array_equal(X.toarray(), [[1.0, 0.0, 3.0]])
+
+
+@pytest.mark.parametrize("name,compress", [
+    ("d.svm.gz", gzip.compress), ("d.svmlight.bz2", bz2.compress), ("d.txt.gz", gzip.compress),
+])
+def test_svmlight_compressed_matches_sklearn(tmp_path, name, compress):
+    """gzip and bzip2 files are read as scikit-learn reads them (by name, as they were
+    refused: "unknown extension '.gz'"), and by their first bytes whatever the name (fmt=
+    'svmlight' on a compressed file said "the label is not a number")."""
+    X = _matrix(40, 6, 0.5, seed=8)
+    y = np.arange(40) % 3
+    plain = tmp_path / "plain.svm"
+    skd.dump_svmlight_file(X, y, str(plain), zero_based=False, comment="compressed")
+    path = tmp_path / name
+    path.write_bytes(compress(plain.read_bytes()))
+    Xf, yf = assert_same_as_sklearn(path)
+    for X2, y2 in (load(path), load(plain), load_svmlight(plain)):
+        np.testing.assert_array_equal(X2.toarray(), Xf.toarray())
+        np.testing.assert_array_equal(y2, yf)
+    anonymous = tmp_path / "data"  # no extension: the format is given, compression is seen
+    anonymous.write_bytes(path.read_bytes())
+    np.testing.assert_array_equal(load(anonymous, fmt="svmlight")[0].toarray(), Xf.toarray())
+
+
+@pytest.mark.parametrize("name,compress,fmt", [
+    ("d.csv.gz", gzip.compress, None), ("d.csv.bz2", bz2.compress, None),
+    ("d.gz", gzip.compress, "csv"),  # the first data row was dropped, silently
+    ("d.dat", bz2.compress, "csv"),
+])
+def test_csv_compressed_reads_every_row(tmp_path, name, compress, fmt):
+    raw = b"\xef\xbb\xbfx1,x2,y\r\n1,2,0\r\n  \r\n3,4,1\r\n"  # BOM, header, CRLF, blank
+    path = tmp_path / name
+    path.write_bytes(compress(raw))
+    X, y = load(path, fmt=fmt)
+    np.testing.assert_array_equal(X, [[1.0, 2.0], [3.0, 4.0]])
+    np.testing.assert_array_equal(y, [0.0, 1.0])
+    path.write_bytes(compress(raw.replace(b"3,4,1", b"3,4,x")))  # messages read it too
+    with pytest.raises(DataError, match=r"line 4, column 3: value 'x'"):
+        load(path, fmt=fmt)
+
+
+def test_compressed_file_damaged_or_not_a_text_format(tmp_path):
+    path = tmp_path / "cut.svm.gz"
+    path.write_bytes(gzip.compress(b"1 1:2 3:4\n" * 100)[:30])
+    with pytest.raises(DataError, match=r"cut.svm.gz: cannot be decompressed as gzip .*cut "
+                       r"short"):
+        load(path)
+    path = tmp_path / "bad.csv.bz2"
+    path.write_bytes(bz2.compress(b"1,2,0\n")[:16] + b"x" * 40)
+    with pytest.raises(DataError, match=r"cannot be decompressed as bzip2"):
+        load(path)
+    (tmp_path / "d.npz.gz").write_bytes(gzip.compress(b"x"))
+    with pytest.raises(DataError, match=r"unknown extension '.npz.gz'"):
+        load(tmp_path / "d.npz.gz")
+    (tmp_path / "plain.svm.gz").write_text("1 1:2\n")  # not compressed after all: plain text
+    np.testing.assert_array_equal(load(tmp_path / "plain.svm.gz")[0].toarray(), [[2.0]])
+
+
+@pytest.mark.parametrize("text,hint", [
+    ("x1,x2,y\n1,2,0\n3,4,1\n", True),  # a header
+    ("# exported\n\n1,2,0\n3,4,1\n", True),  # the first data line, after a comment
+    ("1 1:2\n3,4,1\n", False),  # not on the first data line: an svmlight file with a bad line
+    ("a b c\n1 2 0\n", False),  # no commas
+], ids=["header", "after-comment", "later-line", "no-commas"])
+def test_svmlight_reading_a_csv_file_hints_at_fmt_csv(tmp_path, text, hint):
+    """A CSV file saved as .txt goes to the svmlight reader; when its first data line fails and
+    looks like CSV, the message says so ("the label is not a number" alone gave no clue)."""
+    path = tmp_path / "d.txt"
+    path.write_text(text)
+    with pytest.raises(DataError, match=r"the label is not a number") as info:
+        load(path)
+    assert ("; this looks like CSV: pass fmt='csv'" in str(info.value)) == hint
+    if hint:
+        X, y = load(path, fmt="csv")
+        np.testing.assert_array_equal(X, [[1.0, 2.0], [3.0, 4.0]])
 
 
 # ---------------------------------------------------------------------- CSV
@@ -249,6 +407,90 @@ def test_csv_target_out_of_range(tmp_path):
         load_csv(path, target=3)
 
 
+@pytest.mark.parametrize("target", [1.0, "1", True, None])
+def test_csv_target_must_be_an_integer(tmp_path, target):
+    """target=1.0 raised an IndexError and "1" a raw TypeError from a comparison."""
+    path = tmp_path / "t.csv"
+    path.write_text("1,2,0\n3,4,1\n")
+    with pytest.raises(TypeError, match=rf"target must be an integer column index .*, got "
+                       rf"{re.escape(repr(target))}"):
+        load_csv(path, target=target)
+    with pytest.raises(DataError, match=r"target column -4 does not exist \(the file has 3 "
+                       r"columns: 0 to 2, or -3 to -1"):
+        load_csv(path, target=-4)
+    X, y = load_csv(path, target=np.int64(-3))
+    np.testing.assert_array_equal(y, [1.0, 3.0])
+
+
+@pytest.mark.parametrize("raw", [
+    b"x1,x2,y\n1,2,0\n   \n3,4,1\n",  # a line of spaces
+    b" \t\nx1,x2,y\n1,2,0\n\t\n3,4,1\n",  # before the header, and a tab
+    b"1,2,0\n  # an indented comment\n3,4,1\n  \n",
+    b"x1,x2,y\r1,2,0\r  \r3,4,1\r",  # CR line ends
+], ids=["spaces", "before-header", "indented-comment", "cr"])
+def test_csv_whitespace_only_lines_are_blank(tmp_path, raw):
+    """A line of only spaces or tabs is a blank line, ignored (numpy reads it as a row of one
+    empty field, and the file was refused without a line number)."""
+    path = tmp_path / "w.csv"
+    path.write_bytes(raw)
+    X, y = load_csv(path)
+    np.testing.assert_array_equal(X, [[1.0, 2.0], [3.0, 4.0]])
+    np.testing.assert_array_equal(y, [0.0, 1.0])
+    path.write_bytes(raw.replace(b"3,4,1", b"3,x,1"))  # counted as lines by the messages
+    line = raw.replace(b"\r", b"\n").split(b"\n").index(b"3,4,1") + 1
+    with pytest.raises(DataError, match=rf"line {line}, column 2: value 'x'"):
+        load_csv(path)
+
+
+@pytest.mark.parametrize("text,pattern", [
+    ('x,y,t\n"1,5",2,0\n3,4,1\n',
+     r"line 2, column 1: value '1,5' is not a finite number.*decimal comma"),
+    ('x,y,t\n1,2,0\n"3,4,1\n5,6,0\n', r"line 3: a quote \(\"\) opens a field that is not closed"),
+    ('"1,2,0\n3,4,1\n', r"line 1: a quote"),  # not a header, whose row would be dropped
+    ("\ufeffx,y,t\n1,2,0\n\u0661,4,1\n", r"line 3, column 1: value '\u0661'"),  # arabic-indic 1
+    ("x,y,t\n1,2,0 # a comment\n3,4,x\n", r"line 3, column 3: value 'x'"),
+], ids=["quoted-decimal-comma", "unbalanced-quote", "unbalanced-quote-first-line",
+        "non-ascii-digit", "comment-after-data"])
+def test_csv_errors_name_the_right_line(tmp_path, text, pattern):
+    """Quotes are honoured when the bad line is looked for: a quoted decimal comma was blamed on
+    the next line, an unbalanced quote, like a non-ASCII digit, named no line."""
+    path = tmp_path / "q.csv"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(DataError, match=pattern):
+        load_csv(path)
+
+
+@pytest.mark.parametrize("raw,line,char", [
+    (b"caf\xe9,b,y\n1,2,0\n3,4,1\n", 1, 4),  # a latin-1 header after a UTF-8 BOM
+    (b"x,b,y\n1,2,0\n3,4\xe9,1\n", 3, 4),
+    (b"# caf\xe9\nx,b,y\n1,2,0\n3,4,1\n", 1, 6),
+    (b"x,b,y\r" + b"1,2,0\r" * 3000 + b"3,4\xe9,1\r", 3002, 4),  # found by numpy's reader
+], ids=["header", "data", "comment", "far-cr"])
+def test_csv_bom_then_a_byte_that_is_not_utf8(tmp_path, raw, line, char):
+    """A file that starts with a UTF-8 byte-order mark must be UTF-8: a latin-1 byte is named
+    by line, with the fix (it raised a bare UnicodeDecodeError, naming neither)."""
+    path = tmp_path / "b.csv"
+    path.write_bytes(b"\xef\xbb\xbf" + raw)
+    with pytest.raises(DataError, match=rf"line {line}: byte 0xe9 at character {char} is not "
+                       r"UTF-8, but the file starts with a UTF-8 byte-order mark; save the "
+                       r"file as UTF-8") as info:
+        load_csv(path)
+    assert str(path) in str(info.value)
+
+
+@pytest.mark.parametrize("raw,shown", [
+    (b"x,b,y\n1,2,0\n3,4\xe9,1\n", "4\xe9"),  # latin-1
+    ("x,b,y\n1,2,0\n3,4\u0661,1\n".encode(), "4\u0661"),  # UTF-8: shown as written
+], ids=["latin1", "utf8"])
+def test_csv_without_bom_any_8bit_text_and_bad_bytes_named(tmp_path, raw, shown):
+    """Without a byte-order mark any 8-bit encoding is read (a latin-1 header is accepted, see
+    test_csv_variants_read_every_row); a non-ASCII byte in a number is named by line and column."""
+    path = tmp_path / "n.csv"
+    path.write_bytes(raw)
+    with pytest.raises(DataError, match=rf"line 3, column 2: value '{shown}' is not a finite"):
+        load_csv(path)
+
+
 # ---------------------------------------------------------------------- npz
 def test_npz_dense(tmp_path):
     rng = np.random.default_rng(6)
@@ -315,6 +557,33 @@ def test_npz_not_an_npz(tmp_path):
     path = tmp_path / "fake.npz"
     path.write_text("this is not a zip file\n")
     with pytest.raises(DataError):
+        load_npz(path)
+
+
+@pytest.mark.parametrize("reader", [load_npz, load_csv, load_svmlight, load])
+def test_missing_file_is_no_such_file(tmp_path, reader):
+    """load_npz said "not an .npz file (not a zip archive ...)"; load_csv and load_svmlight
+    raised FileNotFoundError."""
+    with pytest.raises(DataError, match=r"missing.npz: no such file$"):
+        reader(tmp_path / "missing.npz")
+
+
+@pytest.mark.parametrize("members,name", [
+    (dict(X=b"garbage", y=b"garbage"), "y"),  # was "X has shape () but y has shape ()"
+    (dict(X=b"garbage", y=np.ones(3)), "X"),
+    (dict(X_data=np.ones(2), X_indices=np.array([0, 1]), X_indptr=np.array([0, 1, 2]),
+          X_shape=b"\x93NUMPX", y=np.ones(2)), "X_shape"),
+], ids=["both", "X", "sparse-part"])
+def test_npz_member_that_is_not_npy(tmp_path, members, name):
+    path = tmp_path / "junk.npz"
+    with zipfile.ZipFile(path, "w") as z:
+        for key, value in members.items():
+            if isinstance(value, np.ndarray):
+                buf = io.BytesIO()
+                np.save(buf, value)
+                value = buf.getvalue()
+            z.writestr(f"{key}.npy", value)
+    with pytest.raises(DataError, match=rf"junk.npz: {name} is not a valid .npy array"):
         load_npz(path)
 
 
@@ -392,7 +661,8 @@ def test_svmlight_index_beyond_limit_is_an_error(tmp_path):
     1234567890123456789 as 1234567890123455, silently)."""
     path = tmp_path / "i.svm"
     path.write_text("1 1:0.5\n0 2:1 1234567890123456789:1\n")
-    with pytest.raises(DataError, match=r"line 2: a feature index is larger than"):
+    with pytest.raises(DataError, match=r"line 2: a feature index is larger than .*: "
+                       r"'1234567890123456789:1' at character 7\b"):
         load_svmlight(path)
     path.write_text("1 1:0.5 1099511627776:2\n")  # 2^40 itself is read exactly
     X, _ = load_svmlight(path)
