@@ -22,6 +22,12 @@ ARMIJO_C1 = 1e-4
 MAX_BACKTRACKS = 40
 #: trust-region acceptance threshold and radius update thresholds (N&W Algorithm 4.1)
 TR_ETA, TR_SHRINK_BELOW, TR_GROW_ABOVE = 1e-4, 0.25, 0.75
+#: the line search stops as stalled after this many accepted steps in a row that change the
+#: loss by at most NOISE_REL * eps * max(1, |F|) and do not lower the best max|grad| so far
+#: (a float32 fit asked for gtol = 1e-12 cycled through four iterates at max|grad| ~1e-9 for
+#: all 100 iterations; Newton steps that make progress lower max|grad| at every step)
+NOISE_STEPS = 5
+NOISE_REL = 10.0
 
 
 @dataclass
@@ -136,7 +142,34 @@ def _stalled_message(it, gmax, dtype):
     name = np.dtype(dtype).name
     return (f"The Newton step no longer changes the parameters in {name} at iteration {it} "
             f"(max|grad| = {gmax:.3e}): the remaining decrease is below {name} rounding; "
-            "loosen gtol (about 1e-4 for float32) or use float64.")
+            + ("loosen gtol (about 1e-4 for float32) or use float64." if name == "float32"
+               else "loosen gtol."))
+
+
+class _NoiseStall:
+    """Counts accepted line-search steps lost in rounding (:data:`NOISE_STEPS`)."""
+
+    def __init__(self, gmax, dtype):
+        self.best = gmax
+        self.eps = float(np.finfo(dtype).eps)
+        self.name = np.dtype(dtype).name
+        self.count = 0
+
+    def after(self, f_old, f_new, gmax):
+        """Whether the fit is stalled after a step from loss ``f_old`` to ``f_new``."""
+        if gmax < self.best:
+            self.best, self.count = gmax, 0
+        elif abs(f_new - f_old) <= NOISE_REL * self.eps * max(1.0, abs(f_old)):
+            self.count += 1
+        else:
+            self.count = 0
+        return self.count >= NOISE_STEPS
+
+    def message(self, it, gmax):
+        return (f"No further decrease is measurable in {self.name} at iteration {it}: the last "
+                f"{NOISE_STEPS} steps changed the loss by less than its rounding and none "
+                f"lowered max|grad| below {self.best:.3e} (now {gmax:.3e}); loosen gtol"
+                + (" or use float64 data." if self.name == "float32" else "."))
 
 
 def _trial_value_and_grad(p, x):
@@ -622,6 +655,7 @@ def _newton_cg(p, theta0, gtol, max_iter, method, curvature, preconditioner, dam
             callback(theta.copy(), row)  # a copy: the callback cannot change the iterate
 
     log(0, f, gmax, 0, 0.0)
+    noise = _NoiseStall(gmax, p.dtype)
     it = 0
     while True:
         if not np.isfinite(f) or not np.all(np.isfinite(g)):
@@ -745,12 +779,16 @@ def _newton_cg(p, theta0, gtol, max_iter, method, curvature, preconditioner, dam
                                f"at iteration {it}; rescale the data or add an L2 penalty.")
                     break
             stalled = np.array_equal(trial, theta)
+            f_old = f
             theta, f, g = trial, f_new, g_new
             gmax = float(np.max(np.abs(g)))
             last_cg = count[0]
             log(it, f, gmax, count[0], alpha)
             if stalled and gmax > gtol:
                 message = _stalled_message(it, gmax, p.dtype)
+                break
+            if noise.after(f_old, f, gmax) and gmax > gtol:
+                message = noise.message(it, gmax)
                 break
         else:
             if radius is None:

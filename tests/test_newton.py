@@ -397,6 +397,26 @@ def test_runaway_bias_of_an_mlp_stops_and_says_so():
     assert "output bias" in res.message and "fit_intercept" not in res.message
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_line_search_stops_when_rounding_hides_every_decrease(dtype):
+    """gtol below what the dtype can resolve: the line search cycled through four iterates at
+    max|grad| ~1e-9 for all max_iter iterations (float32, gtol = 1e-12) and then advised
+    raising max_iter. It now stops after NOISE_STEPS accepted steps that change the loss by
+    less than its rounding without lowering max|grad|, and says so."""
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((300, 4))
+    y = (X[:, 0] > 0).astype(np.float64)
+    p = fc.GLM(X.astype(dtype), y, l2=1e-3)
+    res = fc.newton_cg(p, gtol=1e-12 if dtype == np.float32 else 0.0, max_iter=100)
+    assert res.success is False and res.n_iter < 30, res.message
+    assert "measurable" in res.message or "no longer changes" in res.message
+    assert "max_iter" not in res.message
+    # the point reached is the optimum to the dtype's precision (float64 reference gradient)
+    ref = fc.GLM(X, y, l2=1e-3)
+    assert np.max(np.abs(ref.grad(res.x.astype(np.float64)))) <= (
+        1e-5 if dtype == np.float32 else 1e-14)
+
+
 def test_constant_columns():
     """A column of ones next to the intercept (identified only through l2 > 0) and an
     all-zero column (its coefficient's optimum is exactly 0 with l2 > 0)."""
