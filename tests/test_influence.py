@@ -222,6 +222,19 @@ def test_refusals():
         fc.Influence(p, theta, method="lissa", scale=1e-3).scores(tp)
 
 
+def test_cg_rtol_zero_is_refused_and_rounding_is_not_called_indefinite():
+    """rtol=0 can never be met: it was accepted, and CG ran until rounding gave dᵀAd <= 0,
+    then blamed a positive definite Hessian (smallest eigenvalue ~0.08). It is refused; an
+    rtol below what float64 resolves says so instead of calling the curvature indefinite."""
+    p, tp, theta = _logistic()
+    with pytest.raises(ValueError, match="rtol must be > 0"):
+        fc.Influence(p, theta, method="cg", rtol=0.0)
+    assert np.linalg.eigvalsh(p.hessian(theta))[0] > 0
+    with pytest.raises(ValueError, match="lost its search direction to rounding") as e:
+        fc.Influence(p, theta, method="cg", rtol=1e-300).scores(tp)
+    assert "positive definite" not in str(e.value)
+
+
 def test_float32_problems_and_progress_bar(capsys):
     p, tp, theta = _logistic()
     want = fc.Influence(p, theta, method="direct", damping=1e-4).scores(tp)

@@ -75,7 +75,7 @@ class Influence:
     * ``"direct"``: Cholesky of the dense matrix, once (up to 20,000 parameters); a
       singular or indefinite matrix at ``δ = 0`` raises a ``ValueError``.
     * ``"cg"``: conjugate gradients for all right-hand sides at once (one data pass per
-      iteration for the block); options ``rtol`` (1e-8), ``maxiter``, ``preconditioner``
+      iteration for the block); options ``rtol`` (1e-8, > 0), ``maxiter``, ``preconditioner``
       (None, ``"diag"``, ``"kfac"``, ``"nystrom"``).
     * ``"lissa"``: the Neumann series with its scale from the top eigenvalue; options
       ``depth``, ``tol``, ``scale``, ``batch_size``, ``repeats``, ``seed``.

@@ -33,6 +33,11 @@ def _int_option(options, name, default, low=1):
     return int(v)
 
 
+#: a CG residual this small relative to the right-hand side is at float64 rounding for
+#: practical condition numbers: zero curvature met there is rounding, not indefiniteness
+ROUNDING_RESIDUAL = 1e-10
+
+
 def _float_option(options, name, default, low=0.0):
     v = options.pop(name, default)
     try:
@@ -143,6 +148,9 @@ class BlockCG(Solver):
     def __init__(self, p, theta, damping, curvature, options):
         super().__init__(p, theta, damping, curvature)
         self.rtol = _float_option(options, "rtol", 1e-8)
+        if self.rtol == 0.0:
+            raise ValueError("rtol must be > 0: CG cannot reach a zero residual in floating "
+                             "point (rtol=1e-12 is about the tightest float64 resolves)")
         self.maxiter = _int_option(options, "maxiter", min(10 * p.n_params, 10_000))
         self.A = curvature_operator(p, theta, curvature, damping)
         pc = options.pop("preconditioner", None)
@@ -165,11 +173,7 @@ class BlockCG(Solver):
             AD = np.asarray(self.A.matmat(D[:, active].astype(self.A.dtype)), dtype=np.float64)
             dad = np.einsum("ij,ij->j", D[:, active], AD)
             if np.any(dad <= 0):
-                raise ValueError(
-                    "CG met zero or negative curvature: the curvature plus damping is not "
-                    "positive definite at theta; pass damping > 0, fit theta to a minimum "
-                    "first, or use curvature='ggn'"
-                )
+                raise ValueError(self._no_curvature_message(R, bnorm, active[dad <= 0]))
             alpha = rz[active] / dad
             X[:, active] += alpha * D[:, active]
             R[:, active] -= alpha * AD
@@ -191,6 +195,18 @@ class BlockCG(Solver):
                 "preconditioner ('kfac', 'diag', 'nystrom')"
             )
         return _project_out(self.null, X)
+
+    def _no_curvature_message(self, R, bnorm, cols):
+        """Why ``dᵀ A d <= 0`` for the columns ``cols``: an indefinite curvature, or, once the
+        residual is down to rounding, a direction lost in rounding (rtol too tight)."""
+        rel = float(np.max(np.linalg.norm(R[:, cols], axis=0) / bnorm[cols]))
+        if rel <= ROUNDING_RESIDUAL:
+            return (f"CG lost its search direction to rounding at a relative residual of "
+                    f"{rel:.1e}, before reaching rtol={self.rtol:g}: that is as far as float64 "
+                    "resolves this system; pass a larger rtol (e.g. 1e-10)")
+        return ("CG met zero or negative curvature: the curvature plus damping is not "
+                "positive definite at theta; pass damping > 0, fit theta to a minimum "
+                "first, or use curvature='ggn'")
 
     def _apply_m(self, R):
         if self.M is None:
