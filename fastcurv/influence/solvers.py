@@ -18,12 +18,18 @@ import warnings
 
 import numpy as np
 import scipy.linalg as sla
-from scipy.sparse.linalg import LinearOperator, eigsh
+from scipy.sparse.linalg import LinearOperator
 
+from .._validation import make_rng
+from ..estimators.eigen import top_eigenvalues
 from ..operators import GGNOperator, HessianOperator
 
 #: largest parameter count for the dense methods (a P x P float64 matrix)
 MAX_DENSE_PARAMS = 20_000
+#: seed of the Lanczos start vector of LiSSA's scale and of Arnoldi's eigenpairs: fixed, as
+#: neither is a random estimate (without it ARPACK drew a start vector from its own state,
+#: and two identical calls differed in the last digits)
+EIGEN_SEED = 0
 
 
 def _int_option(options, name, default, low=1):
@@ -262,11 +268,12 @@ class LiSSA(Solver):
         self.batch_size = None if bs is None else _int_option({"batch_size": bs},
                                                               "batch_size", 1)
         self.seed = options.pop("seed", None)
+        make_rng(self.seed)  # refused here, naming the option, rather than in solve
         self.A = curvature_operator(p, theta, curvature, damping)
         scale = options.pop("scale", None)
         if scale is None:
-            top = float(eigsh(self.A, k=1, which="LA", return_eigenvectors=False, tol=1e-3)[0]
-                        ) if p.n_params > 1 else float(self.A @ np.ones(1))
+            # Lanczos from a fixed start vector: the same scale (and scores) on every call
+            top = float(top_eigenvalues(self.A, 1, "LA", tol=1e-3, seed=EIGEN_SEED)[0])
             scale = 1.1 * top
         self.scale = _float_option({"scale": scale}, "scale", 0.0)
         if self.scale <= 0:
@@ -282,7 +289,7 @@ class LiSSA(Solver):
 
     def solve(self, B):
         B = np.asarray(B, dtype=np.float64)
-        rng = np.random.default_rng(self.seed)
+        rng = make_rng(self.seed)
         total = np.zeros_like(B)
         steps = 0
         converged = True
@@ -350,7 +357,8 @@ class Arnoldi(Solver):
             lam, V = np.linalg.eigh(_dense_curvature(p, theta, curvature))
         else:
             A = curvature_operator(p, theta, curvature)
-            lam, V = eigsh(A, k=self.rank, which="LM", tol=tol)
+            lam, V = top_eigenvalues(A, self.rank, "LM", return_eigenvectors=True, tol=tol,
+                                     seed=EIGEN_SEED)
             V = np.asarray(V, dtype=np.float64)
         self.eigenvalues, self.V = lam.astype(np.float64), V
         self._inv = _pinv_diag(self.eigenvalues, damping)
@@ -373,7 +381,7 @@ class Nystrom(Solver):
         super().__init__(p, theta, damping, curvature)
         P = p.n_params
         self.rank = min(_int_option(options, "rank", min(P, 100)), P)
-        rng = np.random.default_rng(options.pop("seed", None))
+        rng = make_rng(options.pop("seed", None))
         Omega, _ = np.linalg.qr(rng.standard_normal((P, self.rank)))
         A = curvature_operator(p, theta, curvature)
         Y = np.asarray(A.matmat(Omega.astype(A.dtype)), dtype=np.float64)

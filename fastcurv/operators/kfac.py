@@ -25,7 +25,8 @@ def check_options(problem, theta, fisher, damping, seed, mc_samples):
     damping = as_float_scalar(damping, "damping", low=0.0)
     theta = problem._check_theta(theta).copy()
     kf.check_layout(problem)
-    root = int(make_rng(seed).integers(2**63)) if fisher == "mc" else 0
+    rng = make_rng(seed)  # checked for every kind: a bad seed is refused, not ignored
+    root = int(rng.integers(2**63)) if fisher == "mc" else 0
     return theta, damping, root, int(mc_samples)
 
 

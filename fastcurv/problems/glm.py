@@ -270,7 +270,9 @@ class GLM:
 
     # ------------------------------------------------------------------ parameters
     def init(self, seed=0):
-        """Starting parameters: zeros of length ``n_params`` (``seed`` is accepted for the API)."""
+        """Starting parameters: zeros of length ``n_params`` (``seed`` is accepted for the API,
+        and checked as every seed is)."""
+        val.make_rng(seed)
         return np.zeros(self.n_params, dtype=self.dtype)
 
     def unflatten(self, theta):
