@@ -89,8 +89,10 @@ def _apply(lin, V, dtype, block):
 
 
 def _rademacher(rng, P, m):
-    """(P, m) float64 matrix of independent uniform ±1 entries."""
-    return 2.0 * rng.integers(0, 2, size=(P, m)) - 1.0
+    """(P, m) float64 matrix of independent uniform ±1 entries, C order. The stream is drawn
+    probe by probe (as (m, P), then transposed), so probe j is the same whatever the sizes of
+    the groups the probes are drawn in: results do not depend on ``block``."""
+    return np.ascontiguousarray((2.0 * rng.integers(0, 2, size=(m, P)) - 1.0).T)
 
 
 def _mean_and_se(values):
