@@ -8,7 +8,6 @@ import numpy as np
 from .._validation import make_rng
 from .trace_estimators import _as_operator, _rademacher
 
-
 #: probes whose values are summarized together before merging into the running mean and
 #: spread (fixed, so that the estimate's bits do not depend on ``block``)
 MERGE_GROUP = 32
