@@ -135,7 +135,7 @@ def _newton(args):
     print(f"{status} in {t_fit:.2f}s: {res.n_iter} Newton iterations, {res.n_cg} CG iterations, "
           f"{res.n_hvp} Hessian-vector products")
     print(f"loss {res.fun:.15g}, max|grad| {res.grad_norm:.3e}")
-    print(res.message)
+    print(_in_command_words(res.message))
     if args.out:
         os.makedirs(args.out, exist_ok=True)
         parts = p.unflatten(res.x)[0]
@@ -516,10 +516,13 @@ def _influence_parser(sub):
 
 #: library argument names and the command-line options that set them
 _OPTION_OF = {"method": "--method", "preconditioner": "--precond", "max_iter": "--max-iter",
-              "fmt": "--format"}
-_VALUE = r"""(?:'[\w.+-]+'|"[\w.+-]+"|None|\d+)"""
+              "fmt": "--format", "l2": "--l2", "gtol": "--gtol"}
+_VALUE = r"""(?:'[\w.+-]+'|"[\w.+-]+"|None|\d+(?:\.\d*)?(?:e[+-]?\d+)?)"""
 _ARG_VALUE = re.compile(
-    rf"\b(method|preconditioner|max_iter|fmt)=({_VALUE}(?:\s*(?:,|or)\s*{_VALUE})*)")
+    rf"\b(method|preconditioner|max_iter|fmt|l2|gtol)=({_VALUE}(?:\s*(?:,|or)\s*{_VALUE})*)")
+#: whole words of library messages with a command spelling of their own
+_WORDS = {"fit_intercept=False": "--no-intercept", "increase max_iter": "increase --max-iter",
+          "loosen gtol": "loosen --gtol"}
 
 
 def _in_command_words(message):
@@ -529,7 +532,10 @@ def _in_command_words(message):
     def repl(m):
         values = re.sub(r"""['"]""", "", m.group(2)).replace("None", "none")
         return f"{_OPTION_OF[m.group(1)]} {values}"
-    return _ARG_VALUE.sub(repl, str(message))
+    text = str(message)
+    for words, option in _WORDS.items():
+        text = text.replace(words, option)
+    return _ARG_VALUE.sub(repl, text)
 
 
 def _warning_line(message, category, filename, lineno, file=None, line=None):

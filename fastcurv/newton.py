@@ -130,11 +130,21 @@ def _in_noise(f, f_new, model_decrease, gmax, g_new, dtype):
     return float(np.max(np.abs(g_new))) < gmax
 
 
-def _breakdown_message(it, theta):
+def _breakdown_message(it, theta, p, method, damping):
+    """CG met zero or non-finite curvature: say where, and what fixes it for this fit (an
+    L2 penalty only where there is none: it never reaches an intercept or output bias)."""
+    fixes = []
+    if method == "line-search":
+        fixes.append("use method='trust-region', which steps through zero curvature")
+    fixes.append("start from smaller parameters")
+    if damping == 0:
+        fixes.append("pass damping > 0")
+    if getattr(p, "l2", None) == 0:
+        fixes.append("add an L2 penalty")
     return (f"CG broke down at iteration {it}: the curvature along its directions is zero or "
             "not finite (it underflows or overflows at parameters as large as max|theta| = "
-            f"{np.max(np.abs(theta)):.3g}). Start from smaller parameters, or add damping or "
-            "an L2 penalty.")
+            f"{np.max(np.abs(theta)):.3g}; an intercept or bias gets no curvature from the L2 "
+            f"penalty). {fixes[0][0].upper() + '; '.join(fixes)[1:]}.")
 
 
 def _stalled_message(it, gmax, dtype):
@@ -566,6 +576,16 @@ def _check_problem(p, curvature, preconditioner):
     if pc == "kfac" and not hasattr(p, "_kfac_layout"):
         raise TypeError("preconditioner='kfac' needs a fastcurv.GLM or fastcurv.MLP, got a "
                         f"{type(p).__name__}")
+    if preconditioner is not None and pc is None:
+        P = int(p.n_params)
+        shape = tuple(getattr(preconditioner, "shape", ()))
+        if shape != (P, P):
+            raise ValueError(f"the preconditioner operator must be ({P}, {P}) for this problem's "
+                             f"{P} parameters, got shape {shape if shape else 'none'}")
+        kind = np.dtype(getattr(preconditioner, "dtype", None) or np.float64).kind
+        if kind not in "fiub":
+            raise TypeError(f"the preconditioner operator must be real, got dtype "
+                            f"{preconditioner.dtype}; CG on a real problem needs a real M^-1")
 
 
 def _check_preconditioner(preconditioner, method):
@@ -579,7 +599,8 @@ def _check_preconditioner(preconditioner, method):
         if preconditioner in ("cholesky", "kfac") and method != "line-search":
             raise ValueError(f"preconditioner={preconditioner!r} works with "
                              "method='line-search' (the trust-region method measures its "
-                             "region in a diagonal norm: use None, 'diag' or 'auto')")
+                             "region in a diagonal norm: use preconditioner=None, 'diag' or "
+                             "'auto')")
         return
     if not (isinstance(preconditioner, LinearOperator) or hasattr(preconditioner, "matvec")):
         raise TypeError("preconditioner must be None, 'auto', 'diag', 'cholesky', 'kfac' or a "
@@ -730,7 +751,7 @@ def _newton_cg(p, theta0, gtol, max_iter, method, curvature, preconditioner, dam
             if d is None or not np.isfinite(d).all():
                 n_hvp += op.count
                 n_cg += count[0]
-                message = _breakdown_message(it, theta)
+                message = _breakdown_message(it, theta, p, method, damping)
                 break
             if auto is not None:
                 auto.after_step(time.perf_counter() - t_solve, count[0])
@@ -798,7 +819,7 @@ def _newton_cg(p, theta0, gtol, max_iter, method, curvature, preconditioner, dam
                     s, As, cg_it, _how = _steihaug(op, g64, radius, rtol, cg_max, Dm)
             except _CGBreakdown:
                 n_hvp += op.count
-                message = _breakdown_message(it, theta)
+                message = _breakdown_message(it, theta, p, method, damping)
                 break
             n_cg += cg_it
             n_hvp += op.count

@@ -520,6 +520,20 @@ def test_influence_errors_name_rows_of_the_file(tmp_path, capsys):
         _one_error_line(err)
 
 
+def test_fit_messages_printed_in_the_commands_spelling(logistic_npz, capsys):
+    """The fit's closing message was printed as written for Python callers."""
+    path, _, _ = logistic_npz
+    rc = main(["newton", "--data", str(path), "--max-iter", "0", "--quiet"])
+    out, _ = capsys.readouterr()
+    assert rc == 1
+    assert "increase --max-iter, loosen --gtol, or try --precond diag" in out
+    assert "max_iter" not in out.replace("max_iter = 0", "")
+    rc = main(["newton", "--data", str(path), "--method", "trust-region", "--precond",
+               "cholesky"])
+    _, err = capsys.readouterr()
+    assert rc == 2 and "use --precond none, diag or auto" in err
+
+
 def test_library_messages_in_the_commands_spelling():
     """Errors and warnings written for Python callers name the command's options."""
     from fastcurv.cli import _in_command_words as words
@@ -529,6 +543,12 @@ def test_library_messages_in_the_commands_spelling():
     assert words("use preconditioner=None or 'diag'") == "use --precond none or diag"
     assert words("max_iter=50 reached") == "--max-iter 50 reached"
     assert words("pass fmt='npz', 'csv' or 'svmlight'") == "pass --format npz, csv or svmlight"
+    assert (words("region in a diagonal norm: use preconditioner=None, 'diag' or 'auto')")
+            == "region in a diagonal norm: use --precond none, diag or auto)")
+    assert words("Set l2 > 0 (for example l2=1e-4).") == "Set l2 > 0 (for example --l2 1e-4)."
+    assert (words("increase max_iter, loosen gtol, or try preconditioner='diag'.")
+            == "increase --max-iter, loosen --gtol, or try --precond diag.")
+    assert words("; fit_intercept=False removes it") == "; --no-intercept removes it"
     # other names, and names inside longer identifiers, stay as they are
     for text in ("curvature='ggn'", "some_method='x'", "scale=..., damping > 0"):
         assert words(text) == text

@@ -506,6 +506,20 @@ def test_invalid_problem_and_preconditioner_types():
         fc.newton_cg(None)
     with pytest.raises(TypeError, match="problem"):
         fc.HessianOperator(None, np.zeros(3))
+    # a preconditioner operator of the wrong shape or a complex one is refused before any
+    # pass over the data (scipy said "matrix and preconditioner have different shapes", or
+    # raised a UFuncTypeError, after the first gradient)
+    from scipy.sparse.linalg import aslinearoperator
+
+    calls = []
+    p.value_and_grad = lambda th, f=p.value_and_grad: calls.append(1) or f(th)
+    with pytest.raises(ValueError, match=r"must be \(3, 3\).*got shape \(2, 2\)"):
+        fc.newton_cg(p, preconditioner=aslinearoperator(np.eye(2)))
+    with pytest.raises(TypeError, match="must be real"):
+        fc.newton_cg(p, preconditioner=aslinearoperator(np.eye(3, dtype=complex)))
+    assert not calls
+    res = fc.newton_cg(p, preconditioner=aslinearoperator(np.eye(3)))
+    assert res.success
 
 
 def test_callback_gets_a_copy_of_the_iterate():
@@ -876,6 +890,24 @@ def test_cg_breakdown_from_a_huge_start_is_a_failed_result():
         assert not r.success and r.message.startswith("CG broke down"), r.message
         np.testing.assert_array_equal(r.x, th)
         assert r.n_cg == r.n_hvp  # the broken-down solve's iterations are counted too
+        assert "trust-region" in r.message and "add an L2 penalty" in r.message
+
+
+def test_cg_breakdown_with_a_penalty_points_to_the_trust_region():
+    """A saturated start with l2 > 0: the unpenalized intercept has exactly zero curvature,
+    the line search's CG breaks down, and the message no longer asks for the L2 penalty that
+    is already set; the trust-region method it points to converges from the same start."""
+    rng = np.random.default_rng(5)
+    X = rng.standard_normal((200, 5))
+    y = (X[:, 0] + 0.5 * rng.standard_normal(200) > 0).astype(float)
+    p = fc.GLM(X, y, l2=1e-2)
+    r = fc.newton_cg(p, theta0=np.full(6, 1e3))
+    assert not r.success and r.message.startswith("CG broke down"), r.message
+    assert "L2 penalty)" in r.message and "add an L2 penalty" not in r.message
+    assert "method='trust-region'" in r.message
+    t = fc.newton_cg(p, theta0=np.full(6, 1e3), method="trust-region")
+    assert t.success
+    assert_close(t.x, oracle("logistic", X, y, 1e-2), RTOL, "trust region")
 
 
 def test_trust_region_refuses_preconditioners_it_cannot_apply():
