@@ -208,7 +208,8 @@ def row_line(buf, row):
     """``(line, offset)``: the file's line number (1-based) of data row ``row`` (0-based) and
     the offset in ``buf`` where that line starts, skipping blank and comment-only lines as
     ``parse`` does; for messages about a row found bad after parsing. ``(0, 0)`` if there is
-    no such row."""
+    no such row. (Its line scan repeats ``parse``'s rather than sharing a helper: the parser
+    ran 5% slower with the scan moved into a function.)"""
     n = buf.shape[0]
     pos = 0
     line_no = 0
