@@ -141,8 +141,9 @@ def runaway_intercept_message(fam, above, below, bias="intercept"):
     """
     K = above.shape[0]
     out = (lambda k: f" (output {k})") if K > 1 else (lambda k: "")
-    fix = (" The L2 penalty does not bound it: it applies to the weights only" + (
-        "; fit_intercept=False removes the intercept." if bias == "intercept" else "."))
+    fix = (" The L2 penalty does not bound it (it applies to the coefficients, not the "
+           "intercept); fit_intercept=False removes the intercept." if bias == "intercept" else
+           " The L2 penalty does not bound it (it applies to the weights, not the biases).")
     head = f"the {bias} of that class" if fam == MULTINOMIAL else f"the {bias}"
     if fam == MULTINOMIAL:
         empty = np.flatnonzero(~above)

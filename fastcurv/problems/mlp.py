@@ -844,7 +844,6 @@ class MLP:
         o = self._hoff[l - 1]
         return self._ws["H"][o:o + 2 * nb * w].reshape(2 * nb, w)[:nb]
 
-    # ------------------------------------------------------------------ per-sample
     def _diverging_message(self, theta):
         """Why the loss has no finite minimizer, or None (asked by ``newton_cg`` before each
         step). The output biases are not penalized, so when no row of positive weight has a
@@ -857,6 +856,7 @@ class MLP:
                 self._lc, *support, bias="output bias") or ""
         return self._runaway or None
 
+    # ------------------------------------------------------------------ per-sample
     def per_sample_grads(self, theta, rows=None):
         """Per-sample loss gradients ``g_i = ∇_θ ℓ(y_i, η_i)`` (no weight, no penalty), as a
         dense (m, P) array for the rows ``rows`` (default all)."""
