@@ -82,6 +82,11 @@ def _check_options(args):
                          "--format to use the embedded default problem")
     if getattr(args, "max_iter", 0) < 0:
         raise ValueError(f"--max-iter must be >= 0, got {args.max_iter}")
+    if (getattr(args, "method", None) == "trust-region"
+            and getattr(args, "precond", None) in ("cholesky", "kfac")):
+        raise ValueError(f"--precond {args.precond} works with --method line-search (the "
+                         "trust-region method measures its region in a diagonal norm: use "
+                         "--precond none, diag or auto)")
     if args.out and os.path.exists(args.out) and not os.path.isdir(args.out):
         raise ValueError(f"--out {args.out}: exists and is not a folder; name a folder to "
                          "create or to write into")
@@ -152,7 +157,8 @@ def _newton(args):
             fit_seconds=t_fit, read_seconds=t_read, history=res.history,
         )
         _write_json(os.path.join(args.out, "summary.json"), summary)
-        print(f"wrote {args.out}/coef.npy and {args.out}/summary.json")
+        files = ["coef.npy"] + (["intercept.npy"] if p.fit_intercept else []) + ["summary.json"]
+        print(f"wrote {', '.join(f'{args.out}/{f}' for f in files)}")
     return 0 if res.success else 1
 
 
@@ -196,7 +202,9 @@ def build_parser():
     nw.add_argument("--gtol", type=float, default=1e-8,
                     help="stop at max|gradient| <= gtol (default 1e-8)")
     nw.add_argument("--max-iter", type=int, default=100, help="Newton iterations (default 100)")
-    nw.add_argument("--method", choices=("line-search", "trust-region"), default="line-search")
+    nw.add_argument("--method", choices=("line-search", "trust-region"), default="line-search",
+                    help="globalization of the Newton steps: line-search (default; CG then a "
+                         "backtracking line search) or trust-region (Steihaug-Toint CG)")
     nw.add_argument("--precond", choices=("auto", "none", "diag", "cholesky", "kfac"),
                     default="auto",
                     help="CG preconditioner: auto (default: plain CG, switching to the "
@@ -209,7 +217,8 @@ def build_parser():
                          "for correlated features and up to 4096 parameters, with --method "
                          "line-search), kfac (the K-FAC inverse; helps multinomial fits with "
                          "correlated features) or none")
-    nw.add_argument("--dtype", choices=("float64", "float32"), default="float64")
+    nw.add_argument("--dtype", choices=("float64", "float32"), default="float64",
+                    help="precision of X and the parameters (default float64)")
     nw.add_argument("--no-intercept", action="store_true", help="fit without an intercept")
     nw.add_argument("--out", help="folder for coef.npy, intercept.npy and summary.json")
     nw.add_argument("--quiet", action="store_true", help="no per-iteration lines")
@@ -338,7 +347,8 @@ def _compare_parser(sub):
     cp.add_argument("--format", choices=("npz", "csv", "svmlight"))
     cp.add_argument("--hidden", default="32,32", help="hidden widths (default 32,32)")
     cp.add_argument("--activation", default="tanh",
-                    choices=("tanh", "relu", "sigmoid", "softplus", "gelu", "identity"))
+                    choices=("tanh", "relu", "sigmoid", "softplus", "gelu", "identity"),
+                    help="hidden activation (default tanh)")
     cp.add_argument("--l2", type=float, default=1e-3, help="L2 penalty (default 1e-3)")
     cp.add_argument("--reference", choices=("ggn", "hessian"), default="ggn",
                     help="the exact curvature compared against (default ggn)")
@@ -387,6 +397,8 @@ def _influence(args):
     _check_options(args)
     if args.top < 1:
         raise ValueError(f"--top must be >= 1, got {args.top}")
+    if args.seed < 0:
+        raise ValueError(f"--seed must be >= 0, got {args.seed}")
 
     flipped = None
     if args.data is None:
@@ -424,8 +436,9 @@ def _influence(args):
     print(f"fit: {'converged' if res.success else 'NOT converged'} in "
           f"{time.perf_counter() - t0:.2f}s, loss {res.fun:.10g}, max|grad| {res.grad_norm:.2e}")
     t0 = time.perf_counter()
+    seeded = {"seed": args.seed} if args.method in _SEEDED_METHODS else {}
     inf = fc.Influence(p, res.x, method=args.method, damping=args.damping,
-                       progress=args.progress)
+                       progress=args.progress, **seeded)
     S = inf.scores(tp)
     t_scores = time.perf_counter() - t0
     k = min(args.top, p.n_samples)
@@ -469,6 +482,10 @@ def _influence(args):
     return 0 if res.success else 1  # as 'newton': scores at an unconverged fit are suspect
 
 
+#: influence methods that take a seed (the others are deterministic and refuse the option)
+_SEEDED_METHODS = ("nystrom", "lissa", "kfac", "ekfac")
+
+
 def _check_training_classes(p, family, y, train, test):
     """Refuse a fit without a finite minimizer before it runs (scores at it would be
     garbage): a multinomial class held out entirely in ``--test-rows`` gets its own message."""
@@ -496,7 +513,8 @@ def _influence_parser(sub):
     )
     ip.add_argument("--data", help="data file (.npz, .csv or svmlight), as for 'newton'")
     ip.add_argument("--format", choices=("npz", "csv", "svmlight"))
-    ip.add_argument("--family", choices=("logistic", "gaussian", "poisson", "multinomial"))
+    ip.add_argument("--family", choices=("logistic", "gaussian", "poisson", "multinomial"),
+                    help="GLM family (default logistic)")
     ip.add_argument("--l2", type=float, default=1e-3, help="L2 penalty (default 1e-3)")
     ip.add_argument("--gtol", type=float, default=1e-10, help="fit tolerance (default 1e-10)")
     ip.add_argument("--test-rows", default="-1,-2,-3",
@@ -507,7 +525,11 @@ def _influence_parser(sub):
     ip.add_argument("--method", default="direct",
                     choices=("direct", "cg", "lissa", "arnoldi", "nystrom", "kfac", "ekfac"),
                     help="inverse-Hessian method (default direct)")
-    ip.add_argument("--damping", type=float, default=0.0)
+    ip.add_argument("--damping", type=float, default=0.0,
+                    help="damping added to the Hessian in the solves (default 0)")
+    ip.add_argument("--seed", type=int, default=0,
+                    help="seed of the randomized methods (nystrom; lissa, kfac and ekfac "
+                         "where they sample) (default 0): the same seed, the same scores")
     ip.add_argument("--top", type=int, default=5, help="rows to print per list (default 5)")
     ip.add_argument("--out", help="folder for scores.npy, self_influence.npy, summary.json")
     ip.add_argument("--progress", action="store_true", help="progress bars on stderr")
@@ -522,7 +544,8 @@ _ARG_VALUE = re.compile(
     rf"\b(method|preconditioner|max_iter|fmt|l2|gtol)=({_VALUE}(?:\s*(?:,|or)\s*{_VALUE})*)")
 #: whole words of library messages with a command spelling of their own
 _WORDS = {"fit_intercept=False": "--no-intercept", "increase max_iter": "increase --max-iter",
-          "loosen gtol": "loosen --gtol"}
+          "loosen gtol": "loosen --gtol", "after max_iter = ": "after --max-iter ",
+          "> gtol = ": "> --gtol "}
 
 
 def _in_command_words(message):

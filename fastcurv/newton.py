@@ -516,7 +516,8 @@ def newton_cg(p, theta0=None, *, gtol=1e-8, max_iter=100, method="line-search",
         damping, rebuilt at every iterate; it captures the correlations between a layer's
         inputs (``A``) and between its outputs (``G``), which a diagonal cannot.
     damping : δ ≥ 0 added to the curvature
-    callback : called as ``callback(theta, info)`` after each iteration (info: the history row)
+    callback : called as ``callback(theta, info)`` once at the start (iteration 0) and after
+        each iteration (info: the history row)
     progress : print one line per iteration (iteration, loss, max|grad|, CG iterations, step,
         elapsed time)
     cg_max_iter : CG iterations per Newton step (default ``min(P, 250)``)
@@ -694,8 +695,9 @@ def _newton_cg(p, theta0, gtol, max_iter, method, curvature, preconditioner, dam
             break
         if it >= max_iter:
             message = (f"Stopped after max_iter = {max_iter} Newton iterations with max|grad| = "
-                       f"{gmax:.3e} > gtol = {gtol:.1e}; increase max_iter, loosen gtol, or "
-                       "try preconditioner='diag'.")
+                       f"{gmax:.3e} > gtol = {gtol:.1e}; increase max_iter, loosen gtol"
+                       + (", or try preconditioner='diag'." if preconditioner is None
+                          else "."))
             break
         with np.errstate(over="ignore"):
             g_overflows = not np.isfinite(np.linalg.norm(g))

@@ -79,10 +79,13 @@ class Influence:
       (None, ``"diag"``, ``"kfac"``, ``"nystrom"``).
     * ``"lissa"``: the Neumann series with its scale from the top eigenvalue; options
       ``depth``, ``tol``, ``scale``, ``batch_size``, ``repeats``, ``seed``.
-    * ``"arnoldi"``: top-``rank`` eigenpairs (Lanczos); ``"nystrom"``: randomized Nyström
-      sketch of rank ``rank``; both exact at full rank.
+    * ``"arnoldi"``: top-``rank`` eigenpairs (Lanczos, from a fixed start vector);
+      ``"nystrom"``: randomized Nyström sketch of rank ``rank``, drawn from ``seed`` (None: a
+      fresh draw every time; pass an integer for reproducible scores); both exact at full
+      rank.
     * ``"kfac"`` / ``"ekfac"``: the damped inverse of type-2 K-FAC / EK-FAC, with the L2
-      penalty folded into the damping (approximations).
+      penalty folded into the damping (approximations); options ``fisher`` ("type2" or "mc",
+      sampled from ``seed``).
 
     Softmax models have exact null directions (the common shift of the K outputs): every
     method returns the pseudo-inverse solution there (see :mod:`fastcurv.influence.solvers`).
