@@ -775,6 +775,29 @@ def test_bitwise_identical_across_thread_counts(c, batch_size, chunks, restore_t
             assert np.array_equal(results[0][key], r[key]), f"{key} differs (run {k + 1})"
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_sampled_and_fisher_diagonals_do_not_depend_on_blas_threads(dtype):
+    """The Monte Carlo GGN diagonal, the empirical Fisher diagonal and the Monte Carlo Fisher
+    product run their row blocks through BLAS outside the chunked driver: on 20,000 rows
+    OpenBLAS with 2 threads summed them in another order than with 1 (last bits; a review's
+    finding). They now run BLAS on one thread, as the driver does."""
+    tpc = pytest.importorskip("threadpoolctl")
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((20_000, 30)).astype(dtype)
+    y = rng.integers(0, 4, 20_000)
+    p = fc.MLP(X, y, sizes=(30, 32, 4), activation="gelu", loss="softmax_cross_entropy",
+               l2=0.01)
+    theta = p.init(seed=0)
+    v = rng.standard_normal(p.n_params).astype(dtype)
+    results = []
+    for blas in (1, 2):
+        with tpc.threadpool_limits(limits=blas):
+            results.append((p.ggn_diag(theta, mc_samples=2, seed=1), p.fisher_diag(theta),
+                            p._mc_fisher_vp(theta, v, 2, 3)))
+    for a, b in zip(*results, strict=True):
+        assert np.array_equal(a, b)
+
+
 @pytest.mark.parametrize("loss", LOSSES)
 def test_float32_row_blocks_add_their_sums_in_float64(loss):
     """float32 data in many row blocks (batch_size=4: 8 blocks of the 30 rows) go through the

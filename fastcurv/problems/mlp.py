@@ -673,6 +673,18 @@ class MLP:
             d = self._mc_diag(theta, int(mc_samples), seed)
         return (d + self.l2 * self._wmask).astype(self.dtype)
 
+    @staticmethod
+    def _one_blas_thread(kernel, *args):
+        """``kernel(*args)`` with SciPy's BLAS on one thread, as :meth:`_run` runs its row
+        chunks: OpenBLAS sums a product's terms in an order that depends on its thread count,
+        and the curvature passes below must not (the Monte Carlo GGN diagonal and the K-FAC
+        deltas changed in the last bits between OPENBLAS_NUM_THREADS=1 and 2)."""
+        before = _blas.one_thread()
+        try:
+            return kernel(*args)
+        finally:
+            _blas.restore(before)
+
     def _mc_diag(self, theta, mc, seed):
         """Draw by draw, block by block: the label streams are consumed row by row in the same
         order whatever ``batch_size`` is (one forward pass per block and draw, unless all rows
@@ -691,8 +703,9 @@ class MLP:
                 e = min(n, s + B)
                 nb = e - s
                 if j == 0 or n > B:
-                    K_.forward(*Xa, s, e, theta, self._sizes, self._acts, self._poff,
-                               self._aoff, self._hoff, ws["Z"], ws["H"])
+                    self._one_blas_thread(K_.forward, *Xa, s, e, theta, self._sizes,
+                                          self._acts, self._poff, self._aoff, self._hoff,
+                                          ws["Z"], ws["H"])
                     K_.loss_block(self._lc, ws["Z"], self._aoff, self._sizes, self._y2,
                                   self._cw, s, e, ws["HS"], ws["D"], False)
                     K_.square_inputs(Xa[0], Xa[4], s, e, self._sizes, self._qoff, ws["H"],
@@ -701,12 +714,13 @@ class MLP:
                 eta = ws["Z"][oz:oz + nb * K].reshape(nb, K).astype(np.float64)
                 Dout = ws["D"][o + nb * K:o + 2 * nb * K].reshape(nb, K)  # the δ half
                 Dout[:] = families.sample_residuals(fam, eta, ws["HS"][:nb], streams)
-                K_.backward(*Xa, s, e, theta, self._sizes, self._acts, self._poff, self._aoff,
-                            self._hoff, ws["Z"], ws["H"], ws["D"], ws["DP"], ws["GT"],
-                            ws["ones"], ws["out1"][0], False, False)
-                K_.diag_layers(*Xa, s, e, self._cw, self._sizes, self._poff, self._aoff,
-                               self._qoff, ws["D"], ws["SQ"], ws["T2"], ws["GT"], ws["ones"],
-                               out)
+                self._one_blas_thread(K_.backward, *Xa, s, e, theta, self._sizes, self._acts,
+                                      self._poff, self._aoff, self._hoff, ws["Z"], ws["H"],
+                                      ws["D"], ws["DP"], ws["GT"], ws["ones"], ws["out1"][0],
+                                      False, False)
+                self._one_blas_thread(K_.diag_layers, *Xa, s, e, self._cw, self._sizes,
+                                      self._poff, self._aoff, self._qoff, ws["D"], ws["SQ"],
+                                      ws["T2"], ws["GT"], ws["ones"], out)
         return val.finite_result((out / mc).astype(self.dtype),
                                  "the Monte Carlo GGN diagonal")
 
@@ -722,8 +736,9 @@ class MLP:
         for s, e, _j, _deltas in self._curvature_rows(theta, "empirical"):
             K_.square_inputs(Xa[0], Xa[4], s, e, self._sizes, self._qoff, ws["H"], self._hoff,
                              ws["SQ"])
-            K_.diag_layers(*Xa, s, e, self._cw, self._sizes, self._poff, self._aoff,
-                           self._qoff, ws["D"], ws["SQ"], ws["T2"], ws["GT"], ws["ones"], out)
+            self._one_blas_thread(K_.diag_layers, *Xa, s, e, self._cw, self._sizes, self._poff,
+                                  self._aoff, self._qoff, ws["D"], ws["SQ"], ws["T2"], ws["GT"],
+                                  ws["ones"], out)
         return val.finite_result(out.astype(self.dtype), "the empirical Fisher diagonal")
 
     def _mc_fisher_vp(self, theta, v, mc_samples, seed):
@@ -740,9 +755,10 @@ class MLP:
         tmp = np.empty(P, dtype=self.dtype)
         for s, e, _j, _deltas in self._curvature_rows(theta, "mc", mc_samples, seed):
             for k in range(m):
-                K_.fisher_block(*Xa, s, e, self._cw, Vt[k], self._sizes, self._poff,
-                                self._aoff, self._hoff, ws["H"], ws["D"], ws["T"], ws["T2"],
-                                ws["GT"], ws["ones"], tmp, True)
+                self._one_blas_thread(K_.fisher_block, *Xa, s, e, self._cw, Vt[k],
+                                      self._sizes, self._poff, self._aoff, self._hoff, ws["H"],
+                                      ws["D"], ws["T"], ws["T2"], ws["GT"], ws["ones"], tmp,
+                                      True)
                 out[k] += tmp
         out = val.finite_result((out / mc_samples).astype(self.dtype),
                                 "the Monte Carlo Fisher product")
@@ -779,8 +795,8 @@ class MLP:
         for s in range(0, n, B):
             e = min(n, s + B)
             nb = e - s
-            K_.forward(*Xa, s, e, theta, self._sizes, self._acts, self._poff, self._aoff,
-                       self._hoff, ws["Z"], ws["H"])
+            self._one_blas_thread(K_.forward, *Xa, s, e, theta, self._sizes, self._acts,
+                                  self._poff, self._aoff, self._hoff, ws["Z"], ws["H"])
             K_.loss_block(self._lc, ws["Z"], self._aoff, self._sizes, self._y2, self._cw, s, e,
                           ws["HS"], ws["D"], False)
             Dout = ws["D"][od + nb * K:od + 2 * nb * K].reshape(nb, K)  # the δ half
@@ -795,9 +811,10 @@ class MLP:
                     K_.sqrt_hess_column(self._lc, ws["HS"][:nb], j, Dout)
                 elif kind == "mc":
                     Dout[:] = families.sample_residuals(fam, eta, HS, streams[j])
-                K_.backward(*Xa, s, e, theta, self._sizes, self._acts, self._poff, self._aoff,
-                            self._hoff, ws["Z"], ws["H"], ws["D"], ws["DP"], ws["GT"],
-                            ws["ones"], ws["out1"][0], False, False)
+                self._one_blas_thread(K_.backward, *Xa, s, e, theta, self._sizes, self._acts,
+                                      self._poff, self._aoff, self._hoff, ws["Z"], ws["H"],
+                                      ws["D"], ws["DP"], ws["GT"], ws["ones"], ws["out1"][0],
+                                      False, False)
                 yield s, e, j, deltas
 
     def _grad_dots(self, theta, S, lo, hi):
