@@ -110,3 +110,23 @@ def test_derivatives_in_the_far_tails(code):
     assert np.array_equal(o1, np.where(x > 0, 1.0, 0.0) if code in (ac.RELU, ac.SOFTPLUS, ac.GELU)
                           else np.zeros_like(x))
     assert np.array_equal(o2, np.zeros_like(x))
+
+
+def test_sigmoid_derivatives_keep_their_precision_when_saturated():
+    """φ' = a(1 − a) from the rounded a lost 12% at z = 35 (float64) and 2.6% of a float32
+    network's gradient at z = 15 (a review's finding); σ(z)σ(−z) keeps a few ulp."""
+    x = np.concatenate([np.linspace(-40.0, 40.0, 801), [-700.0, 700.0]])
+    o1, o2 = np.empty_like(x), np.empty_like(x)
+    _derivs(ac.SIGMOID, x, o1, o2)
+
+    def s1(z):  # σ(z)(1 − σ(z)) = e^−z / (1 + e^−z)²: no cancellation even at 120 bits
+        e = mpmath.exp(-z)
+        return e / (1 + e) ** 2
+
+    def s2(z):  # times 1 − 2σ(z) = −tanh(z / 2)
+        return -s1(z) * mpmath.tanh(z / 2)
+
+    e1, e2 = _exact(s1, x), _exact(s2, x)
+    assert np.all(_ulps(o1, e1, np.float64) <= 4.0)
+    big = np.abs(e2) > 1e-300
+    assert np.all(_ulps(o2[big], e2[big], np.float64) <= 8.0)
