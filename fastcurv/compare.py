@@ -184,25 +184,38 @@ def _solve(op, g, damping, rtol, maxiter, M=None):
     return x, (n[0] if info == 0 else None)
 
 
-def _dense_solve(M, g, damping):
-    """``(M + δI)⁻¹ g`` (least squares when singular)."""
-    A = M + damping * np.eye(M.shape[0])
-    try:
-        return np.linalg.solve(A, g)
-    except np.linalg.LinAlgError:
-        return np.linalg.lstsq(A, g, rcond=None)[0]
+def _pinv_weights(w, damping):
+    """``1 / (w + δ)`` for the eigenvalues ``w`` of a symmetric matrix, 0 where ``|w + δ|`` is
+    at rounding level (``P eps`` times the largest): the pseudo-inverse. A singular
+    approximation (the block-diagonal GGN's common shift of the output biases, with δ = 0)
+    has exact null directions, which a Cholesky or LU solve turns into garbage of norm ~1/eps
+    instead of raising (a Newton cosine of 0.012 where the pseudo-inverse gives 0.756)."""
+    s = w + damping
+    tol = w.shape[0] * np.finfo(np.float64).eps * float(np.max(np.abs(s)))
+    return np.divide(1.0, s, out=np.zeros_like(s), where=np.abs(s) > tol), tol
 
 
-def _dense_inverse(M, damping):
-    """``(M + δI)⁻¹`` as an operator from a Cholesky factor, or None if ``M + δI`` is not
-    positive definite (then no preconditioner is built from it)."""
-    import scipy.linalg as sla
+def _dense_solve(w, V, g, damping):
+    """``(M + δI)⁺ g`` from the eigendecomposition ``M = V diag(w) Vᵀ``."""
+    inv, _ = _pinv_weights(w, damping)
+    return V @ (inv * (V.T @ g))
 
-    try:
-        f = sla.cho_factor(M + damping * np.eye(M.shape[0]), lower=True, check_finite=False)
-    except np.linalg.LinAlgError:
+
+def _dense_inverse(w, V, damping):
+    """``(M + δI)⁺`` as an operator from ``M = V diag(w) Vᵀ``, or None if ``M + δI`` is
+    indefinite beyond rounding (then no preconditioner is built from it)."""
+    inv, tol = _pinv_weights(w, damping)
+    if float(np.min(w + damping)) < -tol:
         return None
-    return _op(M.shape[0], lambda V: sla.cho_solve(f, V, check_finite=False))
+    return _op(V.shape[0], lambda X: V @ (inv[:, None] * (V.T @ X)))
+
+
+def _cosine(x, y):
+    """Cosine of the angle between ``x`` and ``y``, scaled first: the plain dot product
+    underflows for vectors of norm 1e-300 (a damping of 1e300 gave NaN)."""
+    x = x / np.max(np.abs(x))
+    y = y / np.max(np.abs(y))
+    return float(x @ y / (np.linalg.norm(x) * np.linalg.norm(y)))
 
 
 def _time_per_call(fn, v, repeats=5):
@@ -229,14 +242,16 @@ def _gradient_time(p, theta):
 
 
 def _warm_kernels(p, theta, names, damping, hutch_probes):
-    """Build every approximation once on 8 rows, so that the timed builds do not include
-    loading compiled kernels from Numba's cache (a one-off per process)."""
-    if not hasattr(p, "subset") or p.n_samples <= 8:
+    """Build every approximation once on at most 8 rows, so that the timed builds do not
+    include loading compiled kernels from Numba's cache (a one-off per process; on 8 rows or
+    fewer, the problem itself is warmed: its build costs came out 20-100x too high)."""
+    if not hasattr(p, "subset"):
         return
     from .influence.influence import _weights  # w_i / W of a problem's rows
 
     rows = np.flatnonzero(_weights(p, np.arange(p.n_samples)) > 0)[:8]
-    tiny = p.subset(rows)  # rows of positive weight: a subset of weight 0 is refused
+    tiny = p.subset(rows) if p.n_samples > 8 else p  # rows of positive weight: a subset
+    # of weight 0 is refused
     for name in names:
         _build(tiny, theta, name, damping, np.random.default_rng(0), min(hutch_probes, 2))
 
@@ -329,10 +344,11 @@ def compare(p, theta, approximations=APPROXIMATIONS, reference="ggn", *, damping
     if dense:
         Rd = _dense(R_op, P)
         R = _op(P, lambda V: Rd @ V)
-        eig = np.linalg.eigvalsh(Rd)
+        eig, V_R = np.linalg.eigh(Rd)
         spectra["reference"] = (eig[None, :], np.full((1, P), 1.0 / P))
         top_R, tr_R, d_R = float(eig[-1]), float(np.trace(Rd)), np.diag(Rd).copy()
-        x_ref = _dense_solve(Rd, g, damping)
+        x_ref = _dense_solve(eig, V_R, g, damping)
+        del V_R
         _, it_ref = _solve(R, g, damping, rtol, maxiter)
         Z = RZ = None
     else:
@@ -369,14 +385,14 @@ def compare(p, theta, approximations=APPROXIMATIONS, reference="ggn", *, damping
             else:
                 Ad = _dense(ap.op, P)
             err = float(np.linalg.norm(Ad - Rd) / np.linalg.norm(Rd))
-            M = ap.inverse if ap.inverse is not None else _dense_inverse(Ad, damping)
+            eig, V_A = np.linalg.eigh(Ad)
+            M = ap.inverse if ap.inverse is not None else _dense_inverse(eig, V_A, damping)
             x = M.matvec(g) if M is not None and ap.exact_inverse else \
-                _dense_solve(Ad, g, damping)
-            eig = np.linalg.eigvalsh(Ad)
+                _dense_solve(eig, V_A, g, damping)
             spectra[name] = (eig[None, :], np.full((1, P), 1.0 / P))
             top = float(eig[-1])
             tr = ap.trace if ap.trace is not None else float(np.trace(Ad))
-            del Ad
+            del Ad, V_A
         else:
             M = ap.inverse
             ops[name] = ap.op
@@ -388,7 +404,7 @@ def compare(p, theta, approximations=APPROXIMATIONS, reference="ggn", *, damping
             top = float(top_eigenvalues(ap.op, 1, seed=rng, tol=1e-8)[0])
             tr = ap.trace if ap.trace is not None else \
                 float(trace_est(ap.op, 3 * hutch_probes, seed=rng).trace)
-        cos = float(x @ x_ref / (np.linalg.norm(x) * np.linalg.norm(x_ref)))
+        cos = _cosine(x, x_ref)
         it = None
         if M is not None:
             _, it = _solve(R, g, damping, rtol, maxiter, M=M)

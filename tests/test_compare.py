@@ -268,3 +268,27 @@ def test_rows_of_weight_zero_first():
     p = fc.MLP(X, y, sizes=(3, 5, 3), loss="softmax_cross_entropy", l2=1e-2, sample_weight=w)
     recs = compare(p, random_theta((3, 5, 3), seed=0, scale=0.5), ("diag_ggn",), seed=0)
     assert [r["name"] for r in recs] == ["reference", "diag_ggn"]
+
+
+def test_singular_approximations_use_the_pseudo_inverse_and_huge_damping_is_finite():
+    """damping=0: the GGN and its block-diagonal part are singular along the common shift of
+    the output biases (unpenalized). The block-diagonal Newton direction came from a Cholesky
+    factor of the singular matrix (norm ~60x the pseudo-inverse one; cosine 0.012 where the
+    pseudo-inverse gives 0.756, a review's finding). A damping of 1e300 gave NaN cosines (the
+    dot product underflowed). Checked against numpy's pseudo-inverse of the dense matrices."""
+    p, theta = _mlp(n=40, sizes=(3, 4, 3))
+    recs = {r["name"]: r for r in compare(p, theta, damping=0.0, seed=0,
+                                         approximations=("block_ggn", "empirical_fisher"))}
+    R, g = p.ggn(theta), p.grad(theta)
+    assert np.linalg.eigvalsh(R)[0] < 1e-12 * np.linalg.eigvalsh(R)[-1]  # singular indeed
+    pinv = lambda M: np.linalg.pinv(M, rcond=1e-12, hermitian=True)  # noqa: E731
+    x_ref = pinv(R) @ g
+    B = np.zeros_like(R)
+    for l in range(len(p.sizes) - 1):
+        o, e = p._poff[l], p._poff[l + 1] if l + 1 < len(p._poff) else p.n_params
+        B[o:e, o:e] = R[o:e, o:e]
+    x = pinv(B) @ g
+    np.testing.assert_allclose(recs["block_ggn"]["newton_cosine"],
+                               x @ x_ref / np.linalg.norm(x) / np.linalg.norm(x_ref), rtol=1e-6)
+    for r in compare(p, theta, damping=1e300, seed=0, approximations=("diag_ggn", "kfac")):
+        np.testing.assert_allclose(r["newton_cosine"], 1.0, rtol=1e-6)
