@@ -33,6 +33,15 @@ def as_float_scalar(value, name, *, low=None, allow_equal=True):
     return value
 
 
+def check_damping_fits(damping, dtype):
+    """Refuse a damping the operator's dtype cannot hold (a float32 operator multiplied every
+    vector by inf from 3.4e38 on, with only numpy's RuntimeWarning)."""
+    top = float(np.finfo(dtype).max)
+    if damping > top:
+        raise ValueError(f"damping={damping:g} exceeds the largest {np.dtype(dtype).name} "
+                         f"({top:.3g}) of this operator; use a smaller damping or float64 data")
+
+
 def check_finite_1d(a, name):
     """Raise ``ValueError`` naming the first NaN/inf entry of a 1-D float array."""
     if a.size == 0:

@@ -268,6 +268,8 @@ def _compare(args):
         X = X.toarray() if hasattr(X, "toarray") else X
         source = args.data
     y = np.asarray(y, dtype=np.float64)
+    if y.size == 0:
+        raise ValueError(f"{source}: no rows; compare needs classification data")
     if np.any(y != np.round(y)):
         raise ValueError(f"{source}: compare fits a classifier and needs class labels "
                          "(integers); these targets are not")
@@ -282,10 +284,18 @@ def _compare(args):
     print(f"data: {source}")
     print(f"model: MLP {'-'.join(map(str, sizes))} {args.activation}, softmax cross-entropy, "
           f"{p.n_params:,} parameters, l2={args.l2:g}")
+    # K-FAC preconditions the fit unless a layer's input factor would be too large (more
+    # than MAX_FACTOR_ENTRIES: a first layer of over 8,191 features); then the diagonal
+    from fastcurv.operators._kfac_factors import MAX_FACTOR_ENTRIES
+
+    side = int(np.sqrt(MAX_FACTOR_ENTRIES))
+    fits = all(n + 1 <= side for n in sizes[:-1]) and all(w <= side for w in sizes[1:])
+    precond = "kfac" if fits else "diag"
     t0 = time.perf_counter()
-    res = fc.newton_cg(p, p.init(args.seed), curvature="ggn", preconditioner="kfac",
+    res = fc.newton_cg(p, p.init(args.seed), curvature="ggn", preconditioner=precond,
                        damping=1e-4, gtol=1e-6, max_iter=args.fit_iter)
-    print(f"fit: {res.n_iter} Newton-CG (GGN, K-FAC preconditioned) iterations in "
+    print(f"fit: {res.n_iter} Newton-CG (GGN, {'K-FAC' if precond == 'kfac' else 'diagonal'} "
+          "preconditioned) iterations in "
           f"{time.perf_counter() - t0:.1f}s, loss {res.fun:.6g}, max|grad| {res.grad_norm:.1e}")
     t0 = time.perf_counter()
     recs = compare(p, res.x, names, reference=args.reference, damping=args.damping,

@@ -292,3 +292,24 @@ def test_singular_approximations_use_the_pseudo_inverse_and_huge_damping_is_fini
                                x @ x_ref / np.linalg.norm(x) / np.linalg.norm(x_ref), rtol=1e-6)
     for r in compare(p, theta, damping=1e300, seed=0, approximations=("diag_ggn", "kfac")):
         np.testing.assert_allclose(r["newton_cosine"], 1.0, rtol=1e-6)
+
+
+def test_command_fits_wide_data_with_the_diagonal_and_names_empty_data(tmp_path, capsys,
+                                                                       monkeypatch):
+    """The command's fit always used K-FAC, so data whose first-layer factor is too large
+    (over 8,191 features) failed before any comparison, whatever --approx said; it now fits
+    with the diagonal there (the factor limit is shrunk here to stand for that). An npz
+    without rows gave numpy's "zero-size array to reduction operation"."""
+    from fastcurv.operators import _kfac_factors
+
+    monkeypatch.setattr(_kfac_factors, "MAX_FACTOR_ENTRIES", 16)  # factors of side <= 4
+    rc = main(["compare", "--hidden", "3", "--fit-iter", "2", "--approx", "diag_ggn",
+               "--out", str(tmp_path / "r")])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    assert "diagonal preconditioned" in out
+    path = tmp_path / "empty.npz"
+    np.savez(path, X=np.ones((0, 3)), y=np.ones(0))
+    rc = main(["compare", "--data", str(path), "--out", str(tmp_path / "r2")])
+    _, err = capsys.readouterr()
+    assert rc == 2 and "no rows" in err and "zero-size" not in err

@@ -249,6 +249,11 @@ def test_seeds_are_checked_by_every_method():
         fc.KFACOperator(p, theta, fisher="type2", seed="junk")
     with pytest.raises(ValueError, match="seed must be"):
         p.init(seed=-3)
+    # also where the seed is not used (it was accepted silently there)
+    with pytest.raises(TypeError, match="seed must be"):
+        p.ggn_diag(theta, seed="junk")
+    with pytest.raises(TypeError, match="seed must be"):
+        fc.FisherOperator(p, theta, kind="empirical", seed="junk")
 
 
 @pytest.mark.parametrize("method,opts", [("lissa", {}), ("lissa", {"batch_size": 40, "seed": 1}),

@@ -540,16 +540,19 @@ def test_npz_sparse_parts_are_not_repaired(tmp_path, parts, name):
         load_npz(path)
 
 
-@pytest.mark.parametrize("arrays", [
-    dict(X=np.ones((3, 2))),  # no y
-    dict(y=np.ones(3)),  # no X
-    dict(X=np.ones((3, 2)), y=np.ones(4)),  # lengths differ
-    dict(X=np.ones(3), y=np.ones(3)),  # X not 2-D
-], ids=["no-y", "no-X", "length", "X-1d"])
-def test_npz_errors(tmp_path, arrays):
+@pytest.mark.parametrize("arrays,match", [
+    (dict(X=np.ones((3, 2))), "y"),  # no y
+    (dict(y=np.ones(3)), "X"),  # no X
+    (dict(X=np.ones((3, 2)), y=np.ones(4)), "X has 3 rows but y has 4 entries"),
+    (dict(X=np.ones(3), y=np.ones(3)), r"X must be a 2-D array.*X.reshape\(-1, 1\)"),
+    (dict(X=np.ones((3, 2)), y=np.eye(3)[:, :2]), r"y must be a 1-D.*y.argmax\(axis=1\)"),
+], ids=["no-y", "no-X", "length", "X-1d", "y-one-hot"])
+def test_npz_errors(tmp_path, arrays, match):
+    """Each shape problem is named as such (a one-hot y and a 1-D X were both reported as "X
+    has shape (30, 2) but y has shape (30, 2)")."""
     path = tmp_path / "bad.npz"
     np.savez(path, **arrays)
-    with pytest.raises(DataError):
+    with pytest.raises(DataError, match=match):
         load_npz(path)
 
 

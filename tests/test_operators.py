@@ -133,6 +133,23 @@ def test_damping_adds_delta_v_exactly():
         assert_close(diff, 3.0 * v, 1e-13, f"{cls.__name__} damping")
 
 
+def test_a_damping_beyond_float32_is_refused_by_float32_operators():
+    """A float32 operator took damping=1e39 and returned inf with only numpy's warning."""
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((50, 3)).astype(np.float32)
+    p = fc.GLM(X, (X[:, 0] > 0).astype(float), l2=1e-2)
+    theta = np.zeros(p.n_params, dtype=np.float32)
+    for make in (lambda d: fc.HessianOperator(p, theta, damping=d),
+                 lambda d: fc.GGNOperator(p, theta, damping=d),
+                 lambda d: fc.KFACOperator(p, theta, fisher="type2", damping=d),
+                 lambda d: fc.EKFACOperator(p, theta, fisher="type2", damping=d)):
+        with pytest.raises(ValueError, match="exceeds the largest float32"):
+            make(1e39)
+        assert np.all(np.isfinite(make(1e30) @ np.ones(p.n_params, dtype=np.float32)))
+    p64 = fc.GLM(X.astype(np.float64), (X[:, 0] > 0).astype(float), l2=1e-2)
+    fc.HessianOperator(p64, np.zeros(p64.n_params), damping=1e300)  # fine in float64
+
+
 def test_operator_keeps_a_copy_of_theta():
     case = by_name("logistic-dense-plain")
     p = case.glm()

@@ -36,8 +36,16 @@ def load_npz(path):
         raise DataError(f"{path}: not a readable .npz file ({exc})") from None
     if y.ndim != 1:
         y = y.reshape(-1) if y.ndim == 2 and 1 in y.shape else y
-    if y.ndim != 1 or X.ndim != 2 or y.shape[0] != X.shape[0]:
-        raise DataError(f"{path}: X has shape {X.shape} but y has shape {y.shape}")
+    if X.ndim != 2:
+        raise DataError(f"{path}: X must be a 2-D array (samples x features), got shape "
+                        f"{X.shape}" + ("; for one feature store X.reshape(-1, 1)"
+                                        if X.ndim == 1 else ""))
+    if y.ndim != 1:
+        raise DataError(f"{path}: y must be a 1-D array of targets, got shape {y.shape}"
+                        + ("; for one-hot class labels store y.argmax(axis=1)"
+                           if y.ndim == 2 else ""))
+    if y.shape[0] != X.shape[0]:
+        raise DataError(f"{path}: X has {X.shape[0]} rows but y has {y.shape[0]} entries")
     if X.dtype.kind not in "biuf" or y.dtype.kind not in "biuf":
         raise DataError(f"{path}: X and y must be numeric (got {X.dtype} and {y.dtype})")
     return X.astype(np.float64, copy=False), y.astype(np.float64, copy=False)

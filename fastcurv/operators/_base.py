@@ -3,7 +3,7 @@
 import numpy as np
 from scipy.sparse.linalg import LinearOperator
 
-from .._validation import as_float_scalar, problem_theta
+from .._validation import as_float_scalar, check_damping_fits, problem_theta
 
 
 class CurvatureOperator(LinearOperator):
@@ -21,6 +21,7 @@ class CurvatureOperator(LinearOperator):
         self.problem = problem
         self.theta = problem_theta(problem, theta).copy()
         self.damping = as_float_scalar(damping, "damping", low=0.0)
+        check_damping_fits(self.damping, problem.dtype)
         P = problem.n_params
         super().__init__(dtype=np.dtype(problem.dtype), shape=(P, P))
 

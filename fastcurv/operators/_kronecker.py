@@ -7,7 +7,7 @@ matrix ``V``; in that layout ``(A ⊗ G) vec(V) = vec(A V G)`` for symmetric ``G
 import numpy as np
 from scipy.sparse.linalg import LinearOperator
 
-from .._validation import finite_as
+from .._validation import check_damping_fits, finite_as
 
 _EPS = np.finfo(np.float64).eps
 
@@ -24,6 +24,7 @@ class _BlockOperator(LinearOperator):
     def __init__(self, blocks, P, dtype, damping=0.0):
         self._layers = blocks
         self.damping = float(damping)
+        check_damping_fits(self.damping, dtype)
         super().__init__(dtype=np.dtype(dtype), shape=(P, P))
 
     def _layer(self, l, V):

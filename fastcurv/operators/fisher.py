@@ -39,7 +39,8 @@ class FisherOperator(CurvatureOperator):
         self.kind = kind
         self.mc_samples = int(mc_samples)
         # drawn once: every product sees the same sampled labels
-        self._seed = int(make_rng(seed).integers(2**63)) if kind == "mc" else 0
+        rng = make_rng(seed)  # checked for every kind: a bad seed is refused, not ignored
+        self._seed = int(rng.integers(2**63)) if kind == "mc" else 0
         super().__init__(problem, theta, damping)
 
     def _product(self, V):

@@ -551,6 +551,7 @@ class GLM:
         the model (an unbiased estimate of the exact diagonal), seeded by ``seed``.
         """
         theta = self._check_theta(theta)
+        val.make_rng(seed)  # checked also where unused (mc_samples=None)
         if mc_samples is not None and (
             isinstance(mc_samples, bool) or not isinstance(mc_samples, (int, np.integer))
             or mc_samples < 1

@@ -663,6 +663,7 @@ class MLP:
         pass per draw. Its expectation is the exact diagonal.
         """
         theta = self._check_theta(theta)
+        val.make_rng(seed)  # checked also where unused (mc_samples=None)
         if mc_samples is None:
             _, out = self._run(K_.GGN_DIAG, theta)
             return out[0].copy()
