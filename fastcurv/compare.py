@@ -20,7 +20,8 @@ for each:
   preconditioner, next to ``cg_iters`` of the reference row (no preconditioner): with the
   approximation's own inverse where it has a cheap one, and on the dense path (below
   ``dense_limit``) also for the empirical Fisher and the block-diagonal GGN, from a Cholesky
-  factor of the dense ``A + δI`` (above it those two have no count),
+  factor of the dense ``A + δI``, or its pseudo-inverse where that is numerically singular
+  (above it those two have no count),
 * ``build_s`` and ``build_grads``: the time to build the approximation, in seconds and in
   gradients (one build, with the compiled kernels already loaded; the gradient is the best
   of 5 at new points);
