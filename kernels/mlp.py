@@ -433,9 +433,7 @@ def diag_layers(X, xd, xi, xp, sparse, s, e, cw, sizes, poff, aoff, qoff, D, SQ,
                 xt_times(X, xd, xi, xp, sparse, s, e, Sl, G, True)
             else:
                 np.dot(_rows(SQ, qoff, 0, nb, n_in).T, Sl, G)
-            g = G.ravel()
-            for t in range(n_in * w):
-                out[o + t] += g[t]
+            _axpy(1.0, G.ravel(), out[o:o + n_in * w])
             tb = GT[:w]
             np.dot(ones[:nb], Sl, tb)
             for j in range(w):
@@ -443,9 +441,7 @@ def diag_layers(X, xd, xi, xp, sparse, s, e, cw, sizes, poff, aoff, qoff, D, SQ,
         else:
             G = GT[:(n_in + 1) * w].reshape((n_in + 1, w))
             np.dot(_rows(SQ, qoff, l, nb, n_in + 1).T, Sl, G)
-            g = G.ravel()
-            for t in range((n_in + 1) * w):
-                out[o + t] += g[t]
+            _axpy(1.0, G.ravel(), out[o:o + (n_in + 1) * w])
 
 
 # ----------------------------------------------------------------------------- driver
@@ -613,42 +609,80 @@ def run_rows(mode, X, xd, xi, xp, sparse, lc, Y, cw, theta, sizes, acts, poff, a
     return total
 
 
+#: a sum of squares in [SQ_LOW, inf) cannot have lost a square to underflow that matters: below
+#: it (every |x| < 1e-145) :func:`_half_sq_scaled` sums the squares of ``x / max|x|`` instead
+SQ_LOW = 1e-290
+
+
+@jit
+def _sum_sq(w):
+    """``Σ_t w[t]²`` in float64, in the vectorized order (reassociation allowed: partial sums
+    per vector lane, added at the end; the order is fixed by the compiled code, so the result
+    is the same on every call)."""
+    acc = 0.0
+    for t in range(w.shape[0]):
+        x = np.float64(w[t])
+        acc += x * x
+    return acc
+
+
 @jit(strict=True)  # no reassociation: (λ/2 · m) · m · Σ(x/m)² must not become λ/2 · m² · ...
+def _half_sq_scaled(l2, w):
+    """``(λ/2) Σ_t w[t]²`` scaled by ``m = max|w|``: only a result beyond float64 is inf
+    (``x²`` alone overflows from |x| ~ 1e154 and underflows below 1e-154). Two serial passes
+    with a division per element: the fallback of :func:`add_penalty`, not its common path."""
+    m = 0.0
+    for t in range(w.shape[0]):
+        m = max(m, abs(np.float64(w[t])))
+    if m == 0.0:
+        return 0.0
+    acc = 0.0
+    for t in range(w.shape[0]):
+        x = np.float64(w[t]) / m
+        acc += x * x
+    return (0.5 * l2 * m) * m * acc
+
+
+@jit(strict=True)
+def _axpy(a, x, y):
+    """``y += a x`` (1-D views: an index ``o + t`` into the whole vector would carry Numba's
+    negative-index wraparound into every element and keep LLVM from vectorizing the loop)."""
+    for t in range(y.shape[0]):
+        y[t] += a * x[t]
+
+
+@jit(strict=True)
 def add_penalty(mode, l2, theta, V, sizes, poff, out):
     """The L2 term on the weight rows of every layer (not the bias rows): returns
     ``(λ/2)‖W‖²`` (VALUE, VALUE_GRAD) and adds ``λ θ_W`` (VALUE_GRAD), ``λ V[j]_W`` (HVP, GGN)
-    or ``λ`` (GGN_DIAG) to ``out``."""
+    or ``λ`` (GGN_DIAG) to ``out``.
+
+    ``‖W_l‖²`` is one vectorized pass (:func:`_sum_sq`); only where that sum overflows or may
+    have lost squares to underflow (below ``SQ_LOW``) is it summed again scaled by
+    ``max|W_l|`` (:func:`_half_sq_scaled`). The scaled sum as the only route, serial and with a
+    division per weight, and loops indexed ``o + t``, took 2.3 ms of a 19 ms float32 gradient
+    of a 784-512-512-10 network and 15 of 130 µs on 20-64-64-1."""
     L = sizes.shape[0] - 1
     total = 0.0
     for l in range(L):
         o = poff[l]
-        nw = sizes[l] * sizes[l + 1]
+        e = o + sizes[l] * sizes[l + 1]
+        w = theta[o:e]
         if mode == VALUE or mode == VALUE_GRAD:
-            # scaled by max|W_l|: only a penalty beyond float64 is inf (x² alone overflows
-            # from |x| ~ 1e154)
-            m = 0.0
-            for t in range(nw):
-                m = max(m, abs(np.float64(theta[o + t])))
-            if m > 0.0:
-                acc = 0.0
-                for t in range(nw):
-                    x = np.float64(theta[o + t]) / m
-                    acc += x * x
-                total += (0.5 * l2 * m) * m * acc
+            ss = _sum_sq(w)
+            if SQ_LOW <= ss < math.inf:
+                total += 0.5 * l2 * ss
+            else:
+                total += _half_sq_scaled(l2, w)
             if mode == VALUE_GRAD:
-                g = out[0]
-                for t in range(nw):
-                    g[o + t] += l2 * theta[o + t]
+                _axpy(l2, w, out[0][o:e])
         elif mode == GGN_DIAG:
-            g = out[0]
-            for t in range(nw):
-                g[o + t] += l2
+            g = out[0][o:e]
+            for t in range(g.shape[0]):
+                g[t] += l2
         else:
             for j in range(V.shape[0]):
-                g = out[j]
-                vj = V[j]
-                for t in range(nw):
-                    g[o + t] += l2 * vj[o + t]
+                _axpy(l2, V[j][o:e], out[j][o:e])
     return total
 
 

@@ -595,3 +595,16 @@ def test_mlp_penalty_overflows_only_beyond_float64():
     p = fc.MLP(X, y, sizes=(1, 1), loss="sigmoid_cross_entropy", l2=1e-3)
     want = (0.5e-3 * 1e155) * 1e155 + np.log1p(np.exp(-1e155))  # both rows' losses are 0
     np.testing.assert_allclose(p.value(np.array([1e155, 0.0])), want, rtol=1e-14)
+
+
+@pytest.mark.parametrize("w", [1e-160, -3e-170])
+def test_mlp_penalty_keeps_weights_whose_squares_underflow(w):
+    """‖W‖² is one vectorized sum, and summed again scaled by max|W| where it may have lost
+    squares to underflow: with W = 1e-160, W² is subnormal (three digits), yet with λ = 1e20
+    the penalty (λ/2) W² = 5e-301 is a normal float64, exact to the last digits."""
+    X = np.array([[1.0], [-1.0]])
+    y = np.zeros(2)
+    p = fc.MLP(X, y, sizes=(1, 1), loss="mse", l2=1e20)
+    want = (0.5e20 * abs(w)) * abs(w)  # the data loss, ~W², is 1e-20 of it
+    np.testing.assert_allclose(p.value(np.array([w, 0.0])), want, rtol=1e-14)
+    np.testing.assert_allclose(p.grad(np.array([w, 0.0]))[0], 1e20 * w, rtol=1e-14)
