@@ -686,9 +686,20 @@ def add_penalty(mode, l2, theta, V, sizes, poff, out):
     return total
 
 
+@jit(strict=True)
+def _scaled(a, x, y):
+    """``y = a x`` (1-D views, see :func:`_axpy`)."""
+    for t in range(y.shape[0]):
+        y[t] = a * x[t]
+
+
 @jit
 def per_sample_block(X, xd, xi, xp, sparse, s, e, sizes, poff, aoff, hoff, H, D, G):
-    """Rows ``s:e`` of the per-sample gradients ``G[i] = [h̃_{l−1,i} ⊗ δ_{l,i}]_l`` (dense)."""
+    """Rows ``s:e`` of the per-sample gradients ``G[i] = [h̃_{l−1,i} ⊗ δ_{l,i}]_l`` (dense).
+
+    Each ``(n_in + 1, w)`` block is written row by row through 1-D views: indexed ``o + a w +
+    j`` into ``G[i]``, the loops carried Numba's negative-index wraparound and did not
+    vectorize."""
     nb = e - s
     L = sizes.shape[0] - 1
     doff = 2 * aoff
@@ -698,26 +709,18 @@ def per_sample_block(X, xd, xi, xp, sparse, s, e, sizes, poff, aoff, hoff, H, D,
         o = poff[l]
         Dl = _stack(D, doff, l, nb, w)[nb:]
         for i in range(nb):
-            g = G[s + i]
+            g = G[s + i][o:o + (n_in + 1) * w].reshape((n_in + 1, w))
+            d = Dl[i]
             if l == 0:
                 if sparse:
-                    for t in range(n_in * w):
-                        g[o + t] = 0.0
+                    g[:n_in] = 0.0
                     for k in range(xp[s + i], xp[s + i + 1]):
-                        v = xd[k]
-                        base = o + xi[k] * w
-                        for j in range(w):
-                            g[base + j] = v * Dl[i, j]
+                        _scaled(xd[k], d, g[xi[k]])
                 else:
                     for a in range(n_in):
-                        x = X[s + i, a]
-                        for j in range(w):
-                            g[o + a * w + j] = x * Dl[i, j]
-                for j in range(w):
-                    g[o + n_in * w + j] = Dl[i, j]
+                        _scaled(X[s + i, a], d, g[a])
+                g[n_in] = d
             else:
                 Hl = _input(H, hoff, sizes, l, nb)
                 for a in range(n_in + 1):
-                    x = Hl[i, a]
-                    for j in range(w):
-                        g[o + a * w + j] = x * Dl[i, j]
+                    _scaled(Hl[i, a], d, g[a])
