@@ -318,3 +318,31 @@ def inf_if_overflow(x):
     """A float objective value, ``+inf`` where it is not finite: with finite data and
     parameters, NaN or inf there means the objective overflowed (it is never -inf)."""
     return x if math.isfinite(x) else math.inf
+
+
+def penalty_overflow(l2, weights, v=None):
+    """Why an L2 term overflows float64 because of ``l2``, or ``""``: the penalty value
+    ``(λ/2)‖W‖²`` or the gradient's ``λ W`` (``v`` None), or a product's ``λ v`` (``v``: the
+    direction's weight entries). Only a ``λ > 1`` can be the cause: with ``λ <= 1`` these terms
+    overflow only where ``W`` or ``v`` do (the caller's usual message then applies). Named so
+    that the message does not advise adding a penalty that is the problem."""
+    if not l2 > 1.0:
+        return ""
+    if v is not None:
+        m = float(np.max(np.abs(v))) if np.size(v) else 0.0
+        with np.errstate(over="ignore"):
+            over = not math.isfinite(l2 * m)
+        return (f"the L2 term l2 * v alone overflows float64 (l2={l2:.3g}, max|v| = {m:.3g}): "
+                "use a smaller l2, or a smaller v (products are linear in it)") if over else ""
+    w = np.asarray(weights, dtype=np.float64).ravel()
+    if w.size == 0:
+        return ""
+    norm = float(np.linalg.norm(w))  # scaled: finite unless ‖W‖ itself overflows
+    m = float(np.max(np.abs(w)))
+    with np.errstate(over="ignore"):
+        unit_ok = math.isfinite(0.5 * norm * norm)
+        over = not (math.isfinite((0.5 * l2 * norm) * norm) and math.isfinite(l2 * m))
+    if unit_ok and over:
+        return (f"its L2 penalty alone overflows float64 (l2={l2:.3g}, ||W|| = {norm:.3g}): "
+                "use a smaller l2")
+    return ""

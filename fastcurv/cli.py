@@ -555,7 +555,7 @@ _ARG_VALUE = re.compile(
 #: whole words of library messages with a command spelling of their own
 _WORDS = {"fit_intercept=False": "--no-intercept", "increase max_iter": "increase --max-iter",
           "loosen gtol": "loosen --gtol", "after max_iter = ": "after --max-iter ",
-          "> gtol = ": "> --gtol "}
+          "> gtol = ": "> --gtol ", "use a smaller l2": "use a smaller --l2"}
 
 
 def _in_command_words(message):

@@ -588,3 +588,13 @@ def test_library_messages_in_the_commands_spelling():
     for text in ("curvature='ggn'", "some_method='x'", "scale=..., damping > 0"):
         assert words(text) == text
 
+
+
+def test_compare_with_an_overflowing_l2_names_the_option(tmp_path, capsys):
+    """`--l2 1e300`: the products' λ v overflow float64. The one error line names --l2 as
+    the cause (it said to add an L2 penalty)."""
+    rc = main(["compare", "--l2", "1e300", "--fit-iter", "3", "--out", str(tmp_path / "c")])
+    err = capsys.readouterr().err
+    assert rc != 0
+    assert "--l2 1e+300" in err and "use a smaller --l2" in err and "add an L2" not in err
+    assert len(err.strip().splitlines()) == 1

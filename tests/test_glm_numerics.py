@@ -481,3 +481,29 @@ def test_l2_reassigned_is_checked():
     np.testing.assert_allclose(p.hessian_diag(np.zeros(4))[:3],
                                fc.GLM(X, p.y, l2=0.5).hessian_diag(np.zeros(4))[:3],
                                rtol=1e-15)
+
+
+@pytest.mark.parametrize("family", ["logistic", "multinomial"])
+def test_an_l2_that_overflows_is_named_as_the_cause(family):
+    """With λ = 1e300 the penalty (λ/2)‖W‖² and the product's λ v overflow float64 while the
+    data terms are finite: the error names l2, instead of advising to add an L2 penalty; with
+    λ = 1e-3 and parameters of 1e300 the error is about the parameters, as before."""
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((40, 3))
+    y = rng.integers(0, 3 if family == "multinomial" else 2, 40).astype(float)
+    p = fc.GLM(X, y, family=family, l2=1e300)
+    theta = np.full(p.n_params, 1e5)
+    with pytest.raises(FloatingPointError, match=r"penalty alone overflows.*l2=1e\+300.*"
+                                                 r"use a smaller l2") as e:
+        p.grad(theta)
+    assert "add an L2" not in str(e.value)
+    assert p.value(theta) == np.inf
+    v = np.full(p.n_params, 1e10)
+    with np.errstate(all="raise"):  # no RuntimeWarning from the penalty's term
+        with pytest.raises(FloatingPointError, match=r"l2 \* v alone overflows.*smaller l2"):
+            p.hvp(np.zeros(p.n_params), v)
+    assert np.isfinite(p.hvp(np.zeros(p.n_params), np.ones(p.n_params))).all()
+    q = fc.GLM(X, y, family=family, l2=1e-3)
+    with pytest.raises(FloatingPointError, match="largest \\|X theta\\|") as e:
+        q.grad(np.full(p.n_params, 1e300))
+    assert "l2" not in str(e.value) and "add an L2" not in str(e.value)

@@ -608,3 +608,24 @@ def test_mlp_penalty_keeps_weights_whose_squares_underflow(w):
     want = (0.5e20 * abs(w)) * abs(w)  # the data loss, ~W², is 1e-20 of it
     np.testing.assert_allclose(p.value(np.array([w, 0.0])), want, rtol=1e-14)
     np.testing.assert_allclose(p.grad(np.array([w, 0.0]))[0], 1e20 * w, rtol=1e-14)
+
+
+def test_mlp_l2_that_overflows_is_named_as_the_cause():
+    """λ = 1e300: the gradient's penalty and the products' λ v overflow while the network's
+    own terms are finite. The error names l2 (a review's finding: it advised to add an L2
+    penalty); the biases, which are not penalized, do not count."""
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((30, 3))
+    y = (rng.random(30) < 0.5).astype(float)
+    p = fc.MLP(X, y, sizes=(3, 4, 1), loss="sigmoid_cross_entropy", l2=1e300)
+    theta = p.init(seed=0) * 1e10
+    with pytest.raises(FloatingPointError, match=r"penalty alone overflows.*use a smaller l2"):
+        p.grad(theta)
+    v = np.full(p.n_params, 1e10)
+    for name in ("hvp", "ggn_vp"):
+        with pytest.raises(FloatingPointError, match=r"l2 \* v alone overflows.*smaller l2"):
+            getattr(p, name)(p.init(seed=0), v)
+    q = fc.MLP(X, y, sizes=(3, 4, 1), loss="sigmoid_cross_entropy", l2=1e-3)
+    with pytest.raises(FloatingPointError, match="Start from smaller parameters") as e:
+        q.grad(p.init(seed=0) * 1e307)
+    assert "use a smaller l2" not in str(e.value) and "add an L2" not in str(e.value)

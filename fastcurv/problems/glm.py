@@ -359,8 +359,9 @@ class GLM:
             why += " (float32 results overflow above 3.4e38)"
         return FloatingPointError(
             f"At these parameters the {self.family} {what} overflows: {why}. Start from "
-            "smaller parameters (p.init()), standardize the features (and the targets of a "
-            "gaussian or poisson model), or add an L2 penalty.")
+            "smaller parameters (p.init()) or standardize the features (and the targets of a "
+            "gaussian or poisson model)" + (", or add an L2 penalty" if self.l2 == 0.0 else "")
+            + ".")
 
     def _penalty_mask(self):
         d, K = self._design.d, self._K
@@ -394,11 +395,16 @@ class GLM:
         st = self._state_at(theta)
         Wmat, _ = self._split(theta)
         W64 = Wmat.astype(np.float64)
-        value = st.loss + _half_sq_penalty(self.l2, W64)
+        pen = _half_sq_penalty(self.l2, W64)
+        value = st.loss + pen
         with np.errstate(over="ignore"):
             gW = st.gW + self.l2 * W64
         g = self._join_block(gW.reshape(-1, 1), st.gb.reshape(-1, 1), 1)[:, 0]
         if not (np.isfinite(value) and np.isfinite(g).all()):
+            fault = val.penalty_overflow(self.l2, W64)
+            if fault:
+                raise FloatingPointError(
+                    f"At these parameters the {self.family} objective overflows: {fault}.")
             raise self._overflow_error(st, "objective (with its L2 penalty) or its gradient")
         return value, g
 
@@ -455,8 +461,13 @@ class GLM:
         Vw, vb = self._split_block(V)
         oW, ob = self._design.curv_vec(Vw, vb, weights)
         if penalty and self.l2 != 0.0:
-            oW = oW + self.l2 * Vw.astype(np.float64)
+            with np.errstate(over="ignore"):
+                oW = oW + self.l2 * Vw.astype(np.float64)
         out = self._join_block(oW, ob, m)
+        if penalty and not np.isfinite(out).all():
+            fault = val.penalty_overflow(self.l2, None, v=Vw)
+            if fault:
+                raise FloatingPointError(f"the product overflows: {fault}.")
         # at a state whose derivatives are finite, only v or the data can overflow here
         val.finite_result(out, "the product", advice=(
             ": v, or the data and curvature it meets, is too large; if it is v, scale it "

@@ -470,17 +470,34 @@ class MLP:
         if mode != K_.VALUE:
             res = J if mode == K_.JVP else outs[0]
             if not (math.isfinite(total) and all_finite(res.reshape(-1))):
-                raise self._overflow_error(mode)
+                raise self._overflow_error(mode, theta, V)
         return total, outs[0]
 
-    def _overflow_error(self, mode):
-        """FloatingPointError for a result that overflowed (finite θ, data and vectors)."""
+    def _weights_of(self, A):
+        """The penalized (weight, not bias) entries of the rows of ``A`` (m, P), flattened."""
+        L = len(self.sizes) - 1
+        return np.concatenate([
+            A[:, self._poff[l]:self._poff[l] + self.sizes[l] * self.sizes[l + 1]].ravel()
+            for l in range(L)])
+
+    def _overflow_error(self, mode, theta, V):
+        """FloatingPointError for a result that overflowed (finite θ, data and vectors): the
+        L2 term where it alone overflows, else the data or parameters."""
         what = {K_.VALUE_GRAD: "the network's loss or its gradient"}.get(mode, "this product")
+        if mode == K_.VALUE_GRAD:
+            fault = val.penalty_overflow(self.l2, self._weights_of(theta[None]))
+        elif mode in (K_.HVP, K_.GGN):
+            fault = val.penalty_overflow(self.l2, None, v=self._weights_of(V))
+        else:
+            fault = ""
+        if fault:
+            return FloatingPointError(f"At these parameters {what} overflows: {fault}.")
         return FloatingPointError(
             f"At these parameters {what} overflows "
-            f"{np.dtype(self.dtype).name}. Start from smaller parameters (p.init()), "
-            "standardize the inputs (and the targets of an mse or poisson loss), or add an L2 "
-            "penalty; for a product, a smaller v (products are linear in it) may be enough.")
+            f"{np.dtype(self.dtype).name}. Start from smaller parameters (p.init()) or "
+            "standardize the inputs (and the targets of an mse or poisson loss)"
+            + (", or add an L2 penalty" if self.l2 == 0.0 else "")
+            + "; for a product, a smaller v (products are linear in it) may be enough.")
 
     # State of the row-block buffers. With all rows in one block, the buffers still hold the
     # forward pass (level 1: Z, h̃) and possibly the loss state and backward pass (level 2:
