@@ -570,3 +570,18 @@ def test_glm_type2_closed_form_output_factor(monkeypatch, family, K):
     assert p._kfac_A0_eig[0] is lamA
     np.testing.assert_allclose(lamA, np.linalg.eigvalsh(A), rtol=1e-12, atol=1e-14)
     np.testing.assert_allclose((QA * lamA) @ QA.T, A, atol=1e-12 * np.abs(A).max())
+
+
+@pytest.mark.parametrize("cls", [fc.KFACOperator, fc.EKFACOperator])
+@pytest.mark.parametrize("which", ["type2", "empirical"])
+def test_float32_pseudo_inverse_drops_rounding_level_null_directions(cls, which):
+    """δ = 0 on a softmax output: G is singular along 1, but float32 factors put that
+    eigenvalue at rounding level (~ε_32² max), not 0. The float32 pseudo-inverse must match
+    the float64 twin's (numpy's pinv) instead of inverting the rounding (entries ~1e8-1e14)."""
+    p32, _, theta = _problem(sizes=(5, 6, 4), n=50, seed=4, dtype=np.float32)
+    p64, _, _ = _problem(sizes=(5, 6, 4), n=50, seed=4)
+    M64 = _dense(cls(p64, theta.astype(np.float64), fisher=which))
+    want = np.linalg.pinv(M64, rcond=1e-5, hermitian=True)
+    got = _dense(cls(p32, theta, fisher=which).inverse())
+    assert np.all(np.isfinite(got))
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-3 * np.abs(want).max())

@@ -9,8 +9,6 @@ from scipy.sparse.linalg import LinearOperator
 
 from .._validation import check_damping_fits, finite_as
 
-_EPS = np.finfo(np.float64).eps
-
 
 def layer_views(X, blocks):
     """Per layer, the (m, n_A, n_out) view of a (P, m) block ``X``'s rows."""
@@ -95,18 +93,24 @@ def psd_eigh(M):
     return np.maximum(lam, 0.0), Q
 
 
-def pinv_entries(D, size):
+def pinv_entries(D, size, dtype):
     """``1 / D`` elementwise, with entries at or below ``size · ε · max(D)`` set to 0 (a
-    pseudo-inverse on numerically null directions instead of inf or NaN)."""
+    pseudo-inverse on numerically null directions instead of inf or NaN).
+
+    ``ε`` is the machine epsilon of ``dtype``, the operator's: factors built from float32
+    data carry float32 rounding (a softmax null eigenvalue of ``G`` comes out near
+    ``ε_32² max``, not 0), so a float64 ``ε`` would invert that rounding into entries of
+    1e8 to 1e14."""
     top = float(D.max()) if D.size else 0.0
-    tol = size * _EPS * top
+    tol = size * float(np.finfo(dtype).eps) * top
     out = np.zeros_like(D)
     keep = D > tol
     out[keep] = 1.0 / D[keep]
     return out
 
 
-def pinv_psd(lam, Q, shift, size):
-    """``(M + shift I)⁺ = Q diag(1 / (λ + shift))⁺ Qᵀ`` from ``M = Q diag(λ) Qᵀ``."""
-    inv = pinv_entries(lam + shift, size)
+def pinv_psd(lam, Q, shift, size, dtype):
+    """``(M + shift I)⁺ = Q diag(1 / (λ + shift))⁺ Qᵀ`` from ``M = Q diag(λ) Qᵀ`` (entries
+    dropped as in :func:`pinv_entries`)."""
+    inv = pinv_entries(lam + shift, size, dtype)
     return (Q * inv) @ Q.T
