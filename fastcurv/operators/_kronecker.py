@@ -7,7 +7,7 @@ matrix ``V``; in that layout ``(A ⊗ G) vec(V) = vec(A V G)`` for symmetric ``G
 import numpy as np
 from scipy.sparse.linalg import LinearOperator
 
-from .._validation import check_damping_fits, finite_as
+from .._validation import add_damping, check_damping_fits, finite_as, finite_result
 
 
 def layer_views(X, blocks):
@@ -36,10 +36,15 @@ class _BlockOperator(LinearOperator):
         out = np.empty(X.shape, dtype=self.dtype)
         Vs = layer_views(X, self._layers)
         Os = layer_views(out, self._layers)
-        for l, (V, O) in enumerate(zip(Vs, Os, strict=True)):
-            O[...] = self._layer(l, V)
+        with np.errstate(over="ignore", invalid="ignore"):  # checked below
+            for l, (V, O) in enumerate(zip(Vs, Os, strict=True)):
+                O[...] = self._layer(l, V)
+        # finite factors and v: inf or NaN here is an overflow of the products
+        finite_result(out, "the product", advice=(
+            ": v is too large for this operator's range; scale it down (the product is "
+            "linear in it) and the result up, or use float64 data"))
         if self.damping:
-            out += self.damping * X
+            out = add_damping(out, self.damping, X)
         return out
 
     def _matvec(self, x):
