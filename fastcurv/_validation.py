@@ -314,6 +314,18 @@ def finite_result(out, what, advice=None):
     return out
 
 
+def add_damping(out, damping, V):
+    """``out + δ V`` in ``out``'s dtype (a float64 ``V`` must not promote the result), refused
+    with FloatingPointError where ``δ V`` or the sum exceeds that dtype (numpy would return
+    inf with only a RuntimeWarning)."""
+    with np.errstate(over="ignore"):
+        out = out + damping * np.asarray(V, dtype=out.dtype)
+    return finite_result(out, "the damped product", advice=(
+        f": damping={damping:g} times v, plus the curvature product, exceeds its largest "
+        f"value ({np.finfo(out.dtype).max:.3g}); scale v down (the product is linear in it) "
+        "and the result up, or use a smaller damping or float64 data"))
+
+
 def inf_if_overflow(x):
     """A float objective value, ``+inf`` where it is not finite: with finite data and
     parameters, NaN or inf there means the objective overflowed (it is never -inf)."""

@@ -8,6 +8,8 @@ Kronecker eigenbasis. Where theory says K-FAC is exact (one linear layer with ms
 data point, identical rows) the whole operator is compared with the exact matrix.
 """
 
+import warnings
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -570,3 +572,49 @@ def test_glm_type2_closed_form_output_factor(monkeypatch, family, K):
     assert p._kfac_A0_eig[0] is lamA
     np.testing.assert_allclose(lamA, np.linalg.eigvalsh(A), rtol=1e-12, atol=1e-14)
     np.testing.assert_allclose((QA * lamA) @ QA.T, A, atol=1e-12 * np.abs(A).max())
+
+
+@pytest.mark.parametrize("cls", [fc.KFACOperator, fc.EKFACOperator])
+@pytest.mark.parametrize("which", ["type2", "empirical"])
+def test_float32_pseudo_inverse_drops_rounding_level_null_directions(cls, which):
+    """δ = 0 on a softmax output: G is singular along 1, but float32 factors put that
+    eigenvalue at rounding level (~ε_32² max), not 0. The float32 pseudo-inverse must match
+    the float64 twin's (numpy's pinv) instead of inverting the rounding (entries ~1e8-1e14)."""
+    p32, _, theta = _problem(sizes=(5, 6, 4), n=50, seed=4, dtype=np.float32)
+    p64, _, _ = _problem(sizes=(5, 6, 4), n=50, seed=4)
+    M64 = _dense(cls(p64, theta.astype(np.float64), fisher=which))
+    want = np.linalg.pinv(M64, rcond=1e-5, hermitian=True)
+    got = _dense(cls(p32, theta, fisher=which).inverse())
+    assert np.all(np.isfinite(got))
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-3 * np.abs(want).max())
+
+
+
+def test_a_product_beyond_float32_is_refused():
+    """K-FAC and EK-FAC products (and their inverses) on a float32 v whose exact product
+    exceeds float32 returned inf/NaN with only numpy's warnings (the Hessian operator already
+    raised); now FloatingPointError says to scale v."""
+    X, y, _ = make_data("mse", 3, 40, 3, seed=0, weighted=False)
+    X = 10.0 * X  # a first-layer A of ~100: the top eigenvalue is ~150
+    kw = dict(sizes=(3, 4, 3), loss="mse", activation="identity")
+    p32 = fc.MLP(X.astype(np.float32), y, **kw)
+    p64 = fc.MLP(X, y, **kw)
+    theta = random_theta((3, 4, 3), seed=0).astype(np.float32)
+    for cls in (fc.KFACOperator, fc.EKFACOperator):
+        M = _dense(cls(p64, theta.astype(np.float64), fisher="type2"))
+        u = np.linalg.eigh(M)[1][:, -1]  # the top eigenvector: ‖M v‖ = λ_max ‖v‖
+        v = (3e38 / np.abs(u).max() * u).astype(np.float32)
+        exact = M @ v.astype(np.float64)
+        assert np.abs(exact).max() > np.finfo(np.float32).max  # no float32 answer exists
+        op = cls(p32, theta, fisher="type2")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # no RuntimeWarning on the way to the error
+            with pytest.raises(FloatingPointError, match="the product overflows float32"):
+                op @ v
+        np.testing.assert_allclose(op @ (v / 1e30), exact / 1e30, rtol=0,
+                                   atol=1e-4 * np.abs(exact / 1e30).max())
+    inv = fc.KFACOperator(p32, theta, fisher="type2", damping=1e-6).inverse()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(FloatingPointError, match="the product overflows float32"):
+            inv @ v

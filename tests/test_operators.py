@@ -150,6 +150,32 @@ def test_a_damping_beyond_float32_is_refused_by_float32_operators():
     fc.HessianOperator(p64, np.zeros(p64.n_params), damping=1e300)  # fine in float64
 
 
+def test_a_damped_product_beyond_float32_is_refused():
+    """δ v can overflow where v and δ fit: with δ = 100 and v = 1e37 e_0 the exact first entry
+    of (C + δI) v is about 1e39 > 3.4e38 (C v is ~1e37 here). The operators returned inf with
+    only numpy's RuntimeWarning; now FloatingPointError names the cause."""
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((50, 3)).astype(np.float32)
+    p = fc.GLM(X, (X[:, 0] > 0).astype(float))
+    theta = np.zeros(p.n_params, dtype=np.float32)
+    v = np.zeros(p.n_params, dtype=np.float32)
+    v[0] = 1e37
+    H = RefGLM(X.astype(np.float64), (X[:, 0] > 0).astype(float), "logistic", 1).hessian(
+        theta.astype(np.float64))
+    exact = H @ v.astype(np.float64) + 100.0 * v.astype(np.float64)
+    assert np.abs(exact).max() > np.finfo(np.float32).max
+    for op in (fc.HessianOperator(p, theta, damping=100.0),
+               fc.GGNOperator(p, theta, damping=100.0),
+               fc.FisherOperator(p, theta, damping=100.0),
+               fc.KFACOperator(p, theta, fisher="type2", damping=100.0),
+               fc.EKFACOperator(p, theta, fisher="type2", damping=100.0)):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # no RuntimeWarning on the way to the error
+            with pytest.raises(FloatingPointError, match="damping=100 times v"):
+                op @ v
+        assert np.all(np.isfinite(op @ (v / 1e30)))  # a representable product still works
+
+
 def test_operator_keeps_a_copy_of_theta():
     case = by_name("logistic-dense-plain")
     p = case.glm()

@@ -483,6 +483,25 @@ def test_eigenvalues_of_the_zero_operator(which):
     np.testing.assert_allclose(V.T @ V, np.eye(3), atol=1e-15)
 
 
+@pytest.mark.parametrize("which", ["LA", "SA", "LM", "BE"])
+@pytest.mark.parametrize("storage", ["dense", "csr", "longdouble"])
+def test_eigenvalues_of_an_integer_matrix(which, storage):
+    """Integer matrices are accepted as operators (float64 probes). The ARPACK scaling
+    s = 2^round(log2 ‖A v0‖/‖v0‖) was cast to the matrix's int dtype: diag(1, 2, 0, ..., 0)
+    has ‖A v0‖/‖v0‖ near 1/3, s = 1/4 became 0, and ARPACK stopped on inf and NaN. A
+    longdouble operator (float64 probes too) reached ARPACK in longdouble, which it refuses."""
+    import scipy.sparse as sp
+
+    A = np.diag(np.r_[1, 2, np.zeros(48, dtype=np.int64)]).astype(np.int64)
+    op = {"dense": A, "csr": sp.csr_matrix(A), "longdouble": A.astype(np.longdouble)}[storage]
+    got = top_eigenvalues(op, 3, which=which, seed=0)
+    w = np.linalg.eigvalsh(A.astype(np.float64))  # ascending: 0, ..., 0, 1, 2
+    want = {"LA": w[::-1][:3], "SA": w[:3][::-1], "LM": w[::-1][:3],
+            "BE": np.r_[w[-2:][::-1], w[0]]}[which]
+    assert got.dtype == np.float64
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
+
+
 def test_density_resolves_eigenvalues_far_below_the_norm():
     """97 eigenvalues in [1e-12, 1e-9] below 3 near 1: each probe keeps all its n_steps nodes
     (the breakdown test once fired at 1.5e-8 ‖A‖, collapsing the cluster onto one or two

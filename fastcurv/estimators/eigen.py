@@ -121,10 +121,13 @@ def top_eigenvalues(op, k, which="LA", return_eigenvectors=False, tol=0, seed=No
         else:
             size = top * float(np.linalg.norm(Av0 / top))  # ‖A v0‖ without overflow
             s = 2.0 ** np.round(np.log2(size / float(np.linalg.norm(v0))))
+            # in ``dtype``, not ``lin.dtype``: an integer operator (an int array or sparse
+            # matrix) would truncate s = 1/8 to 0 and hand ARPACK inf and NaN
+            s_dt = np.asarray(s, dtype=dtype)
             scaled = LinearOperator(
-                (P, P), dtype=lin.dtype,
-                matvec=lambda x: np.asarray(lin.matvec(x)) / np.asarray(s, dtype=lin.dtype),
-                matmat=lambda X: np.asarray(lin.matmat(X)) / np.asarray(s, dtype=lin.dtype))
+                (P, P), dtype=dtype,
+                matvec=lambda x: np.asarray(lin.matvec(x), dtype=dtype) / s_dt,
+                matmat=lambda X: np.asarray(lin.matmat(X), dtype=dtype) / s_dt)
             extra = {"rng": rng} if _EIGSH_TAKES_RNG else {}
             # ARPACK refuses "BE" for one eigenvalue; k - k // 2 = 1 from the top is "LA"
             arpack_which = "LA" if (which == "BE" and k == 1) else which

@@ -3,7 +3,7 @@
 import numpy as np
 from scipy.sparse.linalg import LinearOperator
 
-from .._validation import as_float_scalar, check_damping_fits, problem_theta
+from .._validation import add_damping, as_float_scalar, check_damping_fits, problem_theta
 
 
 class CurvatureOperator(LinearOperator):
@@ -31,8 +31,8 @@ class CurvatureOperator(LinearOperator):
     def _matmat(self, V):
         V = np.asarray(V)
         out = self._product(V)
-        if self.damping:  # in the operator's dtype (a float64 V must not promote the result)
-            out = out + self.damping * np.asarray(V, dtype=out.dtype)
+        if self.damping:
+            out = add_damping(out, self.damping, V)
         return out
 
     def _matvec(self, v):

@@ -7,9 +7,7 @@ matrix ``V``; in that layout ``(A ⊗ G) vec(V) = vec(A V G)`` for symmetric ``G
 import numpy as np
 from scipy.sparse.linalg import LinearOperator
 
-from .._validation import check_damping_fits, finite_as
-
-_EPS = np.finfo(np.float64).eps
+from .._validation import add_damping, check_damping_fits, finite_as, finite_result
 
 
 def layer_views(X, blocks):
@@ -38,10 +36,15 @@ class _BlockOperator(LinearOperator):
         out = np.empty(X.shape, dtype=self.dtype)
         Vs = layer_views(X, self._layers)
         Os = layer_views(out, self._layers)
-        for l, (V, O) in enumerate(zip(Vs, Os, strict=True)):
-            O[...] = self._layer(l, V)
+        with np.errstate(over="ignore", invalid="ignore"):  # checked below
+            for l, (V, O) in enumerate(zip(Vs, Os, strict=True)):
+                O[...] = self._layer(l, V)
+        # finite factors and v: inf or NaN here is an overflow of the products
+        finite_result(out, "the product", advice=(
+            ": v is too large for this operator's range; scale it down (the product is "
+            "linear in it) and the result up, or use float64 data"))
         if self.damping:
-            out += self.damping * X
+            out = add_damping(out, self.damping, X)
         return out
 
     def _matvec(self, x):
@@ -95,18 +98,24 @@ def psd_eigh(M):
     return np.maximum(lam, 0.0), Q
 
 
-def pinv_entries(D, size):
+def pinv_entries(D, size, dtype):
     """``1 / D`` elementwise, with entries at or below ``size · ε · max(D)`` set to 0 (a
-    pseudo-inverse on numerically null directions instead of inf or NaN)."""
+    pseudo-inverse on numerically null directions instead of inf or NaN).
+
+    ``ε`` is the machine epsilon of ``dtype``, the operator's: factors built from float32
+    data carry float32 rounding (a softmax null eigenvalue of ``G`` comes out near
+    ``ε_32² max``, not 0), so a float64 ``ε`` would invert that rounding into entries of
+    1e8 to 1e14."""
     top = float(D.max()) if D.size else 0.0
-    tol = size * _EPS * top
+    tol = size * float(np.finfo(dtype).eps) * top
     out = np.zeros_like(D)
     keep = D > tol
     out[keep] = 1.0 / D[keep]
     return out
 
 
-def pinv_psd(lam, Q, shift, size):
-    """``(M + shift I)⁺ = Q diag(1 / (λ + shift))⁺ Qᵀ`` from ``M = Q diag(λ) Qᵀ``."""
-    inv = pinv_entries(lam + shift, size)
+def pinv_psd(lam, Q, shift, size, dtype):
+    """``(M + shift I)⁺ = Q diag(1 / (λ + shift))⁺ Qᵀ`` from ``M = Q diag(λ) Qᵀ`` (entries
+    dropped as in :func:`pinv_entries`)."""
+    inv = pinv_entries(lam + shift, size, dtype)
     return (Q * inv) @ Q.T

@@ -49,8 +49,10 @@ class EKFACOperator(EigenKroneckerBlocks):
 
     def inverse(self):
         """``(Q diag(S) Qᵀ + δ I)⁻¹ = Q diag(1 / (S + δ)) Qᵀ``, exact; entries of ``S + δ`` at
-        or below ``max(n_A, n_out) · ε · max`` are dropped (a pseudo-inverse)."""
-        diags = [pinv_entries(S + self.damping, max(S.shape)) for S in self.scalings]
+        or below ``max(n_A, n_out) · ε · max`` are dropped (a pseudo-inverse; ``ε`` of the
+        operator's dtype, as in :meth:`KFACOperator.inverse`)."""
+        diags = [pinv_entries(S + self.damping, max(S.shape), self.dtype)
+                 for S in self.scalings]
         return EigenKroneckerBlocks(self._layers, self.shape[0], self.dtype, self._bases, diags)
 
     def __repr__(self):

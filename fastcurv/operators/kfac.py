@@ -119,7 +119,9 @@ class KFACOperator(KroneckerBlocks):
 
         Where ``λ_A λ_G + δ`` (or a damped factor eigenvalue) is at or below
         ``max(n_A, n_out) · ε · max`` (only possible with ``δ`` near 0 and singular factors)
-        the direction is dropped: a pseudo-inverse, never inf or NaN.
+        the direction is dropped: a pseudo-inverse, never inf or NaN. ``ε`` is the machine
+        epsilon of the operator's dtype: a float32 problem's factors are only float32-accurate,
+        and their rounding-level null eigenvalues must not be inverted.
         """
         if kind not in ("exact", "factored"):
             raise ValueError(f"kind must be 'exact' or 'factored', got {kind!r}")
@@ -129,7 +131,7 @@ class KFACOperator(KroneckerBlocks):
             bases, diags = [], []
             for la, qa, lg, qg in self.eigen():
                 size = max(la.size, lg.size)
-                diags.append(pinv_entries(np.outer(la, lg) + delta, size))
+                diags.append(pinv_entries(np.outer(la, lg) + delta, size, dt))
                 bases.append((qa, qg))
             return EigenKroneckerBlocks(self._layers, P, dt, bases, diags)
         left, right = [], []
@@ -137,8 +139,8 @@ class KFACOperator(KroneckerBlocks):
             ta, tg = np.trace(A) / A.shape[0], np.trace(G) / G.shape[0]
             pi = np.sqrt(ta / tg) if ta > 0 and tg > 0 else 1.0
             r = np.sqrt(delta)
-            left.append(pinv_psd(la, qa, pi * r, la.size))
-            right.append(pinv_psd(lg, qg, r / pi, lg.size))
+            left.append(pinv_psd(la, qa, pi * r, la.size, dt))
+            right.append(pinv_psd(lg, qg, r / pi, lg.size, dt))
         return KroneckerBlocks(self._layers, P, dt, left, right)
 
     def __repr__(self):
