@@ -363,3 +363,37 @@ def test_loo_refit_checks_its_inputs_and_warns_away_from_a_minimizer():
     P = p.n_params
     for rank in (2, P):  # eigsh's tol is an option of every rank
         fc.Influence(p, theta, "arnoldi", rank=rank, tol=1e-6)
+
+
+@pytest.mark.parametrize("method,opts,tol", [
+    ("arnoldi", {"rank": 10**6}, 1e-4), ("arnoldi", {"rank": 20}, 1e-4),
+    ("nystrom", {"rank": 10**6, "seed": 0}, 1e-4),
+    # the stabilizing shift of a float32 sketch (~1e-6 |C|) against λ_min ≈ 2e-3 |C|
+    ("nystrom", {"rank": 20, "seed": 0}, 1e-2)])
+def test_float32_singular_curvature_gives_the_pseudo_inverse_answer(method, opts, tol):
+    """An MLP's Gauss-Newton matrix with more parameters (45) than outputs (8 x 3) has an
+    unknown null space of dimension 33, at float32 rounding (±1e-8 |C|) for float32 data.
+    Arnoldi and Nyström at damping 0 return ``C⁺ g`` as float64 does; they inverted those
+    eigenvalues (Arnoldi: scores 1e6 to 1e10 times too large) or refused the PSD sketch
+    as indefinite (Nyström), from thresholds at float64's epsilon. Reference: numpy's pinv
+    of the complex-step GGN (the data and θ are float32-exact)."""
+    sizes = (3, 6, 3)
+    X, y, w = make_data("softmax_cross_entropy", 3, 14, 3, seed=0)
+    theta = random_theta(sizes, seed=0)
+    rp = RefMLP(X[:8], y[:8], sizes, loss="softmax_cross_entropy", sample_weight=w[:8])
+    rt = RefMLP(X[8:], y[8:], sizes, loss="softmax_cross_entropy")
+    Gi, Gt = rp.per_sample_grads(theta), rt.per_sample_grads(theta)
+    Cp = np.linalg.pinv(rp.ggn(theta), rcond=1e-10, hermitian=True)
+    assert np.linalg.matrix_rank(Cp) == 12
+    want = Gt @ Cp @ Gi.T
+    want_self = np.einsum("ip,pq,iq->i", Gi, Cp, Gi)
+    want_change = (w[:8] / w[:8].sum())[:, None] * (Gi @ Cp)
+    p = fc.MLP(X[:8].astype(np.float32), y[:8], sizes=sizes, loss="softmax_cross_entropy",
+               sample_weight=w[:8])
+    tp = p.with_data(X[8:].astype(np.float32), y[8:])
+    inf = fc.Influence(p, theta.astype(np.float32), method=method, curvature="ggn", **opts)
+    np.testing.assert_allclose(inf.scores(tp), want, rtol=0, atol=tol * np.abs(want).max())
+    np.testing.assert_allclose(inf.self_influence(), want_self, rtol=0,
+                               atol=tol * np.abs(want_self).max())
+    np.testing.assert_allclose(inf.params_change(np.arange(8)), want_change, rtol=0,
+                               atol=tol * np.abs(want_change).max())

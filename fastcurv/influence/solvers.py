@@ -332,10 +332,18 @@ class LiSSA(Solver):
         return _project_out(self.null, total / self.repeats)
 
 
-def _pinv_diag(lam, damping):
+def _pinv_diag(lam, damping, dtype):
+    """``1 / (λ + δ)`` elementwise, with entries where ``|λ + δ| <= size · ε · max |λ + δ|``
+    set to 0: the pseudo-inverse of ``diag(λ + δ)`` on numerically null directions.
+
+    ``ε`` is the machine epsilon of ``dtype``, the curvature's: eigenvalues of a float32
+    curvature are only float32-accurate, and its exact null directions come out at rounding
+    level (about 1e-8 of the largest, of either sign), not 0. With float64's ``ε`` they were
+    inverted, and the scores of a float32 MLP's singular Gauss-Newton matrix came out 1e5
+    times too large."""
     d = lam + damping
     top = float(np.max(np.abs(d))) if d.size else 0.0
-    keep = np.abs(d) > d.size * np.finfo(np.float64).eps * top
+    keep = np.abs(d) > d.size * float(np.finfo(dtype).eps) * top
     out = np.zeros_like(d)
     out[keep] = 1.0 / d[keep]
     return out
@@ -361,7 +369,7 @@ class Arnoldi(Solver):
                                      seed=EIGEN_SEED)
             V = np.asarray(V, dtype=np.float64)
         self.eigenvalues, self.V = lam.astype(np.float64), V
-        self._inv = _pinv_diag(self.eigenvalues, damping)
+        self._inv = _pinv_diag(self.eigenvalues, damping, p.dtype)
 
     def solve(self, B):
         B = np.asarray(B, dtype=np.float64)
@@ -384,8 +392,12 @@ class Nystrom(Solver):
         rng = make_rng(options.pop("seed", None))
         Omega, _ = np.linalg.qr(rng.standard_normal((P, self.rank)))
         A = curvature_operator(p, theta, curvature)
+        self.dtype = A.dtype
         Y = np.asarray(A.matmat(Omega.astype(A.dtype)), dtype=np.float64)
-        nu = np.sqrt(P) * np.finfo(np.float64).eps * np.linalg.norm(Y)
+        # the shift covers the rounding of Y, made in the curvature's dtype (float32's
+        # epsilon for float32 data: float64's left the float32 sketch of a singular
+        # curvature indefinite, refused as "not positive semidefinite")
+        nu = np.sqrt(P) * np.finfo(A.dtype).eps * np.linalg.norm(Y)
         Yn = Y + nu * Omega
         M = Omega.T @ Yn
         try:
@@ -401,7 +413,7 @@ class Nystrom(Solver):
     def solve(self, B):
         B = np.asarray(B, dtype=np.float64)
         UB = self.U.T @ B
-        X = self.U @ (_pinv_diag(self.eigenvalues, self.damping)[:, None] * UB)
+        X = self.U @ (_pinv_diag(self.eigenvalues, self.damping, self.dtype)[:, None] * UB)
         if self.damping > 0:
             X += (B - self.U @ UB) / self.damping
         return _project_out(self.null, X)
@@ -409,7 +421,7 @@ class Nystrom(Solver):
     def preconditioner(self):
         U, lam, d = self.U, self.eigenvalues, self.damping
         top = lam[-1] + d if lam.size else 1.0
-        w = top * _pinv_diag(lam, d)
+        w = top * _pinv_diag(lam, d, self.dtype)
         P = U.shape[0]
 
         def mm(V):
