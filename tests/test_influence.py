@@ -397,3 +397,31 @@ def test_float32_singular_curvature_gives_the_pseudo_inverse_answer(method, opts
                                atol=tol * np.abs(want_self).max())
     np.testing.assert_allclose(inf.params_change(np.arange(8)), want_change, rtol=0,
                                atol=tol * np.abs(want_change).max())
+
+
+@pytest.mark.parametrize("l2", [0.0, 1e-2])
+@pytest.mark.parametrize("sparse", [False, True])
+def test_float32_softmax_cg_gives_the_pseudo_inverse_answer(l2, sparse):
+    """A float32 multinomial model's gradients and Hessian products carry a component along
+    the softmax null directions at float32 rounding (1e-7 of their size), which CG cannot
+    reduce: it raised "CG met zero or negative curvature" (or, with the K-FAC preconditioner
+    on CSR data, "v contains a non-finite value") on a positive semidefinite Hessian that
+    float64 solves. CG now runs on the projected system. Reference: numpy's pinv of the
+    float64 Hessian of the same (float32-exact) data."""
+    X, y, w = make_data("softmax_cross_entropy", 3, 135, 4, seed=0)
+    X = np.where(np.abs(X) < 0.3, 0.0, X) if sparse else X
+    theta = fc.newton_cg(fc.GLM(X[:120], y[:120], family="multinomial", l2=l2,
+                                sample_weight=w[:120]), gtol=1e-10).x
+    theta = theta.astype(np.float32).astype(np.float64)
+    rp = RefGLM(X[:120], y[:120], "multinomial", 3, l2, True, w[:120])
+    rt = RefGLM(X[120:], y[120:], "multinomial", 3, l2, True)
+    Gi, Gt = rp.per_sample_grads(theta), rt.per_sample_grads(theta)
+    want = Gt @ np.linalg.pinv(rp.hessian(theta), rcond=1e-10, hermitian=True) @ Gi.T
+    X32 = X.astype(np.float32)
+    Xtr = sp.csr_matrix(X32[:120]) if sparse else X32[:120]
+    p = fc.GLM(Xtr, y[:120], family="multinomial", l2=l2, sample_weight=w[:120])
+    tp = p.with_data(X32[120:], y[120:])
+    for pc in (None, "diag", "kfac"):
+        got = fc.Influence(p, theta.astype(np.float32), method="cg",
+                           preconditioner=pc).scores(tp)
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * np.abs(want).max())

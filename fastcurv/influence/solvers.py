@@ -9,8 +9,10 @@ K outputs: the output biases always, every weight row as well when ``l2 = 0`` (D
 "Null directions"). Per-sample gradients are orthogonal to those directions, so the solvers
 return the pseudo-inverse solution there: ``direct`` adds ``s N Nᵀ`` (``N`` an orthonormal
 basis of the known null space) before factorizing, which leaves every product with a vector
-orthogonal to ``N`` unchanged and returns a solution orthogonal to ``N``; the others project
-``N`` out of their result.
+orthogonal to ``N`` unchanged and returns a solution orthogonal to ``N``; ``cg`` runs on the
+projected system ``Π C Π x = Π b`` (``Π = I − N Nᵀ``); the others project ``N`` out of their
+result. ``N`` is never formed for the projections: ``Π`` subtracts, in each of those rows of
+the last layer's (n_in + 1, K) parameter block, the row's mean.
 """
 
 import numbers
@@ -55,31 +57,41 @@ def _float_option(options, name, default, low=0.0):
     return f
 
 
-def null_basis(p):
-    """Orthonormal basis (P, r) of the known exact null directions of a softmax model's
-    curvature (see the module docstring), or None."""
+def null_rows(p):
+    """The known exact null directions of a softmax model's curvature (see the module
+    docstring) as ``(a, b, K)``: the constant vectors of each K-row of ``θ[a:b]`` read as a
+    (-1, K) matrix (rows of the last layer's parameter block); None if there are none."""
     loss = getattr(p, "loss", None) or getattr(p, "family", None)
     if loss not in ("softmax_cross_entropy", "multinomial"):
         return None
     layers, offsets = p._kfac_layout()
     n_in, K, bias = layers[-1]
     o = offsets[len(layers) - 1]
-    rows = []
-    if bias:
-        rows.append(n_in)
-    if p.l2 == 0.0:
-        rows = list(range(n_in)) + rows
-    if not rows:
+    first = 0 if p.l2 == 0.0 else n_in  # all rows, or the bias row only
+    last = n_in + 1 if bias else n_in
+    if first >= last:
         return None
-    N = np.zeros((p.n_params, len(rows)))
-    for j, r in enumerate(rows):
-        N[o + r * K:o + (r + 1) * K, j] = 1.0 / np.sqrt(K)
-    return N
+    return o + first * K, o + last * K, K
 
 
-def _project_out(N, X):
-    if N is not None:
-        X -= N @ (N.T @ X)
+def _null_gram(null, P):
+    """``N Nᵀ`` (P, P) of the orthonormal basis ``N`` of the directions ``null_rows``
+    returns: a block ``1/K`` (K, K) per row."""
+    M = np.zeros((P, P))
+    if null is not None:
+        a, b, K = null
+        for r in range(a, b, K):
+            M[r:r + K, r:r + K] = 1.0 / K
+    return M
+
+
+def _project_out(null, X):
+    """``Π X = X − N Nᵀ X`` for a (P, m) block, in place: each K-row of ``X[a:b]`` minus its
+    mean (O(P m), where the dense ``N`` would cost O(P r m) for r null directions)."""
+    if null is not None:
+        a, b, K = null
+        V = X[a:b].reshape(-1, K, X.shape[1])
+        X[a:b] = (V - V.mean(axis=1, keepdims=True)).reshape(b - a, X.shape[1])
     return X
 
 
@@ -104,7 +116,7 @@ class Solver:
 
     def __init__(self, p, theta, damping, curvature):
         self.p, self.theta, self.damping, self.curvature = p, theta, damping, curvature
-        self.null = null_basis(p)
+        self.null = null_rows(p)
         self.info = {}
 
     def solve(self, B):
@@ -121,7 +133,7 @@ class Direct(Solver):
         C[np.diag_indices_from(C)] += damping
         if self.null is not None:
             s = float(np.mean(np.abs(np.diag(C)))) or 1.0
-            C += s * (self.null @ self.null.T)
+            C += s * _null_gram(self.null, C.shape[0])
         try:
             self._factor = sla.cho_factor(C, lower=True, check_finite=False)
         except np.linalg.LinAlgError:
@@ -163,7 +175,12 @@ class BlockCG(Solver):
         self.M = _preconditioner(pc, p, theta, damping, curvature, options)
 
     def solve(self, B):
-        B = np.asarray(B, dtype=np.float64)
+        """CG on ``Π (C + δI) Π x = Π b`` (``Π`` projects out the known null directions;
+        the identity without them): right-hand sides, preconditioned residuals and products
+        are projected, so every iterate stays in the range. Unprojected, a float32 softmax
+        model's gradients and products carry a null component at float32 rounding (1e-7 of
+        their size), which CG cannot reduce: it met "zero or negative curvature" there."""
+        B = _project_out(self.null, np.array(B, dtype=np.float64))
         P, m = B.shape
         X = np.zeros((P, m))
         R = B.copy()
@@ -176,7 +193,8 @@ class BlockCG(Solver):
         it = 0
         while active.size and it < self.maxiter:
             it += 1
-            AD = np.asarray(self.A.matmat(D[:, active].astype(self.A.dtype)), dtype=np.float64)
+            AD = _project_out(self.null, np.asarray(
+                self.A.matmat(D[:, active].astype(self.A.dtype)), dtype=np.float64))
             dad = np.einsum("ij,ij->j", D[:, active], AD)
             if np.any(dad <= 0):
                 raise ValueError(self._no_curvature_message(R, bnorm, active[dad <= 0]))
@@ -215,9 +233,11 @@ class BlockCG(Solver):
                 "first, or use curvature='ggn'")
 
     def _apply_m(self, R):
+        """``Π M⁻¹ R`` (``R`` itself without a preconditioner)."""
         if self.M is None:
             return R.copy()
-        return np.asarray(self.M.matmat(R), dtype=np.float64).reshape(R.shape)
+        return _project_out(self.null, np.array(self.M.matmat(R), dtype=np.float64)
+                            .reshape(R.shape))
 
 
 def _preconditioner(pc, p, theta, damping, curvature, options):
