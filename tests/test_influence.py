@@ -425,3 +425,23 @@ def test_float32_softmax_cg_gives_the_pseudo_inverse_answer(l2, sparse):
         got = fc.Influence(p, theta.astype(np.float32), method="cg",
                            preconditioner=pc).scores(tp)
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * np.abs(want).max())
+
+
+@pytest.mark.parametrize("l2", [0.0, 1e-2])
+def test_nystrom_preconditioner_of_rank_above_the_curvature_rank(l2):
+    """At damping 0 a Nyström sketch of rank P of a singular curvature (the softmax null
+    directions) has smallest eigenvalue 0, which scaled the preconditioner
+    ``(λ̂_r + δ) U (Λ̂ + δ)⁻¹ Uᵀ + (I − UUᵀ)`` to ``I − UUᵀ``: zero on the whole range, and
+    CG stopped at maxiter ("did not reach rtol"). The scale is now the smallest eigenvalue
+    kept. Reference: numpy's pinv of the dense Hessian."""
+    X, y, w = make_data("softmax_cross_entropy", 3, 135, 4, seed=0)
+    p = fc.GLM(X[:120], y[:120], family="multinomial", l2=l2, sample_weight=w[:120])
+    tp = p.with_data(X[120:], y[120:])
+    theta = fc.newton_cg(p, gtol=1e-10).x
+    rp = RefGLM(X[:120], y[:120], "multinomial", 3, l2, True, w[:120])
+    rt = RefGLM(X[120:], y[120:], "multinomial", 3, l2, True)
+    want = rt.per_sample_grads(theta) @ np.linalg.pinv(
+        rp.hessian(theta), rcond=1e-10, hermitian=True) @ rp.per_sample_grads(theta).T
+    got = fc.Influence(p, theta, "cg", preconditioner="nystrom", rank=p.n_params,
+                       seed=0).scores(tp)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-8 * np.abs(want).max())

@@ -439,9 +439,16 @@ class Nystrom(Solver):
         return _project_out(self.null, X)
 
     def preconditioner(self):
+        """``M⁻¹ = (λ̂_r + δ) U (Λ̂ + δ)⁻¹ Uᵀ + (I − UUᵀ)``, with ``λ̂_r`` the smallest
+        eigenvalue the pseudo-inverse keeps; numerically null ones (a rank above the
+        curvature's, at ``δ = 0``) get weight 1, like the complement. (With ``λ̂_r = 0``
+        itself the scale was 0: ``M⁻¹ = I − UUᵀ`` annihilated the curvature's range and CG
+        did not converge.)"""
         U, lam, d = self.U, self.eigenvalues, self.damping
-        top = lam[-1] + d if lam.size else 1.0
-        w = top * _pinv_diag(lam, d, self.dtype)
+        inv = _pinv_diag(lam, d, self.dtype)
+        kept = inv > 0
+        top = float(np.min(lam[kept] + d)) if np.any(kept) else 1.0
+        w = np.where(kept, top * inv, 1.0)
         P = U.shape[0]
 
         def mm(V):
