@@ -213,6 +213,14 @@ def test_inverse_times_operator_is_the_identity(cls, which):
     inv = op.inverse()
     np.testing.assert_allclose(inv @ (op @ V), V, rtol=1e-8, atol=1e-8)
     np.testing.assert_allclose(op @ (inv @ V), V, rtol=1e-8, atol=1e-8)
+    # both classes take kind="exact" (code may switch between them)
+    np.testing.assert_array_equal(op.inverse(kind="exact") @ V, inv @ V)
+
+
+def test_ekfac_inverse_refuses_the_factored_kind():
+    p, _, theta = _problem(sizes=(4, 6, 3), n=20)
+    with pytest.raises(ValueError, match="'exact' for EK-FAC"):
+        fc.EKFACOperator(p, theta, fisher="type2", damping=1e-3).inverse(kind="factored")
 
 
 def test_factored_inverse_is_the_inverse_of_the_factored_damping():

@@ -47,10 +47,17 @@ class EKFACOperator(EigenKroneckerBlocks):
         super().__init__(layer_blocks(problem), problem.n_params, dt, bases, self.scalings,
                          damping)
 
-    def inverse(self):
+    def inverse(self, kind="exact"):
         """``(Q diag(S) Qᵀ + δ I)⁻¹ = Q diag(1 / (S + δ)) Qᵀ``, exact; entries of ``S + δ`` at
         or below ``max(n_A, n_out) · ε · max`` are dropped (a pseudo-inverse; ``ε`` of the
-        operator's dtype, as in :meth:`KFACOperator.inverse`)."""
+        operator's dtype, as in :meth:`KFACOperator.inverse`).
+
+        ``kind`` is accepted for the signature of :meth:`KFACOperator.inverse` (code may
+        switch between the two classes); EK-FAC has only the exact inverse."""
+        if kind != "exact":
+            raise ValueError(
+                f"kind must be 'exact' for EK-FAC (its damped inverse is exact in the "
+                f"Kronecker eigenbasis; 'factored' is K-FAC's approximation), got {kind!r}")
         diags = [pinv_entries(S + self.damping, max(S.shape), self.dtype)
                  for S in self.scalings]
         return EigenKroneckerBlocks(self._layers, self.shape[0], self.dtype, self._bases, diags)
