@@ -72,6 +72,23 @@ class _Design:
                                   _NO2, _NO2, _NO1, CURV_DIAG, 1, lbuf)
         return float(lbuf.sum()), g, gb, eta, r, h, diag
 
+    def rmatmul(self, U):
+        """``Xᵀ U`` as (d, L) float64 for U (n, L) in the data dtype.
+
+        float64 data: one BLAS product. float32 data: the sum over rows is taken in float64,
+        over blocks of rows converted to float64 (each product ``x_ij u_il`` of two float32
+        numbers is exact there), as the fused passes do; a float32 ``X.T @ U`` adds the n
+        rows in float32, and its error grows with n (200,000 CSR rows: 1.3e-5 relative).
+        """
+        if self.dtype == np.float64:
+            return np.asarray(self.X.T @ U, dtype=np.float64)
+        out = np.zeros((self.d, U.shape[1]))
+        step = self._rmatmul_rows()
+        for lo in range(0, self.n, step):
+            hi = min(self.n, lo + step)
+            out += self._rows64(lo, hi).T @ np.asarray(U[lo:hi], dtype=np.float64)
+        return out
+
     def curv_vec(self, V, vb, weights):
         """``sum_i x~_i (x) t_i`` with ``t_i`` from ``weights`` applied to ``u_i = x_i V + vb``.
 
@@ -134,9 +151,12 @@ class DenseDesign(_Design):
             glm_dense.forward_gen(self.X, self.starts, Vt, vbp, out)
         return out
 
-    def rmatmul(self, U):
-        """``X^T @ U`` for U (n, L)."""
-        return self.X.T @ U
+    def _rmatmul_rows(self):
+        """Rows per float64 block of :meth:`rmatmul` (a block of at most 2^20 values)."""
+        return max(1, (1 << 20) // max(1, self.d))
+
+    def _rows64(self, lo, hi):
+        return np.asarray(self.X[lo:hi], dtype=np.float64)
 
     def dense_rows(self, lo, hi):
         """Rows ``lo:hi`` as a dense float64 array."""
@@ -189,8 +209,11 @@ class CSRDesign(_Design):
         glm_csr.forward(*self._args(), np.ascontiguousarray(V), vb, out)
         return out
 
-    def rmatmul(self, U):
-        return np.asarray(self.X.T @ U)
+    def _rmatmul_rows(self):
+        return 4096
+
+    def _rows64(self, lo, hi):
+        return self.X[lo:hi].astype(np.float64)
 
     def dense_rows(self, lo, hi):
         return self.X[lo:hi].toarray().astype(np.float64, copy=False)
