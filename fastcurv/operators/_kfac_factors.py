@@ -66,15 +66,17 @@ def _scaled(src, c, s, bias, buf):
 
 
 def _first_layer_rows(X, c, bias, dtype):
-    """Yield ``(s, e, M)`` with ``M = √c [X, 1]`` for dense ``X`` (or CSR as a sparse matrix
-    ``√c X`` and the column ``√c``)."""
+    """Yield ``(s, e, M, r)`` with ``M = √c [X, 1]`` for dense ``X`` (``r`` None), or for CSR
+    ``X`` the sparse ``M = √c X`` and the column ``r = √c``, both in float64: scipy's sparse
+    products ``Mᵀ M`` sum the block's rows in the matrix dtype (float32 data were 3e-5 to 6e-5
+    relative off on 200,000 rows), while each float32 product is exact in float64."""
     n, d = X.shape
     block = max(1, _BLOCK_ELEMENTS // (d + 1))
     if sp.issparse(X):
         for s in range(0, n, block):
             e = min(n, s + block)
-            r = np.sqrt(c[s:e]).astype(dtype)
-            yield s, e, (sp.diags(r) @ X[s:e]).tocsr(), r
+            r = np.sqrt(np.asarray(c[s:e], dtype=np.float64))
+            yield s, e, (sp.diags(r) @ X[s:e].astype(np.float64)).tocsr(), r
         return
     buf = np.empty(min(n, block) * (d + 1), dtype=dtype)
     for s in range(0, n, block):
