@@ -57,7 +57,7 @@ VALUE_GRAD_DIAG = 2
 # over the whole block and memory traffic overlaps the arithmetic (without prefetching, a
 # forward sweep over 240 MB ran at 6.5 GMAC/s on one core against 18 in L2; a burst of
 # prefetches per row pair overlapped much less than prefetches inside the loops).
-# ``Vt`` comes padded with zero rows to a multiple of the forward tile width (``tile_width``).
+# ``Vt`` comes padded with zero rows to the tiles' columns (``tile_split``).
 
 #: rows per block: 32 rows of 300 float64 features are 77 KB, well inside L2 (512 KB)
 BLOCK = 32
@@ -66,11 +66,14 @@ HALF = BLOCK // 2
 
 
 @jit
-def tile_width(L):
-    """Forward tile width (4 or 5) that pads ``L`` columns least; ties go to 5."""
-    p5 = (L + 4) // 5 * 5
-    p4 = (L + 3) // 4 * 4
-    return 5 if p5 <= p4 else 4
+def tile_split(L):
+    """Column tiles for ``L`` columns, least padding: ``(n5, Lp)``, the first ``n5`` tiles 5
+    wide and the rest 4 wide, covering ``Lp >= L`` columns (9 = 5 + 4, 10 = 5 + 5, 11 -> 12 =
+    4 + 4 + 4). ``nt = ceil(L / 5)`` tiles are needed; they cover L exactly unless L < 4 nt."""
+    nt = (L + 4) // 5
+    if L >= 4 * nt:
+        return L - 4 * nt, L
+    return 0, 4 * nt
 
 
 @jit
@@ -358,26 +361,31 @@ def _bwd4(X, i, nr, T, l, acc, j, two, pr, plast):
 
 
 @jit
-def _block(X, i, nr, Vt, vb, U, T, acc, tw, backward):
+def _block(X, i, nr, Vt, vb, U, T, acc, n5, backward):
     """The tiles of one block of ``nr <= BLOCK`` rows from row ``i``: the forward
     ``U[q] = Vt X[i + q] + vb``, which prefetches the next block's rows as it goes, or, with
     ``backward``, ``acc += T[:nr]^T X[i : i + nr]`` (its rows then come from L2). The caller
-    applies the per-row curvature between the two calls."""
-    Lp, d = Vt.shape
+    applies the per-row curvature between the two calls. The columns (of ``Vt`` forward, of
+    ``acc`` backward) go in tiles of 5 for the first ``n5`` tiles, then of 4 (``tile_split``)."""
+    d = X.shape[1]
     W = vwidth(X)
     last = X.shape[0] - 1
     if not backward:
+        Lp = Vt.shape[0]
         q = 0
         while q + 2 <= nr:
             ahead = min(i + nr + q // 2, last)
-            for l in range(0, Lp, tw):
+            l = 0
+            while l < Lp:
                 # the first column tile prefetches a row of the next block; the others
                 # re-touch a row they read (a prefetch of a line in cache costs one instruction)
                 pr = ahead if l == 0 else i + q
-                if tw == 5:
+                if l < 5 * n5:
                     _fwd2x5(X, i + q, Vt, l, U, q, pr)
+                    l += 5
                 else:
                     _fwd2x4(X, i + q, Vt, l, U, q, pr)
+                    l += 4
             q += 2
         if q < nr:
             _fwd1(X, i + q, Vt, U, q)
@@ -385,23 +393,30 @@ def _block(X, i, nr, Vt, vb, U, T, acc, tw, backward):
             for l in range(Lp):
                 U[q, l] += vb[l]
         return
+    Lp = acc.shape[0]
     step = 2 * W
     d2 = d - d % step
     ahead = min(i + nr + HALF, last)
     for j in range(0, d2, step):
-        for l in range(0, Lp, tw):
+        l = 0
+        while l < Lp:
             pr = ahead if l == 0 else i
-            if tw == 5:
+            if l < 5 * n5:
                 _bwd5(X, i, nr, T, l, acc, j, True, pr, last)
+                l += 5
             else:
                 _bwd4(X, i, nr, T, l, acc, j, True, pr, last)
+                l += 4
     j = d2
     if d - j >= W:
-        for l in range(0, Lp, tw):
-            if tw == 5:
+        l = 0
+        while l < Lp:
+            if l < 5 * n5:
                 _bwd5(X, i, nr, T, l, acc, j, False, i, last)
+                l += 5
             else:
                 _bwd4(X, i, nr, T, l, acc, j, False, i, last)
+                l += 4
         j += W
     for q in range(nr):
         for l in range(Lp):
@@ -628,13 +643,27 @@ def _rows_value_grad(fam, U, T, nr, i, y, a, eta, r, h, e64, p64, r64, gb):
     return lsum
 
 
+@jit
+def shifted_col(k, ref, m, mm):
+    """Column of class ``k``, vector ``mm`` in a layout of m vectors without class ``ref``
+    (``(k − [k > ref]) m + mm``); with ``ref < 0`` the plain ``k m + mm``."""
+    if ref >= 0 and k > ref:
+        return (k - 1) * m + mm
+    return k * m + mm
+
+
 @jit(strict=True)  # no reassociation, as softmax_hess_row: (u_k − u_r) − s must stay
-def _rows_softmax_hess(U, T, nr, i, P, qa, m, gb):
+def _rows_softmax_hess(U, T, nr, i, P, qa, m, reff, refb, u64, gb):
     """``T[q] = −qa_i (diag(p_i) − p_i p_iᵀ) U[q]`` for the rows ``i + q`` of a block and
-    each of the m vectors (vector mm's class k in column ``k m + mm``):
-    :func:`.losses.softmax_hess_row` (the same formula, in float64, relative to the most
-    probable class r: ``c p_k ((u_k − u_r) − Σ_j p_j (u_j − u_r))``, whose j = r term is
-    exactly 0) written out over the block, without per-row array views."""
+    each of the m vectors: :func:`.losses.softmax_hess_row` (the same formula, in float64,
+    relative to the most probable class r: ``c p_k ((u_k − u_r) − Σ_j p_j (u_j − u_r))``,
+    whose j = r term is exactly 0) written out over the block, without per-row array views.
+
+    Both sides may leave out one class, as the softmax Hessian allows (``S 1 = 0`` and
+    ``1ᵀ S = 0``): vector mm's ``U`` holds ``u − u_{reff[mm]}`` without that class's (zero)
+    column, and ``T`` has no column for class ``refb`` (the caller restores it as minus the
+    sum of the others); ``reff[mm] < 0`` and ``refb < 0`` mean all K columns
+    (:func:`shifted_col`). ``gb`` receives every class's ``t`` in float64."""
     K = P.shape[1]
     for q in range(nr):
         row = i + q
@@ -644,23 +673,31 @@ def _rows_softmax_hess(U, T, nr, i, P, qa, m, gb):
                 r = k
         c = -qa[row]
         for mm in range(m):
-            ur = np.float64(U[q, r * m + mm])
+            rf = reff[mm]
+            for k in range(K):
+                if k == rf:
+                    u64[k] = 0.0
+                else:
+                    u64[k] = np.float64(U[q, shifted_col(k, rf, m, mm)])
+            ur = u64[r]
             s = 0.0
             for k in range(K):
-                s += P[row, k] * (np.float64(U[q, k * m + mm]) - ur)
+                s += P[row, k] * (u64[k] - ur)
             for k in range(K):
-                t = c * P[row, k] * ((np.float64(U[q, k * m + mm]) - ur) - s)
-                T[q, k * m + mm] = t
+                t = c * P[row, k] * ((u64[k] - ur) - s)
                 gb[k * m + mm] += t
+                if k != refb:
+                    T[q, shifted_col(k, refb, m, mm)] = t
 
 
 @jit
-def _rows_curvature(U, T, nr, i, Dw, Q, qa, kind, m, u64, t64, gb):
+def _rows_curvature(U, T, nr, i, Dw, Q, qa, kind, m, reff, refb, u64, t64, gb):
     """``T[q] = H~_{i+q} U[q]`` for each row of the block (see ``_apply_curvature``), also
-    added to ``gb`` in float64."""
+    added to ``gb`` in float64. ``reff``, ``refb``: the classes left out of ``U`` and ``T``
+    (CURV_SOFTMAX only; see :func:`_rows_softmax_hess`)."""
     L = Dw.shape[1] * m
     if kind == CURV_SOFTMAX:
-        _rows_softmax_hess(U, T, nr, i, Q, qa, m, gb)
+        _rows_softmax_hess(U, T, nr, i, Q, qa, m, reff, refb, u64, gb)
         return
     for q in range(nr):
         for l in range(L):
@@ -672,13 +709,17 @@ def _rows_curvature(U, T, nr, i, Dw, Q, qa, kind, m, u64, t64, gb):
 
 
 @jit(parallel=True)
-def pass_gen(X, starts, Vt, vb, mode, fam, y, a, eta, r, h, Dw, Q, qa, kind, m,
+def pass_gen(X, starts, Vt, vb, mode, fam, y, a, eta, r, h, Dw, Q, qa, kind, m, reff, refb,
              lbuf, gbuf, gbbuf):
     """One fused pass of a K-output GLM over L columns: ``U_i = Vt x_i + vb``,
     ``T_i = f(U_i)``, ``gbuf[c] += sum T_i x_i^T``, ``gbbuf[c] += sum T_i``.
 
-    ``Vt`` (Lp, d) and ``vb`` (Lp,) are zero-padded to a multiple of ``tile_width(L)``, and so
-    is ``gbuf[c]`` (Lp, d) (its padding rows stay 0).
+    ``Vt`` (Lfp, d) and ``vb`` (Lfp,) are zero-padded to ``tile_split(Lf)[1]`` rows, and
+    ``gbuf[c]`` (Lbp, d) to ``tile_split(Lb)[1]`` (its padding rows stay 0), where
+    ``Lf = Lb = L`` except for the softmax Hessian with ``reff[0] >= 0`` (``Lf = L − m``:
+    ``Vt`` holds each vector's columns minus the column of its class ``reff[mm]``, which is
+    left out) or ``refb >= 0`` (``Lb = L − m``: no column for class ``refb``); see
+    :func:`_rows_softmax_hess`. ``gbbuf[c]`` (L,) has every column.
 
     ``mode == VALUE_GRAD`` (L = K): Vt, vb are the transposed weights and the intercepts;
     ``f = a_i l'(U_i)``; eta, r, h (n, K) receive ``U_i``, ``l'_i`` and the diagonal of
@@ -689,13 +730,17 @@ def pass_gen(X, starts, Vt, vb, mode, fam, y, a, eta, r, h, Dw, Q, qa, kind, m,
     Hessian is ``Dw = a p, Q = p, qa = -a``; the empirical Fisher ``Dw = 0, Q = r, qa = a``.
     """
     n_chunks = starts.shape[0] - 1
-    Lp, d = Vt.shape
+    Lfp, d = Vt.shape
+    Lbp = gbuf.shape[1]
     L = eta.shape[1] if mode == VALUE_GRAD else Dw.shape[1] * m
-    tw = tile_width(L)
+    n5f, lf = tile_split(L - m if reff[0] >= 0 else L)
+    n5b, lb = tile_split(L - m if refb >= 0 else L)
+    if lf != Lfp or lb != Lbp or vb.shape[0] != Lfp or gbbuf.shape[1] != L:
+        raise ValueError("pass_gen: Vt, vb, gbuf or gbbuf not padded as tile_split says")
     for c in prange(n_chunks):
-        acc = np.zeros((Lp, d), dtype=X.dtype)
-        U = np.zeros((BLOCK, Lp), dtype=X.dtype)
-        T = np.zeros((BLOCK, Lp), dtype=X.dtype)
+        acc = np.zeros((Lbp, d), dtype=X.dtype)
+        U = np.zeros((BLOCK, Lfp), dtype=X.dtype)
+        T = np.zeros((BLOCK, Lbp), dtype=X.dtype)
         w1 = np.zeros(L)
         w2 = np.zeros(L)
         w3 = np.zeros(L)
@@ -705,13 +750,14 @@ def pass_gen(X, starts, Vt, vb, mode, fam, y, a, eta, r, h, Dw, Q, qa, kind, m,
         stop = starts[c + 1]
         while i < stop:
             nr = min(BLOCK, stop - i)
-            _block(X, i, nr, Vt, vb, U, T, acc, tw, False)
+            _block(X, i, nr, Vt, vb, U, T, acc, n5f, False)
             if mode == VALUE_GRAD:
                 lsum += _rows_value_grad(fam, U, T, nr, i, y, a, eta, r, h, w1, w2, w3,
                                          gbbuf[c])
             else:
-                _rows_curvature(U, T, nr, i, Dw, Q, qa, kind, m, w1, w2, gbbuf[c])
-            _block(X, i, nr, Vt, vb, U, T, acc, tw, True)
+                _rows_curvature(U, T, nr, i, Dw, Q, qa, kind, m, reff, refb, w1, w2,
+                                gbbuf[c])
+            _block(X, i, nr, Vt, vb, U, T, acc, n5b, True)
             count += nr
             if count >= FLUSH:
                 _flush(acc, gbuf[c])
@@ -770,19 +816,19 @@ def forward_k1(X, starts, v, vb, out):
 def forward_gen(X, starts, Vt, vb, out):
     """``out[i, l] = x_i . Vt[l] + vb[l]`` for the first L = out.shape[1] columns.
 
-    Vt (Lp, d) and vb (Lp,) zero-padded to a multiple of ``tile_width(L)``.
+    Vt (Lp, d) and vb (Lp,) zero-padded to ``Lp = tile_split(L)[1]`` rows.
     """
     n_chunks = starts.shape[0] - 1
     Lp = Vt.shape[0]
     L = out.shape[1]
-    tw = tile_width(L)
+    n5 = tile_split(L)[0]
     for c in prange(n_chunks):
         U = np.zeros((BLOCK, Lp), dtype=X.dtype)
         i = starts[c]
         stop = starts[c + 1]
         while i < stop:
             nr = min(BLOCK, stop - i)
-            _block(X, i, nr, Vt, vb, U, U, U, tw, False)
+            _block(X, i, nr, Vt, vb, U, U, U, n5, False)
             for q in range(nr):
                 for l in range(L):
                     out[i + q, l] = U[q, l]

@@ -1,8 +1,10 @@
 """The explicit-vector helpers (kernels/simd.py) and the blocked K-output dense pass built on
 them (kernels/glm_dense.py: 2 x 5 / 2 x 4 forward tiles, 5 / 4 x 2W backward tiles, blocks of
 BLOCK rows, prefetching), on every ragged edge: feature counts around the vector width and the
-two-vector step, row counts around the block and the row pair, both tile widths, float32 and
-float64, C, Fortran and non-contiguous layouts (the vectors then go lane by lane).
+two-vector step, row counts around the block and the row pair, both tile widths and their
+mixes, float32 and float64, C, Fortran and non-contiguous layouts (the vectors then go lane by
+lane); and the softmax Hessian's K − 1 class shortcut (fastcurv/problems/_design.py) where a
+careless choice of the class left out would lose digits.
 
 The references are numpy products in float64 (``X @ V``, ``X.T @ T``) and the dense Hessian of
 tests/reference.py, summed over samples one by one.
@@ -77,7 +79,9 @@ def test_blocked_multinomial_hvp_on_ragged_shapes(dtype, layout):
     tol = 1e-12 if dtype == np.float64 else 2e-5
     for n in (1, 2, 3, B - 1, B + 1, 2 * B + 3):
         for d in (1, 3, 4, 7, 8, 9, 17, 33):
-            for K in (3, 4, 10):  # tile width 4 (K = 3, 4: padded to 4), 5 (K = 10)
+            # the Hessian pass reads and writes K − 1 columns: 2, 3 (padded to one 4-wide tile),
+            # 5 (one 5-wide), 9 (5 + 4), 10 (5 + 5), 11 (4 + 4 + 4, padded); value+grad K
+            for K in (3, 4, 6, 10, 11, 12):
                 X0 = rng.standard_normal((n, d)).astype(dtype)
                 X = _layouts(X0)[layout]
                 y = np.arange(n) % K
@@ -92,9 +96,10 @@ def test_blocked_multinomial_hvp_on_ragged_shapes(dtype, layout):
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_blocked_pass_block_products_and_jvp(dtype):
-    """m vectors at once (L = K m columns: 2 x 3 = 6 pads to 8 with tile width 4, 3 x 3 = 9
-    to 10 with width 5), the forward-only pass (jvp) and the value+grad pass, against the
-    dense reference."""
+    """m vectors at once (the Hessian pass on (K − 1) m columns: 1 x 3 = 3 pads to 4, 2 x 3 = 6
+    to 8 = 4 + 4, 3 x 3 = 9 = 5 + 4; the forward-only pass on K m: 6 to 8, 9 = 5 + 4, 12 =
+    4 + 4 + 4), the forward-only pass (jvp) and the value+grad pass, against the dense
+    reference."""
     rng = np.random.default_rng(2)
     tol = 1e-11 if dtype == np.float64 else 3e-5
     for n, d, K in [(45, 11, 2), (70, 13, 3), (33, 9, 4)]:
@@ -115,6 +120,48 @@ def test_blocked_pass_block_products_and_jvp(dtype):
         assert abs(f - ref.value(theta)) / abs(ref.value(theta)) < tol
         gref = ref.grad(theta)
         assert np.abs(g - gref).max() / np.abs(gref).max() < tol
+
+
+def test_tile_split_covers_every_column_count_with_least_padding():
+    for L in range(1, 60):
+        n5, Lp = (int(t) for t in glm_dense.tile_split(L))
+        nt = n5 + (Lp - 5 * n5) // 4
+        assert 5 * n5 + 4 * (nt - n5) == Lp >= L and 0 <= n5 <= nt
+        best = min(5 * a + 4 * b for a in range(13) for b in range(16) if 5 * a + 4 * b >= L)
+        assert Lp == best, (L, Lp, best)
+
+
+def _block_rel_err(got, want, d, K):
+    """Per class block (the d + 1 entries of one class): max error over the block's size."""
+    g = got.reshape(d + 1, K)
+    w = want.reshape(d + 1, K)
+    return np.abs(g - w).max(axis=0) / np.abs(w).max(axis=0)
+
+
+@pytest.mark.parametrize("m", [1, 3])
+def test_softmax_shortcut_keeps_every_class_block_to_its_own_digits(m):
+    """The dense Hessian pass reads V shifted by one class and leaves one class out of the
+    accumulation (restored as minus the others). A class of probability ~1e-13 whose
+    direction is 1e6 times larger than the others: shifting by it would put an error of
+    eps 1e6 into every u_k − u_r; restoring it from the others would give its block
+    (~1e-13 of theirs) an error of eps relative to theirs. Each class block must keep its own
+    relative accuracy."""
+    rng = np.random.default_rng(5)
+    n, d, K = 400, 13, 5
+    X = rng.standard_normal((n, d))
+    y = np.arange(n) % (K - 1)
+    p = fc.GLM(X, y, family="multinomial", n_classes=K, l2=0.0)
+    Th = 0.3 * rng.standard_normal((d + 1, K))
+    Th[:, K - 1] = 0.0
+    Th[d, K - 1] = -30.0  # the rare class
+    theta = Th.ravel()
+    Vs = rng.standard_normal((p.n_params, m))
+    Vs.reshape(d + 1, K, m)[:, K - 1, :] *= 1e6
+    got = p.hvp(theta, Vs).reshape(p.n_params, m)
+    for j in range(m):
+        want = _multinomial_hvp_numpy(X, y, K, theta, Vs[:, j], 0.0)
+        err = _block_rel_err(got[:, j], want, d, K)
+        assert err.max() < 1e-12, err
 
 
 @njit

@@ -430,11 +430,14 @@ class GLM:
         a = self._a
         h = self._rows_of(st, "h")
         if self._fam == MULTINOMIAL:
-            w = ("gen", a[:, None] * h, h, -a, CURV_SOFTMAX, m)
+            Dw = a[:, None] * h
+            # the class the dense pass leaves out (restored as minus the others): the one of
+            # most probability mass, whose block is then the largest, not a rounding residue
+            w = ("gen", Dw, h, -a, CURV_SOFTMAX, m, int(np.argmax(Dw.sum(axis=0))))
         elif self._K == 1 and m == 1:
             w = ("k1", a * h[:, 0])
         else:
-            w = ("gen", a[:, None] * h, h, a, CURV_DIAG, m)
+            w = ("gen", a[:, None] * h, h, a, CURV_DIAG, m, -1)
         st._cache[key] = w
         return w
 
@@ -447,7 +450,7 @@ class GLM:
         if self._K == 1 and m == 1:
             w = ("k1", a * r[:, 0] ** 2)
         else:
-            w = ("gen", np.zeros_like(r), r, a, CURV_RANK1, m)
+            w = ("gen", np.zeros_like(r), r, a, CURV_RANK1, m, -1)
         st._cache[key] = w
         return w
 
@@ -508,7 +511,7 @@ class GLM:
             r = np.ascontiguousarray(
                 families.sample_residuals(self.family, st.eta, st.h, streams[j]))
             oW, ob = self._design.curv_vec(Vw, vb, ("gen", np.zeros_like(r), r, self._a,
-                                                    CURV_RANK1, m))
+                                                    CURV_RANK1, m, -1))
             accW = accW + oW
             accb = accb + ob
         out = self._join_block(accW / mc_samples, accb / mc_samples, m)
