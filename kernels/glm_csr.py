@@ -73,6 +73,11 @@ def pass_k1(data, indices, indptr, starts, v, vb, mode, fam, y, a, cw, eta, r, h
                 s = 0.0
                 for p in range(np.uint64(indptr[i]), np.uint64(indptr[i + 1])):
                     s += data[p] * v[indices[p]]
+                tb[i - i0] = s
+            # the per-row weights after all the block's gathers: the loss's exp/log1p chain of
+            # one row no longer holds back the next row's gathers
+            for i in range(i0, i1):
+                s = tb[i - i0]
                 if mode != CURVATURE:
                     t, li = _row_value_grad(fam, s + vb, y[i], a[i], i, eta, r, h)
                     lsum += li
