@@ -265,7 +265,8 @@ def test_softmax_shift_by_a_zero_class_per_direction(K, m):
     Vw = np.ascontiguousarray(V[:d].reshape(d, K * m))
     assert _design._softmax_shift(Vw, V[d].reshape(K * m), K, m) is not None
     H = p.hessian(theta)
-    for Vb in (V.reshape(-1, m), np.hstack([V.reshape(-1, m), rng.standard_normal((p.n_params, 1))])):
+    extra = rng.standard_normal((p.n_params, 1))  # no class of it is entrywise smallest
+    for Vb in (V.reshape(-1, m), np.hstack([V.reshape(-1, m), extra])):
         got = p.hvp(theta, Vb)
         for j in range(Vb.shape[1]):
             want = _multinomial_hvp_rel(X, K, theta, Vb[:, j], w)
