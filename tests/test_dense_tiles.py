@@ -164,6 +164,116 @@ def test_softmax_shortcut_keeps_every_class_block_to_its_own_digits(m):
         assert err.max() < 1e-12, err
 
 
+def _multinomial_hvp_rel(X, K, theta, v, w=None):
+    """The multinomial HVP (no penalty) in float64 with each row's ``t`` taken relative to its
+    most probable class r, ``p_k ((u_k − u_r) − Σ_j p_j (u_j − u_r))``: accurate for a class
+    at p ~ 1 (where ``p (u − Σ p u)`` loses its digits); every class, each ``u_k`` its own
+    product ``x̃ · V_k``."""
+    X = np.asarray(X, dtype=np.float64)
+    n, d = X.shape
+    Xt = np.hstack([X, np.ones((n, 1))])
+    eta = Xt @ np.asarray(theta, np.float64).reshape(d + 1, K)
+    p = np.exp(eta - eta.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    U = Xt @ np.asarray(v, np.float64).reshape(d + 1, K)
+    Ur = U - U[np.arange(n), np.argmax(p, axis=1)][:, None]
+    T = p * (Ur - np.sum(p * Ur, axis=1, keepdims=True))
+    a = np.full(n, 1.0 / n) if w is None else w / w.sum()
+    return (Xt.T @ (a[:, None] * T)).ravel()
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("m", [1, 3])
+def test_softmax_shift_not_by_a_class_small_in_v_but_large_in_u(dtype, m):
+    """A rare class (p ~ 4e-18) whose direction is the smallest in max |V_f| (1e-3) but sits
+    on a feature of scale 1e9, so that ``u_f ~ 1e6`` while the other classes' ``u`` are O(1)
+    and the true product does not see ``u_f``. Shifting V by that class put an error of
+    eps 1e6 into every ``u_k − u_r`` (float64: 7e-11 of each block; float32: ~0.1); each class
+    block must keep its own relative accuracy."""
+    rng = np.random.default_rng(11)
+    n, d, K = 400, 6, 4
+    X = rng.standard_normal((n, d))
+    X[:, 0] *= 1e9
+    X = X.astype(dtype)
+    y = np.arange(n) % (K - 1)
+    p = fc.GLM(X, y, family="multinomial", n_classes=K, l2=0.0)
+    Th = 0.3 * rng.standard_normal((d + 1, K))
+    Th[0, :] = 0.0
+    Th[:, K - 1] = 0.0
+    Th[d, K - 1] = -40.0  # the rare class
+    V = rng.standard_normal((d + 1, K, m))
+    V[0, : K - 1] = 0.0
+    V[:, K - 1] = 0.0
+    V[0, K - 1] = 1e-3  # smallest max |V_k|, largest |V_k . x|
+    V = V.reshape(-1, m)
+    got = p.hvp(Th.ravel(), V).reshape(p.n_params, m)
+    tol = 1e-12 if dtype == np.float64 else 2e-5
+    for j in range(m):
+        want = _multinomial_hvp_rel(X, K, Th.ravel(), V[:, j])
+        err = _block_rel_err(got[:, j], want, d, K)
+        assert err.max() < tol, err
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_softmax_restore_not_of_a_class_near_p_1(dtype):
+    """Class 0 holds the most probability mass, but at p ~ 1 − 1e-12 on its rows (almost no
+    curvature there) and p ~ 1e-13 on the others, where classes 1 and 2 split 50/50: its block
+    is ~1e-12 of theirs. Restoring it as minus their sum gave it their rounding (float64:
+    2e-4 of the block; float32: 0.15)."""
+    rng = np.random.default_rng(12)
+    nA, nB, K = 300, 200, 3
+    X = np.zeros((nA + nB, 7))
+    X[:, :5] = rng.standard_normal((nA + nB, 5))
+    X[:nA, 5] = 1.0  # group A
+    X[nA:, 6] = 1.0  # group B
+    X = X.astype(dtype)
+    d = X.shape[1]
+    y = np.arange(nA + nB) % K
+    p = fc.GLM(X, y, family="multinomial", n_classes=K, l2=0.0)
+    Th = np.zeros((d + 1, K))
+    Th[:5] = 0.1 * rng.standard_normal((5, K))
+    Th[5, 0] = 28.0
+    Th[6, 0] = -30.0
+    for m in (1, 4):
+        V = rng.standard_normal((p.n_params, m))
+        got = p.hvp(Th.ravel(), V).reshape(p.n_params, m)
+        tol = 1e-12 if dtype == np.float64 else 2e-5
+        for j in range(m):
+            want = _multinomial_hvp_rel(X, K, Th.ravel(), V[:, j])
+            err = _block_rel_err(got[:, j], want, d, K)
+            assert err.max() < tol, err
+
+
+@pytest.mark.parametrize("K, m", [(2, 3), (3, 5), (10, 7), (13, 4)])
+def test_softmax_shift_by_a_zero_class_per_direction(K, m):
+    """Directions with a class that is 0 (a different one per direction), so the dense pass
+    reads K − 1 shifted classes, and one block where a direction has none (the plain pass):
+    against the float64 reference and the dense Hessian, with weights (some 0)."""
+    from fastcurv.problems import _design
+
+    rng = np.random.default_rng(13)
+    n, d = 75, 9
+    X = rng.standard_normal((n, d))
+    y = rng.integers(0, K, n)
+    w = rng.random(n)
+    w[::4] = 0.0
+    p = fc.GLM(X, y, family="multinomial", n_classes=K, l2=0.0, sample_weight=w)
+    theta = 0.5 * rng.standard_normal(p.n_params)
+    V = rng.standard_normal((d + 1, K, m))
+    for j in range(m):
+        V[:, (3 * j) % K, j] = 0.0
+    Vw = np.ascontiguousarray(V[:d].reshape(d, K * m))
+    assert _design._softmax_shift(Vw, V[d].reshape(K * m), K, m) is not None
+    H = p.hessian(theta)
+    extra = rng.standard_normal((p.n_params, 1))  # no class of it is entrywise smallest
+    for Vb in (V.reshape(-1, m), np.hstack([V.reshape(-1, m), extra])):
+        got = p.hvp(theta, Vb)
+        for j in range(Vb.shape[1]):
+            want = _multinomial_hvp_rel(X, K, theta, Vb[:, j], w)
+            assert np.abs(got[:, j] - want).max() <= 1e-13 * np.abs(want).max()
+        assert np.abs(got - H @ Vb).max() <= 1e-12 * np.abs(H @ Vb).max()
+
+
 @njit
 def _load_sum(A, i, j):
     return vsum(vload(A, i, j))

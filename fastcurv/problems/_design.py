@@ -13,10 +13,21 @@ Curvature "weights" are passed as one of two forms:
   accumulate: it restores it as minus the sum of the others (see ``_softmax_restore``).
 
 The softmax Hessian ``S_i = diag(p_i) − p_i p_iᵀ`` has ``S_i 1 = 0`` and ``1ᵀ S_i = 0``, so
-a product ``sum_i x_i ⊗ S_i (Vᵀ x_i)`` needs only K − 1 classes on each side: the dense
-pass reads ``V`` shifted by one of its own classes (``V_k − V_f`` with ``f`` the class of
-smallest ``max |V_f|``, whose column is then 0 and left out) and accumulates all classes but
-``ref``; 10 % fewer multiply-adds for K = 10 (9 columns go in tiles 5 + 4 instead of 5 + 5).
+a product ``sum_i x_i ⊗ S_i (Vᵀ x_i)`` needs only K − 1 classes on each side. Either side is
+taken only where it keeps every class block to its own digits:
+
+* forward: ``V`` shifted by one of its own classes ``f`` (``V_k − V_f``, whose column f is
+  then 0 and left out) only when ``|V_f| <= |V_k|`` entry by entry for every k (as when a
+  class of V is 0): the shift adds ``eps |V_f| |x_i|`` to each ``u_k − u_r``, which is then
+  within the products' own ``eps (|V_k| + |V_r|) |x_i|`` on every row. A class smallest
+  only by ``max |V_f|`` is not enough: with features of different scales, its ``|V_f . x_i|``
+  can be the largest, and if its probability is ~0 the true ``t`` does not see it.
+* backward: all classes but ``ref`` (the class of largest ``sum_i a_i p_ik (1 − p_ik)``, the
+  Hessian's diagonal, chosen by the GLM) are accumulated and ``ref``'s block is restored as
+  minus the sum of the others; if that block comes out below 1/8 of the largest other block
+  (a rounding residue of theirs), the pass is run again with every class.
+
+For K = 10 the backward pass then accumulates 9 columns (tiles 5 + 4 instead of 5 + 5).
 """
 
 import numpy as np
@@ -59,18 +70,24 @@ def _others(K, m, ref):
 
 
 def _softmax_shift(V, vb, K, m):
-    """Each vector's classes minus its class of smallest ``max |V_k|`` (with the intercept):
-    ``(Vs (d, (K − 1) m), vbs, reff (m,))``, vector mm's class k ≠ reff[mm] at column
-    ``(k − [k > reff[mm]]) m + mm``, in the data dtype (one rounding of each difference).
+    """Each vector's classes minus a class ``f`` with ``|V_f| <= |V_k|`` entry by entry (with
+    the intercept) for every k: ``(Vs (d, (K − 1) m), vbs, reff (m,))``, vector mm's class
+    k ≠ reff[mm] at column ``(k − [k > reff[mm]]) m + mm``, in the data dtype (one rounding
+    of each difference, at most ``eps |V_k|``); None when some vector has no such class.
 
-    The smallest class keeps the shift's rounding within that of the products: ``u_k − u_r``
-    comes out of ``(V_k − V_f) · x`` with an error of ``eps (|V_k| + |V_f|) |x|``, ``|V_f|``
-    being the smallest."""
+    Then ``u_k − u_f`` comes out of ``(V_k − V_f) · x`` with an error of at most
+    ``eps (|V_k| + |V_f|) |x| <= 2 eps |V_k| |x|`` on every row, within that of the product
+    ``V_k · x`` itself. (The smallest ``max |V_f|`` gives no such bound: a small ``V_f`` on a
+    feature of large scale makes ``u_f`` the largest, and its rounding then swamps every
+    ``u_k − u_r`` of a row where class f has probability ~0.)"""
     d = V.shape[0]
     Vr = V.reshape(d, K, m)
     br = vb.reshape(K, m)
-    size = np.maximum(np.abs(Vr).max(axis=0, initial=0.0), np.abs(br))
-    reff = np.argmin(size, axis=0).astype(np.int64)
+    A = np.abs(np.concatenate([Vr, br[None]], axis=0))  # (d + 1, K, m)
+    ok = (A <= A.min(axis=1, keepdims=True)).all(axis=0)  # (K, m): elementwise smallest
+    if not ok.any(axis=0).all():
+        return None
+    reff = np.argmax(ok, axis=0).astype(np.int64)
     idx = _others(K, m, reff)
     cols = np.arange(m)
     Vs = np.take_along_axis(Vr, idx[None], axis=1) - Vr[:, reff, cols][:, None, :]
@@ -89,6 +106,15 @@ def _softmax_restore(G, K, m, ref):
     out[:, keep, :] = Gr
     out[:, ref, :] = -Gr.sum(axis=1)
     return out.reshape(d, K * m)
+
+
+def _softmax_restored_ok(G, K, m, ref):
+    """Whether each vector's restored block of class ``ref`` in G (d, K m) is at least 1/8
+    of its largest other block (max |entry|): its error is that of the others' sum, so a
+    block much smaller than theirs would be a rounding residue of theirs."""
+    Gr = np.abs(G.reshape(G.shape[0], K, m)).max(axis=0, initial=0.0)  # (K, m)
+    others = np.delete(Gr, ref, axis=0).max(axis=0, initial=0.0)
+    return bool((Gr[ref] >= 0.125 * others).all())
 
 
 # placeholders for the arguments a pass of the other mode does not touch
@@ -178,19 +204,31 @@ class DenseDesign(_Design):
     def _run_gen(self, V, vb, mode, fam, y, a, eta, r, h, Dw, Q, qa, kind, m, ref, lbuf):
         L = V.shape[1]
         reff = np.full(m, -1, dtype=np.int64)
-        Lb = L
         if mode == CURVATURE and kind == CURV_SOFTMAX and ref >= 0:
-            K = L // m
-            V, vb, reff = _softmax_shift(V, vb, K, m)
-            Lb = L - m
+            shifted = _softmax_shift(V, vb, L // m, m)
+            if shifted is not None:
+                V, vb, reff = shifted
+            G, gb = self._pass_gen(V, vb, mode, fam, y, a, eta, r, h, Dw, Q, qa, kind, m,
+                                   reff, ref, lbuf, L)
+            if _softmax_restored_ok(G, L // m, m, ref):
+                return G, gb
+            lbuf[:] = 0.0
+        return self._pass_gen(V, vb, mode, fam, y, a, eta, r, h, Dw, Q, qa, kind, m, reff,
+                              -1, lbuf, L)
+
+    def _pass_gen(self, V, vb, mode, fam, y, a, eta, r, h, Dw, Q, qa, kind, m, reff, refb,
+                  lbuf, L):
+        """One ``glm_dense.pass_gen`` on L product columns: ``V`` (d, L − m) shifted when
+        ``reff[0] >= 0`` (else (d, L)); class ``refb`` restored when ``refb >= 0``."""
+        Lb = L - m if refb >= 0 else L
         Vt, vbp = _padded_t(V, vb)
         gbuf = np.zeros((self.n_chunks, _tiled(Lb), self.d))
         gbbuf = np.zeros((self.n_chunks, L))
         glm_dense.pass_gen(self.X, self.starts, Vt, vbp, mode, fam, y, a, eta, r, h, Dw, Q,
-                           qa, kind, m, reff, ref if Lb < L else -1, lbuf, gbuf, gbbuf)
+                           qa, kind, m, reff, refb, lbuf, gbuf, gbbuf)
         G = _reduce(gbuf)[:Lb].T
         if Lb < L:
-            G = _softmax_restore(G, L // m, m, ref)
+            G = _softmax_restore(G, L // m, m, refb)
         return G, _reduce(gbbuf)
 
     def sq_colsum(self, cw):

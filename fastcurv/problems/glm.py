@@ -432,8 +432,11 @@ class GLM:
         if self._fam == MULTINOMIAL:
             Dw = a[:, None] * h
             # the class the dense pass leaves out (restored as minus the others): the one of
-            # most probability mass, whose block is then the largest, not a rounding residue
-            w = ("gen", Dw, h, -a, CURV_SOFTMAX, m, int(np.argmax(Dw.sum(axis=0))))
+            # largest Hessian diagonal sum_i a_i p_ik (1 − p_ik), whose block is then likely
+            # the largest, not a rounding residue. (Not the most probability mass: a class at
+            # p ~ 1 on its rows has almost no curvature there.) The pass checks the block.
+            ref = int(np.argmax((Dw * (1.0 - h)).sum(axis=0)))
+            w = ("gen", Dw, h, -a, CURV_SOFTMAX, m, ref)
         elif self._K == 1 and m == 1:
             w = ("k1", a * h[:, 0])
         else:
