@@ -115,7 +115,7 @@ def pass_gen(data, indices, indptr, starts, V, vb, mode, fam, y, a, eta, r, h, D
     """
     n_chunks = starts.shape[0] - 1
     L = V.shape[1]
-    noref = np.full(m, -1, dtype=np.int64)  # every class in U and T (see glm_dense.pass_gen)
+    noref = np.full(m, -1, dtype=np.int64)  # every class in U (see glm_dense.pass_gen)
     for c in prange(n_chunks):
         acc = gbuf[c]
         U = np.zeros((BLOCK_ROWS, L))
@@ -141,7 +141,7 @@ def pass_gen(data, indices, indptr, starts, V, vb, mode, fam, y, a, eta, r, h, D
                 lsum += _rows_value_grad(fam, U, T, i1 - i0, i0, y, a, eta, r, h, w1, w2,
                                          w3, gbbuf[c])
             else:
-                _rows_curvature(U, T, i1 - i0, i0, Dw, Q, qa, kind, m, noref, -1, w1, w2,
+                _rows_curvature(U, T, i1 - i0, i0, Dw, Q, qa, kind, m, noref, w1, w2,
                                 gbbuf[c])
             for i in range(i0, i1):
                 q = i - i0

@@ -653,17 +653,16 @@ def shifted_col(k, ref, m, mm):
 
 
 @jit(strict=True)  # no reassociation, as softmax_hess_row: (u_k − u_r) − s must stay
-def _rows_softmax_hess(U, T, nr, i, P, qa, m, reff, refb, u64, gb):
+def _rows_softmax_hess(U, T, nr, i, P, qa, m, reff, u64, gb):
     """``T[q] = −qa_i (diag(p_i) − p_i p_iᵀ) U[q]`` for the rows ``i + q`` of a block and
     each of the m vectors: :func:`.losses.softmax_hess_row` (the same formula, in float64,
     relative to the most probable class r: ``c p_k ((u_k − u_r) − Σ_j p_j (u_j − u_r))``,
     whose j = r term is exactly 0) written out over the block, without per-row array views.
 
-    Both sides may leave out one class, as the softmax Hessian allows (``S 1 = 0`` and
-    ``1ᵀ S = 0``): vector mm's ``U`` holds ``u − u_{reff[mm]}`` without that class's (zero)
-    column, and ``T`` has no column for class ``refb`` (the caller restores it as minus the
-    sum of the others); ``reff[mm] < 0`` and ``refb < 0`` mean all K columns
-    (:func:`shifted_col`). ``gb`` receives every class's ``t`` in float64."""
+    ``U`` may leave out one class, as the softmax Hessian allows (``S 1 = 0``): vector mm's
+    ``U`` then holds ``u − u_{reff[mm]}`` without that class's (zero) column; ``reff[mm] < 0``
+    means all K columns (:func:`shifted_col`). ``T`` has all K m columns, and ``gb``
+    receives every class's ``t`` in float64."""
     K = P.shape[1]
     for q in range(nr):
         row = i + q
@@ -686,18 +685,17 @@ def _rows_softmax_hess(U, T, nr, i, P, qa, m, reff, refb, u64, gb):
             for k in range(K):
                 t = c * P[row, k] * ((u64[k] - ur) - s)
                 gb[k * m + mm] += t
-                if k != refb:
-                    T[q, shifted_col(k, refb, m, mm)] = t
+                T[q, k * m + mm] = t
 
 
 @jit
-def _rows_curvature(U, T, nr, i, Dw, Q, qa, kind, m, reff, refb, u64, t64, gb):
+def _rows_curvature(U, T, nr, i, Dw, Q, qa, kind, m, reff, u64, t64, gb):
     """``T[q] = H~_{i+q} U[q]`` for each row of the block (see ``_apply_curvature``), also
-    added to ``gb`` in float64. ``reff``, ``refb``: the classes left out of ``U`` and ``T``
-    (CURV_SOFTMAX only; see :func:`_rows_softmax_hess`)."""
+    added to ``gb`` in float64. ``reff``: the class left out of ``U`` per vector (CURV_SOFTMAX
+    only; see :func:`_rows_softmax_hess`)."""
     L = Dw.shape[1] * m
     if kind == CURV_SOFTMAX:
-        _rows_softmax_hess(U, T, nr, i, Q, qa, m, reff, refb, u64, gb)
+        _rows_softmax_hess(U, T, nr, i, Q, qa, m, reff, u64, gb)
         return
     for q in range(nr):
         for l in range(L):
@@ -709,17 +707,16 @@ def _rows_curvature(U, T, nr, i, Dw, Q, qa, kind, m, reff, refb, u64, t64, gb):
 
 
 @jit(parallel=True)
-def pass_gen(X, starts, Vt, vb, mode, fam, y, a, eta, r, h, Dw, Q, qa, kind, m, reff, refb,
-             lbuf, gbuf, gbbuf):
+def pass_gen(X, starts, Vt, vb, mode, fam, y, a, eta, r, h, Dw, Q, qa, kind, m, reff, lbuf,
+             gbuf, gbbuf):
     """One fused pass of a K-output GLM over L columns: ``U_i = Vt x_i + vb``,
     ``T_i = f(U_i)``, ``gbuf[c] += sum T_i x_i^T``, ``gbbuf[c] += sum T_i``.
 
     ``Vt`` (Lfp, d) and ``vb`` (Lfp,) are zero-padded to ``tile_split(Lf)[1]`` rows, and
-    ``gbuf[c]`` (Lbp, d) to ``tile_split(Lb)[1]`` (its padding rows stay 0), where
-    ``Lf = Lb = L`` except for the softmax Hessian with ``reff[0] >= 0`` (``Lf = L − m``:
-    ``Vt`` holds each vector's columns minus the column of its class ``reff[mm]``, which is
-    left out) or ``refb >= 0`` (``Lb = L − m``: no column for class ``refb``); see
-    :func:`_rows_softmax_hess`. ``gbbuf[c]`` (L,) has every column.
+    ``gbuf[c]`` (Lbp, d) to ``tile_split(L)[1]`` (its padding rows stay 0), where ``Lf = L``
+    except for the softmax Hessian with ``reff[0] >= 0`` (``Lf = L − m``: ``Vt`` holds each
+    vector's columns minus the column of its class ``reff[mm]``, which is left out; see
+    :func:`_rows_softmax_hess`). ``gbbuf[c]`` is (L,).
 
     ``mode == VALUE_GRAD`` (L = K): Vt, vb are the transposed weights and the intercepts;
     ``f = a_i l'(U_i)``; eta, r, h (n, K) receive ``U_i``, ``l'_i`` and the diagonal of
@@ -734,7 +731,7 @@ def pass_gen(X, starts, Vt, vb, mode, fam, y, a, eta, r, h, Dw, Q, qa, kind, m, 
     Lbp = gbuf.shape[1]
     L = eta.shape[1] if mode == VALUE_GRAD else Dw.shape[1] * m
     n5f, lf = tile_split(L - m if reff[0] >= 0 else L)
-    n5b, lb = tile_split(L - m if refb >= 0 else L)
+    n5b, lb = tile_split(L)
     if lf != Lfp or lb != Lbp or vb.shape[0] != Lfp or gbbuf.shape[1] != L:
         raise ValueError("pass_gen: Vt, vb, gbuf or gbbuf not padded as tile_split says")
     for c in prange(n_chunks):
@@ -755,8 +752,7 @@ def pass_gen(X, starts, Vt, vb, mode, fam, y, a, eta, r, h, Dw, Q, qa, kind, m, 
                 lsum += _rows_value_grad(fam, U, T, nr, i, y, a, eta, r, h, w1, w2, w3,
                                          gbbuf[c])
             else:
-                _rows_curvature(U, T, nr, i, Dw, Q, qa, kind, m, reff, refb, w1, w2,
-                                gbbuf[c])
+                _rows_curvature(U, T, nr, i, Dw, Q, qa, kind, m, reff, w1, w2, gbbuf[c])
             _block(X, i, nr, Vt, vb, U, T, acc, n5b, True)
             count += nr
             if count >= FLUSH:

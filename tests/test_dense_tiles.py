@@ -3,8 +3,9 @@ them (kernels/glm_dense.py: 2 x 5 / 2 x 4 forward tiles, 5 / 4 x 2W backward til
 BLOCK rows, prefetching), on every ragged edge: feature counts around the vector width and the
 two-vector step, row counts around the block and the row pair, both tile widths and their
 mixes, float32 and float64, C, Fortran and non-contiguous layouts (the vectors then go lane by
-lane); and the softmax Hessian's K − 1 class shortcut (fastcurv/problems/_design.py) where a
-careless choice of the class left out would lose digits.
+lane); and the softmax Hessian's K − 1 class shortcut (fastcurv/problems/_design.py), taken
+only where it keeps every class block to its own digits, and the cases where a careless
+shortcut lost them.
 
 The references are numpy products in float64 (``X @ V``, ``X.T @ T``) and the dense Hessian of
 tests/reference.py, summed over samples one by one.
@@ -79,8 +80,8 @@ def test_blocked_multinomial_hvp_on_ragged_shapes(dtype, layout):
     tol = 1e-12 if dtype == np.float64 else 2e-5
     for n in (1, 2, 3, B - 1, B + 1, 2 * B + 3):
         for d in (1, 3, 4, 7, 8, 9, 17, 33):
-            # the Hessian pass reads and writes K − 1 columns: 2, 3 (padded to one 4-wide tile),
-            # 5 (one 5-wide), 9 (5 + 4), 10 (5 + 5), 11 (4 + 4 + 4, padded); value+grad K
+            # K columns: 3 (padded to one 4-wide tile), 4, 6 (4 + 4, padded), 10 (5 + 5),
+            # 11 (4 + 4 + 4, padded), 12 (4 + 4 + 4); mixed widths in the zero-class test below
             for K in (3, 4, 6, 10, 11, 12):
                 X0 = rng.standard_normal((n, d)).astype(dtype)
                 X = _layouts(X0)[layout]
@@ -96,10 +97,9 @@ def test_blocked_multinomial_hvp_on_ragged_shapes(dtype, layout):
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_blocked_pass_block_products_and_jvp(dtype):
-    """m vectors at once (the Hessian pass on (K − 1) m columns: 1 x 3 = 3 pads to 4, 2 x 3 = 6
-    to 8 = 4 + 4, 3 x 3 = 9 = 5 + 4; the forward-only pass on K m: 6 to 8, 9 = 5 + 4, 12 =
-    4 + 4 + 4), the forward-only pass (jvp) and the value+grad pass, against the dense
-    reference."""
+    """m vectors at once (L = K m columns: 2 x 3 = 6 pads to 8 = 4 + 4, 3 x 3 = 9 = 5 + 4,
+    4 x 3 = 12 = 4 + 4 + 4), the forward-only pass (jvp) and the value+grad pass, against the
+    dense reference."""
     rng = np.random.default_rng(2)
     tol = 1e-11 if dtype == np.float64 else 3e-5
     for n, d, K in [(45, 11, 2), (70, 13, 3), (33, 9, 4)]:
@@ -140,12 +140,11 @@ def _block_rel_err(got, want, d, K):
 
 @pytest.mark.parametrize("m", [1, 3])
 def test_softmax_shortcut_keeps_every_class_block_to_its_own_digits(m):
-    """The dense Hessian pass reads V shifted by one class and leaves one class out of the
-    accumulation (restored as minus the others). A class of probability ~1e-13 whose
-    direction is 1e6 times larger than the others: shifting by it would put an error of
-    eps 1e6 into every u_k − u_r; restoring it from the others would give its block
-    (~1e-13 of theirs) an error of eps relative to theirs. Each class block must keep its own
-    relative accuracy."""
+    """A class of probability ~1e-13 whose direction is 1e6 times larger than the others:
+    shifting V by it would put an error of eps 1e6 into every u_k − u_r (9e-11 of a block);
+    restoring its block as minus the sum of the others would give it (~1e-13 of theirs) an
+    error of eps relative to theirs (9e-9). Each class block must keep its own relative
+    accuracy."""
     rng = np.random.default_rng(5)
     n, d, K = 400, 13, 5
     X = rng.standard_normal((n, d))
@@ -218,8 +217,8 @@ def test_softmax_shift_not_by_a_class_small_in_v_but_large_in_u(dtype, m):
 def test_softmax_restore_not_of_a_class_near_p_1(dtype):
     """Class 0 holds the most probability mass, but at p ~ 1 − 1e-12 on its rows (almost no
     curvature there) and p ~ 1e-13 on the others, where classes 1 and 2 split 50/50: its block
-    is ~1e-12 of theirs. Restoring it as minus their sum gave it their rounding (float64:
-    2e-4 of the block; float32: 0.15)."""
+    is ~1e-12 of theirs. Restoring it as minus their sum (a shortcut the dense pass no longer
+    takes) gave it their rounding (float64: 2e-4 of the block; float32: 0.15)."""
     rng = np.random.default_rng(12)
     nA, nB, K = 300, 200, 3
     X = np.zeros((nA + nB, 7))

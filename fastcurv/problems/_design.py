@@ -6,28 +6,19 @@ float64 results. It holds no model state; :class:`fastcurv.GLM` does.
 Curvature "weights" are passed as one of two forms:
 
 * ``("k1", cw)``: a single output and one vector, ``t_i = cw_i u_i`` (cw (n,) float64);
-* ``("gen", Dw, Q, qa, kind, m, ref)``: ``t_i = Dw_i * u_i + qa_i (Q_i . u_i) Q_i`` applied to
-  each of the m vectors (Dw, Q (n, K); qa (n,)); ``kind`` is one of ``glm_dense.CURV_*`` (the
-  multinomial Hessian, ``CURV_SOFTMAX``, is applied in a form without cancellation). ``ref``
-  (CURV_SOFTMAX; -1 otherwise) is the class whose block of the product the dense pass does not
-  accumulate: it restores it as minus the sum of the others (see ``_softmax_restore``).
+* ``("gen", Dw, Q, qa, kind, m)``: ``t_i = Dw_i * u_i + qa_i (Q_i . u_i) Q_i`` applied to each
+  of the m vectors (Dw, Q (n, K); qa (n,)); ``kind`` is one of ``glm_dense.CURV_*`` (the
+  multinomial Hessian, ``CURV_SOFTMAX``, is applied in a form without cancellation).
 
-The softmax Hessian ``S_i = diag(p_i) − p_i p_iᵀ`` has ``S_i 1 = 0`` and ``1ᵀ S_i = 0``, so
-a product ``sum_i x_i ⊗ S_i (Vᵀ x_i)`` needs only K − 1 classes on each side. Either side is
-taken only where it keeps every class block to its own digits:
-
-* forward: ``V`` shifted by one of its own classes ``f`` (``V_k − V_f``, whose column f is
-  then 0 and left out) only when ``|V_f| <= |V_k|`` entry by entry for every k (as when a
-  class of V is 0): the shift adds ``eps |V_f| |x_i|`` to each ``u_k − u_r``, which is then
-  within the products' own ``eps (|V_k| + |V_r|) |x_i|`` on every row. A class smallest
-  only by ``max |V_f|`` is not enough: with features of different scales, its ``|V_f . x_i|``
-  can be the largest, and if its probability is ~0 the true ``t`` does not see it.
-* backward: all classes but ``ref`` (the class of largest ``sum_i a_i p_ik (1 − p_ik)``, the
-  Hessian's diagonal, chosen by the GLM) are accumulated and ``ref``'s block is restored as
-  minus the sum of the others; if that block comes out below 1/8 of the largest other block
-  (a rounding residue of theirs), the pass is run again with every class.
-
-For K = 10 the backward pass then accumulates 9 columns (tiles 5 + 4 instead of 5 + 5).
+The softmax Hessian ``S_i = diag(p_i) − p_i p_iᵀ`` has ``S_i 1 = 0``, so the dense pass may
+read ``V`` shifted by one of its own classes ``f`` (``V_k − V_f``; column f is then 0 and left
+out: K − 1 columns in the forward tiles). It does so only when ``|V_f| <= |V_k|`` entry by
+entry for every k (as when a class of V is 0), where the shift keeps every class block to its
+own digits (see ``_softmax_shift``). Not done, as a review found (tests/test_dense_tiles.py):
+shifting by the class of smallest ``max |V_f|`` (with features of different scales its
+``V_f . x_i`` can be the largest) and restoring one class's block of the product as minus the
+sum of the others (``1ᵀ S_i = 0``; a class near p = 1 has a block at rounding level of theirs,
+and any class can for some direction).
 """
 
 import numpy as np
@@ -96,27 +87,6 @@ def _softmax_shift(V, vb, K, m):
             reff)
 
 
-def _softmax_restore(G, K, m, ref):
-    """The (d, K m) product from the (d, (K − 1) m) one without class ``ref``: that class's
-    block is minus the sum of the others (``1ᵀ S_i = 0``), summed in float64."""
-    d = G.shape[0]
-    Gr = G.reshape(d, K - 1, m)
-    out = np.empty((d, K, m))
-    keep = [k for k in range(K) if k != ref]
-    out[:, keep, :] = Gr
-    out[:, ref, :] = -Gr.sum(axis=1)
-    return out.reshape(d, K * m)
-
-
-def _softmax_restored_ok(G, K, m, ref):
-    """Whether each vector's restored block of class ``ref`` in G (d, K m) is at least 1/8
-    of its largest other block (max |entry|): its error is that of the others' sum, so a
-    block much smaller than theirs would be a rounding residue of theirs."""
-    Gr = np.abs(G.reshape(G.shape[0], K, m)).max(axis=0, initial=0.0)  # (K, m)
-    others = np.delete(Gr, ref, axis=0).max(axis=0, initial=0.0)
-    return bool((Gr[ref] >= 0.125 * others).all())
-
-
 # placeholders for the arguments a pass of the other mode does not touch
 _NO1 = np.zeros(1)
 _NO2 = np.zeros((1, 1))
@@ -147,7 +117,7 @@ class _Design:
                 diag = _reduce(dbuf).reshape(self.d, 1)
         else:
             g, gb = self._run_gen(Wmat, b, VALUE_GRAD, fam, y2, a, eta, r, h,
-                                  _NO2, _NO2, _NO1, CURV_DIAG, 1, -1, lbuf)
+                                  _NO2, _NO2, _NO1, CURV_DIAG, 1, lbuf)
         return float(lbuf.sum()), g, gb, eta, r, h, diag
 
     def rmatmul(self, U):
@@ -176,9 +146,9 @@ class _Design:
         if weights[0] == "k1":
             return self._run_k1(V[:, 0], vb[0], CURVATURE, 0, _NO1, _NO1, weights[1],
                                 _NO1, _NO1, _NO1, lbuf, _NO2)
-        _, Dw, Q, qa, kind, m, ref = weights
+        _, Dw, Q, qa, kind, m = weights
         return self._run_gen(V, vb, CURVATURE, 0, _NO2, _NO1, _NO2, _NO2, _NO2,
-                             Dw, Q, qa, kind, m, ref, lbuf)
+                             Dw, Q, qa, kind, m, lbuf)
 
 
 class DenseDesign(_Design):
@@ -201,35 +171,19 @@ class DenseDesign(_Design):
                           gbuf, gbbuf)
         return _reduce(gbuf).reshape(d, 1), _reduce(gbbuf).reshape(1)
 
-    def _run_gen(self, V, vb, mode, fam, y, a, eta, r, h, Dw, Q, qa, kind, m, ref, lbuf):
+    def _run_gen(self, V, vb, mode, fam, y, a, eta, r, h, Dw, Q, qa, kind, m, lbuf):
         L = V.shape[1]
         reff = np.full(m, -1, dtype=np.int64)
-        if mode == CURVATURE and kind == CURV_SOFTMAX and ref >= 0:
+        if mode == CURVATURE and kind == CURV_SOFTMAX:
             shifted = _softmax_shift(V, vb, L // m, m)
             if shifted is not None:
                 V, vb, reff = shifted
-            G, gb = self._pass_gen(V, vb, mode, fam, y, a, eta, r, h, Dw, Q, qa, kind, m,
-                                   reff, ref, lbuf, L)
-            if _softmax_restored_ok(G, L // m, m, ref):
-                return G, gb
-            lbuf[:] = 0.0
-        return self._pass_gen(V, vb, mode, fam, y, a, eta, r, h, Dw, Q, qa, kind, m, reff,
-                              -1, lbuf, L)
-
-    def _pass_gen(self, V, vb, mode, fam, y, a, eta, r, h, Dw, Q, qa, kind, m, reff, refb,
-                  lbuf, L):
-        """One ``glm_dense.pass_gen`` on L product columns: ``V`` (d, L − m) shifted when
-        ``reff[0] >= 0`` (else (d, L)); class ``refb`` restored when ``refb >= 0``."""
-        Lb = L - m if refb >= 0 else L
         Vt, vbp = _padded_t(V, vb)
-        gbuf = np.zeros((self.n_chunks, _tiled(Lb), self.d))
+        gbuf = np.zeros((self.n_chunks, _tiled(L), self.d))
         gbbuf = np.zeros((self.n_chunks, L))
         glm_dense.pass_gen(self.X, self.starts, Vt, vbp, mode, fam, y, a, eta, r, h, Dw, Q,
-                           qa, kind, m, reff, refb, lbuf, gbuf, gbbuf)
-        G = _reduce(gbuf)[:Lb].T
-        if Lb < L:
-            G = _softmax_restore(G, L // m, m, refb)
-        return G, _reduce(gbbuf)
+                           qa, kind, m, reff, lbuf, gbuf, gbbuf)
+        return _reduce(gbuf)[:L].T, _reduce(gbbuf)
 
     def sq_colsum(self, cw):
         """``sum_i cw[i, k] x_ij^2`` as (d, K) float64."""
@@ -293,7 +247,6 @@ class CSRDesign(_Design):
         return _reduce(gbuf).reshape(d, 1), _reduce(gbbuf).reshape(1)
 
     def _run_gen(self, V, vb, *args):
-        args = args[:-2] + args[-1:]  # every class: no ``ref`` (see glm_csr.pass_gen)
         L = V.shape[1]
         gbuf = np.zeros((self.n_chunks, self.d, L))
         gbbuf = np.zeros((self.n_chunks, L))

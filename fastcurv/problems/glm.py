@@ -430,17 +430,11 @@ class GLM:
         a = self._a
         h = self._rows_of(st, "h")
         if self._fam == MULTINOMIAL:
-            Dw = a[:, None] * h
-            # the class the dense pass leaves out (restored as minus the others): the one of
-            # largest Hessian diagonal sum_i a_i p_ik (1 − p_ik), whose block is then likely
-            # the largest, not a rounding residue. (Not the most probability mass: a class at
-            # p ~ 1 on its rows has almost no curvature there.) The pass checks the block.
-            ref = int(np.argmax((Dw * (1.0 - h)).sum(axis=0)))
-            w = ("gen", Dw, h, -a, CURV_SOFTMAX, m, ref)
+            w = ("gen", a[:, None] * h, h, -a, CURV_SOFTMAX, m)
         elif self._K == 1 and m == 1:
             w = ("k1", a * h[:, 0])
         else:
-            w = ("gen", a[:, None] * h, h, a, CURV_DIAG, m, -1)
+            w = ("gen", a[:, None] * h, h, a, CURV_DIAG, m)
         st._cache[key] = w
         return w
 
@@ -453,7 +447,7 @@ class GLM:
         if self._K == 1 and m == 1:
             w = ("k1", a * r[:, 0] ** 2)
         else:
-            w = ("gen", np.zeros_like(r), r, a, CURV_RANK1, m, -1)
+            w = ("gen", np.zeros_like(r), r, a, CURV_RANK1, m)
         st._cache[key] = w
         return w
 
@@ -514,7 +508,7 @@ class GLM:
             r = np.ascontiguousarray(
                 families.sample_residuals(self.family, st.eta, st.h, streams[j]))
             oW, ob = self._design.curv_vec(Vw, vb, ("gen", np.zeros_like(r), r, self._a,
-                                                    CURV_RANK1, m, -1))
+                                                    CURV_RANK1, m))
             accW = accW + oW
             accb = accb + ob
         out = self._join_block(accW / mc_samples, accb / mc_samples, m)
