@@ -181,6 +181,17 @@ def _multinomial_hvp_rel(X, K, theta, v, w=None):
     return (Xt.T @ (a[:, None] * T)).ravel()
 
 
+def _assert_each_block_accurate(p, X, K, theta, V, tol):
+    """``p.hvp(theta, V)`` for the directions V (P, m): each class block of each direction
+    within ``tol`` of its own size against :func:`_multinomial_hvp_rel`."""
+    d = X.shape[1]
+    got = p.hvp(theta, V).reshape(p.n_params, V.shape[1])
+    for j in range(V.shape[1]):
+        want = _multinomial_hvp_rel(X, K, theta, V[:, j])
+        err = _block_rel_err(got[:, j], want, d, K)
+        assert err.max() < tol, err
+
+
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("m", [1, 3])
 def test_softmax_shift_not_by_a_class_small_in_v_but_large_in_u(dtype, m):
@@ -205,12 +216,7 @@ def test_softmax_shift_not_by_a_class_small_in_v_but_large_in_u(dtype, m):
     V[:, K - 1] = 0.0
     V[0, K - 1] = 1e-3  # smallest max |V_k|, largest |V_k . x|
     V = V.reshape(-1, m)
-    got = p.hvp(Th.ravel(), V).reshape(p.n_params, m)
-    tol = 1e-12 if dtype == np.float64 else 2e-5
-    for j in range(m):
-        want = _multinomial_hvp_rel(X, K, Th.ravel(), V[:, j])
-        err = _block_rel_err(got[:, j], want, d, K)
-        assert err.max() < tol, err
+    _assert_each_block_accurate(p, X, K, Th.ravel(), V, 1e-12 if dtype == np.float64 else 2e-5)
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
@@ -235,12 +241,8 @@ def test_softmax_restore_not_of_a_class_near_p_1(dtype):
     Th[6, 0] = -30.0
     for m in (1, 4):
         V = rng.standard_normal((p.n_params, m))
-        got = p.hvp(Th.ravel(), V).reshape(p.n_params, m)
-        tol = 1e-12 if dtype == np.float64 else 2e-5
-        for j in range(m):
-            want = _multinomial_hvp_rel(X, K, Th.ravel(), V[:, j])
-            err = _block_rel_err(got[:, j], want, d, K)
-            assert err.max() < tol, err
+        _assert_each_block_accurate(p, X, K, Th.ravel(), V,
+                                    1e-12 if dtype == np.float64 else 2e-5)
 
 
 @pytest.mark.parametrize("K, m", [(2, 3), (3, 5), (10, 7), (13, 4)])
