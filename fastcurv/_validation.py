@@ -136,7 +136,8 @@ def check_csr_X(X):
         )
     if indptr.dtype.kind not in "iu" or indices.dtype.kind not in "iu":
         raise TypeError("X's indptr and indices must be integer arrays")
-    if indptr[0] != 0 or np.any(np.diff(indptr) < 0):
+    # compared, not differenced: np.diff of an unsigned indptr wraps around and never goes below 0
+    if indptr[0] != 0 or np.any(indptr[1:] < indptr[:-1]):
         raise ValueError(
             "X is a broken CSR matrix: indptr must start at 0 and never decrease; "
             "rebuild it with scipy.sparse.csr_matrix"

@@ -252,6 +252,10 @@ def _broken_csr(how):
         A.indices[1] = A.indices[0]
     elif how == "indptr-decreasing":
         A.indptr[5] = A.indptr[6] + 1
+    elif how == "indptr-decreasing-unsigned":
+        # np.diff of an unsigned indptr wraps around: a decrease looked like a large step
+        A.indptr = A.indptr.astype(np.uint64)
+        A.indptr[5] = A.indptr[6] + 1
     elif how == "indptr-short":
         A.indptr = A.indptr[:-1].copy()
     elif how == "indptr-overrun":
@@ -266,7 +270,7 @@ def _broken_csr(how):
 
 
 BROKEN_CSR = ["index-too-large", "index-negative", "unsorted", "duplicated",
-              "indptr-decreasing", "indptr-short", "indptr-overrun", "indptr-start",
+              "indptr-decreasing", "indptr-decreasing-unsigned", "indptr-short", "indptr-overrun", "indptr-start",
               "nan-data", "inf-data"]
 
 

@@ -1091,3 +1091,25 @@ def test_repeated_calls_and_in_place_theta(c):
     t[:] = t3
     assert_close(p.ggn_vp(t, v), ref.ggn(t3) @ v, REF_RTOL, "ggn_vp after in-place change")
     assert_close(p.jvp(t, v), ref.jacobians(t3) @ v, REF_RTOL, "jvp after in-place change")
+
+
+def test_single_chunk_large_network_does_not_depend_on_blas_threads():
+    """One row chunk of a network too large for the small-model path (n · P ≥ 2²² per block):
+    BLAS ran there with its own threads, which split the row sums hᵀδ differently with 1 and
+    2 threads (last bits of the gradient and of every product; a review's finding). BLAS now
+    runs on one thread in every call."""
+    tpc = pytest.importorskip("threadpoolctl")
+    rng = np.random.default_rng(3)
+    n, sizes = 400, (100, 128, 128, 10)
+    X = rng.standard_normal((n, sizes[0]))
+    y = rng.integers(0, 10, n)
+    res = []
+    for blas in (1, 2):
+        with tpc.threadpool_limits(limits=blas):
+            p = fc.MLP(X, y, sizes=sizes, loss="softmax_cross_entropy", l2=1e-4)
+            assert len(p._starts) == 2 and not p._small
+            th = p.init(seed=0)
+            v = np.random.default_rng(1).standard_normal(p.n_params)
+            res.append((p.grad(th), p.hvp(th, v), p.ggn_vp(th, v)))
+    for a, b in zip(*res, strict=True):
+        assert np.array_equal(a, b)

@@ -88,3 +88,38 @@ def test_with_data_and_subset_keep_the_batch_size_given():
     q = fc.MLP(X, y, sizes=(3, 4, 1), loss="mse")  # the default follows the new data
     assert q.with_data(X[:700], y[:700]).batch_size == fc.MLP(
         X[:700], y[:700], sizes=(3, 4, 1), loss="mse").batch_size
+
+
+def test_shallow_copy_has_state_of_its_own():
+    """copy.copy shared the recorded θ and the buffers: each problem then reused the other's
+    pass as its own (HVPs 80-120% off)."""
+    import copy
+
+    rng = np.random.default_rng(3)
+    X = rng.standard_normal((40, 3))
+    y = rng.standard_normal(40)
+    p = fc.MLP(X, y, sizes=(3, 5, 1), l2=1e-2)
+    t1, t2 = p.init(0), p.init(1)
+    v = rng.standard_normal(p.n_params)
+    p.hvp(t1, v)
+    q = copy.copy(p)
+    q.l2 = 1.0
+    q.hvp(t2, v)
+    fresh = fc.MLP(X, y, sizes=(3, 5, 1), l2=1e-2)
+    assert np.array_equal(p.hvp(t2, v), fresh.hvp(t2, v))
+    assert np.array_equal(p.hvp(t1, v), fresh.hvp(t1, v))
+    fresh.l2 = 1.0
+    assert np.array_equal(q.hvp(t2, v), fresh.hvp(t2, v))
+    assert np.array_equal(q.ggn_vp(t1, v), fresh.ggn_vp(t1, v))
+
+
+@pytest.mark.parametrize("bad", [{"relu", "tanh"}, frozenset({"tanh"}), b"tanh"])
+def test_activation_without_order_is_refused(bad):
+    X = np.ones((4, 2))
+    with pytest.raises(TypeError, match="activation"):
+        fc.MLP(X, np.ones(4), sizes=(2, 3, 3, 1), activation=bad)
+
+
+def test_sizes_without_order_is_refused():
+    with pytest.raises(TypeError, match="sizes"):
+        fc.MLP(np.ones((4, 2)), np.ones(4), sizes={2, 1})

@@ -73,8 +73,14 @@ def _n_chunks(n, params):
     return int(min(MAX_CHUNKS, max(1, n // MIN_CHUNK_ROWS)))
 
 
+def _ordered(x):
+    """A set or a mapping has no order a network's layers could follow."""
+    return not isinstance(x, (set, frozenset, dict, type({}.keys())))
+
+
 def _check_sizes(sizes, d):
-    if isinstance(sizes, (str, bytes)) or not hasattr(sizes, "__len__"):
+    if (isinstance(sizes, (str, bytes)) or not hasattr(sizes, "__len__")
+            or not _ordered(sizes)):
         raise TypeError(f"sizes must be a sequence of layer widths (d, h1, ..., K), got {sizes!r}")
     out = []
     for s in sizes:
@@ -99,11 +105,12 @@ def _check_sizes(sizes, d):
 
 
 def _check_activations(activation, n_hidden):
-    if not isinstance(activation, str) and not (
-            hasattr(activation, "__len__") and hasattr(activation, "__iter__")):
+    if isinstance(activation, bytes) or not isinstance(activation, str) and not (
+            hasattr(activation, "__len__") and hasattr(activation, "__iter__")
+            and _ordered(activation)):
         raise TypeError(
             f"activation must be a name such as 'tanh' or a sequence of names (one per hidden "
-            f"layer), got {activation!r}"
+            f"layer; a list or tuple: sets have no order), got {activation!r}"
         )
     names = [activation] * max(n_hidden, 1) if isinstance(activation, str) else list(activation)
     if not isinstance(activation, str) and len(names) != n_hidden:
@@ -313,6 +320,18 @@ class MLP:
     def is_sparse(self):
         return self._sparse
 
+    def __copy__(self):
+        """A shallow copy (the same data) with buffers and cached state of its own: sharing
+        them, each problem took the other's pass for its own at a θ it had recorded."""
+        new = object.__new__(type(self))
+        new.__dict__.update(self.__dict__)
+        new._ws = None
+        new._wsargs = None
+        new._state = None
+        new._prev_level = 0
+        new._state_theta = np.empty_like(self._state_theta)
+        return new
+
     def __repr__(self):
         kind = "CSR" if self._sparse else "dense"
         return (f"MLP(sizes={self.sizes}, activations={self.activations}, loss={self.loss!r}, "
@@ -459,7 +478,9 @@ class MLP:
             accs = np.zeros((C, m_out, P))
         skip = self._reusable(mode, theta)
         self._state = None  # invalid while the buffers are being rewritten
-        before = _blas.one_thread(self._small or len(self._starts) > 2)
+        # BLAS on one thread always: a threaded GEMM splits the row sums (h̃ᵀδ) by thread
+        # count, which changed the last bits of a gradient with the thread count
+        before = _blas.one_thread()
         try:
             loss, pen = K_.run(mode, *self._head, theta, *self._mid, V, U, outs, self._acc64,
                                accs, J, *self._wsargs, skip)
