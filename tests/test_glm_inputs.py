@@ -270,7 +270,8 @@ def _broken_csr(how):
 
 
 BROKEN_CSR = ["index-too-large", "index-negative", "unsorted", "duplicated",
-              "indptr-decreasing", "indptr-decreasing-unsigned", "indptr-short", "indptr-overrun", "indptr-start",
+              "indptr-decreasing", "indptr-decreasing-unsigned", "indptr-short",
+              "indptr-overrun", "indptr-start",
               "nan-data", "inf-data"]
 
 
