@@ -176,7 +176,8 @@ class MLP:
     X : array_like (n, d) or scipy.sparse matrix
         Dense data (float32 or float64; a non-C-contiguous array is copied once to C order),
         or sparse data, used as CSR by the first layer. The dtype of ``X`` is the dtype of
-        every result.
+        every result. A C-ordered float array is used in place, not copied: do not modify
+        it afterwards (cached passes would not see the change; use :meth:`with_data`).
     y : array_like
         ``(n,)`` targets for one output or class labels in ``[0, K)`` (softmax), ``(n, K)``
         for K outputs (mse, sigmoid cross-entropy, poisson).
