@@ -1094,8 +1094,8 @@ def test_repeated_calls_and_in_place_theta(c):
 
 
 def test_single_chunk_large_network_does_not_depend_on_blas_threads():
-    """One row chunk of a network too large for the small-model path (n · P ≥ 2²² per block):
-    BLAS ran there with its own threads, which split the row sums hᵀδ differently with 1 and
+    """One row chunk of a network above the former small-model size (n · P ≥ 2²²): BLAS ran
+    there with its own threads, which split the row sums hᵀδ differently with 1 and
     2 threads (last bits of the gradient and of every product; a review's finding). BLAS now
     runs on one thread in every call."""
     tpc = pytest.importorskip("threadpoolctl")
@@ -1107,7 +1107,7 @@ def test_single_chunk_large_network_does_not_depend_on_blas_threads():
     for blas in (1, 2):
         with tpc.threadpool_limits(limits=blas):
             p = fc.MLP(X, y, sizes=sizes, loss="softmax_cross_entropy", l2=1e-4)
-            assert len(p._starts) == 2 and not p._small
+            assert len(p._starts) == 2 and 400 * p.n_params >= 2**22
             th = p.init(seed=0)
             v = np.random.default_rng(1).standard_normal(p.n_params)
             res.append((p.grad(th), p.hvp(th, v), p.ggn_vp(th, v)))

@@ -31,9 +31,6 @@ MAX_DENSE_ENTRIES = 2**28
 MAX_EXACT_HESSIAN_DIAG = 20_000
 #: target number of elements in each row-block buffer (the default ``batch_size``)
 _BLOCK_ELEMENTS = 2**24
-#: row blocks with fewer multiply-adds than this (one pass through all layers) run BLAS on one
-#: thread: OpenBLAS's threads cost more than they save on such small products
-SMALL_BLOCK_MACS = 2**22
 #: passes with at least PARALLEL_MIN_MACS multiply-adds split the rows into at most MAX_CHUNKS
 #: fixed chunks of at least MIN_CHUNK_ROWS rows, run in parallel (see :func:`_n_chunks`)
 PARALLEL_MIN_MACS = 2**24
@@ -288,8 +285,6 @@ class MLP:
         self._state = None
         self._state_theta = np.empty(self.n_params, dtype=self.dtype)
         self._prev_level = 0
-        macs = self.batch_size * int(self._poff[-1])
-        self._small = macs < SMALL_BLOCK_MACS
 
     # ------------------------------------------------------------------ attributes
     @property
@@ -328,8 +323,7 @@ class MLP:
         new.__dict__.update(self.__dict__)
         new._ws = None
         new._wsargs = None
-        new._state = None
-        new._prev_level = 0
+        new._forget()
         new._state_theta = np.empty_like(self._state_theta)
         return new
 
