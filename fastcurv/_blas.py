@@ -49,12 +49,12 @@ def _find():
     return None
 
 
-def one_thread(enabled=True):
+def one_thread():
     """Switch SciPy's BLAS to one thread; returns the previous count, to be given to
-    :func:`restore` (0 if nothing was changed: ``enabled`` False, the library not found, or
-    already one thread). Plain functions rather than a context manager: this runs around
-    every call of a small model, where a generator-based ``with`` costs a microsecond."""
-    if not enabled or _DISABLED:
+    :func:`restore` (0 if nothing was changed: the library not found, or already one
+    thread). Plain functions rather than a context manager: this runs around every call of a
+    small model, where a generator-based ``with`` costs a microsecond."""
+    if _DISABLED:
         return 0
     lib = _LIB if _SEARCHED else _find()
     if lib is None:
