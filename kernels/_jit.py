@@ -6,6 +6,15 @@
 * fastmath flags ``nsz, arcp, contract, reassoc`` allow vectorized reductions and FMA; never
   ``nnan``/``ninf`` (NaN checks must keep working) and never ``afn`` (``exp``/``log`` stay
   correctly rounded, as the loss values must be exact to the last digits).
+
+Reductions: a loop that stores to memory never also carries a floating-point sum; the sum
+gets a loop of its own that only loads. With ``reassoc`` LLVM vectorizes the sum (lanes
+combined at the end: an order fixed by the trip count), but a loop that also stores runs its
+vector version only after a runtime check that the stores do not alias the loads, and for
+small arrays that check compares pointer *distances*: two distinct arrays that merely lie
+within 128 bytes of each other fail it, and the loop then sums in the scalar order. The bits
+of a result would then depend on heap addresses (one GLM shared by Python threads gave
+``hvp`` entries 1 ulp apart this way). tests/test_sum_order.py audits the kernels' LLVM IR.
 """
 
 import functools

@@ -63,6 +63,7 @@ def pass_k1(data, indices, indptr, starts, v, vb, mode, fam, y, a, cw, eta, r, h
             dacc = dbuf[c]
         tb = np.empty(BLOCK_ROWS)
         wb = np.empty(BLOCK_ROWS if diag else 1)
+        lb = np.empty(BLOCK_ROWS if mode != CURVATURE else 1)
         lsum = 0.0
         bsum = 0.0
         i0 = starts[c]
@@ -79,14 +80,18 @@ def pass_k1(data, indices, indptr, starts, v, vb, mode, fam, y, a, cw, eta, r, h
             for i in range(i0, i1):
                 s = tb[i - i0]
                 if mode != CURVATURE:
-                    t, li = _row_value_grad(fam, s + vb, y[i], a[i], i, eta, r, h)
-                    lsum += li
+                    t, lb[i - i0] = _row_value_grad(fam, s + vb, y[i], a[i], i, eta, r, h)
                     if diag:
                         wb[i - i0] = weighted(a[i], h[i])
                 else:
                     t = cw[i] * (s + vb)
-                bsum += t
                 tb[i - i0] = t
+            # the sums in loops that only load (see _jit, "Reductions")
+            for i in range(i0, i1):
+                bsum += tb[i - i0]
+            if mode != CURVATURE:
+                for i in range(i0, i1):
+                    lsum += lb[i - i0]
             for i in range(i0, i1):
                 t = tb[i - i0]
                 lo = np.uint64(indptr[i])

@@ -567,6 +567,8 @@ def pass_k1(X, starts, v, vb, mode, fam, y, a, cw, eta, r, h, lbuf, dbuf, gbuf, 
         w = np.zeros(4, dtype=X.dtype)
         t = np.zeros(4, dtype=X.dtype)
         s = np.zeros(4)
+        tv = np.zeros(4)  # t in float64, for the sum
+        lv = np.zeros(4)
         lsum = 0.0
         bsum = 0.0
         count = 0
@@ -582,13 +584,16 @@ def pass_k1(X, starts, v, vb, mode, fam, y, a, cw, eta, r, h, lbuf, dbuf, gbuf, 
             for q in range(nr):
                 row = i + q
                 if mode != CURVATURE:
-                    tq, lq = _row_value_grad(fam, s[q] + vb, y[row], a[row], row, eta, r, h)
-                    lsum += lq
+                    tq, lv[q] = _row_value_grad(fam, s[q] + vb, y[row], a[row], row, eta, r, h)
                     w[q] = weighted(a[row], h[row])
                 else:
                     tq = cw[row] * (s[q] + vb)
-                bsum += tq
+                tv[q] = tq
                 t[q] = tq
+            # the sums in a loop that only loads (see _jit, "Reductions")
+            for q in range(nr):
+                bsum += tv[q]
+                lsum += lv[q]
             if nr == 4:
                 _axpy4(X, i, t, acc)
                 if diag:

@@ -75,11 +75,13 @@ def softmax_row(eta, label, p, r):
     K = eta.shape[0]
     top = _argmax(eta)
     m = eta[top]
+    for k in range(K):
+        p[k] = math.exp(eta[k] - m)
+    # summed in a loop of its own (see _jit, "Reductions"): the order of the sum must not
+    # depend on where p lies in memory
     s = 0.0
     for k in range(K):
-        e = math.exp(eta[k] - m)
-        p[k] = e
-        s += e
+        s += p[k]
     # sum of the unnormalized probabilities of the classes other than the label,
     # summed directly so that p_label - 1 = -others / s keeps all its digits
     others = 0.0
