@@ -161,7 +161,8 @@ def pass_gen(data, indices, indptr, starts, V, vb, mode, fam, y, a, eta, r, h, D
 
 @jit(parallel=True)
 def weighted_sq_colsum(data, indices, indptr, starts, cw, gbuf):
-    """``gbuf[c][j, k] = sum_i cw[i, k] X[i, j]^2`` over the rows of chunk c; gbuf (C, d, K)."""
+    """``gbuf[c][j, k] = sum_i cw[i, k] X[i, j]^2`` over the rows of chunk c; gbuf (C, d, K),
+    in float64 (see ``glm_dense.weighted_sq_colsum``)."""
     n_chunks = starts.shape[0] - 1
     K = cw.shape[1]
     for c in prange(n_chunks):
@@ -170,10 +171,12 @@ def weighted_sq_colsum(data, indices, indptr, starts, cw, gbuf):
             lo = np.uint64(indptr[i])
             hi = np.uint64(indptr[i + 1])
             for p in range(lo, hi):
-                x2 = data[p] * data[p]
+                x = np.float64(data[p])  # exact, and no overflow, for float32 data
+                x2 = x * x
                 j = indices[p]
                 for k in range(K):
-                    acc[j, k] += x2 * cw[i, k]
+                    if cw[i, k] != 0.0:  # a weight of 0 adds nothing, whatever x
+                        acc[j, k] += x2 * cw[i, k]
 
 
 @jit(parallel=True)

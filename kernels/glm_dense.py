@@ -506,25 +506,28 @@ def _axpy1(X, i, t, acc):
 
 @jit
 def _sqaxpy4(X, i, w, acc):
-    """``acc += sum_r w[r] X[i + r]^2`` for r = 0..3."""
+    """``acc += sum_r w[r] X[i + r]^2`` for r = 0..3, in float64 (w and acc float64): the
+    square of a float32 ``x`` is exact there and cannot overflow, and a weight below float32's
+    range keeps its digits."""
     d = X.shape[1]
     w0 = w[0]
     w1 = w[1]
     w2 = w[2]
     w3 = w[3]
     for j in range(d):
-        x0 = X[i, j]
-        x1 = X[i + 1, j]
-        x2 = X[i + 2, j]
-        x3 = X[i + 3, j]
-        acc[j] += w0 * x0 * x0 + w1 * x1 * x1 + w2 * x2 * x2 + w3 * x3 * x3
+        x0 = np.float64(X[i, j])
+        x1 = np.float64(X[i + 1, j])
+        x2 = np.float64(X[i + 2, j])
+        x3 = np.float64(X[i + 3, j])
+        acc[j] += w0 * (x0 * x0) + w1 * (x1 * x1) + w2 * (x2 * x2) + w3 * (x3 * x3)
 
 
 @jit
 def _sqaxpy1(X, i, w, acc):
     d = X.shape[1]
     for j in range(d):
-        acc[j] += w * X[i, j] * X[i, j]
+        x = np.float64(X[i, j])
+        acc[j] += w * (x * x)
 
 
 @jit
@@ -563,8 +566,8 @@ def pass_k1(X, starts, v, vb, mode, fam, y, a, cw, eta, r, h, lbuf, dbuf, gbuf, 
     diag = mode == VALUE_GRAD_DIAG
     for c in prange(n_chunks):
         acc = np.zeros(d, dtype=X.dtype)
-        dacc = np.zeros(d if diag else 1, dtype=X.dtype)
-        w = np.zeros(4, dtype=X.dtype)
+        dacc = np.zeros(d if diag else 1)  # float64, see _sqaxpy4
+        w = np.zeros(4)
         t = np.zeros(4, dtype=X.dtype)
         s = np.zeros(4)
         tv = np.zeros(4)  # t in float64, for the sum
@@ -771,26 +774,25 @@ def pass_gen(X, starts, Vt, vb, mode, fam, y, a, eta, r, h, Dw, Q, qa, kind, m, 
 # ---------------------------------------------------------------------------- diagonal
 @jit(parallel=True)
 def weighted_sq_colsum(X, starts, cw, gbuf):
-    """Diagonal of a GLM curvature: ``gbuf[c][k, j] = sum_i cw[i, k] X[i, j]^2`` over chunk c."""
+    """Diagonal of a GLM curvature: ``gbuf[c][k, j] = sum_i cw[i, k] X[i, j]^2`` over chunk c.
+
+    In float64 whatever the data dtype: the square of a float32 ``x`` is exact and cannot
+    overflow, and a weight below float32's range (``a p (1 - p)`` at |eta| > ~87) keeps its
+    digits. A weight of 0 adds nothing, whatever ``x``.
+    """
     n_chunks = starts.shape[0] - 1
     d = X.shape[1]
     K = cw.shape[1]
     for c in prange(n_chunks):
-        acc = np.zeros((K, d), dtype=X.dtype)
-        tcast = np.zeros(K, dtype=X.dtype)
-        count = 0
+        acc = gbuf[c]
         for i in range(starts[c], starts[c + 1]):
             for k in range(K):
-                tcast[k] = cw[i, k]
-            for k in range(K):
-                t = tcast[k]
+                t = cw[i, k]
+                if t == 0.0:
+                    continue
                 for j in range(d):
-                    acc[k, j] += t * (X[i, j] * X[i, j])
-            count += 1
-            if count == FLUSH:
-                _flush(acc, gbuf[c])
-                count = 0
-        _flush(acc, gbuf[c])
+                    x = np.float64(X[i, j])
+                    acc[k, j] += t * (x * x)
 
 
 # ----------------------------------------------------------------------------- forward

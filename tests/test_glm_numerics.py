@@ -529,3 +529,72 @@ def test_float32_vjp_sums_many_rows_in_float64(sparse):
     assert out.dtype == np.float32
     err = np.abs(out.astype(np.float64) - ref) / np.abs(ref)
     assert np.max(err) <= 2 * EPS32, np.max(err)
+
+
+@pytest.mark.parametrize("fused", [False, True], ids=["own-pass", "fused"])
+@pytest.mark.parametrize("sparse", [False, True], ids=["dense", "csr"])
+def test_float32_diagonals_square_and_weigh_in_float64(sparse, fused):
+    """The exact diagonal ``(1/W) Σ w_i ℓ''_i x_ij²`` of float32 data is summed in float64:
+
+    * at |η| = 100 the per-row weights ``ℓ'' ≈ e^-100`` lie below float32's range; the dense
+      pass rounded them to float32 and returned 0 for a diagonal entry of 3.7e-36;
+    * ``x = 2e19`` has a square beyond float32's range but the entry (~6e37) is finite; the
+      pass squared in float32 and raised a false overflow error.
+
+    The reference is the float64 twin on the same float32-exact numbers: within 2 eps32 (the
+    float32 rounding of the result). ``fused``: the diagonal comes from the value-and-gradient
+    pass (``fuse_diag``, as ``newton_cg`` with the Jacobi preconditioner asks)."""
+    rng = np.random.default_rng(3)
+    n = 600
+    y = (rng.random(n) < 0.5).astype(float)
+    for scale, theta in ((1e4, [0.01, 0.0]), (2e19, [0.0, 0.1])):
+        X = (scale * rng.uniform(0.5, 1.0, (n, 1))).astype(np.float32)
+        if scale == 1e4:
+            X[:] = 1e4  # eta = 100 on every row
+        p32 = fc.GLM(sp.csr_matrix(X) if sparse else X, y)
+        p64 = fc.GLM(X.astype(np.float64), y)
+        th = np.array(theta)
+        ref = p64.hessian_diag(th)
+        for p in (p32, p64):
+            p.fuse_diag = fused
+            p.value_and_grad(th.astype(p.dtype))
+        out = p32.hessian_diag(th.astype(np.float32))
+        # the intercept entry of the first case (3.7e-44) is a float32 subnormal: its spacing
+        np.testing.assert_allclose(out, ref, rtol=2 * EPS32, atol=1.5e-45, err_msg=str(scale))
+        np.testing.assert_allclose(p32.ggn_diag(th.astype(np.float32)), ref, rtol=2 * EPS32,
+                                   atol=1.5e-45)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("sparse", [False, True], ids=["dense", "csr"])
+def test_a_zero_weight_row_with_a_huge_x_adds_nothing_to_the_diagonals(sparse, dtype):
+    """A row of weight 0 whose ``x`` squares to inf (float64: 1e160; float32: 3e38, whose
+    float64 square is finite) adds nothing (its weight times ``x²`` was ``0 · inf = NaN``)."""
+    rng = np.random.default_rng(4)
+    n = 300
+    x = rng.standard_normal(n)
+    y = (rng.random(n) < 0.5).astype(float)
+    big = 1e160 if dtype == np.float64 else 3e38
+    X = np.r_[x, big][:, None].astype(dtype)
+    p = fc.GLM(sp.csr_matrix(X) if sparse else X, np.r_[y, 1.0],
+               sample_weight=np.r_[np.ones(n), 0.0])
+    q = fc.GLM(x[:, None].astype(dtype), y)
+    th = np.array([1e-200 if dtype == np.float64 else 0.0, 0.2], dtype=dtype)
+    tol = 2 * float(np.finfo(dtype).eps)
+    for name in ("hessian_diag", "ggn_diag", "fisher_diag"):
+        np.testing.assert_allclose(getattr(p, name)(th), getattr(q, name)(th), rtol=tol,
+                                   err_msg=name)
+
+
+def test_a_zero_weight_row_with_a_huge_residual_adds_nothing_to_the_fisher_product():
+    """Gaussian row of weight 0 with target 1e200: its ``r² = inf``, weighted by 0, was NaN in
+    ``fisher_vp`` (a false overflow error); it adds nothing."""
+    rng = np.random.default_rng(6)
+    n = 50
+    X = rng.standard_normal((n + 1, 2))
+    y = np.r_[rng.standard_normal(n), 1e200]
+    p = fc.GLM(X, y, family="gaussian", sample_weight=np.r_[np.ones(n), 0.0])
+    q = fc.GLM(X[:n], y[:n], family="gaussian")
+    th, v = np.array([0.1, -0.2, 0.3]), np.array([1.0, 2.0, -1.0])
+    np.testing.assert_allclose(p.fisher_vp(th, v), q.fisher_vp(th, v), rtol=1e-14)
+    np.testing.assert_allclose(p.fisher_diag(th), q.fisher_diag(th), rtol=1e-14)

@@ -445,7 +445,8 @@ class GLM:
         a = self._a
         r = self._rows_of(st, "r")
         if self._K == 1 and m == 1:
-            w = ("k1", a * r[:, 0] ** 2)
+            # (a r) r: a row of weight 0 gives 0 also where r² overflows
+            w = ("k1", a * r[:, 0] * r[:, 0])
         else:
             w = ("gen", np.zeros_like(r), r, a, CURV_RANK1, m)
         st._cache[key] = w
