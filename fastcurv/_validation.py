@@ -42,6 +42,22 @@ def check_damping_fits(damping, dtype):
                          f"({top:.3g}) of this operator; use a smaller damping or float64 data")
 
 
+def plain_array(a, name):
+    """``np.asarray(a)``, refusing what it would silently misread: a masked array (its mask
+    would be dropped) and a scipy.sparse matrix (it becomes a 0-d object array)."""
+    if isinstance(a, np.ma.MaskedArray):
+        raise TypeError(
+            f"{name} is a masked array, whose mask fastcurv would ignore; pass a plain array "
+            f"({name}.filled(value), or the data without the masked rows)"
+        )
+    if sp.issparse(a):
+        raise TypeError(
+            f"{name} must be a dense array, got a scipy.sparse {a.format.upper()} matrix; "
+            f"pass {name}.toarray()"
+        )
+    return np.asarray(a)
+
+
 def check_finite_1d(a, name):
     """Raise ``ValueError`` naming the first NaN/inf entry of a 1-D float array."""
     if a.size == 0:
@@ -74,7 +90,7 @@ def _float_dtype_of(arr, name):
 
 def check_dense_X(X):
     """A 2-D float32/float64 ndarray view of ``X`` (no copy for float data, memmaps included)."""
-    arr = np.asarray(X)
+    arr = plain_array(X, "X")
     if arr.ndim != 2:
         raise ValueError(f"X must be 2-D (n_samples, n_features), got shape {arr.shape}")
     if arr.shape[0] < 1 or arr.shape[1] < 1:
@@ -180,7 +196,7 @@ def check_sample_weight(sample_weight, n, dtype=np.float64):
     """Float64 weights of shape (n,), finite, non-negative and not all zero."""
     if sample_weight is None:
         return np.ones(n, dtype=np.float64)
-    w = np.asarray(sample_weight)
+    w = plain_array(sample_weight, "sample_weight")
     if w.ndim != 1 or w.shape[0] != n:
         raise ValueError(
             f"sample_weight must have shape ({n},) to match X, got {np.shape(sample_weight)}"
@@ -236,7 +252,7 @@ def check_subset_weights(w, idx):
 
 def check_vector(v, n_params, dtype, name, *, allow_block=False):
     """``v`` as a contiguous array of ``dtype``, shape (P,) or (P, m) if ``allow_block``."""
-    arr = np.asarray(v)
+    arr = plain_array(v, name)
     if arr.dtype.kind not in "biuf":
         raise TypeError(f"{name} must be a real array, got dtype {arr.dtype}")
     ok = arr.ndim == 1 or (allow_block and arr.ndim == 2)

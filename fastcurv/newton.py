@@ -541,6 +541,9 @@ def newton_cg(p, theta0=None, *, gtol=1e-8, max_iter=100, method="line-search",
     """
     _check_preconditioner(preconditioner, method)
     _check_problem(p, curvature, preconditioner)
+    if callback is not None and not callable(callback):
+        raise TypeError(f"callback must be callable as callback(theta, info) or None, "
+                        f"got {callback!r}")
     fuse = (isinstance(preconditioner, str) and preconditioner == "diag"
             and curvature == "hessian" and hasattr(p, "fuse_diag"))
     before = p.fuse_diag if fuse else None

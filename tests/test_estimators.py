@@ -83,6 +83,13 @@ def test_non_square_operator():
         fc.hutchinson_diag(aslinearoperator(np.ones((3, 4))), 4)
 
 
+def test_a_problem_instead_of_an_operator_is_named():
+    X = np.random.default_rng(0).standard_normal((30, 2))
+    p = fc.GLM(X, (X[:, 0] > 0).astype(float))
+    with pytest.raises(TypeError, match=r"got the problem GLM.*HessianOperator\(p, theta\)"):
+        fc.hutchinson_diag(p, 4)
+
+
 def test_dense_and_sparse_matrices_are_operators():
     """Like ``trace`` and ``top_eigenvalues``, ``hutchinson_diag`` takes a dense array or a
     sparse matrix directly (a diagonal matrix is recovered exactly by any probe)."""

@@ -382,6 +382,17 @@ BAD_CONSTRUCTION = {
     "coo-row-out-of-range": (dict(X=_broken_other("coo-row"), y=Y0), ValueError,
                              r"broken COO"),
     "coo-col-negative": (dict(X=_broken_other("coo-col"), y=Y0), ValueError, r"broken COO"),
+    # np.asarray would drop the mask, or make a 0-d object array of a sparse matrix
+    "X-masked": (dict(X=np.ma.masked_array(X0, mask=X0 > 1), y=Y0), TypeError,
+                 r"X is a masked array.*filled"),
+    "y-masked": (dict(X=X0, y=np.ma.masked_array(Y0, mask=Y0 > 0)), TypeError,
+                 r"y is a masked array"),
+    "y-sparse": (dict(X=X0, y=sp.csr_matrix(Y0[:, None])), TypeError,
+                 r"y must be a dense.*toarray"),
+    "weights-masked": (dict(X=X0, y=Y0, sample_weight=np.ma.masked_array(np.ones(20))),
+                       TypeError, r"sample_weight is a masked array"),
+    "weights-sparse": (dict(X=X0, y=Y0, sample_weight=sp.csr_matrix(np.ones((20, 1)))),
+                       TypeError, r"sample_weight must be a dense"),
 }
 
 
@@ -451,6 +462,12 @@ BAD_CALLS = {
                       "shape"),
     "with_data-y-short": (lambda p, t, P, n, K: p.with_data(X0, YM[:-1]), ValueError,
                           r"\by\b"),
+    "theta-masked": (lambda p, t, P, n, K: p.grad(np.ma.masked_array(t, mask=t > 0)),
+                     TypeError, "theta is a masked array"),
+    "v-sparse": (lambda p, t, P, n, K: p.hvp(t, sp.csr_matrix(t[:, None])), TypeError,
+                 r"v must be a dense.*toarray"),
+    "v-masked": (lambda p, t, P, n, K: p.hvp(t, np.ma.masked_array(t)), TypeError,
+                 "v is a masked array"),
 }
 
 

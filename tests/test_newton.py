@@ -504,6 +504,8 @@ def test_invalid_problem_and_preconditioner_types():
         fc.newton_cg(p, preconditioner=np.ones(p.n_params))
     with pytest.raises(TypeError, match="problem"):
         fc.newton_cg(None)
+    with pytest.raises(TypeError, match="callback must be callable"):  # not after a step
+        fc.newton_cg(p, callback=3)
     with pytest.raises(TypeError, match="problem"):
         fc.HessianOperator(None, np.zeros(3))
     # a preconditioner operator of the wrong shape or a complex one is refused before any

@@ -50,6 +50,11 @@ def _as_operator(op):
     operator's own float32/float64, float64 for anything else (integers, unknown).
     """
     shape = getattr(op, "shape", None)
+    if shape is None and hasattr(op, "hvp") and hasattr(op, "n_params"):
+        raise TypeError(
+            f"op must be an operator, got the problem {type(op).__name__}; pass the curvature "
+            "at a point, e.g. fc.HessianOperator(p, theta) (the exact diagonal of a small "
+            "problem is p.hessian_diag(theta))")
     if shape is None or len(shape) != 2 or shape[0] != shape[1]:
         raise ValueError(f"op must be a square (P, P) operator, got shape {shape}")
     P = int(shape[0])

@@ -5,7 +5,7 @@ The loss formulas themselves live in :mod:`fastcurv.kernels.losses`.
 
 import numpy as np
 
-from .._validation import make_rng
+from .._validation import make_rng, plain_array
 from ..kernels.losses import GAUSSIAN, LOGISTIC, MULTINOMIAL, POISSON
 
 #: multinomial labels are class indices below this (exact in float64, and no plausible K)
@@ -34,7 +34,7 @@ def prepare_targets(family, y, n, n_classes=None, classes_from="n_classes"):
       K is ``n_classes`` or, if None, ``max(y) + 1``; ``classes_from`` names the argument
       that sets K in error messages (an MLP's ``sizes[-1]``).
     """
-    arr = np.asarray(y)
+    arr = plain_array(y, "y")
     if arr.dtype.kind not in "biuf":
         raise TypeError(f"y must be numeric, got dtype {arr.dtype}")
     if arr.ndim == 0 or arr.shape[0] != n or arr.ndim > 2:
