@@ -96,8 +96,8 @@ def pass_k1(data, indices, indptr, starts, v, vb, mode, fam, y, a, cw, eta, r, h
                 t = tb[i - i0]
                 lo = np.uint64(indptr[i])
                 hi = np.uint64(indptr[i + 1])
-                if diag:
-                    w = wb[i - i0]
+                w = wb[i - i0] if diag else 0.0
+                if w != 0.0:  # (a row of weight 0 adds nothing, whatever its x)
                     for p in range(lo, hi):
                         x = data[p]
                         acc[indices[p]] += t * x

@@ -508,7 +508,8 @@ def _axpy1(X, i, t, acc):
 def _sqaxpy4(X, i, w, acc):
     """``acc += sum_r w[r] X[i + r]^2`` for r = 0..3, in float64 (w and acc float64): the
     square of a float32 ``x`` is exact there and cannot overflow, and a weight below float32's
-    range keeps its digits."""
+    range keeps its digits. Rows of weight 0 are left to the caller (``0 · x²`` is NaN where
+    ``x²`` overflows float64)."""
     d = X.shape[1]
     w0 = w[0]
     w1 = w[1]
@@ -600,11 +601,16 @@ def pass_k1(X, starts, v, vb, mode, fam, y, a, cw, eta, r, h, lbuf, dbuf, gbuf, 
             if nr == 4:
                 _axpy4(X, i, t, acc)
                 if diag:
-                    _sqaxpy4(X, i, w, dacc)
+                    if w[0] != 0.0 and w[1] != 0.0 and w[2] != 0.0 and w[3] != 0.0:
+                        _sqaxpy4(X, i, w, dacc)
+                    else:  # a row of weight 0 adds nothing, whatever its x
+                        for q in range(4):
+                            if w[q] != 0.0:
+                                _sqaxpy1(X, i + q, w[q], dacc)
             else:
                 for q in range(nr):
                     _axpy1(X, i + q, t[q], acc)
-                    if diag:
+                    if diag and w[q] != 0.0:
                         _sqaxpy1(X, i + q, w[q], dacc)
             i += nr
             count += nr

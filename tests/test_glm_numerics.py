@@ -565,11 +565,13 @@ def test_float32_diagonals_square_and_weigh_in_float64(sparse, fused):
                                    atol=1.5e-45)
 
 
+@pytest.mark.parametrize("fused", [False, True], ids=["own-pass", "fused"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("sparse", [False, True], ids=["dense", "csr"])
-def test_a_zero_weight_row_with_a_huge_x_adds_nothing_to_the_diagonals(sparse, dtype):
+def test_a_zero_weight_row_with_a_huge_x_adds_nothing_to_the_diagonals(sparse, dtype, fused):
     """A row of weight 0 whose ``x`` squares to inf (float64: 1e160; float32: 3e38, whose
-    float64 square is finite) adds nothing (its weight times ``x²`` was ``0 · inf = NaN``)."""
+    float64 square is finite) adds nothing (its weight times ``x²`` was ``0 · inf = NaN``).
+    ``fused``: the Hessian diagonal from the value-and-gradient pass."""
     rng = np.random.default_rng(4)
     n = 300
     x = rng.standard_normal(n)
@@ -581,6 +583,9 @@ def test_a_zero_weight_row_with_a_huge_x_adds_nothing_to_the_diagonals(sparse, d
     q = fc.GLM(x[:, None].astype(dtype), y)
     th = np.array([1e-200 if dtype == np.float64 else 0.0, 0.2], dtype=dtype)
     tol = 2 * float(np.finfo(dtype).eps)
+    if fused:
+        p.fuse_diag = True
+        p.value_and_grad(th)
     for name in ("hessian_diag", "ggn_diag", "fisher_diag"):
         np.testing.assert_allclose(getattr(p, name)(th), getattr(q, name)(th), rtol=tol,
                                    err_msg=name)
