@@ -11,18 +11,28 @@ found (another BLAS, another platform) it does nothing.
 
 import ctypes
 import os
+import threading
 
 _LIB = None
 _SEARCHED = False
 _DISABLED = bool(os.environ.get("FASTCURV_NO_BLAS_THREAD_CONTROL"))
+_LOCK = threading.Lock()
+_USERS = 0  # calls between one_thread and restore
+_SAVED = 0  # the thread count to restore when the last of them ends (0: none)
 
 
 def _find():
-    """SciPy's OpenBLAS as a ctypes handle with (get, set) thread functions, or None."""
+    """SciPy's OpenBLAS as a ctypes handle with (get, set) thread functions, or None; searched
+    once (under the lock: a thread must not see the search begun and its result not yet)."""
     global _LIB, _SEARCHED
-    if _SEARCHED:
-        return _LIB
-    _SEARCHED = True
+    with _LOCK:
+        if not _SEARCHED:
+            _LIB = _search()
+            _SEARCHED = True
+    return _LIB
+
+
+def _search():
     try:
         import scipy.linalg.cython_blas  # noqa: F401  (loads the library)
 
@@ -44,29 +54,41 @@ def _find():
             if get is not None and set_ is not None:
                 get.restype = ctypes.c_int
                 set_.argtypes = [ctypes.c_int]
-                _LIB = (get, set_)
-                return _LIB
+                return get, set_
     return None
 
 
 def one_thread():
-    """Switch SciPy's BLAS to one thread; returns the previous count, to be given to
-    :func:`restore` (0 if nothing was changed: the library not found, or already one
-    thread). Plain functions rather than a context manager: this runs around every call of a
-    small model, where a generator-based ``with`` costs a microsecond."""
+    """Switch SciPy's BLAS to one thread; returns a token for :func:`restore` (0 if nothing
+    is controlled: the library not found, or control turned off). Calls may overlap (one
+    problem per Python thread): the first switches, the last restores the count it found,
+    so none runs threaded BLAS while another still needs one thread (a call ending early
+    used to restore two threads under a call still running, whose bits then changed).
+    Plain functions rather than a context manager: this runs around every call of a small
+    model, where a generator-based ``with`` costs a microsecond."""
+    global _USERS, _SAVED
     if _DISABLED:
         return 0
     lib = _LIB if _SEARCHED else _find()
     if lib is None:
         return 0
-    before = lib[0]()
-    if before <= 1:
-        return 0
-    lib[1](1)
-    return before
+    with _LOCK:
+        _USERS += 1
+        if _USERS == 1:
+            before = lib[0]()
+            _SAVED = before if before > 1 else 0
+            if _SAVED:
+                lib[1](1)
+    return 1
 
 
-def restore(before):
-    """Undo :func:`one_thread`."""
-    if before:
-        _LIB[1](before)
+def restore(token):
+    """Undo :func:`one_thread` (the count comes back when the last overlapping call ends)."""
+    global _USERS, _SAVED
+    if not token:
+        return
+    with _LOCK:
+        _USERS -= 1
+        if _USERS == 0 and _SAVED:
+            _LIB[1](_SAVED)
+            _SAVED = 0

@@ -2,6 +2,7 @@
 
 import math
 import numbers
+import threading
 
 import numpy as np
 import scipy.sparse as sp
@@ -124,6 +125,20 @@ def _check_activations(activation, n_hidden):
     return tuple(names[:n_hidden])
 
 
+class _Buffers:
+    """One thread's row-block buffers of an :class:`MLP` and the pass they hold."""
+
+    __slots__ = ("ws", "wsargs", "state", "state_theta", "prev_level", "gen")
+
+    def __init__(self, n_params, dtype, gen):
+        self.ws = None  # the named buffers (MLP._workspace)
+        self.wsargs = None  # the buffers packed as K_.run's arguments
+        self.state = None  # what the buffers hold at state_theta (MLP._LEAVES), or None
+        self.state_theta = np.empty(n_params, dtype=dtype)
+        self.prev_level = 0
+        self.gen = gen
+
+
 class MLP:
     r"""A multilayer perceptron with a loss, an L2 penalty and sample weights.
 
@@ -165,8 +180,9 @@ class MLP:
     inside CG an HVP costs only its R-forward and R-backward passes. Results are bitwise the
     same as without the reuse. For small blocks (fewer than 2²² multiply-adds per pass) and
     for chunked runs SciPy's OpenBLAS is switched to one thread during the call
-    (``FASTCURV_NO_BLAS_THREAD_CONTROL=1`` turns that off). A problem object is not meant to
-    be shared between threads.
+    (``FASTCURV_NO_BLAS_THREAD_CONTROL=1`` turns that off). Python threads may share a
+    problem: each computes in row-block buffers of its own (allocated at its first call)
+    and gets the bits of a call made alone.
 
     Parameters
     ----------
@@ -279,12 +295,10 @@ class MLP:
         for l in range(L):
             mask[self._poff[l]:self._poff[l] + self.sizes[l] * self.sizes[l + 1]] = 1.0
         self._wmask = mask
-        self._ws = None
-        self._wsargs = None
         self._dargs = None
-        self._state = None
-        self._state_theta = np.empty(self.n_params, dtype=self.dtype)
-        self._prev_level = 0
+        self._head = self._mid = None  # the kernels' packed problem arguments
+        self._tls = threading.local()  # each thread's row-block buffers (_Buffers)
+        self._gen = 0  # raised when the problem changes (l2): every thread's state is stale
 
     # ------------------------------------------------------------------ attributes
     @property
@@ -321,11 +335,19 @@ class MLP:
         them, each problem took the other's pass for its own at a θ it had recorded."""
         new = object.__new__(type(self))
         new.__dict__.update(self.__dict__)
-        new._ws = None
-        new._wsargs = None
-        new._forget()
-        new._state_theta = np.empty_like(self._state_theta)
+        new._tls = threading.local()
         return new
+
+    @property
+    def _b(self):
+        """This thread's :class:`_Buffers`: threads sharing one problem each compute in their
+        own buffers (sharing them, one thread's pass overwrote another's mid-call)."""
+        b = getattr(self._tls, "b", None)
+        if b is None:
+            b = self._tls.b = _Buffers(self.n_params, self.dtype, self._gen)
+        elif b.gen != self._gen:
+            b.state, b.prev_level, b.gen = None, 0, self._gen
+        return b
 
     def __repr__(self):
         kind = "CSR" if self._sparse else "dense"
@@ -385,47 +407,51 @@ class MLP:
         return val.check_vector(theta, self.n_params, self.dtype, "theta")
 
     # ------------------------------------------------------------------ kernel calls
-    def _workspace(self, want_sq=False):
-        """Row-block buffers, allocated once and reused by every call."""
-        if self._ws is None:
+    def _workspace(self, want_sq=False, b=None):
+        """This thread's row-block buffers (``b``: its :class:`_Buffers`, if known), allocated
+        once and reused by its every call."""
+        if b is None:
+            b = self._b
+        if b.ws is None:
             B, dt = self._capacity, self.dtype
             C = len(self._starts) - 1
             S = int(self._aoff[-1])
             wmax = max(self.sizes[1:])
             L = len(self.sizes) - 1
             gt = max((self.sizes[l] + 1) * self.sizes[l + 1] for l in range(L))
-            self._ws = {name: np.empty(S, dtype=dt) for name in ("Z", "DP", "RZ")}
-            self._ws["D"] = np.empty(2 * S, dtype=dt)
-            self._ws["H"] = np.zeros(max(2 * B * sum(w + 1 for w in self.sizes[1:L]), 1),
+            b.ws = {name: np.empty(S, dtype=dt) for name in ("Z", "DP", "RZ")}
+            b.ws["D"] = np.empty(2 * S, dtype=dt)
+            b.ws["H"] = np.zeros(max(2 * B * sum(w + 1 for w in self.sizes[1:L]), 1),
                                      dtype=dt)
-            self._ws["ones"] = np.ones(B, dtype=dt)
-            self._ws["T"] = np.empty(B * wmax, dtype=dt)
-            self._ws["T2"] = np.empty(B * wmax, dtype=dt)
-            self._ws["GTs"] = np.empty((C, gt), dtype=dt)
-            self._ws["GT"] = self._ws["GTs"][0]
-            self._ws["HS"] = np.empty((B, self.n_outputs))
-            self._ws["SQ"] = np.empty(1, dtype=dt)
-            self._ws["V0"] = np.zeros((1, self.n_params), dtype=dt)
-            self._ws["U0"] = np.zeros((1, 1, self.n_outputs), dtype=dt)
-            self._ws["outs1"] = np.zeros((C, 1, self.n_params), dtype=dt)
-            self._ws["accs1"] = np.zeros((C, 1, self.n_params) if self._acc64 else (1, 1, 1))
-            self._ws["out1"] = self._ws["outs1"][0]
-            self._ws["losses"] = np.zeros(C)
-        if want_sq and self._ws["SQ"].shape[0] < max(int(self._qoff[-1]), 1):
-            self._ws["SQ"] = np.empty(int(self._qoff[-1]), dtype=self.dtype)
-            self._wsargs = None
-        if self._wsargs is None:
+            b.ws["ones"] = np.ones(B, dtype=dt)
+            b.ws["T"] = np.empty(B * wmax, dtype=dt)
+            b.ws["T2"] = np.empty(B * wmax, dtype=dt)
+            b.ws["GTs"] = np.empty((C, gt), dtype=dt)
+            b.ws["GT"] = b.ws["GTs"][0]
+            b.ws["HS"] = np.empty((B, self.n_outputs))
+            b.ws["SQ"] = np.empty(1, dtype=dt)
+            b.ws["V0"] = np.zeros((1, self.n_params), dtype=dt)
+            b.ws["U0"] = np.zeros((1, 1, self.n_outputs), dtype=dt)
+            b.ws["outs1"] = np.zeros((C, 1, self.n_params), dtype=dt)
+            b.ws["accs1"] = np.zeros((C, 1, self.n_params) if self._acc64 else (1, 1, 1))
+            b.ws["out1"] = b.ws["outs1"][0]
+            b.ws["losses"] = np.zeros(C)
+        if want_sq and b.ws["SQ"].shape[0] < max(int(self._qoff[-1]), 1):
+            b.ws["SQ"] = np.empty(int(self._qoff[-1]), dtype=self.dtype)
+            b.wsargs = None
+        if b.wsargs is None:
             # argument groups of K_.run, packed once (each call of a small model counts)
-            ws = self._ws
+            ws = b.ws
             C = len(self._starts) - 1
-            self._wsargs = (ws["Z"], ws["H"], ws["D"], ws["DP"], ws["RZ"],
+            b.wsargs = (ws["Z"], ws["H"], ws["D"], ws["DP"], ws["RZ"],
                             ws["T"].reshape(C, -1), ws["T2"].reshape(C, -1), ws["GTs"],
                             ws["HS"].reshape(C, -1, self.n_outputs), ws["SQ"], ws["ones"],
                             ws["losses"])
+        if self._head is None:
             self._head = (*self._data_args(), self._lc, self._y2, self._cw, self.l2)
             self._mid = (self._sizes, self._acts, self._poff, self._aoffs, self._hoffs,
                          self._qoffs, self._starts, self._chunk_block)
-        return self._ws
+        return b.ws
 
     def _data_args(self):
         if getattr(self, "_dargs", None) is not None:
@@ -454,7 +480,8 @@ class MLP:
                 total, out[j:k] = self._run(mode, theta, None if V is None else V[j:k],
                                             None if U is None else U[j:k], k - j, J)
             return total, out
-        ws = self._workspace(want_sq=mode == K_.GGN_DIAG)
+        b = self._b
+        ws = self._workspace(mode == K_.GGN_DIAG, b)
         V = ws["V0"] if V is None else V
         U = ws["U0"] if U is None else U
         J = ws["U0"] if J is None else J
@@ -471,17 +498,17 @@ class MLP:
             accs.fill(0.0)
         else:
             accs = np.zeros((C, m_out, P))
-        skip = self._reusable(mode, theta)
-        self._state = None  # invalid while the buffers are being rewritten
+        skip = self._reusable(b, theta, mode)
+        b.state = None  # invalid while the buffers are being rewritten
         # BLAS on one thread always: a threaded GEMM splits the row sums (h̃ᵀδ) by thread
         # count, which changed the last bits of a gradient with the thread count
         before = _blas.one_thread()
         try:
             loss, pen = K_.run(mode, *self._head, theta, *self._mid, V, U, outs, self._acc64,
-                               accs, J, *self._wsargs, skip)
+                               accs, J, *b.wsargs, skip)
         finally:
             _blas.restore(before)
-        self._remember(mode, theta, skip)
+        self._remember(b, mode, theta, skip)
         total = loss + pen
         if mode != K_.VALUE:
             res = J if mode == K_.JVP else outs[0]
@@ -522,26 +549,26 @@ class MLP:
     _LEAVES = {K_.VALUE: 1, K_.VALUE_GRAD: 2, K_.HVP: 2, K_.GGN: 1, K_.JVP: 1, K_.VJP: 1,
                K_.FISHER: 1, K_.GGN_DIAG: 1}
 
-    def _reusable(self, mode, theta):
-        st = self._state
+    def _reusable(self, b, theta, mode):
+        st = b.state
         if st is None or not self._one_block:
             return 0
-        if not same_values(theta, self._state_theta):
+        if not same_values(theta, b.state_theta):
             return 0
         return 2 if mode == K_.HVP and st >= 2 else 1
 
-    def _remember(self, mode, theta, skip):
+    def _remember(self, b, mode, theta, skip):
         if not self._one_block:
             return
-        prev = self._prev_level if skip else 0
+        prev = b.prev_level if skip else 0
         if mode in (K_.VALUE, K_.JVP):
             level = max(1, prev)  # the backward state, if any, is untouched (or rewritten equal)
         else:
             level = self._LEAVES[mode]
         if not skip:
-            self._state_theta[:] = theta
-        self._state = level
-        self._prev_level = level
+            b.state_theta[:] = theta
+        b.state = level
+        b.prev_level = level
 
     @property
     def l2(self):
@@ -551,13 +578,15 @@ class MLP:
     @l2.setter
     def l2(self, value):
         self._l2 = val.as_float_scalar(value, "l2", low=0.0)
-        self._wsargs = None  # the kernels' packed arguments hold λ: pack them again
-        self._forget()
+        self._head = None  # the kernels' packed arguments hold λ: pack them again
+        self._gen += 1  # and no thread reuses a pass of before
 
     def _forget(self):
-        """Buffers rewritten outside :meth:`_run`: nothing in them can be reused."""
-        self._state = None
-        self._prev_level = 0
+        """This thread's buffers rewritten outside :meth:`_run`: nothing in them can be
+        reused."""
+        b = self._b
+        b.state = None
+        b.prev_level = 0
 
     def _block(self, v, name="v"):
         """``v`` (P,) or (P, m) as a C-contiguous (m, P) array of the problem dtype."""
@@ -893,7 +922,7 @@ class MLP:
             return self._X[s:e]
         nb, w = e - s, self.sizes[l] + 1
         o = self._hoff[l - 1]
-        return self._ws["H"][o:o + 2 * nb * w].reshape(2 * nb, w)[:nb]
+        return self._b.ws["H"][o:o + 2 * nb * w].reshape(2 * nb, w)[:nb]
 
     def _diverging_message(self, theta):
         """Why the loss has no finite minimizer, or None (asked by ``newton_cg`` before each
