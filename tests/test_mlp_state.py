@@ -161,7 +161,8 @@ def test_threads_sharing_one_problem_get_the_bits_of_a_lone_call():
         def work(k, p=p, thetas=thetas, v=v, ref=ref, wrong=wrong):
             for _ in range(30):
                 got = (p.grad(thetas[k]), p.hvp(thetas[k], v), p.ggn_vp(thetas[k], v))
-                wrong.extend(name for name, a, b in zip(("grad", "hvp", "ggn"), got, ref[k])
+                wrong.extend(name for name, a, b in zip(("grad", "hvp", "ggn"), got, ref[k],
+                                                        strict=True)
                               if not np.array_equal(a, b))
 
         _in_threads(work, 4)
@@ -187,7 +188,7 @@ def test_overlapping_calls_keep_blas_on_one_thread():
             for _ in range(40 if k == 0 else 2000):
                 if k == 0:
                     got = (big.grad(th), big.hvp(th, v))
-                    wrong.extend(not np.array_equal(a, b) for a, b in zip(got, ref))
+                    wrong.extend(not np.array_equal(a, b) for a, b in zip(got, ref, strict=True))
                 else:
                     small.grad(ts)
 

@@ -422,7 +422,7 @@ class MLP:
             b.ws = {name: np.empty(S, dtype=dt) for name in ("Z", "DP", "RZ")}
             b.ws["D"] = np.empty(2 * S, dtype=dt)
             b.ws["H"] = np.zeros(max(2 * B * sum(w + 1 for w in self.sizes[1:L]), 1),
-                                     dtype=dt)
+                                 dtype=dt)
             b.ws["ones"] = np.ones(B, dtype=dt)
             b.ws["T"] = np.empty(B * wmax, dtype=dt)
             b.ws["T2"] = np.empty(B * wmax, dtype=dt)
