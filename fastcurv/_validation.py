@@ -33,6 +33,22 @@ def as_float_scalar(value, name, *, low=None, allow_equal=True):
     return value
 
 
+def as_int(value, name, *, low=1, none_ok=False):
+    """``int(value)`` for an integer ``>= low`` (``None`` passed through if ``none_ok``).
+
+    ``TypeError`` for anything that is not an integer (bools and integral floats such as
+    ``2.0`` included: a count is never silently truncated), ``ValueError`` below ``low``."""
+    if value is None and none_ok:
+        return None
+    what = ("a positive integer" if low == 1 else "a non-negative integer" if low == 0
+            else f"an integer >= {low}") + (" or None" if none_ok else "")
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be {what}, got {value!r}")
+    if value < low:
+        raise ValueError(f"{name} must be {what}, got {value!r}")
+    return int(value)
+
+
 def check_damping_fits(damping, dtype):
     """Refuse a damping the operator's dtype cannot hold (a float32 operator multiplied every
     vector by inf from 3.4e38 on, with only numpy's RuntimeWarning)."""

@@ -34,7 +34,7 @@ import time
 import numpy as np
 from scipy.sparse.linalg import LinearOperator, cg
 
-from ._validation import as_float_scalar, make_rng
+from ._validation import as_float_scalar, as_int, make_rng
 
 APPROXIMATIONS = ("diag_hessian", "diag_ggn", "diag_ggn_mc", "empirical_fisher", "kfac",
                   "ekfac", "block_ggn")
@@ -311,7 +311,6 @@ def compare(p, theta, approximations=APPROXIMATIONS, reference="ggn", *, damping
     """
     from .estimators.density import spectral_density
     from .estimators.eigen import top_eigenvalues
-    from .estimators.trace_estimators import _positive_int
     from .estimators.trace_estimators import trace as trace_est
 
     if reference not in ("ggn", "hessian"):
@@ -321,12 +320,12 @@ def compare(p, theta, approximations=APPROXIMATIONS, reference="ggn", *, damping
                         f"{approximations!r}; pass [{approximations!r}]")
     damping = as_float_scalar(damping, "damping", low=0.0)
     rtol = as_float_scalar(rtol, "rtol", low=0.0, allow_equal=False)
-    dense_limit = _positive_int(dense_limit, "dense_limit", low=0)
-    maxiter = _positive_int(maxiter, "maxiter")
-    n_probes = _positive_int(n_probes, "n_probes")
-    hutch_probes = _positive_int(hutch_probes, "hutch_probes")
-    density_probes = _positive_int(density_probes, "density_probes")
-    density_steps = _positive_int(density_steps, "density_steps")
+    dense_limit = as_int(dense_limit, "dense_limit", low=0)
+    maxiter = as_int(maxiter, "maxiter")
+    n_probes = as_int(n_probes, "n_probes")
+    hutch_probes = as_int(hutch_probes, "hutch_probes")
+    density_probes = as_int(density_probes, "density_probes")
+    density_steps = as_int(density_steps, "density_steps")
     names = list(approximations)
     for n in names:
         if n not in APPROXIMATIONS:

@@ -121,7 +121,6 @@ methods), which need every row's layer input in one process.
 
 import contextlib
 import copy
-import numbers
 import threading
 
 import numba
@@ -1012,9 +1011,7 @@ class DaskGLM:
         ``mc_samples`` the Monte Carlo estimate, each chunk seeded from ``seed``."""
         if mc_samples is None:
             return self._diag("hessian_diag", theta, True)
-        if (isinstance(mc_samples, bool) or not isinstance(mc_samples, numbers.Integral)
-                or mc_samples < 1):
-            raise ValueError(f"mc_samples must be a positive integer or None, got {mc_samples!r}")
+        mc_samples = val.as_int(mc_samples, "mc_samples", none_ok=True)
         seeds = self._chunk_seeds(seed)
         return self._diag("ggn_diag", theta, True,
                           {i: (seeds[i],) for i in range(self.n_chunks)},

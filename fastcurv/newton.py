@@ -1,14 +1,13 @@
 """Truncated Newton methods: line-search Newton-CG and trust-region Newton (Steihaug-Toint CG)."""
 
 import contextlib
-import numbers
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 from scipy.sparse.linalg import LinearOperator, cg
 
-from ._validation import as_float_scalar, problem_theta
+from ._validation import as_float_scalar, as_int, problem_theta
 from .kernels.validate import all_finite
 from .operators import GGNOperator, HessianOperator
 
@@ -16,6 +15,9 @@ from .operators import GGNOperator, HessianOperator
 #: gtol is all the next gradient needs): on the multinomial benchmark fit the last Newton
 #: system took 13 CG iterations to cut max|grad| from 1.7e-7 to 7e-11 where 1e-8 was asked
 OVERSOLVE_GUARD = 0.5
+#: plain CG stops as broken down along a direction whose Rayleigh quotient is at most this
+#: fraction of the largest met in the same solve (64 float64 ulps: rounding, not curvature)
+ZERO_CURVATURE = 64 * np.finfo(np.float64).eps
 #: Armijo sufficient-decrease constant (Nocedal & Wright, eq. 3.4)
 ARMIJO_C1 = 1e-4
 #: at most this many step halvings in the backtracking line search
@@ -65,18 +67,40 @@ class _CGBreakdown(Exception):
 
 class _Counted(LinearOperator):
     """Wraps an operator and counts the vectors it is applied to; a non-finite vector (CG
-    divided by a zero or non-finite curvature) raises :class:`_CGBreakdown`."""
+    divided by a zero or non-finite curvature) raises :class:`_CGBreakdown`.
 
-    def __init__(self, op):
+    With ``zero_curvature=True`` (plain CG of the line search) a direction ``v`` whose
+    curvature is rounding also raises it: ``|vᵀAv| <= ZERO_CURVATURE · ρ_max · vᵀv``, with
+    ``ρ_max`` the largest Rayleigh quotient met in this solve. There CG would divide rounding
+    noise by rounding noise: on a saturated logistic fit whose intercept has exactly zero
+    curvature, one machine's BLAS left that direction's other entries at exactly 0 (so CG
+    divided by 0), another's at 5e-17, and CG stepped 1e32 along the intercept."""
+
+    def __init__(self, op, zero_curvature=False):
         self.op = op
         self.count = 0
+        self._zero_curvature = zero_curvature
+        self._rho_max = 0.0
         super().__init__(dtype=op.dtype, shape=op.shape)
 
     def _matvec(self, v):
         if not all_finite(np.ravel(v)):
             raise _CGBreakdown
         self.count += 1
-        return self.op.matvec(v)
+        Av = self.op.matvec(v)
+        if self._zero_curvature:
+            self._check_curvature(np.ravel(v), np.ravel(Av))
+        return Av
+
+    def _check_curvature(self, v, Av):
+        with np.errstate(over="ignore", invalid="ignore"):
+            vv = float(v @ v)
+            rho = float(v @ Av) / vv if vv > 0 else np.nan
+        if not np.isfinite(rho):
+            return  # a zero or overflowing direction: the finiteness check above decides
+        self._rho_max = max(self._rho_max, rho)
+        if abs(rho) <= ZERO_CURVATURE * self._rho_max:
+            raise _CGBreakdown
 
     def _matmat(self, V):
         self.count += V.shape[1]
@@ -627,16 +651,12 @@ def _newton_cg(p, theta0, gtol, max_iter, method, curvature, preconditioner, dam
     mix = as_float_scalar(precond_mix, "precond_mix", low=0.0)
     if mix > 1.0:
         raise ValueError(f"precond_mix must lie in [0, 1], got {mix}")
-    if isinstance(max_iter, bool) or not isinstance(max_iter, (int, np.integer)) or max_iter < 0:
-        raise ValueError(f"max_iter must be a non-negative integer, got {max_iter!r}")
+    max_iter = as_int(max_iter, "max_iter", low=0)
     P = p.n_params
     if cg_max_iter is None:
         cg_max = int(min(P, 250))
-    elif (isinstance(cg_max_iter, (bool, np.bool_)) or not isinstance(cg_max_iter, numbers.Integral)
-            or cg_max_iter < 1):
-        raise ValueError(f"cg_max_iter must be a positive integer or None, got {cg_max_iter!r}")
     else:
-        cg_max = int(cg_max_iter)
+        cg_max = as_int(cg_max_iter, "cg_max_iter")
     if theta0 is None:
         theta = p.init()
     else:
@@ -712,7 +732,7 @@ def _newton_cg(p, theta0, gtol, max_iter, method, curvature, preconditioner, dam
                        "model).")
             break
         it += 1
-        op = _Counted(Op(p, theta, damping=damping))
+        op = _Counted(Op(p, theta, damping=damping), zero_curvature=method == "line-search")
         use = preconditioner if auto is None else auto.current
         if use == "cholesky":  # line search only (_check_preconditioner)
             if chol is None or last_cg > CHOLESKY_REFRESH_CG:

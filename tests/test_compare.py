@@ -104,9 +104,11 @@ def test_hessian_reference_and_bad_arguments():
         compare(p, theta, "kfac")
     for key, value in (("damping", -1.0), ("damping", np.nan), ("rtol", 0.0), ("maxiter", 0),
                        ("n_probes", 0), ("dense_limit", -5), ("hutch_probes", 0),
-                       ("density_probes", 0), ("density_steps", 2.5)):
+                       ("density_probes", 0), ("density_steps", 0)):
         with pytest.raises(ValueError, match=key):
             compare(p, theta, ("diag_ggn",), **{key: value})
+    with pytest.raises(TypeError, match="density_steps"):
+        compare(p, theta, ("diag_ggn",), density_steps=2.5)
 
 
 def test_report_files_and_command(tmp_path, capsys):

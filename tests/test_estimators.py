@@ -72,9 +72,10 @@ def test_works_on_fastcurv_operators():
     assert np.sqrt(np.mean(z ** 2)) < 2.0
 
 
-@pytest.mark.parametrize("bad", [0, -1, 2.5, True, None])
-def test_bad_n_probes(bad):
-    with pytest.raises(ValueError, match="n_probes"):
+@pytest.mark.parametrize("bad, err", [(0, ValueError), (-1, ValueError), (2.5, TypeError),
+                                      (True, TypeError), (None, TypeError)])
+def test_bad_n_probes(bad, err):
+    with pytest.raises(err, match="n_probes"):
         fc.hutchinson_diag(aslinearoperator(np.eye(3)), bad)
 
 

@@ -481,11 +481,13 @@ def test_bad_call_is_refused(key, problem, no_kernels):
         fn(p, t, p.n_params, p.n_samples, p.n_outputs)
 
 
-@pytest.mark.parametrize("mc", [0, -3, 2.5, True, "4"])
-def test_bad_mc_samples_is_refused(mc):
-    """(mc_samples is validated after the data pass at θ, so no kernel tripwire here.)"""
+@pytest.mark.parametrize("mc, err", [(0, ValueError), (-3, ValueError), (2.5, TypeError),
+                                     (2.0, TypeError), (True, TypeError), ("4", TypeError)])
+def test_bad_mc_samples_is_refused(mc, err):
+    """Not an integer: TypeError (2.0 too: a count is never truncated); below 1: ValueError.
+    (mc_samples is validated after the data pass at θ, so no kernel tripwire here.)"""
     p = fc.GLM(X0, Y0)
-    with pytest.raises(ValueError, match="mc_samples"):
+    with pytest.raises(err, match="mc_samples"):
         p.ggn_diag(np.zeros(p.n_params), mc_samples=mc)
 
 

@@ -482,11 +482,11 @@ def test_max_iter_one(method):
 @pytest.mark.parametrize("kwargs", [
     dict(method="bfgs"), dict(curvature="fisher"), dict(preconditioner="jacobi"),
     dict(gtol=-1.0), dict(gtol=float("nan")), dict(max_iter=-1), dict(damping=-0.1),
-    dict(cg_max_iter=0), dict(cg_max_iter=2.7), dict(preconditioner="jacobi", max_iter=0),
+    dict(cg_max_iter=0), dict(preconditioner="jacobi", max_iter=0),
     dict(preconditioner="cholesky", method="trust-region", max_iter=0),
     dict(theta0=np.ones(2)),
 ], ids=["method", "curvature", "preconditioner", "gtol-neg", "gtol-nan", "max_iter", "damping",
-        "cg_max_iter-0", "cg_max_iter-float", "preconditioner-no-iterations",
+        "cg_max_iter-0", "preconditioner-no-iterations",
         "cholesky-trust-region-no-iterations", "theta0-short"])
 def test_invalid_arguments(kwargs):
     """Refused up front, even when no Newton step would run (cg_max_iter=0 once turned the
@@ -494,6 +494,14 @@ def test_invalid_arguments(kwargs):
     X, y = synthetic("logistic", n=50, d=2, seed=19)
     name = next(iter(kwargs))
     with pytest.raises(ValueError, match=name if name != "max_iter" else "max_iter"):
+        fc.newton_cg(fc.GLM(X, y, l2=1e-2), **kwargs)
+
+
+@pytest.mark.parametrize("kwargs", [dict(cg_max_iter=2.7), dict(max_iter=3.0),
+                                    dict(max_iter=True)], ids=["cg-float", "float", "bool"])
+def test_non_integer_counts(kwargs):
+    X, y = synthetic("logistic", n=50, d=2, seed=19)
+    with pytest.raises(TypeError, match=next(iter(kwargs))):
         fc.newton_cg(fc.GLM(X, y, l2=1e-2), **kwargs)
 
 
@@ -891,7 +899,9 @@ def test_cg_breakdown_from_a_huge_start_is_a_failed_result():
         r = fc.newton_cg(p, th, preconditioner=pre)
         assert not r.success and r.message.startswith("CG broke down"), r.message
         np.testing.assert_array_equal(r.x, th)
-        assert r.n_cg == r.n_hvp  # the broken-down solve's iterations are counted too
+        # the solve stops in the product that meets zero curvature: counted, with the CG
+        # iterations before it
+        assert r.n_hvp >= 1 and r.n_cg == r.n_hvp - 1
         assert "trust-region" in r.message and "add an L2 penalty" in r.message
 
 

@@ -6,8 +6,8 @@ from typing import NamedTuple
 import numpy as np
 from scipy.linalg import eigh_tridiagonal
 
-from .._validation import make_rng
-from .trace_estimators import _apply, _as_operator, _positive_int, _rademacher
+from .._validation import as_int, make_rng
+from .trace_estimators import _apply, _as_operator, _rademacher
 
 #: most float64 entries of Lanczos basis held at once (256 MB); more probes run in turn
 _BASIS_FLOATS = 2**25
@@ -143,9 +143,9 @@ def spectral_density(op, n_probes, n_steps, seed=None, grid=None, n_grid=512, si
     >>> np.round(np.unique(sd.nodes[sd.weights > 0]), 8)   # breakdown after 3 steps
     array([-1.,  2.,  5.])
     """
-    n_probes = _positive_int(n_probes, "n_probes")
-    n_steps = _positive_int(n_steps, "n_steps")
-    n_grid = _positive_int(n_grid, "n_grid", low=2)
+    n_probes = as_int(n_probes, "n_probes")
+    n_steps = as_int(n_steps, "n_steps")
+    n_grid = as_int(n_grid, "n_grid", low=2)
     if sigma is not None:
         if isinstance(sigma, (bool, np.bool_)) or not isinstance(sigma, numbers.Real) \
                 or not np.isfinite(sigma) or sigma <= 0:

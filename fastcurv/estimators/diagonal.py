@@ -1,11 +1,10 @@
 """Hutchinson's stochastic estimate of the diagonal of a symmetric operator."""
 
-import numbers
 from typing import NamedTuple
 
 import numpy as np
 
-from .._validation import make_rng
+from .._validation import as_int, make_rng
 from .trace_estimators import _as_operator, _rademacher
 
 #: probes whose values are summarized together before merging into the running mean and
@@ -49,12 +48,8 @@ def hutchinson_diag(op, n_probes, seed=None, block=32):
     -------
     DiagonalEstimate(diag, std_error, n_probes), arrays in float64.
     """
-    if isinstance(n_probes, (bool, np.bool_)) or not isinstance(n_probes, numbers.Integral) \
-            or n_probes < 1:
-        raise ValueError(f"n_probes must be a positive integer, got {n_probes!r}")
-    if isinstance(block, (bool, np.bool_)) or not isinstance(block, numbers.Integral) \
-            or block < 1:
-        raise ValueError(f"block must be a positive integer, got {block!r}")
+    n_probes = as_int(n_probes, "n_probes")
+    block = as_int(block, "block")
     op, P, dtype = _as_operator(op)  # also takes dense arrays and sparse matrices
     rng = make_rng(seed)
     # per coordinate: the mean and the sum of squared deviations M2 of its probe values, in

@@ -6,8 +6,8 @@ import numbers
 import numpy as np
 from scipy.sparse.linalg import LinearOperator, eigsh
 
-from .._validation import make_rng
-from .trace_estimators import _apply, _as_operator, _positive_int
+from .._validation import as_int, make_rng
+from .trace_estimators import _apply, _as_operator
 
 WHICH = ("LA", "SA", "LM", "BE")
 
@@ -96,7 +96,7 @@ def top_eigenvalues(op, k, which="LA", return_eigenvectors=False, tol=0, seed=No
     if which not in WHICH:
         raise ValueError(f"which must be one of {WHICH}, got {which!r}")
     lin, P, dtype = _as_operator(op)
-    k = _positive_int(k, "k")
+    k = as_int(k, "k")
     if k > P:
         raise ValueError(f"k must be <= P = {P} (the operator's size), got {k}")
     if isinstance(tol, (bool, np.bool_)) or not isinstance(tol, numbers.Real) \

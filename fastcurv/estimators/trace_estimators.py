@@ -5,14 +5,13 @@ costs one pass over the data for fastcurv operators. The shared input checks of 
 estimators (square real operator, positive integers, probe blocks) live here too.
 """
 
-import numbers
 from typing import NamedTuple
 
 import numpy as np
 from scipy.linalg import solve_triangular
 from scipy.sparse.linalg import LinearOperator, aslinearoperator
 
-from .._validation import make_rng
+from .._validation import as_int, make_rng
 
 METHODS = ("hutchinson", "hutch++", "xtrace")
 
@@ -30,15 +29,6 @@ class TraceEstimate(NamedTuple):
 
 # ---------------------------------------------------------------------------------------------
 # shared helpers of trace_estimators.py, eigen.py, density.py and diagonal.py
-
-
-def _positive_int(value, name, low=1):
-    """``int(value)`` if it is an integer >= low (bools refused), else ``ValueError``."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral) \
-            or value < low:
-        what = "a positive integer" if low == 1 else f"an integer >= {low}"
-        raise ValueError(f"{name} must be {what}, got {value!r}")
-    return int(value)
 
 
 def _as_operator(op):
@@ -277,7 +267,7 @@ def trace(op, n_probes, method="hutch++", seed=None, block=32):
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    n = _positive_int(n_probes, "n_probes")
+    n = as_int(n_probes, "n_probes")
     if method == "hutch++" and n < 3:
         raise ValueError(
             f"n_probes must be >= 3 for method='hutch++' (a third sketches, a third projects, "
@@ -287,7 +277,7 @@ def trace(op, n_probes, method="hutch++", seed=None, block=32):
         raise ValueError(
             f"n_probes must be >= 2 for method='xtrace' (it uses pairs of products), got {n}"
         )
-    block = _positive_int(block, "block")
+    block = as_int(block, "block")
     lin, P, dtype = _as_operator(op)
     rng = make_rng(seed)
     if method == "hutchinson":

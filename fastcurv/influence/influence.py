@@ -250,8 +250,7 @@ class Influence:
 
         Returns ``(indices, scores)``, each (m_test, k), best first (indices into the
         training rows)."""
-        if isinstance(k, (bool, np.bool_)) or not isinstance(k, (int, np.integer)) or k < 1:
-            raise ValueError(f"k must be a positive integer, got {k!r}")
+        k = val.as_int(k, "k")
         S = self.factors(test_p)
         idx = val.check_rows(rows, self.p.n_samples)
         m = S.shape[0]

@@ -15,14 +15,13 @@ result. ``N`` is never formed for the projections: ``Π`` subtracts, in each of 
 the last layer's (n_in + 1, K) parameter block, the row's mean.
 """
 
-import numbers
 import warnings
 
 import numpy as np
 import scipy.linalg as sla
 from scipy.sparse.linalg import LinearOperator
 
-from .._validation import make_rng
+from .._validation import as_int, make_rng
 from ..estimators.eigen import top_eigenvalues
 from ..operators import GGNOperator, HessianOperator
 
@@ -35,10 +34,7 @@ EIGEN_SEED = 0
 
 
 def _int_option(options, name, default, low=1):
-    v = options.pop(name, default)
-    if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Integral) or v < low:
-        raise ValueError(f"{name} must be an integer >= {low}, got {v!r}")
-    return int(v)
+    return as_int(options.pop(name, default), name, low=low)
 
 
 #: a CG residual this small relative to the right-hand side is at float64 rounding for

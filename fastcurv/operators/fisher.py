@@ -1,10 +1,8 @@
 """The Fisher matrix (empirical, or Monte Carlo with sampled labels) as a LinearOperator."""
 
-import numbers
 
-import numpy as np
 
-from .._validation import make_rng
+from .._validation import as_int, make_rng
 from ._base import CurvatureOperator
 
 
@@ -33,11 +31,8 @@ class FisherOperator(CurvatureOperator):
     def __init__(self, problem, theta, kind="empirical", mc_samples=1, seed=None, damping=0.0):
         if kind not in ("empirical", "mc"):
             raise ValueError(f"kind must be 'empirical' or 'mc', got {kind!r}")
-        if (isinstance(mc_samples, (bool, np.bool_))
-                or not isinstance(mc_samples, numbers.Integral) or mc_samples < 1):
-            raise ValueError(f"mc_samples must be a positive integer, got {mc_samples!r}")
         self.kind = kind
-        self.mc_samples = int(mc_samples)
+        self.mc_samples = as_int(mc_samples, "mc_samples")
         # drawn once: every product sees the same sampled labels
         rng = make_rng(seed)  # checked for every kind: a bad seed is refused, not ignored
         self._seed = int(rng.integers(2**63)) if kind == "mc" else 0

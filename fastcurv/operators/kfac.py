@@ -1,10 +1,9 @@
 """K-FAC: the Kronecker-factored block-diagonal approximation of the Fisher / GGN."""
 
-import numbers
 
 import numpy as np
 
-from .._validation import as_float_scalar, make_rng
+from .._validation import as_float_scalar, as_int, make_rng
 from . import _kfac_factors as kf
 from ._kronecker import EigenKroneckerBlocks, KroneckerBlocks, pinv_entries, pinv_psd, psd_eigh
 
@@ -19,9 +18,7 @@ def check_options(problem, theta, fisher, damping, seed, mc_samples):
             f"K-FAC on an in-memory sample (p.subset(rows))")
     if fisher not in kf.KINDS:
         raise ValueError(f"fisher must be one of {', '.join(map(repr, kf.KINDS))}, got {fisher!r}")
-    if (isinstance(mc_samples, (bool, np.bool_)) or not isinstance(mc_samples, numbers.Integral)
-            or mc_samples < 1):
-        raise ValueError(f"mc_samples must be a positive integer, got {mc_samples!r}")
+    mc_samples = as_int(mc_samples, "mc_samples")
     damping = as_float_scalar(damping, "damping", low=0.0)
     theta = problem._check_theta(theta).copy()
     kf.check_layout(problem)

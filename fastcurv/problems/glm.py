@@ -564,11 +564,7 @@ class GLM:
         """
         theta = self._check_theta(theta)
         val.make_rng(seed)  # checked also where unused (mc_samples=None)
-        if mc_samples is not None and (
-            isinstance(mc_samples, bool) or not isinstance(mc_samples, (int, np.integer))
-            or mc_samples < 1
-        ):
-            raise ValueError(f"mc_samples must be a positive integer or None, got {mc_samples!r}")
+        mc_samples = val.as_int(mc_samples, "mc_samples", none_ok=True)
         st = self._state_at(theta)
         if mc_samples is None:
             return self._diag(st, "hess")

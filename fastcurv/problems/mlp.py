@@ -247,11 +247,8 @@ class MLP:
         if batch_size is None:
             per_row = 7 * sum(self.sizes[1:]) + 2 * max(self.sizes[1:])
             batch_size = max(256, _BLOCK_ELEMENTS // per_row)
-        elif isinstance(batch_size, (bool, np.bool_)) or not isinstance(batch_size,
-                                                                         numbers.Integral):
-            raise TypeError(f"batch_size must be a positive integer, got {batch_size!r}")
-        elif batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        else:
+            batch_size = val.as_int(batch_size, "batch_size")
         self.batch_size = int(min(batch_size, n))
         L = len(self.sizes) - 1
         self._sizes = np.array(self.sizes, dtype=np.int64)
@@ -730,10 +727,7 @@ class MLP:
             _, out = self._run(K_.GGN_DIAG, theta)
             return out[0].copy()
         else:
-            if (isinstance(mc_samples, (bool, np.bool_))
-                    or not isinstance(mc_samples, numbers.Integral) or mc_samples < 1):
-                raise ValueError(f"mc_samples must be a positive integer, got {mc_samples!r}")
-            d = self._mc_diag(theta, int(mc_samples), seed)
+            d = self._mc_diag(theta, val.as_int(mc_samples, "mc_samples"), seed)
         return (d + self.l2 * self._wmask).astype(self.dtype)
 
     @staticmethod
