@@ -107,9 +107,8 @@ def x_times(X, xd, xi, xp, sparse, s, e, M, out):
 
 
 @jit
-def xt_times(X, xd, xi, xp, sparse, s, e, D, out, square):
-    """``out = X[s:e]ᵀ @ D``, or ``(X ⊙ X)[s:e]ᵀ @ D`` if ``square`` (CSR only: dense squares
-    come from a buffer)."""
+def xt_times(X, xd, xi, xp, sparse, s, e, D, out):
+    """``out = X[s:e]ᵀ @ D``."""
     if not sparse:
         np.dot(X[s:e].T, D, out)
         return
@@ -119,8 +118,24 @@ def xt_times(X, xd, xi, xp, sparse, s, e, D, out, square):
         r = D[i - s]
         for k in range(xp[i], xp[i + 1]):
             v = xd[k]
-            if square:
-                v = v * v
+            o = out[xi[k]]
+            for j in range(w):
+                o[j] += v * r[j]
+
+
+@jit
+def xsq_t_times(xd, xi, xp, s, e, cw, D, out):
+    """``out = (X ⊙ X)[s:e]ᵀ @ D`` for CSR ``X``, rows of weight ``cw = 0`` left out (their
+    squares may overflow; their ``D`` rows are 0). Dense squares come from
+    :func:`square_inputs`."""
+    w = D.shape[1]
+    out[:, :] = 0.0
+    for i in range(s, e):
+        if cw[i] == 0.0:
+            continue
+        r = D[i - s]
+        for k in range(xp[i], xp[i + 1]):
+            v = xd[k] * xd[k]
             o = out[xi[k]]
             for j in range(w):
                 o[j] += v * r[j]
@@ -142,11 +157,11 @@ def grad_block(X, xd, xi, xp, sparse, s, e, sizes, poff, H, hoff, l, Dl, Hl, GT,
         Gw = out[o:o + n_in * w].reshape((n_in, w))
         gb = out[o + n_in * w:o + (n_in + 1) * w]
         if first:
-            xt_times(X, xd, xi, xp, sparse, s, e, Dl, Gw, False)
+            xt_times(X, xd, xi, xp, sparse, s, e, Dl, Gw)
             np.dot(ones[:nb], Dl, gb)
         else:
             T = GT[:n_in * w].reshape((n_in, w))
-            xt_times(X, xd, xi, xp, sparse, s, e, Dl, T, False)
+            xt_times(X, xd, xi, xp, sparse, s, e, Dl, T)
             Gw += T
             tb = GT[:w]
             np.dot(ones[:nb], Dl, tb)
@@ -385,8 +400,10 @@ def sqrt_hess_column(lc, HS, c, out):
 
 
 @jit
-def square_inputs(X, sparse, s, e, sizes, qoff, H, hoff, SQ):
-    """``SQ_l = h̃_{l−1} ⊙ h̃_{l−1}`` for every layer (the first layer only for dense X)."""
+def square_inputs(X, sparse, s, e, cw, sizes, qoff, H, hoff, SQ):
+    """``SQ_l = h̃_{l−1} ⊙ h̃_{l−1}`` for every layer (the first layer only for dense X); rows
+    of weight ``cw = 0`` get 0 (a square that overflows must not make ``0 · inf`` in the
+    products of :func:`diag_layers`)."""
     nb = e - s
     L = sizes.shape[0] - 1
     for l in range(L):
@@ -396,16 +413,18 @@ def square_inputs(X, sparse, s, e, sizes, qoff, H, hoff, SQ):
             n_in = sizes[0]
             Q = _rows(SQ, qoff, 0, nb, n_in)
             for i in range(nb):
+                keep = cw[s + i] != 0.0
                 for j in range(n_in):
                     x = X[s + i, j]
-                    Q[i, j] = x * x
+                    Q[i, j] = x * x if keep else 0.0
         else:
             n_in = sizes[l] + 1
             Q = _rows(SQ, qoff, l, nb, n_in)
             Hl = _input(H, hoff, sizes, l, nb)
             for i in range(nb):
+                keep = cw[s + i] != 0.0
                 for j in range(n_in):
-                    Q[i, j] = Hl[i, j] * Hl[i, j]
+                    Q[i, j] = Hl[i, j] * Hl[i, j] if keep else 0.0
 
 
 @jit
@@ -430,7 +449,7 @@ def diag_layers(X, xd, xi, xp, sparse, s, e, cw, sizes, poff, aoff, qoff, D, SQ,
         if l == 0:
             G = GT[:n_in * w].reshape((n_in, w))
             if sparse:
-                xt_times(X, xd, xi, xp, sparse, s, e, Sl, G, True)
+                xsq_t_times(xd, xi, xp, s, e, cw, Sl, G)
             else:
                 np.dot(_rows(SQ, qoff, 0, nb, n_in).T, Sl, G)
             _axpy(1.0, G.ravel(), out[o:o + n_in * w])
@@ -597,7 +616,7 @@ def run_rows(mode, X, xd, xi, xp, sparse, lc, Y, cw, theta, sizes, acts, poff, a
                 fisher_block(X, xd, xi, xp, sparse, s, e, cw, V[j], sizes, poff, aoff, hoff, H,
                              D, T, T2, GT, ones, out[j], first)
         elif mode == GGN_DIAG:
-            square_inputs(X, sparse, s, e, sizes, qoff, H, hoff, SQ)
+            square_inputs(X, sparse, s, e, cw, sizes, qoff, H, hoff, SQ)
             for c in range(K):
                 sqrt_hess_column(lc, HS, c, Dout[nb:])
                 backward(X, xd, xi, xp, sparse, s, e, theta, sizes, acts, poff, aoff, hoff, Z,

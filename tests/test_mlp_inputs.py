@@ -587,6 +587,33 @@ def test_mlp_zero_weight_row_whose_loss_overflows_adds_nothing():
                                fc.KFACOperator(q, th, fisher="empirical").matvec(v), rtol=1e-12)
 
 
+@pytest.mark.parametrize("sparse", [False, True], ids=["dense", "csr"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_mlp_zero_weight_row_whose_squares_overflow_adds_nothing_to_the_diagonals(sparse,
+                                                                                  dtype):
+    """The diagonals square the layer inputs in the data dtype: a weight-0 row with x = 1e20
+    (float32) or 1e160 (float64) used to put 0 · inf = NaN into the GGN and Fisher diagonals
+    (refused as an overflow); it now adds nothing, as the row left out."""
+    rng = np.random.default_rng(3)
+    X = rng.standard_normal((30, 4)).astype(dtype)
+    y = rng.standard_normal(30).astype(dtype)
+    X[3, 1] = 1e20 if dtype == np.float32 else 1e160
+    w = np.ones(30)
+    w[3] = 0.0
+    keep = np.arange(30) != 3
+    as_x = sp.csr_matrix if sparse else np.asarray
+    kw = dict(sizes=(4, 5, 3, 1), activation="relu", loss="mse")
+    p = fc.MLP(as_x(X), y, sample_weight=w, **kw)
+    q = fc.MLP(as_x(X[keep]), y[keep], **kw)
+    th = p.init(seed=0)
+    rtol = 1e-5 if dtype == np.float32 else 1e-13
+    for name in ("ggn_diag", "fisher_diag"):
+        a, b = getattr(p, name)(th), getattr(q, name)(th)
+        np.testing.assert_allclose(a, b, rtol=rtol, atol=rtol * np.abs(b).max(), err_msg=name)
+    mc = p.ggn_diag(th, mc_samples=2, seed=0)
+    assert np.isfinite(mc).all()
+
+
 def test_mlp_penalty_overflows_only_beyond_float64():
     """(λ/2)‖W‖² is scaled by max|W| (compiled without reassociation, which would form
     max|W|² first): at W = 1e155 and λ = 1e-3 it is 5e306, not inf."""

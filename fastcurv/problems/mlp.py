@@ -765,8 +765,8 @@ class MLP:
                                           ws["Z"], ws["H"])
                     K_.loss_block(self._lc, ws["Z"], self._aoff, self._sizes, self._y2,
                                   self._cw, s, e, ws["HS"], ws["D"], False)
-                    K_.square_inputs(Xa[0], Xa[4], s, e, self._sizes, self._qoff, ws["H"],
-                                     self._hoff, ws["SQ"])
+                    K_.square_inputs(Xa[0], Xa[4], s, e, self._cw, self._sizes, self._qoff,
+                                     ws["H"], self._hoff, ws["SQ"])
                 oz = self._aoff[L - 1]
                 eta = ws["Z"][oz:oz + nb * K].reshape(nb, K).astype(np.float64)
                 Dout = ws["D"][o + nb * K:o + 2 * nb * K].reshape(nb, K)  # the δ half
@@ -791,8 +791,8 @@ class MLP:
         ws = self._workspace(want_sq=True)
         Xa = self._data_args()
         for s, e, _j, _deltas in self._curvature_rows(theta, "empirical"):
-            K_.square_inputs(Xa[0], Xa[4], s, e, self._sizes, self._qoff, ws["H"], self._hoff,
-                             ws["SQ"])
+            K_.square_inputs(Xa[0], Xa[4], s, e, self._cw, self._sizes, self._qoff, ws["H"],
+                             self._hoff, ws["SQ"])
             self._one_blas_thread(K_.diag_layers, *Xa, s, e, self._cw, self._sizes, self._poff,
                                   self._aoff, self._qoff, ws["D"], ws["SQ"], ws["T2"], ws["GT"],
                                   ws["ones"], out)
