@@ -41,18 +41,46 @@ def _block_end(indptr, i0, stop):
     return i1
 
 
+@jit(inline=True)
+def _row_weight(mode, diag, fam, s, vb, y, a, cw, i, eta, r, h):
+    """Row ``i``'s ``(t_i, a_i l_i, w_i)`` from its gather ``s = x_i . v`` (see ``pass_k1``);
+    ``w_i = a_i l''_i`` is 0 unless the diagonal is asked for."""
+    if mode == CURVATURE:
+        return cw[i] * (s + vb), 0.0, 0.0
+    t, li = _row_value_grad(fam, s + vb, y[i], a[i], i, eta, r, h)
+    return t, li, weighted(a[i], h[i]) if diag else 0.0
+
+
+@jit(inline=True)
+def _scatter(data, indices, lo, hi, t, w, acc, dacc):
+    """``acc += t x_i`` and, for ``w != 0``, ``dacc += w x_i²`` over the nonzeros
+    ``lo:hi`` of row ``i`` (a row of weight 0 adds nothing to ``dacc``, whatever its x)."""
+    if w != 0.0:
+        for p in range(lo, hi):
+            x = data[p]
+            acc[indices[p]] += t * x
+            dacc[indices[p]] += w * x * x
+    else:
+        for p in range(lo, hi):
+            acc[indices[p]] += t * data[p]
+
+
 @jit(parallel=True)
 def pass_k1(data, indices, indptr, starts, v, vb, mode, fam, y, a, cw, eta, r, h,
-            lbuf, dbuf, gbuf, gbbuf):
+            lbuf, dbuf, gbuf, gbbuf, rowwise):
     """One fused pass of a single-output GLM (see ``glm_dense.pass_k1``); ``gbuf[c]`` (d,).
 
-    Rows go in blocks (``_block_end``) of two phases: the gathers ``s_i = x_i . v`` and the
-    per-row weights ``t_i`` of the whole block first, then the scatters ``acc += t_i x_i``
-    while the block's nonzeros are still in cache. Separating the phases lets the random
+    Rows go in blocks (``_block_end``). With ``rowwise`` each row is gathered
+    (``s_i = x_i . v``), weighted and scattered (``acc += t_i x_i``) before the next; without
+    it a block runs in three phases: the gathers of the whole block, its per-row weights, then
+    its scatters while the block's nonzeros are still in cache. The phases let the random
     reads of ``v`` and the read-modify-writes of ``acc`` each run without waiting on the
-    other (measured on a 500,000 x 50,000 matrix with 60 nonzeros per row: 45 ms against
-    67 ms for the row-by-row gather-then-scatter). The scatter order (row by row, nonzero by
-    nonzero) is unchanged, so the sums are the same bits.
+    other, and keep the loss's exp/log1p chain of one row from holding back the next row's
+    gathers: that wins where ``v`` and the accumulator miss the core's L2 (AMD EPYC, 512 KB
+    L2, 500,000 x 50,000 with 60 nonzeros per row: HVP 45 ms against 67), and loses where
+    they fit, the second read of the block then being pure cost (Intel Xeon, 2 MB L2: 40
+    against 54 ms). The caller chooses (``CSRDesign``). Both orders do the same arithmetic
+    in the same order: the same bits.
     """
     n_chunks = starts.shape[0] - 1
     diag = mode == VALUE_GRAD_DIAG
@@ -62,49 +90,43 @@ def pass_k1(data, indices, indptr, starts, v, vb, mode, fam, y, a, cw, eta, r, h
         if diag:
             dacc = dbuf[c]
         tb = np.empty(BLOCK_ROWS)
-        wb = np.empty(BLOCK_ROWS if diag else 1)
-        lb = np.empty(BLOCK_ROWS if mode != CURVATURE else 1)
+        wb = np.zeros(BLOCK_ROWS)
+        lb = np.zeros(BLOCK_ROWS)
         lsum = 0.0
         bsum = 0.0
         i0 = starts[c]
         stop = starts[c + 1]
         while i0 < stop:
             i1 = _block_end(indptr, i0, stop)
-            for i in range(i0, i1):
-                s = 0.0
-                for p in range(np.uint64(indptr[i]), np.uint64(indptr[i + 1])):
-                    s += data[p] * v[indices[p]]
-                tb[i - i0] = s
-            # the per-row weights after all the block's gathers: the loss's exp/log1p chain of
-            # one row no longer holds back the next row's gathers
-            for i in range(i0, i1):
-                s = tb[i - i0]
-                if mode != CURVATURE:
-                    t, lb[i - i0] = _row_value_grad(fam, s + vb, y[i], a[i], i, eta, r, h)
-                    if diag:
-                        wb[i - i0] = weighted(a[i], h[i])
-                else:
-                    t = cw[i] * (s + vb)
-                tb[i - i0] = t
-            # the sums in loops that only load (see _jit, "Reductions")
+            if rowwise:
+                for i in range(i0, i1):
+                    lo = np.uint64(indptr[i])
+                    hi = np.uint64(indptr[i + 1])
+                    s = 0.0
+                    for p in range(lo, hi):
+                        s += data[p] * v[indices[p]]
+                    t, lb[i - i0], w = _row_weight(mode, diag, fam, s, vb, y, a, cw, i, eta,
+                                                   r, h)
+                    tb[i - i0] = t
+                    _scatter(data, indices, lo, hi, t, w, acc, dacc)
+            else:
+                for i in range(i0, i1):
+                    s = 0.0
+                    for p in range(np.uint64(indptr[i]), np.uint64(indptr[i + 1])):
+                        s += data[p] * v[indices[p]]
+                    tb[i - i0] = s
+                for i in range(i0, i1):
+                    tb[i - i0], lb[i - i0], wb[i - i0] = _row_weight(
+                        mode, diag, fam, tb[i - i0], vb, y, a, cw, i, eta, r, h)
+                for i in range(i0, i1):
+                    _scatter(data, indices, np.uint64(indptr[i]), np.uint64(indptr[i + 1]),
+                             tb[i - i0], wb[i - i0], acc, dacc)
+            # the sums in loops that only load (see _jit, "Reductions"), in row order
             for i in range(i0, i1):
                 bsum += tb[i - i0]
             if mode != CURVATURE:
                 for i in range(i0, i1):
                     lsum += lb[i - i0]
-            for i in range(i0, i1):
-                t = tb[i - i0]
-                lo = np.uint64(indptr[i])
-                hi = np.uint64(indptr[i + 1])
-                w = wb[i - i0] if diag else 0.0
-                if w != 0.0:  # (a row of weight 0 adds nothing, whatever its x)
-                    for p in range(lo, hi):
-                        x = data[p]
-                        acc[indices[p]] += t * x
-                        dacc[indices[p]] += w * x * x
-                else:
-                    for p in range(lo, hi):
-                        acc[indices[p]] += t * data[p]
             i0 = i1
         gbbuf[c] = bsum
         lbuf[c] = lsum

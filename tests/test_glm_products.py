@@ -399,3 +399,45 @@ def test_fused_diagonal_equals_reference(name):
     assert_close(p.grad(theta), ref.grad(theta), REF_RTOL, "grad with fused diagonal")
     assert_close(p.hessian_diag(theta), np.diag(ref.hessian(theta)), REF_RTOL,
                  "fused hessian_diag")
+
+
+@pytest.mark.parametrize("family", ["logistic", "poisson", "gaussian"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_csr_pass_row_by_row_and_in_phases_gives_the_same_bits(family, dtype):
+    """The single-output CSR pass runs row by row where ``v`` and the accumulator fit in L2
+    and in three phases per row block elsewhere (``CSRDesign.rowwise``, from the machine's L2
+    size): both orders must give the same bits in every mode (value+grad, with the fused
+    diagonal, Hessian and Fisher products). Rows of 0-40 nonzeros (some empty), blocks cut
+    by ``BLOCK_ROWS`` and ``BLOCK_NNZ``, weights with zeros."""
+    rng = np.random.default_rng(11)
+    n, d = 5000, 300
+    X = sp.random(n, d, density=0.07, format="csr", random_state=rng, dtype=np.float64)
+    X = sp.csr_matrix(X.multiply(rng.integers(0, 3, (n, 1)) > 0), dtype=dtype)  # empty rows
+    X.data[:] = rng.standard_normal(X.nnz)
+    eta0 = X @ rng.standard_normal(d) * 0.3
+    y = {"logistic": (rng.random(n) < 0.5).astype(float),
+         "poisson": rng.poisson(np.exp(np.clip(eta0, -3, 3))).astype(float),
+         "gaussian": eta0 + rng.standard_normal(n)}[family]
+    w = rng.integers(0, 4, n).astype(float)
+    theta = (rng.standard_normal(d + 1) * 0.2).astype(dtype)
+    v = rng.standard_normal(d + 1).astype(dtype)
+    out = []
+    for rowwise in (True, False):
+        p = fc.GLM(X, y, family=family, l2=1e-3, sample_weight=w)
+        p._design.rowwise = rowwise
+        p.fuse_diag = True
+        f, g = p.value_and_grad(theta)
+        out.append([np.array([f]), g, p.hessian_diag(theta), p.hvp(theta, v),
+                    p.fisher_vp(theta, v), p.hvp(theta, np.stack([v, 2 * v], axis=1))])
+    for name, a, b in zip(("value", "grad", "diag", "hvp", "fisher_vp", "block hvp"), *out,
+                          strict=True):
+        np.testing.assert_array_equal(a, b, err_msg=name)
+
+
+def test_l2_size_is_read_and_parsed():
+    from fastcurv import _cpu
+
+    assert _cpu._parse_size("2048K") == 2 << 20 and _cpu._parse_size("1M") == 1 << 20
+    assert _cpu._parse_size("4096") == 4096
+    size = _cpu.l2_bytes()
+    assert size is None or size >= 64 << 10  # no CPU of these years has a smaller L2
