@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.sparse.linalg import LinearOperator, cg
 
+from . import _blas
 from ._validation import as_float_scalar, as_int, problem_theta
 from .kernels.validate import all_finite
 from .operators import GGNOperator, HessianOperator
@@ -111,37 +112,65 @@ class _Counted(LinearOperator):
 
 
 class _BlasThreads:
-    """BLAS thread limits for the solver, if threadpoolctl is installed.
+    """BLAS thread limits for the solver.
 
     SciPy's CG takes its dot products in BLAS; on long vectors (P > ~10,000) OpenBLAS runs
     them on all cores and its threads keep spinning afterwards, slowing the Numba parallel
     curvature products that follow by 1.2-1.7x (measured on the CSR benchmark). Those dot
     products are O(P) and gain nothing from threads, so the solver runs with one BLAS thread
     (:meth:`single`). The dense factor of ``preconditioner="cholesky"`` and the K-FAC factors
-    are BLAS-3 work that does gain from threads: they are built under :meth:`full`, the
+    are BLAS-3 work that does gain from threads: they are built under :meth:`full`, with the
     thread counts found on entry.
+
+    NumPy's and SciPy's own OpenBLAS are switched through :mod:`fastcurv._blas`, counted with
+    every other call that needs one thread (an MLP's products, another solver in another
+    Python thread): the last to end restores the count, and :meth:`full` lifts the limit only
+    where this solver is its only user. Any other BLAS is limited with threadpoolctl where it
+    is installed.
     """
 
     def __init__(self):
-        try:
-            from threadpoolctl import threadpool_limits
-        except ImportError:  # optional: scikit-learn users have it
-            threadpool_limits = None
-        self._limits = threadpool_limits
-        self._n = None
+        self._token = 0
+        self._others = None  # threadpoolctl's controller of the BLAS libraries _blas leaves
+        self._n_others = None
+        self._active = False
 
+    @contextlib.contextmanager
     def single(self):
-        """One BLAS thread (applied now; the returned context restores the counts on exit)."""
-        if self._limits is None:
-            return contextlib.nullcontext()
-        limiter = self._limits(limits=1, user_api="blas")
-        self._n = limiter.get_original_num_threads().get("blas")
-        return limiter
+        """One BLAS thread for the duration of the ``with`` block."""
+        self._token = _blas.one_thread(_blas.SOLVER)
+        self._active = True
+        try:
+            with self._limit_others():
+                yield
+        finally:
+            self._active = False
+            _blas.restore(self._token)
+            self._token = 0
 
-    def full(self):
-        if self._limits is None or not self._n:
+    def _limit_others(self):
+        try:
+            from threadpoolctl import ThreadpoolController
+        except ImportError:  # optional: scikit-learn users have it
             return contextlib.nullcontext()
-        return self._limits(limits=self._n, user_api="blas")
+        ctl = ThreadpoolController().select(user_api="blas")
+        known = _blas.controlled_paths()
+        others = [lib.filepath for lib in ctl.lib_controllers if lib.filepath not in known]
+        if not others:
+            return contextlib.nullcontext()
+        self._others = ctl.select(filepath=others)
+        self._n_others = max(lib.num_threads for lib in self._others.lib_controllers)
+        return self._others.limit(limits=1)
+
+    @contextlib.contextmanager
+    def full(self):
+        """The thread counts found on entry of :meth:`single`, for BLAS-3 work."""
+        with _blas.lifted(self._token):
+            if self._active and self._others is not None and self._n_others:
+                with self._others.limit(limits=self._n_others):
+                    yield
+            else:
+                yield
 
 
 def _in_noise(f, f_new, model_decrease, gmax, g_new, dtype):
@@ -559,9 +588,11 @@ def newton_cg(p, theta0=None, *, gtol=1e-8, max_iter=100, method="line-search",
     samples; stopped before the first step), and separable classes with ``l2 = 0`` (stopped
     once the iterate classifies every sample correctly).
 
-    With threadpoolctl installed, BLAS runs single-threaded during the solve (CG's O(P) dot
-    products gain nothing from threads, and spinning BLAS threads slow the parallel curvature
-    kernels that follow).
+    BLAS runs single-threaded during the solve (CG's O(P) dot products gain nothing from
+    threads, and spinning BLAS threads slow the parallel curvature kernels that follow):
+    NumPy's and SciPy's OpenBLAS always, any other BLAS where threadpoolctl is installed. The
+    thread counts come back when the solve ends, also when solves and other calls overlap in
+    several Python threads.
     """
     _check_preconditioner(preconditioner, method)
     _check_problem(p, curvature, preconditioner)

@@ -1041,3 +1041,80 @@ def test_backtracking_compares_trials_with_the_same_sum(monkeypatch):
     assert calls, "no step backtracked: the test does not test the path"
     assert r.success, r.message
     np.testing.assert_allclose(r.x, ref.x, rtol=1e-8, atol=1e-10)
+
+
+# ----------------------------------------------------------------------------- BLAS threads
+def _blas_counts():
+    """{"scipy": n, "numpy": n}: the thread counts of the OpenBLAS copies fastcurv switches."""
+    from fastcurv import _blas
+
+    return {name: get() for name, (_, get, _) in _blas._find().items()}
+
+
+@pytest.fixture
+def two_blas_threads():
+    tpc = pytest.importorskip("threadpoolctl")
+    from fastcurv import _blas
+
+    if _blas._DISABLED or set(_blas._find()) != {"scipy", "numpy"}:
+        pytest.skip("needs the OpenBLAS copies of the NumPy and SciPy wheels")
+    with tpc.threadpool_limits(limits=2, user_api="blas"):
+        assert _blas_counts() == {"scipy": 2, "numpy": 2}
+        yield
+    assert not any(_blas._USERS.values())
+
+
+@pytest.mark.parametrize("order", ["call-inside-solve", "solve-inside-call"])
+def test_a_solve_and_an_overlapping_call_leave_blas_as_they_found_it(two_blas_threads, order):
+    """A solve and a call that needs one BLAS thread (an MLP product in another Python
+    thread), overlapping either way: during both BLAS has one thread, and afterwards it has
+    its two back. With the solver's own threadpoolctl limits, the call ending inside the
+    solve gave SciPy's BLAS two threads under the solve, and the solve then restored the one
+    thread it had found, for good."""
+    from fastcurv import _blas
+
+    X, y = synthetic("logistic", n=300, d=4, seed=2)
+    seen, held = [], []
+
+    def callback(theta, info):
+        seen.append(_blas_counts())
+        if order == "call-inside-solve" and info["iter"] == 1:
+            held.append(_blas.one_thread())  # the call starts inside the solve ...
+        if order == "solve-inside-call" and info["iter"] == 1:
+            _blas.restore(held.pop())  # ... or ends inside it
+
+    if order == "solve-inside-call":
+        held.append(_blas.one_thread())
+    r = fc.newton_cg(fc.GLM(X, y, l2=1e-2), callback=callback)
+    assert r.success and len(seen) >= 3
+    assert all(c == {"scipy": 1, "numpy": 1} for c in seen), seen
+    if order == "call-inside-solve":
+        assert _blas_counts()["scipy"] == 1  # the call still runs
+        _blas.restore(held.pop())
+    assert _blas_counts() == {"scipy": 2, "numpy": 2}
+
+
+def test_the_solver_lifts_blas_for_its_factor_only_when_alone(two_blas_threads):
+    """``preconditioner="cholesky"`` factors with the threads found on entry, unless another
+    call holds BLAS on one thread (whose bits would change)."""
+    from fastcurv import _blas
+
+    X, y = synthetic("logistic", n=300, d=4, seed=3)
+    p = fc.GLM(X, y, l2=1e-2)
+    counts = []
+    hessian = p.hessian
+
+    def recording(theta):
+        counts.append(_blas_counts()["scipy"])
+        return hessian(theta)
+
+    p.hessian = recording
+    assert fc.newton_cg(p, preconditioner="cholesky").success
+    alone, counts[:] = list(counts), []
+    token = _blas.one_thread()
+    try:
+        assert fc.newton_cg(p, preconditioner="cholesky").success
+    finally:
+        _blas.restore(token)
+    assert alone and set(alone) == {2} and counts and set(counts) == {1}, (alone, counts)
+    assert _blas_counts() == {"scipy": 2, "numpy": 2}
