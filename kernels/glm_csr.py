@@ -79,7 +79,7 @@ def pass_k1(data, indices, indptr, starts, v, vb, mode, fam, y, a, cw, eta, r, h
     gathers: that wins where ``v`` and the accumulator miss the core's L2 (AMD EPYC, 512 KB
     L2, 500,000 x 50,000 with 60 nonzeros per row: HVP 45 ms against 67), and loses where
     they fit, the second read of the block then being pure cost (Intel Xeon, 2 MB L2: 40
-    against 54 ms). The caller chooses (``CSRDesign``). Both orders do the same arithmetic
+    against 49 ms). The caller chooses (``CSRDesign``). Both orders do the same arithmetic
     in the same order: the same bits.
     """
     n_chunks = starts.shape[0] - 1
