@@ -214,7 +214,7 @@ def _big_problems():
     Xs = sp.random(4000, 40, density=0.65, format="csr", random_state=rng)
     Xs.data = rng.standard_normal(Xs.nnz)
     assert len(reduce.row_partition(n)) - 1 >= 8
-    assert len(reduce.nnz_partition(Xs.indptr)) - 1 >= 3
+    assert len(reduce.nnz_partition(Xs.indptr, Xs.shape[1])) - 1 >= 3
     yl = (rng.random(n) < 0.5).astype(float)
     ym = rng.integers(0, 3, n)
     yp = rng.poisson(1.0, (n, 2)).astype(float)
@@ -603,3 +603,14 @@ def test_a_zero_weight_row_with_a_huge_residual_adds_nothing_to_the_fisher_produ
     th, v = np.array([0.1, -0.2, 0.3]), np.array([1.0, 2.0, -1.0])
     np.testing.assert_allclose(p.fisher_vp(th, v), q.fisher_vp(th, v), rtol=1e-14)
     np.testing.assert_allclose(p.fisher_diag(th), q.fisher_diag(th), rtol=1e-14)
+
+
+def test_csr_partition_keeps_the_chunk_accumulators_small():
+    """At most nnz / (8 d) chunks: on wide data each chunk's d-long float64 accumulator costs
+    more than its share of the pass; the chunks still cover every row once, in order."""
+    for n, d, per_row, want in ((400_000, 100, 40, 32), (400_000, 200_000, 40, 10),
+                                (400_000, 10**6, 40, 2), (1000, 10**6, 3, 1)):
+        indptr = np.arange(0, n * per_row + 1, per_row, dtype=np.int64)
+        starts = reduce.nnz_partition(indptr, d)
+        assert len(starts) - 1 == want, (n, d, len(starts) - 1)
+        assert starts[0] == 0 and starts[-1] == n and np.all(np.diff(starts) > 0)

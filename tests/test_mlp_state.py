@@ -194,3 +194,17 @@ def test_overlapping_calls_keep_blas_on_one_thread():
 
         _in_threads(work, 2)
     assert not any(wrong), f"{sum(wrong)} of 80 results changed"
+
+
+def test_row_chunks_follow_the_work_not_the_width():
+    """Dense data: up to 8 chunks of >= 512 rows above the parallel threshold. Wide CSR
+    input: at most macs / (4 P) chunks, each chunk's P-long outputs costing more than its
+    share of a pass over few nonzeros."""
+    from fastcurv.problems.mlp import _n_chunks
+
+    assert _n_chunks(128, 5_000, 128 * 5_000) == 1  # below the threshold: no parallel region
+    assert _n_chunks(100_000, 10_000, 100_000 * 10_000) == 8
+    assert _n_chunks(1_500, 100_000, 1_500 * 100_000) == 2  # 512 rows per chunk at least
+    P = 200_001 * 64 + 65 * 10  # 200,000 features -> 64 -> 10
+    macs = 50_000 * 30 * 64 + 50_000 * (P - 200_000 * 64)  # 30 nonzeros per row
+    assert _n_chunks(50_000, P, macs) == 2

@@ -234,7 +234,7 @@ class CSRDesign(_Design):
         self.indptr = X.indptr
         utype = np.uint32 if X.indices.dtype.itemsize == 4 else np.uint64
         self.indices = X.indices.view(utype)
-        self.starts = reduce.nnz_partition(self.indptr)
+        self.starts = reduce.nnz_partition(self.indptr, self.d)
         self.n_chunks = len(self.starts) - 1
         self.rowwise = rowwise_fits(self.d)
 
