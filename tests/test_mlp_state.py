@@ -208,3 +208,36 @@ def test_row_chunks_follow_the_work_not_the_width():
     P = 200_001 * 64 + 65 * 10  # 200,000 features -> 64 -> 10
     macs = 50_000 * 30 * 64 + 50_000 * (P - 200_000 * 64)  # 30 nonzeros per row
     assert _n_chunks(50_000, P, macs) == 2
+
+
+def test_reassigning_l2_while_another_thread_computes():
+    """One thread computes while another reassigns ``l2`` back and forth: every gradient and
+    HVP is that of one λ or the other, never a mix, and no call fails (the setter used to drop
+    the packed kernel arguments between a call's packing and their use: a TypeError)."""
+    rng = np.random.default_rng(12)
+    X, y = rng.standard_normal((200, 6)), rng.standard_normal(200)
+    p = fc.MLP(X, y, sizes=(6, 8, 1), l2=0.0)
+    th = p.init(seed=0)
+    v = rng.standard_normal(p.n_params)
+    refs = [fc.MLP(X, y, sizes=(6, 8, 1), l2=lam) for lam in (0.0, 0.5)]
+    want = {"grad": [q.grad(th) for q in refs], "hvp": [q.hvp(th, v) for q in refs]}
+    bad = []
+
+    def work(k):
+        for i in range(3000 if k == 0 else 1500):
+            if k == 0:
+                p.l2 = 0.5 if i % 2 else 0.0
+                continue
+            for name, got in (("grad", p.grad(th)), ("hvp", p.hvp(th, v))):
+                if not any(np.array_equal(got, w) for w in want[name]):
+                    bad.append((i, name))
+
+    import sys
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads often: the race window is microseconds
+    try:
+        _in_threads(work, 2)
+    finally:
+        sys.setswitchinterval(interval)
+    assert not bad, f"{len(bad)} results matched neither λ: {bad[:5]}"

@@ -303,7 +303,7 @@ class MLP:
             mask[self._poff[l]:self._poff[l] + self.sizes[l] * self.sizes[l + 1]] = 1.0
         self._wmask = mask
         self._dargs = None
-        self._head = self._mid = None  # the kernels' packed problem arguments
+        self._pack = None  # the kernels' packed problem arguments (see _packed)
         self._tls = threading.local()  # each thread's row-block buffers (_Buffers)
         self._gen = 0  # raised when the problem changes (l2): every thread's state is stale
 
@@ -454,11 +454,22 @@ class MLP:
                             ws["T"].reshape(C, -1), ws["T2"].reshape(C, -1), ws["GTs"],
                             ws["HS"].reshape(C, -1, self.n_outputs), ws["SQ"], ws["ones"],
                             ws["losses"])
-        if self._head is None:
-            self._head = (*self._data_args(), self._lc, self._y2, self._cw, self.l2)
-            self._mid = (self._sizes, self._acts, self._poff, self._aoffs, self._hoffs,
-                         self._qoffs, self._starts, self._chunk_block)
         return b.ws
+
+    def _packed(self):
+        """The kernels' packed problem arguments ``(head, mid)``, packed once per value of
+        ``l2`` (each call of a small model counts). A call takes them once: a thread that
+        reassigns ``l2`` meanwhile gives that call the old or the new λ, never a mix, and the
+        pack is tagged with the generation it was read at (the setter assigns λ before it
+        raises ``_gen``), so a pack of the old λ is never kept for the new."""
+        pack = self._pack
+        if pack is None or pack[0] != self._gen:
+            gen = self._gen
+            pack = (gen, (*self._data_args(), self._lc, self._y2, self._cw, self.l2),
+                    (self._sizes, self._acts, self._poff, self._aoffs, self._hoffs,
+                     self._qoffs, self._starts, self._chunk_block))
+            self._pack = pack
+        return pack[1], pack[2]
 
     def _data_args(self):
         if getattr(self, "_dargs", None) is not None:
@@ -509,10 +520,11 @@ class MLP:
         b.state = None  # invalid while the buffers are being rewritten
         # BLAS on one thread always: a threaded GEMM splits the row sums (h̃ᵀδ) by thread
         # count, which changed the last bits of a gradient with the thread count
+        head, mid = self._packed()
         before = _blas.one_thread()
         try:
-            loss, pen = K_.run(mode, *self._head, theta, *self._mid, V, U, outs, self._acc64,
-                               accs, J, *b.wsargs, skip)
+            loss, pen = K_.run(mode, *head, theta, *mid, V, U, outs, self._acc64, accs, J,
+                               *b.wsargs, skip)
         finally:
             _blas.restore(before)
         self._remember(b, mode, theta, skip)
@@ -585,8 +597,7 @@ class MLP:
     @l2.setter
     def l2(self, value):
         self._l2 = val.as_float_scalar(value, "l2", low=0.0)
-        self._head = None  # the kernels' packed arguments hold λ: pack them again
-        self._gen += 1  # and no thread reuses a pass of before
+        self._gen += 1  # the packed arguments hold λ (see _packed); no thread reuses a pass
 
     def _forget(self):
         """This thread's buffers rewritten outside :meth:`_run`: nothing in them can be
