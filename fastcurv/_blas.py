@@ -23,6 +23,7 @@ _LOCK = threading.Lock()
 _USERS = {}  # library -> calls between one_thread and restore
 _SAVED = {}  # library -> the thread count to restore when the last of them ends (0: none)
 _LIFTED = set()  # libraries given their threads back for BLAS-3 work (:func:`lifted`)
+_HELD = {}  # names asked for -> those of them found
 #: the libraries of the Numba kernels' np.dot (SciPy's) and of NumPy's dot products (CG's)
 KERNELS = ("scipy",)
 SOLVER = ("scipy", "numpy")
@@ -91,7 +92,9 @@ def one_thread(names=KERNELS):
     if _DISABLED:
         return 0
     libs = _LIBS if _SEARCHED else _find()
-    held = tuple(n for n in names if n in libs)
+    held = _HELD.get(names)
+    if held is None:  # (once per tuple of names: a generator here costs a microsecond a call)
+        held = _HELD[names] = tuple(n for n in names if n in libs)
     if not held:
         return 0
     with _LOCK:
