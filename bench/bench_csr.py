@@ -7,7 +7,14 @@ single-threaded; fastcurv runs on 2 threads.
 import baselines as bl
 import pytest
 from datasets import CSR
-from harness import FreshTheta, agree_value_grad, assert_agree, hugepage_fraction, measure
+from harness import (
+    FreshTheta,
+    agree_value_grad,
+    assert_agree,
+    hugepage_fraction,
+    interleaved,
+    measure,
+)
 from probe import check_probe, probe
 
 import fastcurv as fc
@@ -97,3 +104,36 @@ def test_value_grad_scipy(benchmark, csr, ref):
     alt = FreshTheta(bl.twopass_logistic_value_grad(P.X, P.y, P.l2), P.theta)
     measure(benchmark, alt, key="csr.value_grad.scipy", nbytes=P.nbytes,
             check=_vg_check(ref["vg"], "scipy vs fastcurv"))
+
+
+# --------------------------------------------------- the same comparisons, interleaved
+@pytest.mark.benchmark(group=f"{G_HVP} (interleaved)")
+def test_hvp_interleaved(benchmark, csr, ref):
+    P, p = csr, ref["p"]
+    p.value_and_grad(P.theta)
+    _, _, hvp_sk = bl.sklearn_hessp(P.X, P.y, P.theta, P.l2)
+    interleaved(benchmark, [
+        ("csr.hvp.probe", probe(P.X), (), None),
+        ("csr.hvp.fastcurv", p.hvp, (P.theta, P.v),
+         lambda out: assert_agree(out, ref["sp_hvp"], RTOL, "fastcurv vs scipy")),
+        ("csr.hvp.scipy", bl.twopass_logistic_hvp(P.X, ref["hw"], P.l2), (P.v,),
+         lambda out: assert_agree(out, ref["hvp"], RTOL, "scipy vs fastcurv")),
+        ("csr.hvp.sklearn", hvp_sk, (P.v,),
+         lambda out: assert_agree(out, ref["hvp"], RTOL, "scikit-learn vs fastcurv")),
+    ], key="csr.hvp.interleaved")
+
+
+@pytest.mark.benchmark(group=f"{G_VG} (interleaved)")
+def test_value_grad_interleaved(benchmark, csr, ref):
+    P = csr
+    p = fc.GLM(P.X, P.y, family="logistic", l2=P.l2)
+    interleaved(benchmark, [
+        ("csr.value_grad.fastcurv", FreshTheta(p.value_and_grad, P.theta), (),
+         _vg_check(ref["sp_vg"], "fastcurv vs scipy")),
+        ("csr.value_grad.sklearn",
+         FreshTheta(bl.sklearn_value_grad(P.X, P.y, P.l2), P.theta), (),
+         _vg_check(ref["vg"], "scikit-learn vs fastcurv")),
+        ("csr.value_grad.scipy",
+         FreshTheta(bl.twopass_logistic_value_grad(P.X, P.y, P.l2), P.theta), (),
+         _vg_check(ref["vg"], "scipy vs fastcurv")),
+    ], key="csr.value_grad.interleaved")

@@ -1,14 +1,22 @@
 """Dense binary logistic, n=200,000, d=500 (X float64: 800 MB; float32 copy: 400 MB).
 
 Groups: HVP (probe, fastcurv, numpy two-pass, scikit-learn hessp), value+grad (fastcurv,
-numpy two products, scikit-learn loss_gradient), and float32 vs float64 HVP.
+numpy two products, scikit-learn loss_gradient), and float32 vs float64 HVP; each group is
+timed once more with its implementations called in alternation (``harness.interleaved``).
 """
 
 import baselines as bl
 import numpy as np
 import pytest
 from datasets import DENSE
-from harness import FreshTheta, agree_value_grad, assert_agree, hugepage_fraction, measure
+from harness import (
+    FreshTheta,
+    agree_value_grad,
+    assert_agree,
+    hugepage_fraction,
+    interleaved,
+    measure,
+)
 from probe import check_probe, probe
 
 import fastcurv as fc
@@ -153,3 +161,54 @@ def test_dtype_hvp_numpy_f32(benchmark, dense32, ref):
     hvp = bl.twopass_logistic_hvp(P.X, ref["hw"].astype(np.float32), P.l2)
     measure(benchmark, hvp, P.v, key="dense32.hvp.numpy", nbytes=P.nbytes,
             check=lambda out: assert_agree(out, ref["hvp"], RTOL32, "numpy f32 vs fastcurv"))
+
+
+# --------------------------------------------------- the same comparisons, interleaved
+@pytest.mark.benchmark(group=f"{G_HVP} (interleaved)")
+def test_hvp_interleaved(benchmark, dense64, ref):
+    P, p = dense64, ref["p"]
+    p.value_and_grad(P.theta)
+    pr = probe(P.X)
+    d = P.X.shape[1]
+    w = np.ascontiguousarray(P.v[:d])
+    _, _, hvp_sk = bl.sklearn_hessp(P.X, P.y, P.theta, P.l2)
+    v_sk = bl.fc_to_sk(P.v, d, 1)
+    vs_ref = lambda out: assert_agree(out, ref["np_hvp"], RTOL64, "HVP vs numpy")  # noqa: E731
+    interleaved(benchmark, [
+        ("dense64.hvp.probe", pr, (), None),
+        ("dense64.hvp.fastcurv", p.hvp, (P.theta, P.v), vs_ref),
+        ("dense64.hvp.numpy", bl.twopass_logistic_hvp(P.X, ref["hw"], P.l2), (P.v,),
+         lambda out: assert_agree(out, ref["hvp"], RTOL64, "numpy vs fastcurv")),
+        ("dense64.hvp.numpy_one_pass", lambda: P.X @ w, (), None),
+        ("dense64.hvp.sklearn", hvp_sk, (v_sk,),
+         lambda out: assert_agree(out, ref["hvp"], RTOL64, "scikit-learn vs fastcurv")),
+    ], key="dense64.hvp.interleaved")
+
+
+@pytest.mark.benchmark(group=f"{G_VG} (interleaved)")
+def test_value_grad_interleaved(benchmark, dense64, ref):
+    P = dense64
+    p = fc.GLM(P.X, P.y, family="logistic", l2=P.l2)
+    interleaved(benchmark, [
+        ("dense64.value_grad.fastcurv", FreshTheta(p.value_and_grad, P.theta), (),
+         _vg_check(ref["np_vg"])),
+        ("dense64.value_grad.numpy",
+         FreshTheta(bl.twopass_logistic_value_grad(P.X, P.y, P.l2), P.theta), (),
+         _vg_check(ref["vg"])),
+        ("dense64.value_grad.sklearn",
+         FreshTheta(bl.sklearn_value_grad(P.X, P.y, P.l2), P.theta), (), _vg_check(ref["vg"])),
+    ], key="dense64.value_grad.interleaved")
+
+
+@pytest.mark.benchmark(group=f"{G_DTYPE} (interleaved)")
+def test_dtype_interleaved(benchmark, dense64, dense32, ref):
+    p64 = ref["p"]
+    p64.value_and_grad(dense64.theta)
+    p32 = fc.GLM(dense32.X, dense32.y, family="logistic", l2=dense32.l2)
+    p32.value_and_grad(dense32.theta)
+    interleaved(benchmark, [
+        ("dense64.hvp.fastcurv_again", p64.hvp, (dense64.theta, dense64.v),
+         lambda out: assert_agree(out, ref["np_hvp"], RTOL64, "f64 vs numpy")),
+        ("dense32.hvp.fastcurv", p32.hvp, (dense32.theta, dense32.v),
+         lambda out: assert_agree(out, ref["hvp"], RTOL32, "f32 vs f64")),
+    ], key="dense_dtype.hvp.interleaved")

@@ -61,7 +61,7 @@ import mlp_baselines as mb
 import numpy as np
 import pytest
 import report
-from harness import FreshTheta, assert_agree, measure
+from harness import FreshTheta, assert_agree, interleaved, measure
 
 L2 = 1e-3
 # agreement with the float64 reference, relative to the result's max-norm. float32: sums of
@@ -205,39 +205,70 @@ def _params():
     return out
 
 
-@pytest.mark.parametrize(("case", "op", "impl"), _params())
-def test_mlp(benchmark, case, op, impl):
+def _impl_fn(case, op, impl):
+    """(zero-argument call, note) of one implementation of a product (not the floor)."""
     D = data(case)
     theta, v = D["theta"], D["v"]
-    if impl == FLOOR:
-        fl = mb.GemmFloor(D["X"], theta, CASES[case]["sizes"])
-        _time_floor(benchmark, case, fl)
-        return
     if impl.startswith("fastcurv"):
         p = model(case, "fastcurv")
         if op == "grad":
-            fn = FreshTheta(p.grad, theta)
-            note = "p.grad on a new theta every call"
-        elif impl == "fastcurv_new_theta":
-            f = p.hvp if op == "hvp" else p.ggn_vp
-            fn = FreshTheta(lambda t: f(t, v), theta)
-            note = f"p.{f.__name__} on a new theta every call"
-        else:
-            f = p.hvp if op == "hvp" else p.ggn_vp
-            p.value_and_grad(theta)  # state at theta, as Newton-CG leaves it
+            return FreshTheta(p.grad, theta), "p.grad on a new theta every call"
+        f = p.hvp if op == "hvp" else p.ggn_vp
+        if impl == "fastcurv_new_theta":
+            return (FreshTheta(lambda t: f(t, v), theta),
+                    f"p.{f.__name__} on a new theta every call")
+        p.value_and_grad(theta)  # state at theta, as Newton-CG leaves it
 
-            def fn():
-                return f(theta, v)
-            note = f"p.{f.__name__} at a fixed theta after p.value_and_grad(theta)"
-    else:
-        fn = _framework_fn(model(case, impl), op, theta, v)
-        note = {"jax": "jax.jit; inputs JAX arrays; block_until_ready",
+        def fn():
+            return f(theta, v)
+        return fn, f"p.{f.__name__} at a fixed theta after p.value_and_grad(theta)"
+    fn = _framework_fn(model(case, impl), op, theta, v)
+    return fn, {"jax": "jax.jit; inputs JAX arrays; block_until_ready",
                 "torch": "torch.func eager, 2 threads, in the suite's process (Numba's OpenMP "
                          "runtime initialized: slows torch's MKL-VML tanh/exp)"}[impl]
+
+
+@pytest.mark.parametrize(("case", "op", "impl"), _params())
+def test_mlp(benchmark, case, op, impl):
+    D = data(case)
+    if impl == FLOOR:
+        fl = mb.GemmFloor(D["X"], D["theta"], CASES[case]["sizes"])
+        _time_floor(benchmark, case, fl)
+        return
+    fn, note = _impl_fn(case, op, impl)
     _time(benchmark, case, op, impl, fn, D["want"][op], note=note)
     if impl == "torch":
         # the same product timed in a fresh process without Numba's OpenMP runtime
         benchmark.extra_info["own_process"] = torch_own_process(case, op)
+
+
+#: implementations timed in alternation (torch runs in a process of its own, see below)
+INTERLEAVED = {"grad": ("fastcurv", "jax", FLOOR), "hvp": ("fastcurv", "fastcurv_new_theta", "jax"),
+               "ggn": ("fastcurv", "fastcurv_new_theta", "jax")}
+
+
+@pytest.mark.parametrize(("case", "op"), [pytest.param(c, o, id=f"{c}-{o}")
+                                          for c in CASES for o in OPS])
+def test_mlp_interleaved(benchmark, case, op):
+    """fastcurv and JAX (and, for the gradient, the forward-GEMM floor) called in
+    alternation, so that their ratio does not carry the machine's drift between benchmarks
+    (``harness.interleaved``)."""
+    c, D = CASES[case], data(case)
+    if "jax" in INTERLEAVED[op]:
+        pytest.importorskip("jax")
+    rtol = RTOL[np.dtype(c["dtype"])]
+    impls = []
+    for impl in INTERLEAVED[op]:
+        if impl == FLOOR:
+            fl = mb.GemmFloor(D["X"], D["theta"], c["sizes"])
+            impls.append((f"{case}.floor.{FLOOR}", fl, (), lambda out, fl=fl: assert_agree(
+                out[:64], fl.reference(64), rtol, f"{case} forward GEMMs vs einsum")))
+            continue
+        fn, _ = _impl_fn(case, op, impl)
+        impls.append((f"{case}.{op}.{impl}", fn, (), lambda out, impl=impl: assert_agree(
+            _as_numpy(out), D["want"][op], rtol, f"{case} {impl} {op} vs numpy reference")))
+    benchmark.group = f"{group_name(case, op)} (interleaved)"
+    interleaved(benchmark, impls, key=f"{case}.{op}.interleaved", calls=c["calls"])
 
 
 def _framework_fn(m, op, theta, v):
@@ -380,7 +411,7 @@ def mlp_rows(benchmarks):
     for b in benchmarks:
         info = b.get("extra_info") or {}
         key = info.get("key", "")
-        if key.startswith("mlp"):
+        if key.startswith("mlp") and "interleaved" not in info:
             idx[key] = _per_call(b)
             own = info.get("own_process")
             if own:
@@ -432,6 +463,51 @@ def mlp_rows(benchmarks):
     return rows
 
 
+def mlp_interleaved_rows(benchmarks):
+    """One row per (case, product) timed in alternation: ratios of per-call medians over
+    clean calls (``report._clean_median``), the median of the rounds' paired ratios, and
+    fastcurv's time in forward-GEMM floors (gradient)."""
+    import statistics
+
+    rows = []
+    for b in benchmarks:
+        info = b.get("extra_info") or {}
+        T = info.get("interleaved")
+        if not T or not info.get("key", "").startswith("mlp"):
+            continue
+        S = info.get("interleaved_share") or {}
+        case, op = info["problem"], info["op"]
+        med = {k.split(".")[-1]: report._clean_median(t, S.get(k)) for k, t in T.items()}
+        by = {k.split(".")[-1]: t for k, t in T.items()}
+
+        def ratio(a, b, med=med):
+            return med[a] / med[b] if a in med and b in med else None
+
+        def paired(a, b, by=by):
+            if a not in by or b not in by:
+                return None
+            return statistics.median(x / y for x, y in zip(by[a], by[b], strict=True))
+
+        rows.append({"problem": _case_title(case), "product": OP_NAMES[op],
+                     "rounds": len(by["fastcurv"]), "fastcurv_ms": med["fastcurv"] * 1e3,
+                     "jax_ms": med["jax"] * 1e3 if "jax" in med else None,
+                     "jax_over_fastcurv": ratio("jax", "fastcurv"),
+                     "jax_over_fastcurv_paired": paired("jax", "fastcurv"),
+                     "jax_over_fastcurv_new_theta": ratio("jax", "fastcurv_new_theta"),
+                     "fastcurv_in_floors": ratio("fastcurv", FLOOR),
+                     "jax_in_floors": ratio("jax", FLOOR)})
+    return rows
+
+
+INTERLEAVED_COLUMNS = [("problem", "problem", None), ("product", "product", None),
+                       ("rounds", "rounds", None), ("fastcurv ms", "fastcurv_ms", 3),
+                       ("JAX ms", "jax_ms", 3), ("JAX / fc", "jax_over_fastcurv", 2),
+                       ("JAX / fc, paired", "jax_over_fastcurv_paired", 2),
+                       ("JAX / fc new-θ", "jax_over_fastcurv_new_theta", 2),
+                       ("fc in floors", "fastcurv_in_floors", 2),
+                       ("JAX in floors", "jax_in_floors", 2)]
+
+
 COLUMNS = [("problem", "problem", None), ("product", "product", None),
            ("floor ms", "floor_ms", 3), ("fastcurv ms", "fastcurv_ms", 3),
            ("fastcurv new-θ ms", "fastcurv_new_theta_ms", 3), ("JAX ms", "jax_ms", 3),
@@ -446,33 +522,45 @@ COLUMNS = [("problem", "problem", None), ("product", "product", None),
            ("torch / fc (mins)", "torch_over_fastcurv_min", 2)]
 
 
-def render_mlp(benchmarks, markdown=False, threads=None):
-    rows = mlp_rows(benchmarks)
-    if not rows:
-        return ""
-    header = [h for h, _, _ in COLUMNS]
+def _table(columns, rows, markdown):
+    header = [h for h, _, _ in columns]
     body = []
     for r in rows:
         line = []
-        for _, k, nd in COLUMNS:
+        for _, k, nd in columns:
             x = r[k]
             line.append(x if nd is None else ("—" if x is None else f"{x:.{nd}f}"))
         body.append(line)
     if markdown:
         out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        out += ["| " + " | ".join(map(str, ln)) + " |" for ln in body]
-    else:
-        widths = [max(len(str(x)) for x in col) for col in zip(header, *body, strict=True)]
-        out = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)),
-               "  ".join("-" * w for w in widths)]
-        out += ["  ".join(str(c).ljust(w) for c, w in zip(ln, widths, strict=True))
-                for ln in body]
-    out.append("per call: medians over clean rounds / calls per round; fc = fastcurv at a fixed "
-               "θ after value_and_grad(θ); fc new-θ = a new θ every call; ratios = baseline / "
-               "fastcurv (> 1: fastcurv faster); 'in grads' = fastcurv product / fastcurv "
-               "gradient; 'in floors' = time / forward-GEMM floor; torch ms = torch.func timed "
-               "in a process of its own (no Numba OpenMP runtime), used for the torch ratios; "
-               "torch in-suite ms = the pytest-benchmark row of this process")
+        return out + ["| " + " | ".join(map(str, ln)) + " |" for ln in body]
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *body, strict=True)]
+    out = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)),
+           "  ".join("-" * w for w in widths)]
+    return out + ["  ".join(str(c).ljust(w) for c, w in zip(ln, widths, strict=True))
+                  for ln in body]
+
+
+def render_mlp(benchmarks, markdown=False, threads=None):
+    rows = mlp_rows(benchmarks)
+    irows = mlp_interleaved_rows(benchmarks)
+    if not rows and not irows:
+        return ""
+    out = []
+    if rows:
+        out += _table(COLUMNS, rows, markdown)
+        out.append("per call: medians over clean rounds / calls per round; fc = fastcurv at a "
+                   "fixed θ after value_and_grad(θ); fc new-θ = a new θ every call; ratios = "
+                   "baseline / fastcurv (> 1: fastcurv faster); 'in grads' = fastcurv product / "
+                   "fastcurv gradient; 'in floors' = time / forward-GEMM floor; torch ms = "
+                   "torch.func timed in a process of its own (no Numba OpenMP runtime), used "
+                   "for the torch ratios; torch in-suite ms = the pytest-benchmark row of this "
+                   "process")
+    if irows:
+        out += ["", "fastcurv and JAX called in alternation (one round of calls each, order "
+                "reversed every other round; the gradient with the forward-GEMM floor): both "
+                "see the same machine speed"]
+        out += _table(INTERLEAVED_COLUMNS, irows, markdown)
     if threads:
         out.append("threads: " + "; ".join(f"{k}: {v}" for k, v in threads.items()))
     return "\n".join(out)

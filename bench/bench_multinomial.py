@@ -9,7 +9,14 @@ import baselines as bl
 import numpy as np
 import pytest
 from datasets import MULTI
-from harness import FreshTheta, agree_value_grad, assert_agree, hugepage_fraction, measure
+from harness import (
+    FreshTheta,
+    agree_value_grad,
+    assert_agree,
+    hugepage_fraction,
+    interleaved,
+    measure,
+)
 from probe import check_probe, probe
 
 import fastcurv as fc
@@ -107,3 +114,32 @@ def test_value_grad_sklearn(benchmark, multi, ref):
                      P.theta)
     measure(benchmark, alt, key="multi.value_grad.sklearn", nbytes=P.nbytes,
             check=lambda out: agree_value_grad(out, ref["vg_fc"][0], RTOL, "sklearn"))
+
+
+# --------------------------------------------------- the same comparisons, interleaved
+@pytest.mark.benchmark(group=f"{G_HVP} (interleaved)")
+def test_hvp_interleaved(benchmark, multi, ref):
+    P, p = multi, ref["p"]
+    d, K = P.X.shape[1], P.n_classes
+    p.value_and_grad(P.theta)
+    _, _, hvp_sk = bl.sklearn_hessp(P.X, P.y, P.theta, P.l2, "multinomial", K)
+    interleaved(benchmark, [
+        ("multi.hvp.probe", probe(P.X), (), None),
+        ("multi.hvp.fastcurv", p.hvp, (P.theta, P.v),
+         lambda out: assert_agree(out, ref["hvp"], RTOL, "fastcurv (repeat)")),
+        ("multi.hvp.sklearn", hvp_sk, (bl.fc_to_sk(P.v, d, K),),
+         lambda out: assert_agree(bl.sk_to_fc(out, d, K), ref["hvp"], RTOL, "scikit-learn")),
+    ], key="multi.hvp.interleaved")
+
+
+@pytest.mark.benchmark(group=f"{G_VG} (interleaved)")
+def test_value_grad_interleaved(benchmark, multi, ref):
+    P = multi
+    p = fc.GLM(P.X, P.y, family="multinomial", l2=P.l2, n_classes=P.n_classes)
+    sk = bl.sklearn_value_grad(P.X, P.y, P.l2, "multinomial", P.n_classes)
+    interleaved(benchmark, [
+        ("multi.value_grad.fastcurv", FreshTheta(p.value_and_grad, P.theta), (),
+         lambda out: agree_value_grad(out, ref["vg_sk"][0], RTOL, "fastcurv")),
+        ("multi.value_grad.sklearn", FreshTheta(sk, P.theta), (),
+         lambda out: agree_value_grad(out, ref["vg_fc"][0], RTOL, "sklearn")),
+    ], key="multi.value_grad.interleaved")

@@ -100,6 +100,84 @@ def measure(benchmark, fn, *args, key, nbytes, check=None, rounds=None, **info):
     return out
 
 
+#: interleaved comparisons: about this many seconds of timed calls per comparison, clamped
+INTERLEAVED_TARGET_S = float(os.environ.get("FASTCURV_BENCH_INTERLEAVED_TARGET_S", "4"))
+INTERLEAVED_MIN_ROUNDS = int(os.environ.get("FASTCURV_BENCH_INTERLEAVED_MIN_ROUNDS", "12"))
+
+
+def interleaved(benchmark, impls, *, key, calls=1, rounds=None, **info):
+    """Time several implementations in alternation: the ratio of two of them is then measured
+    under the same machine conditions.
+
+    ``impls`` is a list of ``(name, fn, args, check)``; each ``name`` is the key its own
+    benchmark has in the suite (``problem.op.impl``). Every ``fn(*args)`` is warmed up once
+    and its result checked with ``check(result)`` (None: not checked). Then each round calls
+    every implementation once (``calls`` times, timed together, for microsecond calls), in
+    the listed order on even rounds and the reverse order on odd ones, each call after the
+    untimed gate of :class:`RoundGate` (a ``ROUND_GAP`` s pause for other thread pools to
+    stop spinning, longer while other processes keep the machine busy).
+
+    Why: on a virtual machine the speed of memory and cores drifts by 1.5-2x within minutes
+    (measured on the 2-core Intel Xeon of 2026-11-29: the same dense probe took 36 ms, then
+    63 ms). Separate benchmarks of A and B, each a few seconds long and minutes apart, give a
+    ratio of medians that carries that drift; alternating calls give each the same
+    conditions. ``extra_info["interleaved"]`` holds each implementation's per-call times
+    (seconds) and ``extra_info["interleaved_share"]`` the foreign CPU share seen during each
+    call; :mod:`report` computes the ratios. pytest-benchmark's own statistics of this entry
+    time whole rounds (gaps included) and mean nothing.
+    """
+    import gc
+
+    gc.collect()
+    errs = {}
+    t_warm = 0.0
+    for name, fn, args, check in impls:
+        t0 = time.perf_counter()
+        result = fn(*args)
+        t_warm += time.perf_counter() - t0
+        if check is not None:
+            err = check(result)
+            if err is not None:
+                errs[name] = float(err)
+        del result
+    if rounds is None:
+        rounds = int(min(MAX_ROUNDS, max(INTERLEAVED_MIN_ROUNDS,
+                                         INTERLEAVED_TARGET_S / max(t_warm * calls, 1e-6))))
+    times = {name: [] for name, *_ in impls}
+    order = []
+    gate = RoundGate()
+    state = {"round": 0}
+
+    def one_round():
+        r = state["round"]
+        state["round"] += 1
+        for name, fn, args, _ in (impls if r % 2 == 0 else impls[::-1]):
+            gate.setup()
+            t0 = time.perf_counter()
+            for _ in range(calls):
+                fn(*args)
+            times[name].append((time.perf_counter() - t0) / calls)
+            order.append(name)
+
+    problem, op, impl = key.split(".")
+    waited, _ = wait_quiet(SETTLE, QUIET_WAIT)
+    benchmark.pedantic(one_round, rounds=rounds, iterations=1)
+    shares = gate.finish()
+    by_name = {name: [] for name in times}
+    if len(shares) == len(order):
+        for name, sh in zip(order, shares, strict=True):
+            by_name[name].append(round(sh, 3))
+    benchmark.extra_info.update(
+        key=key, problem=problem, op=op, impl=impl, bytes=0, interleaved=times,
+        interleaved_share=by_name, calls_per_round=calls,
+        waited_for_quiet_s=round(waited + gate.waited, 2),
+        note="implementations called in alternation (order reversed every other round); "
+             "the ratios are in report.py's interleaved table", **info)
+    if errs:
+        benchmark.extra_info["rel_err_vs_ref"] = errs
+    return times
+
+
 class RoundGate:
     """``setup`` of every pedantic round (untimed).
 
