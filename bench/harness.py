@@ -101,7 +101,7 @@ def measure(benchmark, fn, *args, key, nbytes, check=None, rounds=None, **info):
 
 
 #: interleaved comparisons: about this many seconds of timed calls per comparison, clamped
-INTERLEAVED_TARGET_S = float(os.environ.get("FASTCURV_BENCH_INTERLEAVED_TARGET_S", "4"))
+INTERLEAVED_TARGET_S = float(os.environ.get("FASTCURV_BENCH_INTERLEAVED_TARGET_S", "8"))
 INTERLEAVED_MIN_ROUNDS = int(os.environ.get("FASTCURV_BENCH_INTERLEAVED_MIN_ROUNDS", "12"))
 
 

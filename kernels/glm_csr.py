@@ -68,7 +68,9 @@ def _scatter(data, indices, lo, hi, t, w, acc, dacc):
 @jit(parallel=True)
 def pass_k1(data, indices, indptr, starts, v, vb, mode, fam, y, a, cw, eta, r, h,
             lbuf, dbuf, gbuf, gbbuf, rowwise):
-    """One fused pass of a single-output GLM (see ``glm_dense.pass_k1``); ``gbuf[c]`` (d,).
+    """One fused pass of a single-output GLM (see ``glm_dense.pass_k1``); ``gbuf[c]`` (d,),
+    and ``dbuf[c]`` with the diagonal, are zeroed by chunk c before it adds into them (the
+    caller need not: the zeros are written in parallel, by the core that then fills them).
 
     Rows go in blocks (``_block_end``). With ``rowwise`` each row is gathered
     (``s_i = x_i . v``), weighted and scattered (``acc += t_i x_i``) before the next; without
@@ -86,9 +88,11 @@ def pass_k1(data, indices, indptr, starts, v, vb, mode, fam, y, a, cw, eta, r, h
     diag = mode == VALUE_GRAD_DIAG
     for c in prange(n_chunks):
         acc = gbuf[c]
+        acc[:] = 0.0
         dacc = dbuf[0]  # a placeholder unless the diagonal is asked for
         if diag:
             dacc = dbuf[c]
+            dacc[:] = 0.0
         tb = np.empty(BLOCK_ROWS)
         wb = np.zeros(BLOCK_ROWS)
         lb = np.zeros(BLOCK_ROWS)
@@ -137,14 +141,16 @@ def pass_gen(data, indices, indptr, starts, V, vb, mode, fam, y, a, eta, r, h, D
              kind, m, lbuf, gbuf, gbbuf):
     """One fused pass of a K-output GLM over L columns (see ``glm_dense.pass_gen``).
 
-    V (d, L) and vb (L,) in C order, unpadded; ``gbuf[c]`` is (d, L). Rows go in blocks of
-    two phases like ``pass_k1``: gathers and per-row curvature for the block, then scatters.
+    V (d, L) and vb (L,) in C order, unpadded; ``gbuf[c]`` is (d, L), zeroed here. Rows go
+    in blocks of two phases like ``pass_k1``: gathers and per-row curvature for the block, then
+    scatters.
     """
     n_chunks = starts.shape[0] - 1
     L = V.shape[1]
     noref = np.full(m, -1, dtype=np.int64)  # every class in U (see glm_dense.pass_gen)
     for c in prange(n_chunks):
         acc = gbuf[c]
+        acc[:] = 0.0
         U = np.zeros((BLOCK_ROWS, L))
         T = np.zeros((BLOCK_ROWS, L))
         w1 = np.zeros(L)
@@ -184,11 +190,12 @@ def pass_gen(data, indices, indptr, starts, V, vb, mode, fam, y, a, eta, r, h, D
 @jit(parallel=True)
 def weighted_sq_colsum(data, indices, indptr, starts, cw, gbuf):
     """``gbuf[c][j, k] = sum_i cw[i, k] X[i, j]^2`` over the rows of chunk c; gbuf (C, d, K),
-    in float64 (see ``glm_dense.weighted_sq_colsum``)."""
+    in float64, written here (see ``glm_dense.weighted_sq_colsum``)."""
     n_chunks = starts.shape[0] - 1
     K = cw.shape[1]
     for c in prange(n_chunks):
         acc = gbuf[c]
+        acc[:] = 0.0
         for i in range(starts[c], starts[c + 1]):
             lo = np.uint64(indptr[i])
             hi = np.uint64(indptr[i + 1])

@@ -606,11 +606,73 @@ def test_a_zero_weight_row_with_a_huge_residual_adds_nothing_to_the_fisher_produ
 
 
 def test_csr_partition_keeps_the_chunk_accumulators_small():
-    """At most nnz / (8 d) chunks: on wide data each chunk's d-long float64 accumulator costs
-    more than its share of the pass; the chunks still cover every row once, in order."""
-    for n, d, per_row, want in ((400_000, 100, 40, 32), (400_000, 200_000, 40, 10),
-                                (400_000, 10**6, 40, 2), (1000, 10**6, 3, 1)):
+    """At most nnz / (32 d) chunks, but 4 where the nonzeros allow: on wide data each chunk's
+    d-long float64 accumulator costs more than its share of the pass; the chunks still cover
+    every row once, in order."""
+    for n, d, per_row, want in ((400_000, 100, 40, 32), (500_000, 50_000, 60, 18),
+                                (400_000, 200_000, 40, 4), (400_000, 10**6, 40, 4),
+                                (1000, 10**6, 3, 1), (2000, 10**6, 40, 2)):
         indptr = np.arange(0, n * per_row + 1, per_row, dtype=np.int64)
         starts = reduce.nnz_partition(indptr, d)
         assert len(starts) - 1 == want, (n, d, len(starts) - 1)
         assert starts[0] == 0 and starts[-1] == n and np.all(np.diff(starts) > 0)
+
+
+@pytest.mark.parametrize("shape", [(1, 7), (3, 0), (5, 4096), (32, 50_001)])
+def test_chunk_sums_add_the_chunks_in_their_order(shape):
+    """``reduce.sum_chunks`` adds chunk 0, then 1, ... for every column, in parallel over
+    column blocks: the bits of a row-after-row loop (and of NumPy's axis-0 sum), whatever the
+    thread count. The values cancel heavily, so any other order would change the bits."""
+    rng = np.random.default_rng(shape[1])
+    buf = rng.standard_normal(shape) * 10.0 ** rng.integers(-8, 9, size=shape)
+    want = buf[0].copy()
+    for c in range(1, shape[0]):
+        want += buf[c]
+    got = []
+    before = numba.get_num_threads()
+    try:
+        for t in (1, numba.config.NUMBA_NUM_THREADS):
+            numba.set_num_threads(t)
+            out = np.full(shape[1], np.nan)
+            reduce.sum_chunks(buf, reduce.column_blocks(shape[1]), out)
+            got.append(out)
+    finally:
+        numba.set_num_threads(before)
+    for out in got:
+        np.testing.assert_array_equal(out, want)
+    np.testing.assert_array_equal(got[0], buf.sum(axis=0))
+
+
+def test_csr_kernels_zero_their_own_chunk_accumulators():
+    """The CSR passes write their chunk buffers (the caller allocates them uninitialized):
+    buffers full of NaN give the same products as the dense route."""
+    from fastcurv.kernels import glm_csr
+    from fastcurv.kernels.glm_dense import CURVATURE
+
+    rng = np.random.default_rng(3)
+    n, d = 40_000, 30
+    X = sp.random(n, d, density=0.2, format="csr", random_state=4)
+    Xd = X.toarray()
+    design = fc.GLM(X, (rng.random(n) < 0.5).astype(float), family="logistic")._design
+    assert design.n_chunks > 1
+    C = design.n_chunks
+    ind = design.indices
+    cw = rng.random(n)
+    v = rng.standard_normal(d)
+    no1, no2 = np.zeros(1), np.zeros((1, 1))
+    gbuf, gbbuf, lbuf = np.full((C, d), np.nan), np.zeros(C), np.zeros(C)
+    for rowwise in (True, False):
+        glm_csr.pass_k1(X.data, ind, X.indptr, design.starts, v, 0.5, CURVATURE, 0, no1, no1,
+                        cw, no1, no1, no1, lbuf, no2, gbuf, gbbuf, rowwise)
+        np.testing.assert_allclose(gbuf.sum(axis=0), Xd.T @ (cw * (Xd @ v + 0.5)), rtol=1e-12)
+        gbuf[:] = np.nan
+    cw2 = rng.random((n, 2))
+    sq = np.full((C, d, 2), np.nan)
+    glm_csr.weighted_sq_colsum(X.data, ind, X.indptr, design.starts, cw2, sq)
+    np.testing.assert_allclose(sq.sum(axis=0), (Xd ** 2).T @ cw2, rtol=1e-12)
+    V = rng.standard_normal((d, 2))
+    Dw = rng.random((n, 2))
+    g2, gb2 = np.full((C, d, 2), np.nan), np.zeros((C, 2))
+    glm_csr.pass_gen(X.data, ind, X.indptr, design.starts, V, np.zeros(2), CURVATURE, 0, no2,
+                     no1, no2, no2, no2, Dw, no2, no1, 0, 1, lbuf, g2, gb2)
+    np.testing.assert_allclose(g2.sum(axis=0), Xd.T @ (Dw * (Xd @ V)), rtol=1e-12)

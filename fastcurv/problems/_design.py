@@ -31,12 +31,13 @@ from ..kernels.losses import MULTINOMIAL
 
 
 def _reduce(buf):
-    """Sum per-chunk buffers (C, ...) in chunk order into one float64 array of shape (...).
-
-    NumPy reduces over the leading axis of a C-contiguous array row after row (pairwise
-    summation only applies along the contiguous axis), single-threaded: a fixed order.
-    """
-    return buf.sum(axis=0)
+    """Sum per-chunk buffers (C, ...) (C-contiguous float64, C >= 1) in chunk order into one
+    float64 array of shape (...): :func:`reduce.sum_chunks`, a fixed order whatever the
+    thread count."""
+    flat = buf.reshape(buf.shape[0], -1)
+    out = np.empty(flat.shape[1])
+    reduce.sum_chunks(flat, reduce.column_blocks(flat.shape[1]), out)
+    return out.reshape(buf.shape[1:])
 
 
 def _padded_t(V, vb):
@@ -243,7 +244,7 @@ class CSRDesign(_Design):
 
     def _run_k1(self, v, vb, *args):
         C, d = self.n_chunks, self.d
-        gbuf = np.zeros((C, d))
+        gbuf = np.empty((C, d))  # each chunk zeroes its own (in parallel, into its cache)
         gbbuf = np.zeros(C)
         glm_csr.pass_k1(*self._args(), np.ascontiguousarray(v), float(vb), *args, gbuf, gbbuf,
                         self.rowwise)
@@ -251,13 +252,13 @@ class CSRDesign(_Design):
 
     def _run_gen(self, V, vb, *args):
         L = V.shape[1]
-        gbuf = np.zeros((self.n_chunks, self.d, L))
+        gbuf = np.empty((self.n_chunks, self.d, L))  # zeroed by each chunk
         gbbuf = np.zeros((self.n_chunks, L))
         glm_csr.pass_gen(*self._args(), np.ascontiguousarray(V), vb, *args, gbuf, gbbuf)
         return _reduce(gbuf), _reduce(gbbuf)
 
     def sq_colsum(self, cw):
-        gbuf = np.zeros((self.n_chunks, self.d, cw.shape[1]))
+        gbuf = np.empty((self.n_chunks, self.d, cw.shape[1]))  # zeroed by each chunk
         glm_csr.weighted_sq_colsum(*self._args(), cw, gbuf)
         return _reduce(gbuf)
 
