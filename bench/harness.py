@@ -130,19 +130,22 @@ def interleaved(benchmark, impls, *, key, calls=1, rounds=None, **info):
 
     gc.collect()
     errs = {}
-    t_warm = 0.0
     for name, fn, args, check in impls:
-        t0 = time.perf_counter()
         result = fn(*args)
-        t_warm += time.perf_counter() - t0
         if check is not None:
             err = check(result)
             if err is not None:
                 errs[name] = float(err)
         del result
     if rounds is None:
+        # from a second call of each (the first one compiles: Numba, JAX, the probe)
+        t_round = 0.0
+        for _, fn, args, _ in impls:
+            t0 = time.perf_counter()
+            fn(*args)
+            t_round += time.perf_counter() - t0
         rounds = int(min(MAX_ROUNDS, max(INTERLEAVED_MIN_ROUNDS,
-                                         INTERLEAVED_TARGET_S / max(t_warm * calls, 1e-6))))
+                                         INTERLEAVED_TARGET_S / max(t_round * calls, 1e-6))))
     times = {name: [] for name, *_ in impls}
     order = []
     gate = RoundGate()

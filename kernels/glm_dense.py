@@ -24,7 +24,21 @@ from numba import prange
 
 from ._jit import jit
 from .losses import MULTINOMIAL, pointwise, softmax_row, weighted
-from .simd import prefetch, vbcast, vfma, vload, vstore, vsum, vwidth, vzero
+from .simd import (
+    prefetch,
+    vbcast,
+    vfma,
+    vload,
+    vstore,
+    vsum,
+    vwidth,
+    vzero,
+    wbcast,
+    wload,
+    wstore,
+    wwidth,
+    wzero,
+)
 
 #: rows accumulated in the data dtype before they are added into the float64 chunk buffer
 FLUSH = 256
@@ -460,15 +474,26 @@ def _apply_curvature(u, t, i, Dw, Q, qa, kind, m):
 
 # ----------------------------------------------------------------------- single output
 @jit
-def _dot4(X, i, v):
-    """``(X[i + r] . v for r = 0..3)`` sharing each load of ``v``."""
+def _dot4(X, i, V):
+    """``(X[i + r] . V[0] for r = 0..3)`` in wide vectors (:func:`.simd.wload`), each load of
+    ``V`` (1, d) shared by the four rows; lanes added by ``vsum``, the last ``d % W``
+    features in scalars."""
     d = X.shape[1]
-    s0 = X[i, 0] * v[0]
-    s1 = X[i + 1, 0] * v[0]
-    s2 = X[i + 2, 0] * v[0]
-    s3 = X[i + 3, 0] * v[0]
-    for j in range(1, d):
-        vj = v[j]
+    W = wwidth(X)
+    dv = d - d % W
+    a0 = a1 = a2 = a3 = wzero(X)
+    for j in range(0, dv, W):
+        v = wload(V, 0, j)
+        a0 = vfma(wload(X, i, j), v, a0)
+        a1 = vfma(wload(X, i + 1, j), v, a1)
+        a2 = vfma(wload(X, i + 2, j), v, a2)
+        a3 = vfma(wload(X, i + 3, j), v, a3)
+    s0 = vsum(a0)
+    s1 = vsum(a1)
+    s2 = vsum(a2)
+    s3 = vsum(a3)
+    for j in range(dv, d):
+        vj = V[0, j]
         s0 += X[i, j] * vj
         s1 += X[i + 1, j] * vj
         s2 += X[i + 2, j] * vj
@@ -477,36 +502,47 @@ def _dot4(X, i, v):
 
 
 @jit
-def _dot1(X, i, v):
+def _dot1(X, i, V):
     d = X.shape[1]
-    s = X[i, 0] * v[0]
+    s = X[i, 0] * V[0, 0]
     for j in range(1, d):
-        s += X[i, j] * v[j]
+        s += X[i, j] * V[0, j]
     return s
 
 
 @jit
-def _axpy4(X, i, t, acc):
-    """``acc += sum_r t[r] X[i + r]`` for r = 0..3 (one load and store of acc per 4 rows)."""
+def _axpy4(X, i, T, acc):
+    """``acc[0] += sum_r T[0, r] X[i + r]`` for r = 0..3 (one load and store of ``acc``
+    (1, d) per 4 rows), in wide vectors."""
     d = X.shape[1]
-    t0 = t[0]
-    t1 = t[1]
-    t2 = t[2]
-    t3 = t[3]
-    for j in range(d):
-        acc[j] += t0 * X[i, j] + t1 * X[i + 1, j] + t2 * X[i + 2, j] + t3 * X[i + 3, j]
+    W = wwidth(X)
+    dv = d - d % W
+    t0 = wbcast(T, 0, 0)
+    t1 = wbcast(T, 0, 1)
+    t2 = wbcast(T, 0, 2)
+    t3 = wbcast(T, 0, 3)
+    for j in range(0, dv, W):
+        a = wload(acc, 0, j)
+        a = vfma(wload(X, i, j), t0, a)
+        a = vfma(wload(X, i + 1, j), t1, a)
+        a = vfma(wload(X, i + 2, j), t2, a)
+        a = vfma(wload(X, i + 3, j), t3, a)
+        wstore(acc, 0, j, a)
+    for j in range(dv, d):
+        acc[0, j] += (T[0, 0] * X[i, j] + T[0, 1] * X[i + 1, j] + T[0, 2] * X[i + 2, j]
+                      + T[0, 3] * X[i + 3, j])
 
 
 @jit
 def _axpy1(X, i, t, acc):
     d = X.shape[1]
     for j in range(d):
-        acc[j] += t * X[i, j]
+        acc[0, j] += t * X[i, j]
 
 
 @jit
 def _sqaxpy4(X, i, w, acc):
-    """``acc += sum_r w[r] X[i + r]^2`` for r = 0..3, in float64 (w and acc float64): the
+    """``acc[0] += sum_r w[r] X[i + r]^2`` for r = 0..3, in float64 (w and acc float64): the
     square of a float32 ``x`` is exact there and cannot overflow, and a weight below float32's
     range keeps its digits. Rows of weight 0 are left to the caller (``0 · x²`` is NaN where
     ``x²`` overflows float64)."""
@@ -520,7 +556,7 @@ def _sqaxpy4(X, i, w, acc):
         x1 = np.float64(X[i + 1, j])
         x2 = np.float64(X[i + 2, j])
         x3 = np.float64(X[i + 3, j])
-        acc[j] += w0 * (x0 * x0) + w1 * (x1 * x1) + w2 * (x2 * x2) + w3 * (x3 * x3)
+        acc[0, j] += w0 * (x0 * x0) + w1 * (x1 * x1) + w2 * (x2 * x2) + w3 * (x3 * x3)
 
 
 @jit
@@ -528,14 +564,15 @@ def _sqaxpy1(X, i, w, acc):
     d = X.shape[1]
     for j in range(d):
         x = np.float64(X[i, j])
-        acc[j] += w * (x * x)
+        acc[0, j] += w * (x * x)
 
 
 @jit
 def _flush1(acc, buf):
-    for j in range(acc.shape[0]):
-        buf[j] += acc[j]
-        acc[j] = 0
+    """``buf += acc[0]`` and ``acc[0] = 0``; ``acc`` (1, d)."""
+    for j in range(acc.shape[1]):
+        buf[j] += acc[0, j]
+        acc[0, j] = 0
 
 
 @jit
@@ -560,16 +597,21 @@ def pass_k1(X, starts, v, vb, mode, fam, y, a, cw, eta, r, h, lbuf, dbuf, gbuf, 
     ``mode == CURVATURE``: ``f = cw_i s_i`` with ``cw_i = a_i l''_i`` (Hessian) or
     ``a_i r_i^2`` (empirical Fisher); y, a, eta, r, h, lbuf and dbuf are not touched.
 
-    Rows go four at a time: one load of ``v`` and one update of the accumulator per four rows.
+    Rows go four at a time: one load of ``v`` and one update of the accumulator per four rows,
+    in wide vectors (:func:`_dot4`, :func:`_axpy4`). On the AVX-512 Xeon of 2026-11-29 (200,000
+    x 500 float64, two threads, alternating calls) 512-bit vectors took 37.9 ms per HVP
+    against 42.1 with LLVM's 256-bit vectorization of the same loops, against 36.0 for NumPy's
+    one ``X @ v``; in float32 19.1 against 19.8.
     """
     n_chunks = starts.shape[0] - 1
     d = X.shape[1]
     diag = mode == VALUE_GRAD_DIAG
+    V = v.reshape((1, d))
     for c in prange(n_chunks):
-        acc = np.zeros(d, dtype=X.dtype)
-        dacc = np.zeros(d if diag else 1)  # float64, see _sqaxpy4
+        acc = np.zeros((1, d), dtype=X.dtype)
+        dacc = np.zeros((1, d if diag else 1))  # float64, see _sqaxpy4
         w = np.zeros(4)
-        t = np.zeros(4, dtype=X.dtype)
+        t = np.zeros((1, 4), dtype=X.dtype)
         s = np.zeros(4)
         tv = np.zeros(4)  # t in float64, for the sum
         lv = np.zeros(4)
@@ -581,10 +623,10 @@ def pass_k1(X, starts, v, vb, mode, fam, y, a, cw, eta, r, h, lbuf, dbuf, gbuf, 
         while i < stop:
             nr = min(4, stop - i)
             if nr == 4:
-                s[0], s[1], s[2], s[3] = _dot4(X, i, v)
+                s[0], s[1], s[2], s[3] = _dot4(X, i, V)
             else:
                 for q in range(nr):
-                    s[q] = _dot1(X, i + q, v)
+                    s[q] = _dot1(X, i + q, V)
             for q in range(nr):
                 row = i + q
                 if mode != CURVATURE:
@@ -593,7 +635,7 @@ def pass_k1(X, starts, v, vb, mode, fam, y, a, cw, eta, r, h, lbuf, dbuf, gbuf, 
                 else:
                     tq = cw[row] * (s[q] + vb)
                 tv[q] = tq
-                t[q] = tq
+                t[0, q] = tq
             # the sums in a loop that only loads (see _jit, "Reductions")
             for q in range(nr):
                 bsum += tv[q]
@@ -609,7 +651,7 @@ def pass_k1(X, starts, v, vb, mode, fam, y, a, cw, eta, r, h, lbuf, dbuf, gbuf, 
                                 _sqaxpy1(X, i + q, w[q], dacc)
             else:
                 for q in range(nr):
-                    _axpy1(X, i + q, t[q], acc)
+                    _axpy1(X, i + q, t[0, q], acc)
                     if diag and w[q] != 0.0:
                         _sqaxpy1(X, i + q, w[q], dacc)
             i += nr
@@ -806,18 +848,19 @@ def weighted_sq_colsum(X, starts, cw, gbuf):
 def forward_k1(X, starts, v, vb, out):
     """``out[i] = x_i . v + vb`` (float64 out), four rows at a time."""
     n_chunks = starts.shape[0] - 1
+    V = v.reshape((1, X.shape[1]))
     for c in prange(n_chunks):
         i = starts[c]
         stop = starts[c + 1]
         while i + 4 <= stop:
-            s0, s1, s2, s3 = _dot4(X, i, v)
+            s0, s1, s2, s3 = _dot4(X, i, V)
             out[i] = s0 + vb
             out[i + 1] = s1 + vb
             out[i + 2] = s2 + vb
             out[i + 3] = s3 + vb
             i += 4
         while i < stop:
-            out[i] = _dot1(X, i, v) + vb
+            out[i] = _dot1(X, i, V) + vb
             i += 1
 
 

@@ -14,7 +14,21 @@ tests/reference.py, summed over samples one by one.
 import numpy as np
 import pytest
 from fastcurv.kernels import glm_dense
-from fastcurv.kernels.simd import vbcast, vfma, vload, vstore, vsum, vwidth, vzero
+from fastcurv.kernels.simd import (
+    WIDE_BYTES,
+    vbcast,
+    vfma,
+    vload,
+    vstore,
+    vsum,
+    vwidth,
+    vzero,
+    wbcast,
+    wload,
+    wstore,
+    wwidth,
+    wzero,
+)
 from numba import njit
 from reference import RefGLM
 
@@ -53,6 +67,60 @@ def test_simd_primitives_against_numpy(dtype, layout):
         # only the W lanes were written
         assert np.count_nonzero(B) == np.count_nonzero(want)
         assert abs(s - want.sum()) <= 8 * float(np.finfo(dtype).eps) * np.abs(want).sum()
+
+
+@njit
+def _wide_roundtrip(A, B, i, j):
+    """The same as :func:`_roundtrip` with the wide vectors."""
+    v = wload(A, i, j)
+    w = vfma(v, wbcast(A, i, 0), v)
+    wstore(B, i, j, w)
+    return wwidth(A), vsum(w) + vsum(wzero(A))
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("layout", ["C", "F", "strided"])
+def test_wide_simd_primitives_against_numpy(dtype, layout):
+    rng = np.random.default_rng(1)
+    A = _layouts(rng.standard_normal((3, 37)).astype(dtype))[layout]
+    W = WIDE_BYTES // A.itemsize
+    assert WIDE_BYTES in (32, 64)
+    for i, j in [(0, 0), (1, 5), (2, 37 - W)]:
+        B = _layouts(np.zeros((3, 37), dtype=dtype))[layout]
+        w, s = _wide_roundtrip(A, B, i, j)
+        x = A[i, j:j + W].astype(np.float64)
+        want = x * float(A[i, 0]) + x
+        assert w == W
+        np.testing.assert_allclose(B[i, j:j + W], want, rtol=4 * np.finfo(dtype).eps)
+        assert np.count_nonzero(B) == np.count_nonzero(want)
+        assert abs(s - want.sum()) <= 16 * float(np.finfo(dtype).eps) * np.abs(want).sum()
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("layout", ["C", "F", "strided"])
+def test_single_output_pass_on_every_vector_remainder(dtype, layout):
+    """The four-row wide-vector products (``glm_dense._dot4`` / ``_axpy4``) with d below,
+    at and around multiples of the vector width, and a row count that leaves 1-3 rows to the
+    scalar tail: gradient and HVP against numpy in float64."""
+    rng = np.random.default_rng(2)
+    tol = 1e-11 if dtype == np.float64 else 2e-5
+    for d in (1, 3, 7, 8, 9, 15, 16, 17, 33):
+        n = 1027
+        X = _layouts(rng.standard_normal((n, d)).astype(dtype))[layout]
+        y = (rng.random(n) < 0.5).astype(float)
+        p = fc.GLM(X, y, family="logistic", l2=0.1)
+        theta = (0.3 * rng.standard_normal(d + 1)).astype(dtype)
+        v = rng.standard_normal(d + 1).astype(dtype)
+        Xt = np.hstack([np.asarray(X, np.float64), np.ones((n, 1))])
+        th64, v64 = theta.astype(np.float64), v.astype(np.float64)
+        mu = 1.0 / (1.0 + np.exp(-(Xt @ th64)))
+        reg = np.r_[np.ones(d), 0.0] * 0.1
+        g = Xt.T @ (mu - y) / n + reg * th64
+        h = Xt.T @ (mu * (1 - mu) * (Xt @ v64)) / n + reg * v64
+        np.testing.assert_allclose(p.grad(theta), g, rtol=tol, atol=tol * np.abs(g).max(),
+                                   err_msg=f"d={d}")
+        np.testing.assert_allclose(p.hvp(theta, v), h, rtol=tol, atol=tol * np.abs(h).max(),
+                                   err_msg=f"d={d}")
 
 
 def _multinomial_hvp_numpy(X, y, K, theta, v, l2):
