@@ -29,8 +29,12 @@ SETTLE = 0.3
 QUIET_WAIT = float(os.environ.get("FASTCURV_BENCH_QUIET_WAIT", "60"))
 #: "idle": other processes used at most this share of the machine's CPUs in the last window
 QUIET_THRESHOLD = 0.03
-#: untimed gap before every round (OpenBLAS threads stop spinning; load is checked)
-ROUND_GAP = 0.12
+#: untimed gap before every round (OpenBLAS threads stop spinning; load is checked). 0.12 s
+#: was too short on the Intel Xeon of 2026-11-29: a float32 HVP 0.12 s after a threaded
+#: ``X @ v`` took 26.4 ms, 0.15-0.25 s after it 21.5-22.1 (medians of 12; the other way round,
+#: NumPy after fastcurv, no difference), which penalized fastcurv in every interleaved round
+#: where it followed a BLAS baseline
+ROUND_GAP = 0.2
 #: ... extended up to this many seconds while other processes are busy
 QUIET_WAIT_ROUND = float(os.environ.get("FASTCURV_BENCH_QUIET_WAIT_ROUND", "30"))
 #: ... and at most this many seconds of such waiting per benchmark
