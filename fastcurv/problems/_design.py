@@ -32,8 +32,12 @@ from ..kernels.losses import MULTINOMIAL
 
 def _reduce(buf):
     """Sum per-chunk buffers (C, ...) (C-contiguous float64, C >= 1) in chunk order into one
-    float64 array of shape (...): :func:`reduce.sum_chunks`, a fixed order whatever the
-    thread count."""
+    float64 array of shape (...), a fixed order whatever the thread count. Small buffers go
+    to NumPy's ``sum(axis=0)`` (row after row: the same bits, and no kernel call, which cost
+    microseconds per product of a small problem); large ones to the parallel
+    :func:`reduce.sum_chunks`."""
+    if buf.size <= reduce.SUM_BLOCK * buf.shape[0]:
+        return buf.sum(axis=0)
     flat = buf.reshape(buf.shape[0], -1)
     out = np.empty(flat.shape[1])
     reduce.sum_chunks(flat, reduce.column_blocks(flat.shape[1]), out)
