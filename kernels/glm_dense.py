@@ -20,11 +20,12 @@ contiguous feature axis.
 """
 
 import numpy as np
-from numba import prange
+from numba import literally, prange
 
 from ._jit import jit
 from .losses import MULTINOMIAL, pointwise, softmax_row, weighted
 from .simd import (
+    VECTOR_REGISTERS,
     prefetch,
     vbcast,
     vfma,
@@ -73,10 +74,21 @@ VALUE_GRAD_DIAG = 2
 # prefetches per row pair overlapped much less than prefetches inside the loops).
 # ``Vt`` comes padded with zero rows to the tiles' columns (``tile_split``).
 
+#
+# With 32 vector registers (AVX-512VL: ymm0-31) the tiles are twice as large: forward four
+# rows times 5 (or 4) columns, 20 accumulators, so each load of ``Vt`` serves four rows; the
+# backward tile two adjacent column tiles at once (8 to 10 columns times 2 W features, up to
+# 20 accumulators), so a block's rows come from L2 once per 2 W features instead of once per
+# column tile. On the AVX-512 Xeon of 2026-11-29 (multinomial HVP, n = 100,000, d = 300,
+# K = 10, float64, two threads, alternating calls) that took 33.0 ms to 27.3. The sums are
+# the same, in the same order: the bits do not change.
+
 #: rows per block: 32 rows of 300 float64 features are 77 KB, well inside L2 (512 KB)
 BLOCK = 32
 #: the forward tiles prefetch the next block's first HALF rows, the backward tiles the others
 HALF = BLOCK // 2
+#: the larger tiles (``_fwd4``, ``_bwd_pair``) fit in the registers
+BIG_TILES = VECTOR_REGISTERS >= 32
 
 
 @jit
@@ -375,6 +387,169 @@ def _bwd4(X, i, nr, T, l, acc, j, two, pr, plast):
 
 
 @jit
+def _fwd4(X, i, Vt, l, n, U, q, pr):
+    """``U[q + r, l + c] = X[i + r] . Vt[l + c]`` for r < 4, c < n (n = 4 or 5; 20
+    accumulators: :data:`BIG_TILES` only); meanwhile prefetch row ``pr`` (one line per 2 W
+    features read). Each dot product adds its vectors in the order of :func:`_fwd2x5`."""
+    literally(n)  # compiled for n = 4 and 5 apart: no test of ``five`` in the loops
+    d = Vt.shape[1]
+    W = vwidth(X)
+    five = n == 5
+    a00 = a01 = a02 = a03 = a04 = a10 = a11 = a12 = a13 = a14 = vzero(X)
+    a20 = a21 = a22 = a23 = a24 = a30 = a31 = a32 = a33 = a34 = vzero(X)
+    for j in range(0, d - d % W, W):
+        if j % (2 * W) == 0:
+            prefetch(X, pr, j)
+        x0 = vload(X, i, j)
+        x1 = vload(X, i + 1, j)
+        x2 = vload(X, i + 2, j)
+        x3 = vload(X, i + 3, j)
+        v = vload(Vt, l, j)
+        a00 = vfma(x0, v, a00)
+        a10 = vfma(x1, v, a10)
+        a20 = vfma(x2, v, a20)
+        a30 = vfma(x3, v, a30)
+        v = vload(Vt, l + 1, j)
+        a01 = vfma(x0, v, a01)
+        a11 = vfma(x1, v, a11)
+        a21 = vfma(x2, v, a21)
+        a31 = vfma(x3, v, a31)
+        v = vload(Vt, l + 2, j)
+        a02 = vfma(x0, v, a02)
+        a12 = vfma(x1, v, a12)
+        a22 = vfma(x2, v, a22)
+        a32 = vfma(x3, v, a32)
+        v = vload(Vt, l + 3, j)
+        a03 = vfma(x0, v, a03)
+        a13 = vfma(x1, v, a13)
+        a23 = vfma(x2, v, a23)
+        a33 = vfma(x3, v, a33)
+        if five:
+            v = vload(Vt, l + 4, j)
+            a04 = vfma(x0, v, a04)
+            a14 = vfma(x1, v, a14)
+            a24 = vfma(x2, v, a24)
+            a34 = vfma(x3, v, a34)
+    for r in range(4):
+        if r == 0:
+            s0, s1, s2, s3, s4 = vsum(a00), vsum(a01), vsum(a02), vsum(a03), vsum(a04)
+        elif r == 1:
+            s0, s1, s2, s3, s4 = vsum(a10), vsum(a11), vsum(a12), vsum(a13), vsum(a14)
+        elif r == 2:
+            s0, s1, s2, s3, s4 = vsum(a20), vsum(a21), vsum(a22), vsum(a23), vsum(a24)
+        else:
+            s0, s1, s2, s3, s4 = vsum(a30), vsum(a31), vsum(a32), vsum(a33), vsum(a34)
+        for j in range(d - d % W, d):
+            x = X[i + r, j]
+            s0 += x * Vt[l, j]
+            s1 += x * Vt[l + 1, j]
+            s2 += x * Vt[l + 2, j]
+            s3 += x * Vt[l + 3, j]
+            if five:
+                s4 += x * Vt[l + 4, j]
+        U[q + r, l] = s0
+        U[q + r, l + 1] = s1
+        U[q + r, l + 2] = s2
+        U[q + r, l + 3] = s3
+        if five:
+            U[q + r, l + 4] = s4
+
+
+@jit
+def _bwd_pair(X, i, nr, T, l, n, acc, j, pr, plast):
+    """:func:`_bwd5` (with ``two``) for the n = 8, 9 or 10 columns of two adjacent column
+    tiles at once (up to 20 accumulators: :data:`BIG_TILES` only), so that the block's rows
+    are read once for both: ``acc[l + c, j : j + 2 W] += sum_q T[q, l + c] X[i + q, j : j +
+    2 W]`` for c < n, q < nr; row q prefetches the line of row ``min(pr + q % HALF, plast)`` at
+    column j."""
+    literally(n)  # compiled for each n apart: no test of ``nine``/``ten`` in the loop
+    W = vwidth(X)
+    nine = n >= 9
+    ten = n == 10
+    a00 = vload(acc, l, j)
+    a01 = vload(acc, l, j + W)
+    a10 = vload(acc, l + 1, j)
+    a11 = vload(acc, l + 1, j + W)
+    a20 = vload(acc, l + 2, j)
+    a21 = vload(acc, l + 2, j + W)
+    a30 = vload(acc, l + 3, j)
+    a31 = vload(acc, l + 3, j + W)
+    a40 = vload(acc, l + 4, j)
+    a41 = vload(acc, l + 4, j + W)
+    a50 = vload(acc, l + 5, j)
+    a51 = vload(acc, l + 5, j + W)
+    a60 = vload(acc, l + 6, j)
+    a61 = vload(acc, l + 6, j + W)
+    a70 = vload(acc, l + 7, j)
+    a71 = vload(acc, l + 7, j + W)
+    a80 = a81 = a90 = a91 = vzero(X)
+    if nine:
+        a80 = vload(acc, l + 8, j)
+        a81 = vload(acc, l + 8, j + W)
+    if ten:
+        a90 = vload(acc, l + 9, j)
+        a91 = vload(acc, l + 9, j + W)
+    for q in range(nr):
+        prefetch(X, min(pr + q % HALF, plast), j)
+        x0 = vload(X, i + q, j)
+        x1 = vload(X, i + q, j + W)
+        t = vbcast(T, q, l)
+        a00 = vfma(x0, t, a00)
+        a01 = vfma(x1, t, a01)
+        t = vbcast(T, q, l + 1)
+        a10 = vfma(x0, t, a10)
+        a11 = vfma(x1, t, a11)
+        t = vbcast(T, q, l + 2)
+        a20 = vfma(x0, t, a20)
+        a21 = vfma(x1, t, a21)
+        t = vbcast(T, q, l + 3)
+        a30 = vfma(x0, t, a30)
+        a31 = vfma(x1, t, a31)
+        t = vbcast(T, q, l + 4)
+        a40 = vfma(x0, t, a40)
+        a41 = vfma(x1, t, a41)
+        t = vbcast(T, q, l + 5)
+        a50 = vfma(x0, t, a50)
+        a51 = vfma(x1, t, a51)
+        t = vbcast(T, q, l + 6)
+        a60 = vfma(x0, t, a60)
+        a61 = vfma(x1, t, a61)
+        t = vbcast(T, q, l + 7)
+        a70 = vfma(x0, t, a70)
+        a71 = vfma(x1, t, a71)
+        if nine:
+            t = vbcast(T, q, l + 8)
+            a80 = vfma(x0, t, a80)
+            a81 = vfma(x1, t, a81)
+        if ten:
+            t = vbcast(T, q, l + 9)
+            a90 = vfma(x0, t, a90)
+            a91 = vfma(x1, t, a91)
+    vstore(acc, l, j, a00)
+    vstore(acc, l, j + W, a01)
+    vstore(acc, l + 1, j, a10)
+    vstore(acc, l + 1, j + W, a11)
+    vstore(acc, l + 2, j, a20)
+    vstore(acc, l + 2, j + W, a21)
+    vstore(acc, l + 3, j, a30)
+    vstore(acc, l + 3, j + W, a31)
+    vstore(acc, l + 4, j, a40)
+    vstore(acc, l + 4, j + W, a41)
+    vstore(acc, l + 5, j, a50)
+    vstore(acc, l + 5, j + W, a51)
+    vstore(acc, l + 6, j, a60)
+    vstore(acc, l + 6, j + W, a61)
+    vstore(acc, l + 7, j, a70)
+    vstore(acc, l + 7, j + W, a71)
+    if nine:
+        vstore(acc, l + 8, j, a80)
+        vstore(acc, l + 8, j + W, a81)
+    if ten:
+        vstore(acc, l + 9, j, a90)
+        vstore(acc, l + 9, j + W, a91)
+
+
+@jit
 def _block(X, i, nr, Vt, vb, U, T, acc, n5, backward):
     """The tiles of one block of ``nr <= BLOCK`` rows from row ``i``: the forward
     ``U[q] = Vt X[i + q] + vb``, which prefetches the next block's rows as it goes, or, with
@@ -387,6 +562,24 @@ def _block(X, i, nr, Vt, vb, U, T, acc, n5, backward):
     if not backward:
         Lp = Vt.shape[0]
         q = 0
+        while BIG_TILES and q + 4 <= nr:
+            # four rows prefetch two rows of the next block (those of row pairs q/2 and
+            # q/2 + 1 in the two-row tiles): the first column tile one, the second the other
+            # (a second prefetch in the first tile's loop ran ~8% slower); later tiles re-touch
+            # a row they read. With a single column tile (Lp <= 5) the forward prefetches
+            # half as many rows as the two-row tiles; the rest come on demand.
+            ahead = min(i + nr + q // 2, last)
+            second = 5 if n5 > 0 else 4
+            l = 0
+            while l < Lp:
+                pr = ahead if l == 0 else (min(ahead + 1, last) if l == second else i + q)
+                if l < 5 * n5:
+                    _fwd4(X, i + q, Vt, l, 5, U, q, pr)
+                    l += 5
+                else:
+                    _fwd4(X, i + q, Vt, l, 4, U, q, pr)
+                    l += 4
+            q += 4
         while q + 2 <= nr:
             ahead = min(i + nr + q // 2, last)
             l = 0
@@ -413,6 +606,19 @@ def _block(X, i, nr, Vt, vb, U, T, acc, n5, backward):
     ahead = min(i + nr + HALF, last)
     for j in range(0, d2, step):
         l = 0
+        while BIG_TILES and l < Lp:
+            w1 = 5 if l < 5 * n5 else 4
+            if l + w1 >= Lp:
+                break  # one tile left: below
+            w2 = 5 if l + w1 < 5 * n5 else 4
+            pr = ahead if l == 0 else i
+            if w1 + w2 == 10:
+                _bwd_pair(X, i, nr, T, l, 10, acc, j, pr, last)
+            elif w1 + w2 == 9:
+                _bwd_pair(X, i, nr, T, l, 9, acc, j, pr, last)
+            else:
+                _bwd_pair(X, i, nr, T, l, 8, acc, j, pr, last)
+            l += w1 + w2
         while l < Lp:
             pr = ahead if l == 0 else i
             if l < 5 * n5:

@@ -38,13 +38,24 @@ from numba.extending import intrinsic, models, register_model
 VECTOR_BYTES = 32
 
 
-def _wide_bytes():
-    """64 where the code is compiled for a CPU with AVX-512F (the host's, unless
-    ``NUMBA_CPU_FEATURES`` says otherwise), else ``VECTOR_BYTES``."""
+def _features():
+    """The CPU features the code is compiled for: the host's, unless ``NUMBA_CPU_FEATURES``
+    says otherwise."""
     feats = config.CPU_FEATURES
     if feats is None:
         feats = llvm.get_host_cpu_features().flatten()
-    return 64 if "+avx512f" in feats.split(",") else VECTOR_BYTES
+    return set(feats.split(","))
+
+
+def _wide_bytes():
+    """64 where the code is compiled for a CPU with AVX-512F, else ``VECTOR_BYTES``."""
+    return 64 if "+avx512f" in _features() else VECTOR_BYTES
+
+
+def _vector_registers():
+    """Vector registers a 256-bit tile may use: 32 with AVX-512VL (``ymm16``-``ymm31``), else
+    16 (AVX2)."""
+    return 32 if "+avx512vl" in _features() else 16
 
 
 #: bytes per vector of the ``w*`` ("wide") functions: a whole AVX-512 register where there is
@@ -52,6 +63,9 @@ def _wide_bytes():
 #: byte read: the single-output dense GLM pass ran 10% faster in float64 on an AVX-512 Xeon);
 #: register tiles keep ``VECTOR_BYTES`` (their accumulators fill the registers already).
 WIDE_BYTES = _wide_bytes()
+#: 256-bit registers available to a register tile (its accumulators, operands and temporaries
+#: must fit, or LLVM spills them to the stack in the inner loop)
+VECTOR_REGISTERS = _vector_registers()
 
 
 class Vec(types.Type):

@@ -72,19 +72,18 @@ def all_finite(a):
 
 @jit
 def same_values(a, b):
-    """True if the 1-D arrays ``a`` and ``b`` hold the same values (no allocation; NaN is
-    never the same).
+    """True if the 1-D arrays ``a`` and ``b`` hold the same values (no allocation; ``-0.0``
+    is ``0.0``, as for ``==``; NaN and infinities are never the same).
 
-    Blocks of 1,024 elements without an exit inside, so that the comparisons vectorize (one
-    test per element cost ~1.5 ns, 8 µs on a 5,500-parameter network's θ: a tenth of its
-    gradient's time)."""
+    ``sum |a_i − b_i| == 0`` in float64: the difference of two distinct floats is never 0
+    (gradual underflow), a sum of non-negative terms is 0 only if every term is, and NaN
+    (from a NaN or from ``inf − inf``) propagates. The sum vectorizes: 1.35 µs on a
+    5,569-parameter float32 θ against 3.9 µs for blocks of element tests (a tenth of a small
+    network's gradient is its Python and checks)."""
     n = a.shape[0]
     if n != b.shape[0]:
         return False
-    for s in range(0, n, 1024):
-        diff = 0
-        for i in range(s, min(n, s + 1024)):
-            diff += a[i] != b[i]
-        if diff != 0:
-            return False
-    return True
+    s = 0.0
+    for i in range(n):
+        s += abs(a[i] - b[i])
+    return s == 0.0

@@ -1,11 +1,12 @@
 """The explicit-vector helpers (kernels/simd.py) and the blocked K-output dense pass built on
-them (kernels/glm_dense.py: 2 x 5 / 2 x 4 forward tiles, 5 / 4 x 2W backward tiles, blocks of
-BLOCK rows, prefetching), on every ragged edge: feature counts around the vector width and the
-two-vector step, row counts around the block and the row pair, both tile widths and their
-mixes, float32 and float64, C, Fortran and non-contiguous layouts (the vectors then go lane by
-lane); and the softmax Hessian's K − 1 class shortcut (fastcurv/problems/_design.py), taken
-only where it keeps every class block to its own digits, and the cases where a careless
-shortcut lost them.
+them (kernels/glm_dense.py: 2 x 5 / 2 x 4 forward tiles, 5 / 4 x 2W backward tiles and, with
+32 vector registers, 4 x 5 / 4 x 4 forward tiles and backward tiles of two column tiles at
+once (8, 9 or 10 columns); blocks of BLOCK rows, prefetching), on every ragged edge: feature
+counts around the vector width and the two-vector step, row counts around the block, the row
+quad and the row pair, both tile widths and their mixes, float32 and float64, C, Fortran and
+non-contiguous layouts (the vectors then go lane by lane); and the softmax Hessian's K − 1
+class shortcut (fastcurv/problems/_design.py), taken only where it keeps every class block to
+its own digits, and the cases where a careless shortcut lost them.
 
 The references are numpy products in float64 (``X @ V``, ``X.T @ T``) and the dense Hessian of
 tests/reference.py, summed over samples one by one.
@@ -136,11 +137,12 @@ def test_blocked_multinomial_hvp_on_ragged_shapes(dtype, layout):
     rng = np.random.default_rng(1)
     B = glm_dense.BLOCK
     tol = 1e-12 if dtype == np.float64 else 2e-5
-    for n in (1, 2, 3, B - 1, B + 1, 2 * B + 3):
+    for n in (1, 2, 3, 4, 5, 6, B - 1, B + 1, 2 * B + 3):
         for d in (1, 3, 4, 7, 8, 9, 17, 33):
-            # K columns: 3 (padded to one 4-wide tile), 4, 6 (4 + 4, padded), 10 (5 + 5),
-            # 11 (4 + 4 + 4, padded), 12 (4 + 4 + 4); mixed widths in the zero-class test below
-            for K in (3, 4, 6, 10, 11, 12):
+            # K columns: 3 (padded to one 4-wide tile), 4, 5, 6 (4 + 4, padded), 9 (5 + 4),
+            # 10 (5 + 5), 11 (4 + 4 + 4, padded), 12 (4 + 4 + 4); the forward has one column
+            # less (the softmax shortcut); mixed widths in the zero-class test below
+            for K in (3, 4, 5, 6, 9, 10, 11, 12):
                 X0 = rng.standard_normal((n, d)).astype(dtype)
                 X = _layouts(X0)[layout]
                 y = np.arange(n) % K

@@ -57,8 +57,9 @@ def test_any_call_sequence_equals_fresh_problems(dtype, loss, K):
 
 
 def test_same_values_compares_every_element():
-    """The state-reuse test (blocks of 1,024 without an early exit, so that it vectorizes)
-    finds a difference anywhere, NaN included, and treats -0.0 as 0.0 (== semantics)."""
+    """The state-reuse test (a vectorized sum of |a - b|) finds a difference anywhere, one ulp
+    or subnormal, NaN included, and treats -0.0 as 0.0 (== semantics); a difference that
+    overflows still counts."""
     from fastcurv.kernels.validate import same_values
 
     for dtype in (np.float64, np.float32):
@@ -74,6 +75,12 @@ def test_same_values_compares_every_element():
         z = np.zeros(3, dtype)
         assert same_values(z, -z)
         assert same_values(z[:0], z[:0])
+        tiny = np.zeros(3, dtype)
+        tiny[1] = np.finfo(dtype).smallest_subnormal
+        assert not same_values(z, tiny) and not same_values(tiny, z)
+        big = np.full(3, np.finfo(dtype).max)
+        assert not same_values(big, -big)
+        assert not same_values(np.full(3, np.inf, dtype), np.full(3, np.inf, dtype))
 
 
 def test_with_data_and_subset_keep_the_batch_size_given():
