@@ -138,7 +138,7 @@ def pass_k1(data, indices, indptr, starts, v, vb, mode, fam, y, a, cw, eta, r, h
 
 @jit(parallel=True)
 def pass_gen(data, indices, indptr, starts, V, vb, mode, fam, y, a, eta, r, h, Dw, Q, qa,
-             kind, m, lbuf, gbuf, gbbuf):
+             top, kind, m, lbuf, gbuf, gbbuf):
     """One fused pass of a K-output GLM over L columns (see ``glm_dense.pass_gen``).
 
     V (d, L) and vb (L,) in C order, unpadded; ``gbuf[c]`` is (d, L), zeroed here. Rows go
@@ -174,7 +174,7 @@ def pass_gen(data, indices, indptr, starts, V, vb, mode, fam, y, a, eta, r, h, D
                 lsum += _rows_value_grad(fam, U, T, i1 - i0, i0, y, a, eta, r, h, w1, w2,
                                          w3, gbbuf[c])
             else:
-                _rows_curvature(U, T, i1 - i0, i0, Dw, Q, qa, kind, m, noref, w1, w2,
+                _rows_curvature(U, T, i1 - i0, i0, Dw, Q, qa, top, kind, m, noref, w1, w2,
                                 gbbuf[c])
             for i in range(i0, i1):
                 q = i - i0

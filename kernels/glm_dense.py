@@ -953,11 +953,14 @@ def shifted_col(k, ref, m, mm):
 
 
 @jit(strict=True)  # no reassociation, as softmax_hess_row: (u_k − u_r) − s must stay
-def _rows_softmax_hess(U, T, nr, i, P, qa, m, reff, u64, gb):
+def _rows_softmax_hess(U, T, nr, i, P, qa, top, m, reff, u64, gb):
     """``T[q] = −qa_i (diag(p_i) − p_i p_iᵀ) U[q]`` for the rows ``i + q`` of a block and
     each of the m vectors: :func:`.losses.softmax_hess_row` (the same formula, in float64,
-    relative to the most probable class r: ``c p_k ((u_k − u_r) − Σ_j p_j (u_j − u_r))``,
-    whose j = r term is exactly 0) written out over the block, without per-row array views.
+    relative to the most probable class ``r = top[i]``: ``c p_k ((u_k − u_r) − Σ_j p_j (u_j −
+    u_r))``, whose j = r term is exactly 0) written out over the block, without per-row array
+    views. ``top`` (n,): the first class of largest ``p`` per row, found once per θ by the
+    caller (``np.argmax``; finding it here, a chain of compares per row and product, took
+    half of this function's time).
 
     ``U`` may leave out one class, as the softmax Hessian allows (``S 1 = 0``): vector mm's
     ``U`` then holds ``u − u_{reff[mm]}`` without that class's (zero) column; ``reff[mm] < 0``
@@ -966,10 +969,7 @@ def _rows_softmax_hess(U, T, nr, i, P, qa, m, reff, u64, gb):
     K = P.shape[1]
     for q in range(nr):
         row = i + q
-        r = 0
-        for k in range(1, K):
-            if P[row, k] > P[row, r]:
-                r = k
+        r = top[row]
         c = -qa[row]
         for mm in range(m):
             rf = reff[mm]
@@ -989,13 +989,13 @@ def _rows_softmax_hess(U, T, nr, i, P, qa, m, reff, u64, gb):
 
 
 @jit
-def _rows_curvature(U, T, nr, i, Dw, Q, qa, kind, m, reff, u64, t64, gb):
+def _rows_curvature(U, T, nr, i, Dw, Q, qa, top, kind, m, reff, u64, t64, gb):
     """``T[q] = H~_{i+q} U[q]`` for each row of the block (see ``_apply_curvature``), also
-    added to ``gb`` in float64. ``reff``: the class left out of ``U`` per vector (CURV_SOFTMAX
-    only; see :func:`_rows_softmax_hess`)."""
+    added to ``gb`` in float64. ``top`` (the most probable class per row) and ``reff`` (the
+    class left out of ``U`` per vector): CURV_SOFTMAX only; see :func:`_rows_softmax_hess`."""
     L = Dw.shape[1] * m
     if kind == CURV_SOFTMAX:
-        _rows_softmax_hess(U, T, nr, i, Q, qa, m, reff, u64, gb)
+        _rows_softmax_hess(U, T, nr, i, Q, qa, top, m, reff, u64, gb)
         return
     for q in range(nr):
         for l in range(L):
@@ -1007,8 +1007,8 @@ def _rows_curvature(U, T, nr, i, Dw, Q, qa, kind, m, reff, u64, t64, gb):
 
 
 @jit(parallel=True)
-def pass_gen(X, starts, Vt, vb, mode, fam, y, a, eta, r, h, Dw, Q, qa, kind, m, reff, lbuf,
-             gbuf, gbbuf):
+def pass_gen(X, starts, Vt, vb, mode, fam, y, a, eta, r, h, Dw, Q, qa, top, kind, m, reff,
+             lbuf, gbuf, gbbuf):
     """One fused pass of a K-output GLM over L columns: ``U_i = Vt x_i + vb``,
     ``T_i = f(U_i)``, ``gbuf[c] += sum T_i x_i^T``, ``gbbuf[c] += sum T_i``.
 
@@ -1024,7 +1024,9 @@ def pass_gen(X, starts, Vt, vb, mode, fam, y, a, eta, r, h, Dw, Q, qa, kind, m, 
     labels in column 0 for the multinomial; ``lbuf[c] = sum a_i l_i``.
     ``mode == CURVATURE`` (L = K m, m vectors, vector mm's output k in column k m + mm):
     ``f = H~_i U_i`` with ``H~_i = diag(Dw_i) + qa_i Q_i Q_i^T`` per vector: the multinomial
-    Hessian is ``Dw = a p, Q = p, qa = -a``; the empirical Fisher ``Dw = 0, Q = r, qa = a``.
+    Hessian is ``Dw = a p, Q = p, qa = -a`` and ``top`` (n,) the most probable class per
+    row (``np.argmax(p, axis=1)``); the empirical Fisher ``Dw = 0, Q = r, qa = a``. ``top``
+    is read for CURV_SOFTMAX only.
     """
     n_chunks = starts.shape[0] - 1
     Lfp, d = Vt.shape
@@ -1052,7 +1054,8 @@ def pass_gen(X, starts, Vt, vb, mode, fam, y, a, eta, r, h, Dw, Q, qa, kind, m, 
                 lsum += _rows_value_grad(fam, U, T, nr, i, y, a, eta, r, h, w1, w2, w3,
                                          gbbuf[c])
             else:
-                _rows_curvature(U, T, nr, i, Dw, Q, qa, kind, m, reff, w1, w2, gbbuf[c])
+                _rows_curvature(U, T, nr, i, Dw, Q, qa, top, kind, m, reff, w1, w2,
+                                gbbuf[c])
             _block(X, i, nr, Vt, vb, U, T, acc, n5b, True)
             count += nr
             if count >= FLUSH:

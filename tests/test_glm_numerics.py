@@ -674,5 +674,6 @@ def test_csr_kernels_zero_their_own_chunk_accumulators():
     Dw = rng.random((n, 2))
     g2, gb2 = np.full((C, d, 2), np.nan), np.zeros((C, 2))
     glm_csr.pass_gen(X.data, ind, X.indptr, design.starts, V, np.zeros(2), CURVATURE, 0, no2,
-                     no1, no2, no2, no2, Dw, no2, no1, 0, 1, lbuf, g2, gb2)
+                     no1, no2, no2, no2, Dw, no2, no1, np.zeros(1, dtype=np.int64), 0, 1, lbuf,
+                     g2, gb2)
     np.testing.assert_allclose(g2.sum(axis=0), Xd.T @ (Dw * (Xd @ V)), rtol=1e-12)

@@ -6,9 +6,11 @@ float64 results. It holds no model state; :class:`fastcurv.GLM` does.
 Curvature "weights" are passed as one of two forms:
 
 * ``("k1", cw)``: a single output and one vector, ``t_i = cw_i u_i`` (cw (n,) float64);
-* ``("gen", Dw, Q, qa, kind, m)``: ``t_i = Dw_i * u_i + qa_i (Q_i . u_i) Q_i`` applied to each
-  of the m vectors (Dw, Q (n, K); qa (n,)); ``kind`` is one of ``glm_dense.CURV_*`` (the
-  multinomial Hessian, ``CURV_SOFTMAX``, is applied in a form without cancellation).
+* ``("gen", Dw, Q, qa, top, kind, m)``: ``t_i = Dw_i * u_i + qa_i (Q_i . u_i) Q_i`` applied to
+  each of the m vectors (Dw, Q (n, K); qa (n,)); ``kind`` is one of ``glm_dense.CURV_*`` (the
+  multinomial Hessian, ``CURV_SOFTMAX``, is applied in a form without cancellation, relative
+  to the most probable class of each row, ``top`` (n,) int64: :func:`softmax_top`; other
+  kinds ignore ``top``).
 
 The softmax Hessian ``S_i = diag(p_i) − p_i p_iᵀ`` has ``S_i 1 = 0``, so the dense pass may
 read ``V`` shifted by one of its own classes ``f`` (``V_k − V_f``; column f is then 0 and left
@@ -96,6 +98,15 @@ def _softmax_shift(V, vb, K, m):
 # placeholders for the arguments a pass of the other mode does not touch
 _NO1 = np.zeros(1)
 _NO2 = np.zeros((1, 1))
+#: ``top`` of the curvature kinds other than CURV_SOFTMAX (unread)
+NO_TOP = np.zeros(1, dtype=np.int64)
+
+
+def softmax_top(p):
+    """The first most probable class of each row of ``p`` (n, K), as int64: the reference
+    class of the softmax Hessian's rows (``glm_dense._rows_softmax_hess``), found once per θ
+    and used by every product there."""
+    return np.argmax(p, axis=1).astype(np.int64)
 
 
 class _Design:
@@ -123,7 +134,7 @@ class _Design:
                 diag = _reduce(dbuf).reshape(self.d, 1)
         else:
             g, gb = self._run_gen(Wmat, b, VALUE_GRAD, fam, y2, a, eta, r, h,
-                                  _NO2, _NO2, _NO1, CURV_DIAG, 1, lbuf)
+                                  _NO2, _NO2, _NO1, NO_TOP, CURV_DIAG, 1, lbuf)
         return float(lbuf.sum()), g, gb, eta, r, h, diag
 
     def rmatmul(self, U):
@@ -152,9 +163,9 @@ class _Design:
         if weights[0] == "k1":
             return self._run_k1(V[:, 0], vb[0], CURVATURE, 0, _NO1, _NO1, weights[1],
                                 _NO1, _NO1, _NO1, lbuf, _NO2)
-        _, Dw, Q, qa, kind, m = weights
+        _, Dw, Q, qa, top, kind, m = weights
         return self._run_gen(V, vb, CURVATURE, 0, _NO2, _NO1, _NO2, _NO2, _NO2,
-                             Dw, Q, qa, kind, m, lbuf)
+                             Dw, Q, qa, top, kind, m, lbuf)
 
 
 class DenseDesign(_Design):
@@ -177,7 +188,7 @@ class DenseDesign(_Design):
                           gbuf, gbbuf)
         return _reduce(gbuf).reshape(d, 1), _reduce(gbbuf).reshape(1)
 
-    def _run_gen(self, V, vb, mode, fam, y, a, eta, r, h, Dw, Q, qa, kind, m, lbuf):
+    def _run_gen(self, V, vb, mode, fam, y, a, eta, r, h, Dw, Q, qa, top, kind, m, lbuf):
         L = V.shape[1]
         reff = np.full(m, -1, dtype=np.int64)
         if mode == CURVATURE and kind == CURV_SOFTMAX:
@@ -188,7 +199,7 @@ class DenseDesign(_Design):
         gbuf = np.zeros((self.n_chunks, _tiled(L), self.d))
         gbbuf = np.zeros((self.n_chunks, L))
         glm_dense.pass_gen(self.X, self.starts, Vt, vbp, mode, fam, y, a, eta, r, h, Dw, Q,
-                           qa, kind, m, reff, lbuf, gbuf, gbbuf)
+                           qa, top, kind, m, reff, lbuf, gbuf, gbbuf)
         return _reduce(gbuf)[:L].T, _reduce(gbbuf)
 
     def sq_colsum(self, cw):

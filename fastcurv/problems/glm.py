@@ -12,7 +12,7 @@ from ..kernels.glm_dense import CURV_DIAG, CURV_RANK1, CURV_SOFTMAX
 from ..kernels.kfac import scaled_rows
 from ..kernels.losses import LOGISTIC, MULTINOMIAL, loss_along
 from . import families
-from ._design import make_design
+from ._design import NO_TOP, make_design, softmax_top
 
 #: dense Hessians above this many entries are refused (use the operators instead)
 MAX_DENSE_ENTRIES = 2**28
@@ -430,11 +430,11 @@ class GLM:
         a = self._a
         h = self._rows_of(st, "h")
         if self._fam == MULTINOMIAL:
-            w = ("gen", a[:, None] * h, h, -a, CURV_SOFTMAX, m)
+            w = ("gen", a[:, None] * h, h, -a, softmax_top(h), CURV_SOFTMAX, m)
         elif self._K == 1 and m == 1:
             w = ("k1", a * h[:, 0])
         else:
-            w = ("gen", a[:, None] * h, h, a, CURV_DIAG, m)
+            w = ("gen", a[:, None] * h, h, a, NO_TOP, CURV_DIAG, m)
         st._cache[key] = w
         return w
 
@@ -448,7 +448,7 @@ class GLM:
             # (a r) r: a row of weight 0 gives 0 also where r² overflows
             w = ("k1", a * r[:, 0] * r[:, 0])
         else:
-            w = ("gen", np.zeros_like(r), r, a, CURV_RANK1, m)
+            w = ("gen", np.zeros_like(r), r, a, NO_TOP, CURV_RANK1, m)
         st._cache[key] = w
         return w
 
@@ -509,7 +509,7 @@ class GLM:
             r = np.ascontiguousarray(
                 families.sample_residuals(self.family, st.eta, st.h, streams[j]))
             oW, ob = self._design.curv_vec(Vw, vb, ("gen", np.zeros_like(r), r, self._a,
-                                                    CURV_RANK1, m))
+                                                    NO_TOP, CURV_RANK1, m))
             accW = accW + oW
             accb = accb + ob
         out = self._join_block(accW / mc_samples, accb / mc_samples, m)
