@@ -152,7 +152,8 @@ def pass_gen(data, indices, indptr, starts, V, vb, mode, fam, y, a, eta, r, h, D
         acc = gbuf[c]
         acc[:] = 0.0
         U = np.zeros((BLOCK_ROWS, L))
-        T = np.zeros((BLOCK_ROWS, L))
+        T = np.zeros((BLOCK_ROWS, L))  # float64: no weight needs spilling (glm_dense._put)
+        S = np.zeros((1, 1))
         w1 = np.zeros(L)
         w2 = np.zeros(L)
         w3 = np.zeros(L)
@@ -171,10 +172,10 @@ def pass_gen(data, indices, indptr, starts, V, vb, mode, fam, y, a, eta, r, h, D
                     for l in range(L):
                         U[q, l] += x * V[j, l]
             if mode == VALUE_GRAD:
-                lsum += _rows_value_grad(fam, U, T, i1 - i0, i0, y, a, eta, r, h, w1, w2,
+                lsum += _rows_value_grad(fam, U, T, S, i1 - i0, i0, y, a, eta, r, h, w1, w2,
                                          w3, gbbuf[c])
             else:
-                _rows_curvature(U, T, i1 - i0, i0, Dw, Q, qa, top, kind, m, noref, w1, w2,
+                _rows_curvature(U, T, S, i1 - i0, i0, Dw, Q, qa, top, kind, m, noref, w1, w2,
                                 gbbuf[c])
             for i in range(i0, i1):
                 q = i - i0

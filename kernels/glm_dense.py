@@ -93,6 +93,9 @@ BIG_TILES = VECTOR_REGISTERS >= 32
 #: lines the single-output pass prefetches per wide vector of its accumulation
 #: (:func:`_axpy4`): one per 32 bytes, i.e. half the lines of the next four rows
 PF_PER_WIDE = WIDE_BYTES // 32
+#: float32's normal range: a row weight outside it keeps its digits only in float64 (``_put``)
+F32_TINY = float(np.finfo(np.float32).tiny)
+F32_MAX = float(np.finfo(np.float32).max)
 
 
 @jit
@@ -808,6 +811,36 @@ def _sqaxpy1(X, i, w, acc):
         acc[0, j] += w * (x * x)
 
 
+@jit(inline=True)
+def _put(T, S, q, l, t):
+    """``T[q, l] = t`` for a row weight ``t`` (float64). Where ``T`` is float32 and ``t`` lies
+    outside float32's normal range (nonzero), ``T[q, l] = 0`` and ``S[q, l] = t`` instead, and
+    :func:`_spill` adds that row in float64: stored in float32 the weight would lose its
+    digits or vanish (``a l'' = 1e-50`` is 0 there) although its products with ``x`` are
+    ordinary float32 numbers (``1e-50 * 1e30``)."""
+    if T.itemsize == 4 and t != 0.0 and not (F32_TINY <= abs(t) <= F32_MAX):
+        T[q, l] = 0.0
+        S[q, l] = t
+    else:
+        T[q, l] = t
+
+
+@jit
+def _spill(X, i, nr, S, out):
+    """``out[l] += S[q, l] X[i + q]`` in float64 for each nonzero ``S[q, l]`` (q < nr), which
+    is then reset to 0: the rows :func:`_put` kept out of a float32 tile. Nothing to do for
+    float64 data."""
+    if X.itemsize != 4:
+        return
+    for q in range(nr):
+        for l in range(S.shape[1]):
+            s = S[q, l]
+            if s != 0.0:
+                for j in range(X.shape[1]):
+                    out[l, j] += s * np.float64(X[i + q, j])
+                S[q, l] = 0.0
+
+
 @jit
 def _flush1(acc, buf):
     """``buf += acc[0]`` and ``acc[0] = 0``; ``acc`` (1, d)."""
@@ -856,6 +889,8 @@ def pass_k1(X, starts, v, vb, mode, fam, y, a, cw, eta, r, h, lbuf, dbuf, gbuf, 
         dacc = np.zeros((1, d if diag else 1))  # float64, see _sqaxpy4
         w = np.zeros(4)
         t = np.zeros((1, 4), dtype=X.dtype)
+        spill = np.zeros((1, 4))  # weights _put keeps out of float32 t
+        out = gbuf[c].reshape((1, d))
         s = np.zeros(4)
         tv = np.zeros(4)  # t in float64, for the sum
         lv = np.zeros(4)
@@ -879,7 +914,7 @@ def pass_k1(X, starts, v, vb, mode, fam, y, a, cw, eta, r, h, lbuf, dbuf, gbuf, 
                 else:
                     tq = cw[row] * (s[q] + vb)
                 tv[q] = tq
-                t[0, q] = tq
+                _put(t, spill, 0, q, tq)
             # the sums in a loop that only loads (see _jit, "Reductions")
             for q in range(nr):
                 bsum += tv[q]
@@ -898,6 +933,7 @@ def pass_k1(X, starts, v, vb, mode, fam, y, a, cw, eta, r, h, lbuf, dbuf, gbuf, 
                     _axpy1(X, i + q, t[0, q], acc)
                     if diag and w[q] != 0.0:
                         _sqaxpy1(X, i + q, w[q], dacc)
+            _spill(X, i, nr, spill.T, out)
             i += nr
             count += nr
             if count >= FLUSH:
@@ -913,9 +949,10 @@ def pass_k1(X, starts, v, vb, mode, fam, y, a, cw, eta, r, h, lbuf, dbuf, gbuf, 
 
 
 @jit
-def _rows_value_grad(fam, U, T, nr, i, y, a, eta, r, h, e64, p64, r64, gb):
+def _rows_value_grad(fam, U, T, S, nr, i, y, a, eta, r, h, e64, p64, r64, gb):
     """K outputs: per row of the block, store ``eta, l', l''`` (for the multinomial h = p),
-    set ``T[q] = a l'`` and add it to ``gb`` (in float64); return the block's ``sum a l``."""
+    set ``T[q] = a l'`` (through :func:`_put`, with ``S``) and add it to ``gb`` (in
+    float64); return the block's ``sum a l``."""
     K = eta.shape[1]
     lsum = 0.0
     for q in range(nr):
@@ -938,7 +975,7 @@ def _rows_value_grad(fam, U, T, nr, i, y, a, eta, r, h, e64, p64, r64, gb):
         lsum += weighted(a[row], loss)
         for k in range(K):
             t = weighted(a[row], r[row, k])
-            T[q, k] = t
+            _put(T, S, q, k, t)
             gb[k] += t
     return lsum
 
@@ -953,7 +990,7 @@ def shifted_col(k, ref, m, mm):
 
 
 @jit(strict=True)  # no reassociation, as softmax_hess_row: (u_k − u_r) − s must stay
-def _rows_softmax_hess(U, T, nr, i, P, qa, top, m, reff, u64, gb):
+def _rows_softmax_hess(U, T, S, nr, i, P, qa, top, m, reff, u64, gb):
     """``T[q] = −qa_i (diag(p_i) − p_i p_iᵀ) U[q]`` for the rows ``i + q`` of a block and
     each of the m vectors: :func:`.losses.softmax_hess_row` (the same formula, in float64,
     relative to the most probable class ``r = top[i]``: ``c p_k ((u_k − u_r) − Σ_j p_j (u_j −
@@ -985,24 +1022,24 @@ def _rows_softmax_hess(U, T, nr, i, P, qa, top, m, reff, u64, gb):
             for k in range(K):
                 t = c * P[row, k] * ((u64[k] - ur) - s)
                 gb[k * m + mm] += t
-                T[q, k * m + mm] = t
+                _put(T, S, q, k * m + mm, t)
 
 
 @jit
-def _rows_curvature(U, T, nr, i, Dw, Q, qa, top, kind, m, reff, u64, t64, gb):
+def _rows_curvature(U, T, S, nr, i, Dw, Q, qa, top, kind, m, reff, u64, t64, gb):
     """``T[q] = H~_{i+q} U[q]`` for each row of the block (see ``_apply_curvature``), also
     added to ``gb`` in float64. ``top`` (the most probable class per row) and ``reff`` (the
     class left out of ``U`` per vector): CURV_SOFTMAX only; see :func:`_rows_softmax_hess`."""
     L = Dw.shape[1] * m
     if kind == CURV_SOFTMAX:
-        _rows_softmax_hess(U, T, nr, i, Q, qa, top, m, reff, u64, gb)
+        _rows_softmax_hess(U, T, S, nr, i, Q, qa, top, m, reff, u64, gb)
         return
     for q in range(nr):
         for l in range(L):
             u64[l] = U[q, l]
         _apply_curvature(u64, t64, i + q, Dw, Q, qa, kind, m)
         for l in range(L):
-            T[q, l] = t64[l]
+            _put(T, S, q, l, t64[l])
             gb[l] += t64[l]
 
 
@@ -1040,6 +1077,7 @@ def pass_gen(X, starts, Vt, vb, mode, fam, y, a, eta, r, h, Dw, Q, qa, top, kind
         acc = np.zeros((Lbp, d), dtype=X.dtype)
         U = np.zeros((BLOCK, Lfp), dtype=X.dtype)
         T = np.zeros((BLOCK, Lbp), dtype=X.dtype)
+        S = np.zeros((BLOCK, Lbp))  # weights _put keeps out of float32 T
         w1 = np.zeros(L)
         w2 = np.zeros(L)
         w3 = np.zeros(L)
@@ -1051,12 +1089,13 @@ def pass_gen(X, starts, Vt, vb, mode, fam, y, a, eta, r, h, Dw, Q, qa, top, kind
             nr = min(BLOCK, stop - i)
             _block(X, i, nr, Vt, vb, U, T, acc, n5f, False)
             if mode == VALUE_GRAD:
-                lsum += _rows_value_grad(fam, U, T, nr, i, y, a, eta, r, h, w1, w2, w3,
+                lsum += _rows_value_grad(fam, U, T, S, nr, i, y, a, eta, r, h, w1, w2, w3,
                                          gbbuf[c])
             else:
-                _rows_curvature(U, T, nr, i, Dw, Q, qa, top, kind, m, reff, w1, w2,
+                _rows_curvature(U, T, S, nr, i, Dw, Q, qa, top, kind, m, reff, w1, w2,
                                 gbbuf[c])
             _block(X, i, nr, Vt, vb, U, T, acc, n5b, True)
+            _spill(X, i, nr, S, gbuf[c])
             count += nr
             if count >= FLUSH:
                 _flush(acc, gbuf[c])

@@ -565,6 +565,51 @@ def test_float32_diagonals_square_and_weigh_in_float64(sparse, fused):
                                    atol=1.5e-45)
 
 
+@pytest.mark.parametrize("family", ["logistic", "multinomial"])
+@pytest.mark.parametrize("sparse", [False, True], ids=["dense", "csr"])
+def test_float32_row_weights_below_float32_range_keep_their_digits(sparse, family):
+    """Float32 data whose per-row weights ``ℓ'``, ``ℓ''`` lie below float32's range while
+    their products with ``x`` do not: at η = 96.25 and 110 the weights are ~1e-42 and ~1e-48
+    (a subnormal with three digits left, and 0, in float32) and ``x`` of 2^38 to 2^40 brings
+    each product back to ~1e-37..1e-24. The dense pass stored the weights in float32 tiles
+    and lost their digits (or returned 0) in gradients, Hessian- and Gauss-Newton-vector
+    products, and ``per_sample_grads`` rounded ``ℓ'`` to float32 before multiplying.
+
+    η is exact in float32 (``x θ = 110 k / 8``), so the float64 model on the same numbers is
+    the reference: within 1e-5 relative (float32 sums of 40 rows; the failure was 0)."""
+    rng = np.random.default_rng(11)
+    n = 40
+    k = rng.integers(7, 9, n)  # 7 or 8
+    X = np.zeros((n, 2), np.float32)
+    X[:, 0] = 2.0**40 * k / 8
+    X[:, 1] = 2.0**38 * rng.integers(1, 9, n)  # its parameter is 0: no rounding in η
+    if family == "logistic":
+        y = np.ones(n)  # ℓ' = σ(η) − 1 ≈ −e^-η
+        th = np.array([110 * 2.0**-40, 0.0])
+    else:
+        y = np.zeros(n, dtype=np.int64)  # class 0 is the most probable one
+        th = np.zeros(6)
+        th[0] = 110 * 2.0**-40
+    kw = dict(family=family, fit_intercept=False)
+    if family == "multinomial":
+        kw["n_classes"] = 3
+    p32 = fc.GLM(sp.csr_matrix(X) if sparse else X, y, **kw)
+    p64 = fc.GLM(X.astype(np.float64), y, **kw)
+    v = rng.uniform(0.5, 1.0, th.size).astype(np.float32)
+    if family == "multinomial":
+        v[1::3] = 0.0  # classes must differ (S 1 = 0): u_0 > u_1 = 0
+    t32 = th.astype(np.float32)
+    # (the empirical Fisher's weights ℓ'² ~ 1e-96 give products below float32's range)
+    for name in ("grad", "per_sample_grads", "hvp", "ggn_vp"):
+        args = (t32,) if name in ("grad", "per_sample_grads") else (t32, v)
+        got = getattr(p32, name)(*args)
+        got = got.toarray() if sp.issparse(got) else got  # per_sample_grads of CSR data
+        want = getattr(p64, name)(*(a.astype(np.float64) for a in args))
+        assert got.dtype == np.float32, name
+        assert np.all(np.abs(want) > np.finfo(np.float32).tiny), name  # float32 normals
+        np.testing.assert_allclose(got, want, rtol=1e-5, err_msg=name)
+
+
 @pytest.mark.parametrize("fused", [False, True], ids=["own-pass", "fused"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("sparse", [False, True], ids=["dense", "csr"])

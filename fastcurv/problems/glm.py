@@ -819,13 +819,15 @@ class GLM:
         theta = self._check_theta(theta)
         idx = val.check_rows(rows, self.n_samples)
         st = self._state_at(theta)
-        R = st.r[idx].astype(self.dtype)
+        # ℓ' stays float64 and each product x_ij ℓ'_i is rounded once to the data dtype: a
+        # float32 ℓ' would first lose its digits below float32's range (1e-50 · 1e30 is 0)
+        R = st.r[idx]
         K, d, fi = self._K, self._design.d, int(self.fit_intercept)
         Xr = self._design.take(idx)
         m = idx.shape[0]
         if not self.is_sparse:
             G = np.empty((m, d + fi, K), dtype=self.dtype)
-            np.multiply(Xr[:, :, None], R[:, None, :], out=G[:, :d, :])
+            np.multiply(Xr[:, :, None], R[:, None, :], out=G[:, :d, :], casting="unsafe")
             if fi:
                 G[:, d, :] = R
             return val.finite_result(G.reshape(m, self.n_params), "the per-sample gradients")
