@@ -326,6 +326,8 @@ def check_rows(rows, n, name="rows"):
         r = r.reshape(1)
     if r.ndim != 1 or (r.size and r.dtype.kind not in "iu"):
         raise ValueError(f"{name} must be None, a slice, a boolean mask or 1-D integer indices")
+    if r.size and r.dtype.kind == "u" and r.max() >= n:  # before the cast: 2**64 - 1 is -1
+        raise ValueError(f"{name} must be indices in [-{n}, {n}); got values outside that range")
     r = r.astype(np.int64)
     if r.size and (r.min() < -n or r.max() >= n):
         raise ValueError(f"{name} must be indices in [-{n}, {n}); got values outside that range")

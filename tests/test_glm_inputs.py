@@ -451,6 +451,11 @@ BAD_CALLS = {
                   r"\bu\b"),
     "rows-out-of-range": (lambda p, t, P, n, K: p.per_sample_grads(t, [0, n]), ValueError,
                           "rows"),
+    # 2**64 - 1 would become -1 (the last row) in a cast to int64
+    "rows-uint64-huge": (lambda p, t, P, n, K: p.per_sample_grads(
+        t, np.array([0, 2**64 - 1], np.uint64)), ValueError, "rows"),
+    "subset-uint64-huge": (lambda p, t, P, n, K: p.subset(np.array([2**64 - 1], np.uint64)),
+                           ValueError, "rows"),
     "rows-2d": (lambda p, t, P, n, K: p.per_sample_grads(t, np.zeros((2, 2), int)),
                 ValueError, "rows"),
     "rows-float": (lambda p, t, P, n, K: p.per_sample_grads(t, [0.5]), ValueError, "rows"),
