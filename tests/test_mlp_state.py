@@ -120,6 +120,38 @@ def test_shallow_copy_has_state_of_its_own():
     assert np.array_equal(q.ggn_vp(t1, v), fresh.ggn_vp(t1, v))
 
 
+@pytest.mark.parametrize("sparse", [False, True], ids=["dense", "csr"])
+def test_pickle_and_deepcopy_rebuild_the_buffers(sparse):
+    """An MLP goes through pickle and ``copy.deepcopy`` (multiprocessing, joblib, saving):
+    its per-thread buffers (a ``threading.local``, which cannot be pickled: TypeError before)
+    are left behind and rebuilt. The copies, used after the original recorded a θ, give the
+    bits of a fresh problem, with the l2 they were given."""
+    import copy
+    import pickle
+
+    import scipy.sparse as sp
+
+    rng = np.random.default_rng(5)
+    X = rng.standard_normal((30, 4))
+    X[X < 0.3] = 0.0
+    y = rng.integers(0, 3, 30)
+    Xin = sp.csr_matrix(X) if sparse else X
+    kw = dict(sizes=(4, 6, 3), loss="softmax_cross_entropy", l2=1e-2)
+    p = fc.MLP(Xin, y, **kw)
+    t1, t2 = p.init(0), p.init(1)
+    v = rng.standard_normal(p.n_params)
+    p.hvp(t1, v)
+    fresh = fc.MLP(Xin, y, **kw)
+    for q in (pickle.loads(pickle.dumps(p)), copy.deepcopy(p)):
+        for t in (t2, t1):
+            assert np.array_equal(q.hvp(t, v), fresh.hvp(t, v))
+            assert np.array_equal(q.grad(t), fresh.grad(t))
+        q.l2 = 0.5
+        assert np.array_equal(p.hvp(t2, v), fresh.hvp(t2, v))  # the original keeps its l2
+    fresh.l2 = 0.5
+    assert np.array_equal(q.ggn_vp(t1, v), fresh.ggn_vp(t1, v))
+
+
 @pytest.mark.parametrize("bad", [{"relu", "tanh"}, frozenset({"tanh"}), b"tanh"])
 def test_activation_without_order_is_refused(bad):
     X = np.ones((4, 2))

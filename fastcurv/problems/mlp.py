@@ -345,6 +345,20 @@ class MLP:
         new._tls = threading.local()
         return new
 
+    def __getstate__(self):
+        """Pickling and ``copy.deepcopy``: the problem without its per-thread buffers and
+        packed kernel arguments, which are rebuilt on first use (a ``threading.local`` cannot
+        be pickled)."""
+        state = dict(self.__dict__)
+        del state["_tls"]
+        state["_pack"] = None
+        state["_dargs"] = None
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._tls = threading.local()
+
     @property
     def _b(self):
         """This thread's :class:`_Buffers`: threads sharing one problem each compute in their
