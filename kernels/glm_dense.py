@@ -27,6 +27,7 @@ from .losses import MULTINOMIAL, pointwise, softmax_row, weighted
 from .simd import (
     VECTOR_REGISTERS,
     WIDE_BYTES,
+    is_float32,
     prefetch,
     vbcast,
     vfma,
@@ -813,32 +814,44 @@ def _sqaxpy1(X, i, w, acc):
 
 @jit(inline=True)
 def _put(T, S, q, l, t):
-    """``T[q, l] = t`` for a row weight ``t`` (float64). Where ``T`` is float32 and ``t`` lies
-    outside float32's normal range (nonzero), ``T[q, l] = 0`` and ``S[q, l] = t`` instead, and
-    :func:`_spill` adds that row in float64: stored in float32 the weight would lose its
-    digits or vanish (``a l'' = 1e-50`` is 0 there) although its products with ``x`` are
-    ordinary float32 numbers (``1e-50 * 1e30``)."""
-    if T.itemsize == 4 and t != 0.0 and not (F32_TINY <= abs(t) <= F32_MAX):
-        T[q, l] = 0.0
+    """``T[q, l] = t`` for a row weight ``t`` (float64); for a float32 ``T`` also ``S[q, l] =
+    t`` (float64), for :func:`_spill`."""
+    T[q, l] = t
+    if is_float32(T):
         S[q, l] = t
-    else:
-        T[q, l] = t
+
+
+@jit(inline=True)
+def _outside_f32(t):
+    """1 if the float64 ``t`` is nonzero and outside float32's normal range, else 0."""
+    a = abs(t)
+    return 1 if (a < F32_TINY and a != 0.0) or a > F32_MAX else 0
 
 
 @jit
-def _spill(X, i, nr, S, out):
-    """``out[l] += S[q, l] X[i + q]`` in float64 for each nonzero ``S[q, l]`` (q < nr), which
-    is then reset to 0: the rows :func:`_put` kept out of a float32 tile. Nothing to do for
-    float64 data."""
-    if X.itemsize != 4:
+def _spill(X, i, nr, T, S, out):
+    """Float32 tiles: each weight ``t = S[q, l]`` (q < nr) outside float32's normal range
+    (nonzero) is taken out of ``T`` (``T[q, l] = 0``) and its row added in float64, ``out[l]
+    += t X[i + q]``. Stored in float32 the weight would lose its digits or vanish (``a l'' =
+    1e-50`` is 0 there) although its products with ``x`` are ordinary float32 numbers
+    (``1e-50 * 1e30``). Compiled out for float64 data; otherwise a count of such weights
+    (a loop without branches) decides whether anything is to be done."""
+    if not is_float32(T):
+        return
+    L = S.shape[1]
+    bad = 0
+    for q in range(nr):
+        for l in range(L):
+            bad += _outside_f32(S[q, l])
+    if bad == 0:
         return
     for q in range(nr):
-        for l in range(S.shape[1]):
-            s = S[q, l]
-            if s != 0.0:
+        for l in range(L):
+            t = S[q, l]
+            if _outside_f32(t):
+                T[q, l] = 0.0
                 for j in range(X.shape[1]):
-                    out[l, j] += s * np.float64(X[i + q, j])
-                S[q, l] = 0.0
+                    out[l, j] += t * np.float64(X[i + q, j])
 
 
 @jit
@@ -889,7 +902,8 @@ def pass_k1(X, starts, v, vb, mode, fam, y, a, cw, eta, r, h, lbuf, dbuf, gbuf, 
         dacc = np.zeros((1, d if diag else 1))  # float64, see _sqaxpy4
         w = np.zeros(4)
         t = np.zeros((1, 4), dtype=X.dtype)
-        spill = np.zeros((1, 4))  # weights _put keeps out of float32 t
+        t64 = np.zeros((1, 4))  # float32 data: t in float64 (_spill)
+        bad = 0
         out = gbuf[c].reshape((1, d))
         s = np.zeros(4)
         tv = np.zeros(4)  # t in float64, for the sum
@@ -914,7 +928,13 @@ def pass_k1(X, starts, v, vb, mode, fam, y, a, cw, eta, r, h, lbuf, dbuf, gbuf, 
                 else:
                     tq = cw[row] * (s[q] + vb)
                 tv[q] = tq
-                _put(t, spill, 0, q, tq)
+                t[0, q] = tq
+                if is_float32(t):
+                    t64[0, q] = tq
+                    bad += _outside_f32(tq)
+            if bad:
+                _spill(X, i, nr, t.T, t64.T, out)
+                bad = 0
             # the sums in a loop that only loads (see _jit, "Reductions")
             for q in range(nr):
                 bsum += tv[q]
@@ -933,7 +953,6 @@ def pass_k1(X, starts, v, vb, mode, fam, y, a, cw, eta, r, h, lbuf, dbuf, gbuf, 
                     _axpy1(X, i + q, t[0, q], acc)
                     if diag and w[q] != 0.0:
                         _sqaxpy1(X, i + q, w[q], dacc)
-            _spill(X, i, nr, spill.T, out)
             i += nr
             count += nr
             if count >= FLUSH:
@@ -1077,7 +1096,7 @@ def pass_gen(X, starts, Vt, vb, mode, fam, y, a, eta, r, h, Dw, Q, qa, top, kind
         acc = np.zeros((Lbp, d), dtype=X.dtype)
         U = np.zeros((BLOCK, Lfp), dtype=X.dtype)
         T = np.zeros((BLOCK, Lbp), dtype=X.dtype)
-        S = np.zeros((BLOCK, Lbp))  # weights _put keeps out of float32 T
+        S = np.zeros((BLOCK, Lbp))  # float32 data: T in float64 (_put, _spill)
         w1 = np.zeros(L)
         w2 = np.zeros(L)
         w3 = np.zeros(L)
@@ -1094,8 +1113,8 @@ def pass_gen(X, starts, Vt, vb, mode, fam, y, a, eta, r, h, Dw, Q, qa, top, kind
             else:
                 _rows_curvature(U, T, S, nr, i, Dw, Q, qa, top, kind, m, reff, w1, w2,
                                 gbbuf[c])
+            _spill(X, i, nr, T, S, gbuf[c])
             _block(X, i, nr, Vt, vb, U, T, acc, n5b, True)
-            _spill(X, i, nr, S, gbuf[c])
             count += nr
             if count >= FLUSH:
                 _flush(acc, gbuf[c])
