@@ -315,3 +315,34 @@ def test_command_fits_wide_data_with_the_diagonal_and_names_empty_data(tmp_path,
     rc = main(["compare", "--data", str(path), "--out", str(tmp_path / "r2")])
     _, err = capsys.readouterr()
     assert rc == 2 and "no rows" in err and "zero-size" not in err
+
+
+def test_float32_singular_curvature_drops_its_rounding_level_null_directions():
+    """A float32 softmax GLM at δ = 0: its curvature is singular along the common shift of
+    the K outputs, whose eigenvalues come out at float32 rounding level (~1e-9 of the
+    largest), not 0. The dense pseudo-inverse dropped eigenvalues below P eps with float64's
+    eps, so it inverted them: the reference Newton direction was mostly that shift (norm 53
+    instead of 0.66) and the cosines fell to 0.45-0.77 (a review's finding). With the
+    dtype's eps the float32 report agrees with the float64 one on the same numbers, and
+    the float64 one with numpy's pseudo-inverse of the dense Hessian."""
+    rng = np.random.default_rng(15)
+    X = rng.standard_normal((60, 3)).astype(np.float32).astype(np.float64)
+    y = rng.integers(0, 3, 60)
+    th = (0.1 * np.random.default_rng(1).standard_normal(12)).astype(np.float32)
+    r32 = compare(fc.GLM(X.astype(np.float32), y, family="multinomial"), th, damping=0.0,
+                  seed=0)
+    p64 = fc.GLM(X, y, family="multinomial")
+    th64 = th.astype(np.float64)
+    r64 = compare(p64, th64, damping=0.0, seed=0)
+    H, g = p64.hessian(th64), p64.grad(th64)
+    x_ref = np.linalg.pinv(H, rcond=1e-10, hermitian=True) @ g
+    d = np.diag(H)
+    x = np.divide(g, d, out=np.zeros_like(g), where=d > 0)  # the exact diagonal's step
+    cos = x @ x_ref / np.linalg.norm(x) / np.linalg.norm(x_ref)
+    rec64 = {r["name"]: r for r in r64}
+    np.testing.assert_allclose(rec64["diag_hessian"]["newton_cosine"], cos, rtol=1e-6)
+    for a, b in zip(r32, r64, strict=True):
+        assert a["name"] == b["name"]
+        np.testing.assert_allclose(a["newton_cosine"], b["newton_cosine"], rtol=1e-4,
+                                   err_msg=a["name"])
+        assert a["cg_iters"] == b["cg_iters"], a["name"]
