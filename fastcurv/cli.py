@@ -19,6 +19,7 @@ import json
 import os
 import re
 import sys
+import tempfile
 import time
 import warnings
 
@@ -96,6 +97,12 @@ def _check_options(args):
         except OSError as e:
             raise ValueError(f"--out {args.out}: cannot create this folder "
                              f"({e.strerror or e})") from None
+        try:  # and writable: a folder that is not failed only after the whole fit
+            with tempfile.TemporaryFile(dir=args.out):
+                pass
+        except OSError as e:
+            raise ValueError(f"--out {args.out}: cannot write into this folder "
+                             f"({e.strerror or e}); name a folder you can write to") from None
 
 
 def _newton(args):

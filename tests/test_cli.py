@@ -384,6 +384,36 @@ def test_out_that_cannot_be_a_folder_fails_before_the_fit(logistic_npz, tmp_path
     assert "--out" in err
 
 
+@pytest.mark.parametrize("command", ["newton", "influence"])
+def test_out_folder_that_cannot_be_written_fails_before_the_work(logistic_npz, tmp_path,
+                                                                 capsys, monkeypatch, command):
+    """An existing folder that refuses new files (read-only, immutable) passed the checks, and
+    the command failed only after the whole fit, with an OSError naming coef.npy but not
+    --out (a review's finding). The probe write is made to fail here: root may write into
+    read-only folders, so permissions cannot stage it portably."""
+    import tempfile
+
+    path, _, _ = logistic_npz
+    out_dir = tmp_path / "locked"
+    out_dir.mkdir()
+
+    real = tempfile.TemporaryFile
+
+    def refuse(*args, dir=None, **kwargs):  # only in that folder (Numba probes its cache too)
+        if dir is not None and os.path.samefile(dir, out_dir):
+            raise PermissionError(1, "Operation not permitted")
+        return real(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", refuse)
+    quiet = ["--quiet"] if command == "newton" else []
+    rc = main([command, "--data", str(path), *quiet, "--out", str(out_dir)])
+    out, err = capsys.readouterr()
+    assert rc == 2 and "converged" not in out and "influence" not in out
+    _one_error_line(err)
+    assert "--out" in err and "cannot write" in err
+    assert list(out_dir.iterdir()) == []
+
+
 def test_binary_file_read_as_csv_is_a_short_error_line(logistic_npz, capsys):
     path, _, _ = logistic_npz
     rc = main(["newton", "--data", str(path), "--format", "csv", "--quiet"])
