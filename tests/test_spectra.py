@@ -528,3 +528,13 @@ def test_trace_estimates_are_scale_invariant(method, scale):
     got = trace(aslinearoperator(scale * A), 12, method=method, seed=2)
     np.testing.assert_allclose(got.trace / scale, ref.trace, rtol=1e-12)
     np.testing.assert_allclose(got.std_error / scale, ref.std_error, rtol=1e-10)
+
+
+@pytest.mark.parametrize("bad", [np.inf, np.nan])
+def test_hutchinson_diag_of_a_non_finite_operator_is_a_clear_error(bad):
+    """An operator whose products hold inf or NaN gave a NaN estimate (and numpy's overflow
+    warnings) instead of an error."""
+    A = np.eye(4)
+    A[2, 1] = A[1, 2] = bad
+    with pytest.raises(FloatingPointError, match="non-finite"):
+        fc.hutchinson_diag(A, 8, seed=0)
