@@ -6,6 +6,8 @@ and XTrace on low-rank matrices, and exactness of Lanczos quadrature for polynom
 ``< 2 n_steps``.
 """
 
+import warnings
+
 import numpy as np
 import pytest
 from scipy.sparse.linalg import LinearOperator, aslinearoperator
@@ -531,10 +533,83 @@ def test_trace_estimates_are_scale_invariant(method, scale):
 
 
 @pytest.mark.parametrize("bad", [np.inf, np.nan])
-def test_hutchinson_diag_of_a_non_finite_operator_is_a_clear_error(bad):
-    """An operator whose products hold inf or NaN gave a NaN estimate (and numpy's overflow
-    warnings) instead of an error."""
-    A = np.eye(4)
+def test_every_estimator_refuses_a_non_finite_operator(bad):
+    """An operator whose products hold inf or NaN gave NaN estimates (the exact trace path:
+    NaN with a standard error of 0, "computed exactly"), or failed inside ARPACK (Fortran
+    messages on stderr) or LAPACK (a review's finding): now one FloatingPointError."""
+    A = np.eye(8)
     A[2, 1] = A[1, 2] = bad
-    with pytest.raises(FloatingPointError, match="non-finite"):
-        fc.hutchinson_diag(A, 8, seed=0)
+    calls = [lambda: fc.hutchinson_diag(A, 8, seed=0),
+             lambda: trace(A, 4, method="hutchinson", seed=0),
+             lambda: trace(A, 8, method="hutchinson", seed=0),  # n_probes >= P: exact path
+             lambda: trace(A, 4, method="xtrace", seed=0),
+             lambda: top_eigenvalues(A, 2, seed=0),
+             lambda: top_eigenvalues(A, 8, seed=0),
+             lambda: fc.spectral_density(A, 2, 4, seed=0)]
+    for call in calls:
+        with pytest.raises(FloatingPointError, match="non-finite"):
+            call()
+
+
+def test_duck_typed_operator_without_dtype_gets_float64():
+    """``None in (float32, float64)`` is True in numpy (None compares equal to float64's
+    dtype), so an operator without ``dtype`` kept None and ``spectral_density`` called
+    ``np.finfo(None)`` (deprecated; an error under -W error)."""
+    from fastcurv.estimators.trace_estimators import _as_operator
+
+    class Op:
+        shape = (4, 4)
+
+        def matmat(self, V):
+            return np.diag([1.0, 2.0, 3.0, 4.0]) @ V
+
+    assert _as_operator(Op())[2] == np.dtype(np.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        d = fc.spectral_density(Op(), 2, 4, seed=0)
+    np.testing.assert_allclose(np.sort(d.nodes[0]), [1.0, 2.0, 3.0, 4.0], rtol=1e-12)
+
+
+@pytest.mark.parametrize("sparse", [False, True], ids=["dense", "csr"])
+def test_eigenvalue_tools_refuse_an_explicit_non_symmetric_matrix(sparse):
+    """A non-symmetric matrix gave silent garbage: eigenvalues of an upper triangle of ones
+    (all 1) came out as [2.62, 2.40] from ARPACK and as those of (A + Aᵀ)/2 from the dense
+    path. Symmetric to rounding is accepted; the trace and diagonal estimators (unbiased for
+    any A) keep accepting it."""
+    import scipy.sparse as sps
+
+    N = np.triu(np.ones((6, 6)))
+    A = sps.csr_matrix(N) if sparse else N
+    for call in (lambda: top_eigenvalues(A, 2, seed=0), lambda: top_eigenvalues(A, 5, seed=0),
+                 lambda: fc.spectral_density(A, 2, 4, seed=0)):
+        with pytest.raises(ValueError, match="symmetric"):
+            call()
+    S = N + N.T
+    S[0, 1] *= 1 + 1e-15  # rounding-level asymmetry
+    S = sps.csr_matrix(S) if sparse else S
+    np.testing.assert_allclose(top_eigenvalues(S, 1, seed=0), np.linalg.eigvalsh(N + N.T)[-1:],
+                               rtol=1e-10)
+    assert np.isfinite(trace(A, 4, seed=0).trace)
+
+
+@pytest.mark.parametrize("scale", [1e-170, 1e160])
+def test_spectral_density_at_extreme_scales_keeps_every_node(scale):
+    """The Lanczos norms were sums of squares: at ‖A‖ ~ 1e160 they overflowed and at 1e-170
+    underflowed to 0, and every probe stopped after one step (one node at the mean, 5.5)."""
+    A = np.diag(np.arange(1.0, 11.0))
+    d = fc.spectral_density(A * scale, 2, 10, seed=0)
+    for s in range(2):
+        np.testing.assert_allclose(np.sort(d.nodes[s]) / scale, np.arange(1.0, 11.0),
+                                   rtol=1e-10)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_top_eigenvalues_near_the_top_of_the_dtype_range(dtype):
+    """The ARPACK start vector had entries up to ~3.5, so ``A v0`` overflowed operators of
+    norm near the dtype's largest number (float32 3e38, float64 1.7e308): ArpackError. A
+    unit start vector keeps ``A v0`` within the operator's norm."""
+    top = 0.95 * float(np.finfo(dtype).max)
+    w = np.linspace(top / 30, top, 10)
+    A = np.diag(w).astype(dtype)
+    got = top_eigenvalues(A, 2, seed=0)
+    np.testing.assert_allclose(got, w[::-1][:2], rtol=1e-5 if dtype == np.float32 else 1e-10)

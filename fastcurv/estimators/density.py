@@ -25,6 +25,15 @@ class SpectralDensity(NamedTuple):
     weights: np.ndarray
 
 
+def _row_norms(W):
+    """Euclidean norm of each row of ``W``, without overflow or underflow: a sum of squares
+    overflowed for ‖A‖ above ~1e154 and vanished below ~1e-162, and the Lanczos runs
+    stopped after one step (one node per probe)."""
+    top = np.max(np.abs(W), axis=1)
+    safe = np.where(top > 0, top, 1.0)
+    return top * np.sqrt(np.sum(np.square(W / safe[:, None]), axis=1))
+
+
 def _lanczos(lin, dtype, V1, n_steps, block):
     """Lanczos with full reorthogonalization for every column of ``V1`` (P, S) at once.
 
@@ -52,7 +61,7 @@ def _lanczos(lin, dtype, V1, n_steps, block):
         Vj = basis[active, j]  # (a, P)
         Wt = _apply(lin, Vj.T, dtype, block).T  # rows: A v_j
         alpha[active, j] = np.einsum("ap,ap->a", Vj, Wt)
-        anorm[active] = np.maximum(anorm[active], np.linalg.norm(Wt, axis=1))
+        anorm[active] = np.maximum(anorm[active], _row_norms(Wt))
         if j == n_steps - 1:
             break
         # full reorthogonalization against v_1..v_j, twice ("twice is enough": Parlett),
@@ -60,7 +69,7 @@ def _lanczos(lin, dtype, V1, n_steps, block):
         Vs = basis[active, : j + 1]  # (a, j+1, P)
         for _ in range(2):
             Wt -= np.einsum("ajp,aj->ap", Vs, np.einsum("ajp,ap->aj", Vs, Wt))
-        b = np.linalg.norm(Wt, axis=1)
+        b = _row_norms(Wt)
         stop = (b <= rel_tol * anorm[active]) | (j + 1 >= P)
         beta[active, j] = np.where(stop, 0.0, b)
         k[active[stop]] = j + 1
@@ -155,7 +164,7 @@ def spectral_density(op, n_probes, n_steps, seed=None, grid=None, n_grid=512, si
         grid = np.asarray(grid, dtype=np.float64)
         if grid.ndim != 1 or grid.size < 1 or not np.all(np.isfinite(grid)):
             raise ValueError("grid must be a non-empty 1-D array of finite values")
-    lin, P, dtype = _as_operator(op)
+    lin, P, dtype = _as_operator(op, symmetric=True)
     rng = make_rng(seed)
 
     V1 = _rademacher(rng, P, n_probes) / np.sqrt(P)

@@ -49,10 +49,10 @@ def top_eigenvalues(op, k, which="LA", return_eigenvectors=False, tol=0, seed=No
     ARPACK runs in the operator's precision: a float32 operator is multiplied with float32
     vectors (eigsh's work arrays take ``op.dtype``), and the eigenvalues come back float32,
     accurate to about ``tol`` (machine precision of that dtype when ``tol = 0``) relative to
-    ``‖A‖`` at any scale (ARPACK runs on ``A / s``, ``s`` the power of two nearest
-    ``‖A v0‖ / ‖v0‖``, because its convergence test has an absolute floor of ``eps^(2/3)``; a
-    zero operator returns zeros and the first ``k`` coordinate vectors). For tiny problems
-    (``k >= P − 1``, where ARPACK cannot run) the dense matrix
+    ``‖A‖`` at any scale (ARPACK runs on ``A / s``, ``s`` the power of two at or below
+    ``‖A v0‖`` for a unit ``v0``, because its convergence test has an absolute floor of
+    ``eps^(2/3)``; a zero operator returns zeros and the first ``k`` coordinate vectors).
+    For tiny problems (``k >= P − 1``, where ARPACK cannot run) the dense matrix
     ``A @ I`` is formed from P products, symmetrized and decomposed with
     :func:`numpy.linalg.eigh` instead.
 
@@ -95,7 +95,7 @@ def top_eigenvalues(op, k, which="LA", return_eigenvectors=False, tol=0, seed=No
     """
     if which not in WHICH:
         raise ValueError(f"which must be one of {WHICH}, got {which!r}")
-    lin, P, dtype = _as_operator(op)
+    lin, P, dtype = _as_operator(op, symmetric=True)
     k = as_int(k, "k")
     if k > P:
         raise ValueError(f"k must be <= P = {P} (the operator's size), got {k}")
@@ -108,10 +108,13 @@ def top_eigenvalues(op, k, which="LA", return_eigenvectors=False, tol=0, seed=No
         w, V = np.linalg.eigh(0.5 * (M + M.T))
         w, V = _dense_select(w, V, k, which)
     else:
-        v0 = rng.standard_normal(P).astype(dtype)
+        g = rng.standard_normal(P)
+        # a unit start vector: A v0 stays within the operator's norm (entries up to ~3.5
+        # overflowed float32 operators of norm ~1e38)
+        v0 = (g / np.linalg.norm(g)).astype(dtype)
         # ARPACK's convergence test has an absolute floor (eps^(2/3): 1.5e-5 in float32), so
         # an operator of norm 1e-12 would be "converged" after one sweep: run it on A / s,
-        # s the power of two nearest ‖A v0‖ / ‖v0‖ (an exact scaling), and scale back
+        # s the power of two at or below ‖A v0‖ / ‖v0‖ (an exact scaling), and scale back
         Av0 = np.asarray(lin.matvec(v0), dtype=np.float64).reshape(-1)
         top = float(np.max(np.abs(Av0)))
         if top == 0.0:
@@ -120,7 +123,8 @@ def top_eigenvalues(op, k, which="LA", return_eigenvectors=False, tol=0, seed=No
             V = np.eye(P, k)
         else:
             size = top * float(np.linalg.norm(Av0 / top))  # ‖A v0‖ without overflow
-            s = 2.0 ** np.round(np.log2(size / float(np.linalg.norm(v0))))
+            # rounded down: 2^128 (‖A‖ near float32's top) is inf in float32
+            s = 2.0 ** np.floor(np.log2(size / float(np.linalg.norm(v0))))
             # in ``dtype``, not ``lin.dtype``: an integer operator (an int array or sparse
             # matrix) would truncate s = 1/8 to 0 and hand ARPACK inf and NaN
             s_dt = np.asarray(s, dtype=dtype)

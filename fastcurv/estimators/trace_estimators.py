@@ -31,13 +31,17 @@ class TraceEstimate(NamedTuple):
 # shared helpers of trace_estimators.py, eigen.py, density.py and diagonal.py
 
 
-def _as_operator(op):
+def _as_operator(op, symmetric=False):
     """``(LinearOperator, P, dtype)`` for a square real (P, P) operator.
 
     Accepts a scipy ``LinearOperator``, any object with ``shape`` and ``matmat`` (and
     optionally ``dtype``), or anything :func:`scipy.sparse.linalg.aslinearoperator` takes
     (dense arrays, sparse matrices). ``dtype`` is the floating type probes are built in: the
-    operator's own float32/float64, float64 for anything else (integers, unknown).
+    operator's own float32/float64, float64 for anything else (integers, unknown). The
+    returned operator raises FloatingPointError on a product with inf or NaN (estimates
+    would be NaN, or fail deep inside ARPACK or LAPACK). ``symmetric``: an explicit matrix
+    (dense or sparse) must be symmetric to rounding (the eigenvalue tools assume it; a
+    matrix-free operator is taken as symmetric).
     """
     shape = getattr(op, "shape", None)
     if shape is None and hasattr(op, "hvp") and hasattr(op, "n_params"):
@@ -54,7 +58,11 @@ def _as_operator(op):
     raw = np.dtype(raw) if raw is not None else None
     if raw is not None and raw.kind == "c":
         raise TypeError(f"op must be real symmetric, got the complex dtype {raw}")
-    dtype = raw if raw in (np.dtype(np.float32), np.dtype(np.float64)) else np.dtype(np.float64)
+    # (``None in (...)`` is True: numpy compares None equal to float64's dtype)
+    floats = (np.dtype(np.float32), np.dtype(np.float64))
+    dtype = raw if raw is not None and raw in floats else np.dtype(np.float64)
+    if symmetric and not isinstance(op, LinearOperator) and not hasattr(op, "matmat"):
+        _check_symmetric(op, dtype)
     if isinstance(op, LinearOperator):
         lin = op
     elif hasattr(op, "matmat"):
@@ -68,7 +76,51 @@ def _as_operator(op):
                              rmatmat=matmat, dtype=dtype)
     else:
         lin = aslinearoperator(op)
-    return lin, P, dtype
+    return _finite_products(lin, P, dtype), P, dtype
+
+
+def _finite_products(lin, P, dtype):
+    """``lin`` whose every product is checked for inf and NaN."""
+    def check(out):
+        if not np.all(np.isfinite(out)):
+            raise FloatingPointError(
+                "the operator returned non-finite values (inf or NaN) for a finite vector: "
+                "its entries overflow or are not numbers")
+        return out
+
+    # numpy's warnings are silenced: a non-finite product raises below instead
+    def matvec(v):
+        with np.errstate(over="ignore", invalid="ignore"):
+            return check(lin.matvec(v))
+
+    def matmat(V):
+        with np.errstate(over="ignore", invalid="ignore"):
+            return check(lin.matmat(V))
+
+    return LinearOperator((P, P), matvec=matvec, matmat=matmat, rmatvec=matvec,
+                          rmatmat=matmat, dtype=dtype)
+
+
+def _check_symmetric(A, dtype):
+    """ValueError unless the dense or sparse matrix ``A`` equals its transpose to rounding
+    (``max|A − Aᵀ| <= 64 eps max|A|``, eps of ``dtype``)."""
+    import scipy.sparse as sp
+
+    if sp.issparse(A):
+        D = abs(A - A.T)
+        gap = float(D.max()) if D.nnz else 0.0
+        top = float(abs(A).max()) if A.nnz else 0.0
+    else:
+        M = np.asarray(A)
+        if M.ndim != 2 or M.dtype.kind not in "biuf":
+            return  # aslinearoperator names what is wrong
+        M = M.astype(np.float64)
+        with np.errstate(invalid="ignore"):  # inf - inf: the products' check names it
+            gap = float(np.max(np.abs(M - M.T))) if M.size else 0.0
+        top = float(np.max(np.abs(M))) if M.size else 0.0
+    if np.isfinite(gap) and gap > 64 * float(np.finfo(dtype).eps) * top:  # (inf/NaN: later)
+        raise ValueError(f"op must be symmetric: max|A - A.T| = {gap:.3g} against max|A| = "
+                         f"{top:.3g}; pass (A + A.T) / 2 if that is the matrix meant")
 
 
 def _apply(lin, V, dtype, block):
