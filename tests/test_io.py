@@ -10,6 +10,7 @@ subnormals included), not to a tolerance.
 import bz2
 import gzip
 import io
+import os
 import re
 import zipfile
 
@@ -525,10 +526,18 @@ _PTR = np.array([0, 2, 3, 3, 5], np.int32)
     (dict(X_indptr=np.array([0, 2, 3, 3, 4], np.int32)), "X_indptr"),  # would drop a value
     (dict(X_indptr=_PTR[:-1]), "X_indptr"),  # one row short of X_shape
     (dict(X_shape=np.array([4.0, 3.0])), "X_shape"),
+    # column indices outside [0, 3) and a decreasing indptr: scipy builds the matrix, then
+    # drops values in toarray() and crashes the process in X @ v (a review's finding)
+    (dict(X_indices=np.array([0, 7, 1, 0, 2], np.int32)), "X_indices"),
+    (dict(X_indices=np.array([0, -5, 1, 0, 2], np.int32)), "X_indices"),
+    (dict(X_indptr=np.array([0, 4, 3, 3, 5], np.int32)), "X_indptr"),
+    (dict(X_shape=np.array([4, -3])), "X_shape"),
 ], ids=["fractional-indices", "fractional-indptr", "indptr-ends-early", "indptr-short",
-        "float-shape"])
+        "float-shape", "index-too-large", "index-negative", "indptr-decreases",
+        "negative-shape"])
 def test_npz_sparse_parts_are_not_repaired(tmp_path, parts, name):
-    """Parts that scipy.sparse.csr_matrix would silently repair are refused, by name."""
+    """Parts that scipy.sparse.csr_matrix would silently repair, or that would crash the
+    process when used, are refused, by name."""
     arrays = dict(X_data=np.arange(1.0, 6.0), X_indices=_IND, X_indptr=_PTR,
                   X_shape=np.array([4, 3]), y=np.array([0.0, 1, 0, 1]))
     path = tmp_path / "parts.npz"
@@ -682,3 +691,13 @@ def test_load_names_directories_and_non_npz(tmp_path):
     np.savez(tmp_path / "s.npz", X=np.ones((3, 2)), y=np.array(1.0))
     with pytest.raises(DataError, match="shape"):
         load(tmp_path / "s.npz")
+
+
+def test_load_takes_a_bytes_path(tmp_path):
+    """``load(b".../m.svm")`` compared the bytes extension with strings and answered
+    "unknown extension b'.svm'" (``load_svmlight`` read the same path)."""
+    path = tmp_path / "m.svm"
+    path.write_text("1 1:0.5 3:2\n0 2:1\n")
+    X, y = load(os.fsencode(str(path)))
+    np.testing.assert_array_equal(X.toarray(), [[0.5, 0, 2], [0, 1, 0]])
+    np.testing.assert_array_equal(y, [1, 0])

@@ -10,8 +10,9 @@ from ._errors import DataError
 
 
 def _checked_path(path):
-    """``path`` as a string, refused unless it names a regular file (every reader checks)."""
-    path = os.fspath(path)
+    """``path`` as a string (bytes decoded as the file system does), refused unless it names
+    a regular file (every reader checks)."""
+    path = os.fsdecode(os.fspath(path))
     if os.path.isdir(path):
         raise DataError(f"{path}: is a directory, not a data file")
     if not os.path.exists(path):

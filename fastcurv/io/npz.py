@@ -71,6 +71,8 @@ def _csr_from_parts(path, data, indices, indptr, shape):
     if shape.shape[0] != 2 or data.ndim != 1:
         raise DataError(f"{path}: X_shape must hold 2 numbers and X_data be 1-D (got "
                         f"{shape.shape[0]} and {data.ndim}-D)")
+    if int(shape.min()) < 0:
+        raise DataError(f"{path}: X_shape {tuple(int(k) for k in shape)} is negative")
     if indptr.shape[0] != int(shape[0]) + 1 or indptr[0] != 0 or (
             indptr[-1] != data.shape[0] or indices.shape[0] != data.shape[0]):
         raise DataError(f"{path}: inconsistent CSR parts: X_indptr has {indptr.shape[0]} "
@@ -78,4 +80,12 @@ def _csr_from_parts(path, data, indices, indptr, shape):
                         f"{data.shape[0]}, X_indices {indices.shape[0]}, X_shape "
                         f"{tuple(int(k) for k in shape)} (expected X_shape[0] + 1 entries "
                         "from 0 to the number of stored values)")
+    if np.any(indptr[1:] < indptr[:-1]):
+        raise DataError(f"{path}: X_indptr decreases (row boundaries must never go down); "
+                        "write the matrix with scipy.sparse.save_npz")
+    n_cols = int(shape[1])
+    if indices.size and (int(indices.min()) < 0 or int(indices.max()) >= n_cols):
+        raise DataError(f"{path}: X_indices holds column indices outside [0, {n_cols}) "
+                        f"(from {int(indices.min())} to {int(indices.max())}); such a matrix "
+                        "loses values or crashes the process when used")
     return sp.csr_matrix((data, indices, indptr), shape=tuple(int(k) for k in shape))
