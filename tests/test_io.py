@@ -450,8 +450,11 @@ def test_csv_whitespace_only_lines_are_blank(tmp_path, raw):
     ('"1,2,0\n3,4,1\n', r"line 1: a quote"),  # not a header, whose row would be dropped
     ("\ufeffx,y,t\n1,2,0\n\u0661,4,1\n", r"line 3, column 1: value '\u0661'"),  # arabic-indic 1
     ("x,y,t\n1,2,0 # a comment\n3,4,x\n", r"line 3, column 3: value 'x'"),
+    # numpy takes a quote only at a field's start; the check stripped the space first and
+    # found nothing, and the error named no line (a review's finding)
+    ('a,b,y\n1,2,3\n4, "5",6\n', r"line 3, column 2: ' \"5\"' has a space before its"),
 ], ids=["quoted-decimal-comma", "unbalanced-quote", "unbalanced-quote-first-line",
-        "non-ascii-digit", "comment-after-data"])
+        "non-ascii-digit", "comment-after-data", "space-before-quote"])
 def test_csv_errors_name_the_right_line(tmp_path, text, pattern):
     """Quotes are honoured when the bad line is looked for: a quoted decimal comma was blamed on
     the next line, an unbalanced quote, like a non-ASCII digit, named no line."""

@@ -161,6 +161,15 @@ def _csv_fields(text, delimiter):
     return [t.strip().strip('"').strip() for t in fields]
 
 
+def _raw_fields(text, delimiter):
+    """The fields of one line as the csv module splits them, unstripped (empty for a line
+    it cannot split)."""
+    try:
+        return next(csv.reader([text], delimiter=delimiter))
+    except (csv.Error, StopIteration):
+        return []
+
+
 def _is_number(tok):
     """Whether ``tok`` is a number as ``np.loadtxt`` reads one (Python's ``float`` also takes
     ``1_000`` and non-ASCII digits, which loadtxt refuses)."""
@@ -214,6 +223,11 @@ def _csv_problem(path, source, delimiter, skip, encoding):
                 return (f"{path}: line {no}: a quote (\") opens a field that is not closed on "
                         "this line; remove it or close the field")
             fields = _csv_fields(text, delimiter)
+            for col, raw in enumerate(_raw_fields(text, delimiter), start=1):
+                if raw[:1] != '"' and raw.lstrip()[:1] == '"':
+                    return (f"{path}: line {no}, column {col}: {_shown(raw, encoding)!r} has "
+                            "a space before its opening quote, and a quote counts only at the "
+                            "start of a field; remove the space (or the quotes)")
             if width is None:
                 width = len(fields)
             elif len(fields) != width:
