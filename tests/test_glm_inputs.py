@@ -569,6 +569,22 @@ def test_flatten_checks_its_input(parts, exc, pattern):
         p.flatten(parts)
 
 
+@pytest.mark.parametrize("sparse", [False, True], ids=["dense", "csr"])
+def test_flatten_returns_a_copy(sparse):
+    """``p.flatten(p.unflatten(theta))`` was a view of ``theta`` (writing into it changed
+    ``theta``), while an MLP's ``flatten`` returns a new array."""
+    import scipy.sparse as sps
+
+    X, y = _Xy()
+    p = fc.GLM(sps.csr_matrix(X) if sparse else X, y)
+    theta = np.arange(p.n_params, dtype=np.float64)
+    layer = p.unflatten(theta)[0]
+    flat = p.flatten([layer])
+    np.testing.assert_array_equal(flat, theta)
+    flat[0] = -1.0
+    assert theta[0] == 0.0 and layer.ravel()[0] == 0.0
+
+
 def test_a_model_too_large_for_memory_is_refused_before_allocating(tmp_path):
     """One column index of 2^31 in a 3-row CSR matrix (as one bad line of an svmlight file
     gives) asks for a 2-billion-parameter model: a MemoryError that names the sizes and the

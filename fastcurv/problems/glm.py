@@ -100,7 +100,9 @@ def flatten_layer(parts, rows, K, dtype):
         raise TypeError(f"the layer must hold real numbers, got dtype {W.dtype}")
     if W.size != rows * K or W.shape not in ((rows, K), (rows * K,)):
         raise ValueError(f"the layer must have shape ({rows}, {K}), got {W.shape}")
-    return val.finite_as(W, dtype, "the layer").reshape(-1)
+    # a copy, as an MLP's flatten (which concatenates) returns: a view of the caller's
+    # array would let writes into θ change the layer it came from
+    return np.array(val.finite_as(W, dtype, "the layer").reshape(-1), copy=True)
 
 class GLM:
     r"""A generalized linear model with a canonical link, L2 penalty and sample weights.
