@@ -19,6 +19,7 @@ of a result would then depend on heap addresses (one GLM shared by Python thread
 
 import functools
 import inspect
+import threading
 import types
 
 import numba
@@ -63,6 +64,12 @@ class ChunkedKernel:
     call in a parallel region, 0.1 ms without). Both compute the same thing in the same order.
     Called with positional arguments, one of them named ``starts``; Python-level only (a
     compiled caller would call ``.parallel`` or ``.serial`` directly).
+
+    Parallel regions launched from several Python threads at once (a problem shared by
+    threads, Dask's threaded workers) are safe in Numba's ``omp`` and ``tbb`` threading
+    layers, but the ``workqueue`` layer (chosen with ``NUMBA_THREADING_LAYER=workqueue``, or
+    where neither OpenMP nor TBB is available) aborts the process on concurrent use. There
+    the launches are serialized by a lock (see :func:`_launch`).
     """
 
     def __init__(self, f, opts):
@@ -76,7 +83,26 @@ class ChunkedKernel:
     def __call__(self, *args):
         if len(args[self._starts]) <= 2:
             return self.serial(*args)
-        return self.parallel(*args)
+        if _LAYER_IS_SAFE[0]:
+            return self.parallel(*args)
+        return _launch(self.parallel, args)
+
+
+#: whether the threading layer is known to take concurrent launches (``omp``, ``tbb``); False
+#: until the first parallel launch has chosen the layer
+_LAYER_IS_SAFE = [False]
+_LAUNCH_LOCK = threading.Lock()
+
+
+def _launch(kernel, args):
+    """Run a parallel kernel holding :data:`_LAUNCH_LOCK`: every launch before the layer is
+    known (the first one chooses it), and every launch under ``workqueue``, which is not
+    thread-safe. A waiting thread blocks in ``Lock.acquire`` with the GIL released."""
+    with _LAUNCH_LOCK:
+        out = kernel(*args)
+        if numba.threading_layer() != "workqueue":
+            _LAYER_IS_SAFE[0] = True
+        return out
 
 
 def _renamed(f, suffix):
