@@ -153,8 +153,13 @@ def _newton(args):
         parts = p.unflatten(res.x)[0]
         coef = parts[: p.n_features]
         np.save(os.path.join(args.out, "coef.npy"), coef)
+        stale = os.path.join(args.out, "intercept.npy")
         if p.fit_intercept:
-            np.save(os.path.join(args.out, "intercept.npy"), parts[p.n_features:][0])
+            np.save(stale, parts[p.n_features:][0])
+        elif os.path.isfile(stale):
+            # an earlier run's intercept would be read with this run's coefficients
+            os.remove(stale)
+            print(f"removed {stale} (this fit has no intercept)")
         summary = dict(
             data=source, family=family, n_samples=p.n_samples, n_features=p.n_features,
             n_params=p.n_params, sparse=p.is_sparse, dtype=np.dtype(p.dtype).name, l2=args.l2,

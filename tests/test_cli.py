@@ -582,6 +582,21 @@ def test_newton_out_names_every_file_written(logistic_npz, tmp_path, capsys):
         assert sorted(os.listdir(out_dir)) == sorted(files)
 
 
+def test_newton_no_intercept_removes_an_earlier_runs_intercept(logistic_npz, tmp_path, capsys):
+    """A folder reused with --no-intercept kept the earlier run's intercept.npy, which a
+    reader then paired with the new coefficients."""
+    path, _, _ = logistic_npz
+    out_dir = tmp_path / "o"
+    assert main(["newton", "--data", str(path), "--quiet", "--out", str(out_dir)]) == 0
+    assert (out_dir / "intercept.npy").exists()
+    capsys.readouterr()
+    assert main(["newton", "--data", str(path), "--quiet", "--out", str(out_dir),
+                 "--no-intercept"]) == 0
+    out, _ = capsys.readouterr()
+    assert sorted(os.listdir(out_dir)) == ["coef.npy", "summary.json"]
+    assert f"removed {out_dir}/intercept.npy" in out
+
+
 def test_influence_nystrom_is_seeded(tmp_path, capsys):
     """--method nystrom drew a fresh sketch every run (different rankings); --seed (default
     0) fixes it."""
