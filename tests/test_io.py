@@ -519,6 +519,52 @@ def test_npz_sparse_parts(tmp_path):
     np.testing.assert_array_equal(yl, y)
 
 
+def _save_with_prefix(path, A, y):
+    """``A`` as ``scipy.sparse.save_npz`` writes it, every part prefixed ``X_``, next to y."""
+    sp.save_npz(path.with_suffix(".tmp.npz"), A, compressed=False)
+    with np.load(path.with_suffix(".tmp.npz")) as f:
+        parts = {f"X_{k}": f[k] for k in f.files}
+    np.savez(path, y=y, **parts)
+    return parts
+
+
+@pytest.mark.parametrize("fmt", ["csr", "csc"])
+def test_npz_sparse_parts_with_their_format(tmp_path, fmt):
+    """The parts of ``save_npz`` with their ``format``: a CSC matrix's parts (indptr over
+    columns, row indices) were read as CSR: a wrong matrix, or an error about X_indptr."""
+    A = sp.random(12, 7, density=0.3, format=fmt, random_state=7)
+    y = np.arange(12.0)
+    parts = _save_with_prefix(tmp_path / "s.npz", A, y)
+    assert parts["X_format"].item() == fmt.encode()
+    X, yl = load_npz(tmp_path / "s.npz")
+    assert sp.issparse(X) and X.format == "csr" and X.shape == (12, 7)
+    np.testing.assert_array_equal(X.toarray(), A.toarray())
+    B = sp.random(12, 12, density=0.3, format=fmt, random_state=8)  # square: no shape clash
+    _save_with_prefix(tmp_path / "q.npz", B, y)
+    np.testing.assert_array_equal(load_npz(tmp_path / "q.npz")[0].toarray(), B.toarray())
+
+
+def test_npz_sparse_parts_of_another_format_are_refused(tmp_path):
+    y = np.arange(5.0)
+    _save_with_prefix(tmp_path / "c.npz", sp.random(5, 4, density=0.5, format="coo",
+                                                    random_state=0), y)
+    with pytest.raises(DataError, match="X_format 'coo' is not supported"):
+        load_npz(tmp_path / "c.npz")
+    A = sp.random(5, 4, density=0.5, format="csr", random_state=0)
+    np.savez(tmp_path / "b.npz", y=y, X_data=A.data, X_indices=A.indices, X_indptr=A.indptr,
+             X_shape=np.array(A.shape), X_format=np.array(b"bsr"))
+    with pytest.raises(DataError, match="X_format 'bsr' is not supported"):
+        load_npz(tmp_path / "b.npz")
+    # a CSC matrix's parts are checked against its column count: row index 5 of 5 rows
+    C = sp.random(5, 4, density=0.5, format="csc", random_state=0)
+    ind = C.indices.copy()
+    ind[0] = 5
+    np.savez(tmp_path / "x.npz", y=y, X_data=C.data, X_indices=ind, X_indptr=C.indptr,
+             X_shape=np.array(C.shape), X_format=np.array("csc"))
+    with pytest.raises(DataError, match=r"row indices outside \[0, 5\)"):
+        load_npz(tmp_path / "x.npz")
+
+
 _IND = np.array([0, 2, 1, 0, 2], np.int32)
 _PTR = np.array([0, 2, 3, 3, 5], np.int32)
 

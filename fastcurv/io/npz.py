@@ -11,8 +11,10 @@ from ._files import _checked_path
 
 
 def load_npz(path):
-    """``.npz`` with arrays ``X`` and ``y``; ``X`` may also be stored by ``scipy.sparse.save_npz``
-    next to ``y`` as ``X_data, X_indices, X_indptr, X_shape``."""
+    """``.npz`` with arrays ``X`` and ``y``; ``X`` may also be stored sparse next to ``y`` as
+    the parts ``scipy.sparse.save_npz`` writes, prefixed: ``X_data, X_indices, X_indptr,
+    X_shape`` and optionally ``X_format`` (``'csr'``, the default, or ``'csc'``; a CSC matrix
+    is converted to CSR)."""
     path = _checked_path(path)
     try:
         with np.load(path, allow_pickle=False) as f:
@@ -20,11 +22,13 @@ def load_npz(path):
             if "y" not in keys:
                 raise DataError(f"{path}: no array 'y' (found: {', '.join(sorted(keys))})")
             y = _npz_array(path, f, "y")
+            fmt = _format(path, f) if "X" not in keys and "X_format" in keys else "csr"
             if "X" in keys:
                 X = _npz_array(path, f, "X")
             elif {"X_data", "X_indices", "X_indptr", "X_shape"} <= keys:
                 X = _csr_from_parts(path, *(_npz_array(path, f, f"X_{part}")
-                                            for part in ("data", "indices", "indptr", "shape")))
+                                            for part in ("data", "indices", "indptr", "shape")),
+                                    fmt=fmt)
             else:
                 raise DataError(f"{path}: no array 'X' (found: {', '.join(sorted(keys))})")
     except DataError:
@@ -61,9 +65,26 @@ def _npz_array(path, f, name):
     return a
 
 
-def _csr_from_parts(path, data, indices, indptr, shape):
-    """The CSR matrix of ``scipy.sparse.save_npz``'s parts, refusing parts that scipy would
-    silently repair (fractional indices truncated, entries past ``indptr[-1]`` dropped)."""
+def _format(path, f):
+    """``X_format`` (as ``scipy.sparse.save_npz`` writes ``format``): ``"csr"`` or ``"csc"``."""
+    a = _npz_array(path, f, "X_format")
+    fmt = a.item() if a.ndim == 0 or a.size == 1 else None
+    if isinstance(fmt, bytes):
+        fmt = fmt.decode("ascii", "replace")
+    if fmt not in ("csr", "csc"):
+        raise DataError(f"{path}: X_format {fmt!r} is not supported: store X_data, X_indices, "
+                        "X_indptr and X_shape of a CSR (or CSC) matrix, with X_format 'csr' "
+                        "(or 'csc'), or store X dense")
+    return fmt
+
+
+def _csr_from_parts(path, data, indices, indptr, shape, fmt="csr"):
+    """The CSR matrix of ``scipy.sparse.save_npz``'s parts (of a CSR matrix, or of a CSC one
+    for ``fmt="csc"``: ``X_indptr`` then runs over columns and ``X_indices`` holds rows),
+    refusing parts that scipy would silently repair (fractional indices truncated, entries
+    past ``indptr[-1]`` dropped)."""
+    major, minor = (0, 1) if fmt == "csr" else (1, 0)
+    what = "column" if fmt == "csr" else "row"
     for name, a in (("X_indices", indices), ("X_indptr", indptr), ("X_shape", shape)):
         if a.dtype.kind not in "iu" or a.ndim != 1:
             raise DataError(f"{path}: {name} must be a 1-D integer array (got {a.ndim}-D "
@@ -73,19 +94,23 @@ def _csr_from_parts(path, data, indices, indptr, shape):
                         f"{shape.shape[0]} and {data.ndim}-D)")
     if int(shape.min()) < 0:
         raise DataError(f"{path}: X_shape {tuple(int(k) for k in shape)} is negative")
-    if indptr.shape[0] != int(shape[0]) + 1 or indptr[0] != 0 or (
+    if indptr.shape[0] != int(shape[major]) + 1 or indptr[0] != 0 or (
             indptr[-1] != data.shape[0] or indices.shape[0] != data.shape[0]):
-        raise DataError(f"{path}: inconsistent CSR parts: X_indptr has {indptr.shape[0]} "
-                        f"entries from {indptr[0]} to {indptr[-1]}, X_data "
+        raise DataError(f"{path}: inconsistent {fmt.upper()} parts: X_indptr has "
+                        f"{indptr.shape[0]} entries from {indptr[0]} to {indptr[-1]}, X_data "
                         f"{data.shape[0]}, X_indices {indices.shape[0]}, X_shape "
-                        f"{tuple(int(k) for k in shape)} (expected X_shape[0] + 1 entries "
-                        "from 0 to the number of stored values)")
+                        f"{tuple(int(k) for k in shape)} (expected X_shape[{major}] + 1 "
+                        "entries from 0 to the number of stored values)")
     if np.any(indptr[1:] < indptr[:-1]):
-        raise DataError(f"{path}: X_indptr decreases (row boundaries must never go down); "
-                        "write the matrix with scipy.sparse.save_npz")
-    n_cols = int(shape[1])
-    if indices.size and (int(indices.min()) < 0 or int(indices.max()) >= n_cols):
-        raise DataError(f"{path}: X_indices holds column indices outside [0, {n_cols}) "
+        raise DataError(f"{path}: X_indptr decreases ({'row' if major == 0 else 'column'} "
+                        "boundaries must never go down); write the matrix with "
+                        "scipy.sparse.save_npz")
+    n_minor = int(shape[minor])
+    if indices.size and (int(indices.min()) < 0 or int(indices.max()) >= n_minor):
+        raise DataError(f"{path}: X_indices holds {what} indices outside [0, {n_minor}) "
                         f"(from {int(indices.min())} to {int(indices.max())}); such a matrix "
                         "loses values or crashes the process when used")
-    return sp.csr_matrix((data, indices, indptr), shape=tuple(int(k) for k in shape))
+    shape = tuple(int(k) for k in shape)
+    if fmt == "csc":
+        return sp.csc_matrix((data, indices, indptr), shape=shape).tocsr()
+    return sp.csr_matrix((data, indices, indptr), shape=shape)
