@@ -67,6 +67,32 @@ def test_kfac_methods_are_approximations_that_correlate(method):
     assert np.corrcoef(got.ravel(), want.ravel())[0, 1] > 0.9
 
 
+def test_kfac_methods_approximate_the_ggn_and_take_mc_samples():
+    """K-FAC approximates the Gauss-Newton matrix: its curvature is "ggn" and asking it for
+    the Hessian is an error (the option was silently ignored). ``mc_samples`` reaches the
+    sampled Fisher (an unknown option before): with many labels per row its scores approach
+    the type-2 (expected) factors' scores, with one they are further off."""
+    p, tp, theta = _logistic(n=300, d=5)
+    for method in ("kfac", "ekfac"):
+        assert fc.Influence(p, theta, method=method).curvature == "ggn"
+        assert "curvature='ggn'" in repr(fc.Influence(p, theta, method=method, curvature="ggn"))
+        with pytest.raises(ValueError, match="approximates the Gauss-Newton matrix"):
+            fc.Influence(p, theta, method=method, curvature="hessian")
+    assert fc.Influence(p, theta, method="cg").curvature == "hessian"
+    exp = fc.Influence(p, theta, method="kfac", damping=1e-3).scores(tp)
+
+    def mc_error(m):
+        got = fc.Influence(p, theta, method="kfac", damping=1e-3, fisher="mc", seed=3,
+                           mc_samples=m).scores(tp)
+        again = fc.Influence(p, theta, method="kfac", damping=1e-3, fisher="mc", seed=3,
+                             mc_samples=m).scores(tp)
+        assert np.array_equal(got, again)  # seeded
+        return np.abs(got - exp).max() / np.abs(exp).max()
+
+    e1, e400 = mc_error(1), mc_error(400)
+    assert e400 < 0.05 and e400 < e1 / 5, (e1, e400)
+
+
 def test_scores_are_symmetric_in_the_two_sets_and_csr_equals_dense():
     p, tp, theta = _logistic()
     inf = fc.Influence(p, theta, method="direct", damping=1e-6)

@@ -84,8 +84,9 @@ class Influence:
       fresh draw every time; pass an integer for reproducible scores); both exact at full
       rank.
     * ``"kfac"`` / ``"ekfac"``: the damped inverse of type-2 K-FAC / EK-FAC, with the L2
-      penalty folded into the damping (approximations); options ``fisher`` ("type2" or "mc",
-      sampled from ``seed``).
+      penalty folded into the damping (approximations of the Gauss-Newton matrix: their
+      ``curvature`` is ``"ggn"``, and ``curvature="hessian"`` is refused); options ``fisher``
+      ("type2" or "mc", sampled from ``seed`` with ``mc_samples`` labels per row).
 
     Softmax models have exact null directions (the common shift of the K outputs): every
     method returns the pseudo-inverse solution there (see :mod:`fastcurv.influence.solvers`).
@@ -102,20 +103,30 @@ class Influence:
         Fitted parameters.
     method : str, default "cg"
     damping : float >= 0
-    curvature : {"hessian", "ggn"}, default "hessian"
+    curvature : {"hessian", "ggn"}, optional
+        Default ``"hessian"``; ``"ggn"`` for ``"kfac"``/``"ekfac"`` (the only one they
+        approximate).
     progress : bool, default False
         Show a text progress bar on stderr for long work.
     **options
         Method options (above). Unknown options raise a ``TypeError``.
     """
 
-    def __init__(self, p, theta, method="cg", damping=0.0, *, curvature="hessian",
+    def __init__(self, p, theta, method="cg", damping=0.0, *, curvature=None,
                  progress=False, **options):
         if method not in S_.METHODS:
             raise ValueError(f"method must be one of {', '.join(map(repr, S_.METHODS))}, "
                              f"got {method!r}")
+        kfac = method in ("kfac", "ekfac")
+        if curvature is None:
+            curvature = "ggn" if kfac else "hessian"
         if curvature not in ("hessian", "ggn"):
             raise ValueError(f"curvature must be 'hessian' or 'ggn', got {curvature!r}")
+        if kfac and curvature != "ggn":
+            raise ValueError(f"method={method!r} approximates the Gauss-Newton matrix, not the "
+                             "Hessian: leave curvature unset (or 'ggn'), or use an exact "
+                             "method ('direct', 'cg', 'arnoldi', 'nystrom', 'lissa') for "
+                             "curvature='hessian'")
         self.p = p
         self.theta = p._check_theta(theta).copy()
         self.method = method

@@ -459,7 +459,8 @@ class Nystrom(Solver):
 class KFAC(Solver):
     """The damped inverse of type-2 K-FAC (``method="kfac"``) or EK-FAC (``"ekfac"``) with
     the L2 penalty and ``δ`` as damping (:class:`fastcurv.KFACOperator`): a block-diagonal
-    Kronecker approximation of the GGN, for MLPs and GLMs. Options: ``fisher`` ("type2")."""
+    Kronecker approximation of the GGN, for MLPs and GLMs. Options: ``fisher`` ("type2" or
+    "mc"), ``seed`` and ``mc_samples`` (for "mc"), as :class:`fastcurv.KFACOperator`."""
 
     def __init__(self, p, theta, damping, curvature, options, ekfac=False):
         super().__init__(p, theta, damping, curvature)
@@ -467,7 +468,8 @@ class KFAC(Solver):
 
         fisher = options.pop("fisher", "type2")
         Op = EKFACOperator if ekfac else KFACOperator
-        op = Op(p, theta, fisher=fisher, damping=p.l2 + damping, seed=options.pop("seed", None))
+        op = Op(p, theta, fisher=fisher, damping=p.l2 + damping, seed=options.pop("seed", None),
+                mc_samples=options.pop("mc_samples", 1))
         self.operator = op
         self._inv = op.inverse()
 
