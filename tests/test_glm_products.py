@@ -77,6 +77,10 @@ def test_block_product_equals_columns(case, method):
     assert_close(out, cols, SAME_RTOL, f"block {method} vs columns")
     # a block of one column is the single-vector product
     assert_close(f(theta, V[:, :1])[:, 0], cols[:, 0], SAME_RTOL, f"(P, 1) block {method}")
+    # and a block of none is empty (SciPy's A @ np.empty((P, 0)); the dense multinomial
+    # Hessian and GGN raised ZeroDivisionError)
+    empty = f(theta, V[:, :0])
+    assert empty.shape == (case.P, 0) and empty.dtype == out.dtype
 
 
 def test_block_hvp_matches_dense_reference(case):

@@ -191,7 +191,7 @@ class DenseDesign(_Design):
     def _run_gen(self, V, vb, mode, fam, y, a, eta, r, h, Dw, Q, qa, top, kind, m, lbuf):
         L = V.shape[1]
         reff = np.full(m, -1, dtype=np.int64)
-        if mode == CURVATURE and kind == CURV_SOFTMAX:
+        if mode == CURVATURE and kind == CURV_SOFTMAX and m > 0:
             shifted = _softmax_shift(V, vb, L // m, m)
             if shifted is not None:
                 V, vb, reff = shifted
