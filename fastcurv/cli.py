@@ -553,7 +553,9 @@ def _influence_parser(sub):
                     help="seed of the randomized methods (nystrom; lissa, kfac and ekfac "
                          "where they sample) (default 0): the same seed, the same scores")
     ip.add_argument("--top", type=int, default=5, help="rows to print per list (default 5)")
-    ip.add_argument("--out", help="folder for scores.npy, self_influence.npy, summary.json")
+    ip.add_argument("--out", help="folder for scores.npy (test x training rows), "
+                    "self_influence.npy, train_rows.npy (the data row of each score column) "
+                    "and summary.json")
     ip.add_argument("--progress", action="store_true", help="progress bars on stderr")
     ip.set_defaults(func=_influence)
 

@@ -86,7 +86,8 @@ class Influence:
     * ``"kfac"`` / ``"ekfac"``: the damped inverse of type-2 K-FAC / EK-FAC, with the L2
       penalty folded into the damping (approximations of the Gauss-Newton matrix: their
       ``curvature`` is ``"ggn"``, and ``curvature="hessian"`` is refused); options ``fisher``
-      ("type2" or "mc", sampled from ``seed`` with ``mc_samples`` labels per row).
+      ("type2"; "mc", sampled from ``seed`` with ``mc_samples`` labels per row; or
+      "empirical", from the observed labels), as :class:`fastcurv.KFACOperator`.
 
     Softmax models have exact null directions (the common shift of the K outputs): every
     method returns the pseudo-inverse solution there (see :mod:`fastcurv.influence.solvers`).
@@ -259,8 +260,8 @@ class Influence:
         training rows for each test point, streamed over blocks of training rows with a
         bounded candidate set (the (m_test, n) score matrix is never built).
 
-        Returns ``(indices, scores)``, each (m_test, k), best first (indices into the
-        training rows)."""
+        Returns ``(indices, scores)``, each (m_test, min(k, n_rows)), best first (indices
+        into the training rows; ``n_rows`` the number of rows searched: all, or ``rows``)."""
         k = val.as_int(k, "k")
         S = self.factors(test_p)
         idx = val.check_rows(rows, self.p.n_samples)

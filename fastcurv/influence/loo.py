@@ -47,9 +47,9 @@ def _with(p, X, y, w, l2):
 def _drop_one(p, i):
     """The problem with row ``i``'s weight set to 0 and ``W`` kept.
 
-    Minimizing ``(1/W) Σ_{j≠i} w_j ℓ_j + (λ/2)‖W‖²`` is minimizing the fastcurv objective of
-    the weights ``w'`` (``w'_i = 0``, normalized by ``W' = W − w_i``) with ``λ' = λ W / W'``:
-    the two differ by the factor ``W / W'``."""
+    Minimizing ``(1/W) Σ_{j≠i} w_j ℓ_j + (λ/2)‖coef‖²`` (``W = Σ_j w_j``) is minimizing the
+    fastcurv objective of the weights ``w'`` (``w'_i = 0``, normalized by ``W' = W − w_i``)
+    with ``λ' = λ W / W'``: the two differ by the factor ``W / W'``."""
     w = np.array(p._w, dtype=np.float64)
     W = w.sum()
     Wp = W - w[i]

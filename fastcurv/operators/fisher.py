@@ -7,12 +7,13 @@ from ._base import CurvatureOperator
 
 
 class FisherOperator(CurvatureOperator):
-    r"""``v ↦ (F(θ) + δ I) v`` with a Fisher matrix ``F = (1/W) Σ_i w_i g_i g_iᵀ``.
+    r"""``v ↦ (F(θ) + δ I) v`` with a Fisher matrix ``F = (1/S) Σ_i w_i g_i g_iᵀ``
+    (``S = Σ_i w_i``).
 
     * ``kind="empirical"``: ``g_i`` are the per-sample loss gradients at the observed
       targets.
-    * ``kind="mc"``: ``F = (1/S) Σ_s (1/W) Σ_i w_i g̃_is g̃_isᵀ`` with gradients at labels
-      ``ỹ_is`` drawn from the model's own predictive distribution, ``S = mc_samples`` draws
+    * ``kind="mc"``: ``F = (1/M) Σ_s (1/S) Σ_i w_i g̃_is g̃_isᵀ`` with gradients at labels
+      ``ỹ_is`` drawn from the model's own predictive distribution, ``M = mc_samples`` draws
       per row. The draws are made once (from ``seed``) and reused by every product, so the
       operator is one fixed symmetric positive semidefinite matrix; its expectation over
       the draws is the Gauss-Newton matrix without the penalty. Each product costs one

@@ -4,7 +4,8 @@ from ._base import CurvatureOperator
 
 
 class GGNOperator(CurvatureOperator):
-    r"""``v ↦ (G(θ) + δ I) v`` with ``G = (1/W) Σ_i w_i J_iᵀ ∇²ℓ_i J_i + λ I_weights``.
+    r"""``v ↦ (G(θ) + δ I) v`` with ``G = (1/S) Σ_i w_i J_iᵀ ∇²ℓ_i J_i + λ I_weights``
+    (``S = Σ_i w_i``).
 
     Positive semidefinite by construction; for GLMs with canonical links it equals the Hessian.
     See :class:`HessianOperator` for the parameters.

@@ -111,8 +111,8 @@ class GLM:
 
     .. math::
 
-        F(\theta) = \frac{1}{W}\sum_i w_i\,\ell(y_i, \eta_i) + \frac{\lambda}{2}\|W\|_F^2,
-        \qquad \eta_i = x_i W + b,\quad W = \sum_i w_i,
+        F(\theta) = \frac{1}{S}\sum_i w_i\,\ell(y_i, \eta_i) + \frac{\lambda}{2}\|W\|_F^2,
+        \qquad \eta_i = x_i W + b,\quad S = \sum_i w_i,
 
     with per-sample losses ``gaussian`` ½‖y − η‖², ``logistic`` log(1 + e^η) − yη,
     ``poisson`` e^η − yη and ``multinomial`` logsumexp(η) − η_y. The intercept ``b`` is not
@@ -489,15 +489,16 @@ class GLM:
         return self._curv_product(theta, v, "hess", True)
 
     def fisher_vp(self, theta, v):
-        """Empirical Fisher product ``(1/W) Σ w_i g_i g_iᵀ v`` with per-sample loss gradients
+        """Empirical Fisher product ``(1/S) Σ w_i g_i g_iᵀ v`` with per-sample loss gradients
         ``g_i = x̃_i ⊗ ℓ'_i`` (no penalty). v of shape (P,) or (P, m)."""
         return self._curv_product(theta, v, "fisher", False)
 
     def _mc_fisher_vp(self, theta, v, mc_samples, seed):
-        """Monte Carlo Fisher product ``(1/S) Σ_s (1/W) Σ_i w_i g̃_is (g̃_isᵀ v)`` with
-        per-sample gradients ``g̃_is = x̃_i ⊗ ℓ'(η_i, ỹ_is)`` at labels drawn from the model
-        (draw ``s`` from its own stream of ``seed``, as :meth:`_curvature_rows`); one pass
-        over ``X`` per draw. Its expectation is the GGN without the penalty."""
+        """Monte Carlo Fisher product ``(1/M) Σ_s (1/S) Σ_i w_i g̃_is (g̃_isᵀ v)``
+        (``M = mc_samples``) with per-sample gradients ``g̃_is = x̃_i ⊗ ℓ'(η_i, ỹ_is)`` at
+        labels drawn from the model (draw ``s`` from its own stream of ``seed``, as
+        :meth:`_curvature_rows`); one pass over ``X`` per draw. Its expectation is the GGN
+        without the penalty."""
         theta = self._check_theta(theta)
         v = val.check_vector(v, self.n_params, self.dtype, "v", allow_block=True)
         st = self._state_at(theta)
@@ -553,16 +554,18 @@ class GLM:
         return val.finite_result(self._join_block(dW, db, 1)[:, 0], "the curvature diagonal")
 
     def hessian_diag(self, theta):
-        """Exact diagonal of the Hessian in one pass: ``(1/W) Σ w_i x̃_ij² ℓ''_i[k, k] + λ``."""
+        """Exact diagonal of the Hessian in one pass: ``(1/S) Σ_i w_i x̃_ij² ℓ''_i[k, k] + λ m_j``
+        (``S = Σ w_i``; ``m_j`` is 1 on coefficients, 0 on intercepts)."""
         theta = self._check_theta(theta)
         return self._diag(self._state_at(theta), "hess")
 
     def ggn_diag(self, theta, mc_samples=None, seed=None):
         """Diagonal of the Gauss-Newton matrix (= :meth:`hessian_diag` for GLMs).
 
-        With ``mc_samples=S`` it is the Monte Carlo estimate ``(1/W) Σ w_i (1/S) Σ_s
-        (x̃_ij r̃_{s,ik})² + λ`` with residuals ``r̃ = ℓ'(η, ỹ)`` at labels ``ỹ`` sampled from
-        the model (an unbiased estimate of the exact diagonal), seeded by ``seed``.
+        With ``mc_samples=M`` it is the Monte Carlo estimate ``(1/S) Σ_i w_i (1/M) Σ_s
+        (x̃_ij r̃_{s,ik})² + λ m_j`` (as :meth:`hessian_diag`) with residuals ``r̃ = ℓ'(η, ỹ)``
+        at labels ``ỹ`` sampled from the model (an unbiased estimate of the exact diagonal),
+        seeded by ``seed``.
         """
         theta = self._check_theta(theta)
         val.make_rng(seed)  # checked also where unused (mc_samples=None)
@@ -581,13 +584,13 @@ class GLM:
         return self._diag(st, "hess", cw=cw)
 
     def fisher_diag(self, theta):
-        """Diagonal of the empirical Fisher ``(1/W) Σ_i w_i g_i ⊙ g_i`` (no penalty) in one
-        pass: ``(1/W) Σ_i w_i x̃_ij² r_ik²`` with the residuals ``r = ℓ'(η, y)``."""
+        """Diagonal of the empirical Fisher ``(1/S) Σ_i w_i g_i ⊙ g_i`` (no penalty) in one
+        pass: ``(1/S) Σ_i w_i x̃_ij² r_ik²`` with the residuals ``r = ℓ'(η, y)``."""
         theta = self._check_theta(theta)
         return self._diag(self._state_at(theta), "fisher")
 
     def hessian(self, theta):
-        """The dense (P, P) Hessian, built from row blocks: ``(1/W) Σ_i w_i (x̃_i x̃_iᵀ) ⊗ ℓ''_i
+        """The dense (P, P) Hessian, built from row blocks: ``(1/S) Σ_i w_i (x̃_i x̃_iᵀ) ⊗ ℓ''_i
         + λ I_weights``. Meant for small problems and checks; products never need it."""
         theta = self._check_theta(theta)
         H = self._dense_curvature(self._state_at(theta), "hess")
@@ -631,7 +634,7 @@ class GLM:
         return macs
 
     def _dense_curvature(self, st, which):
-        """``(1/W) Σ_i w_i (x̃_i x̃_iᵀ) ⊗ H̃_i`` with ``H̃_i = diag(Dw_i) + qa_i Q_i Q_iᵀ``.
+        """``(1/S) Σ_i w_i (x̃_i x̃_iᵀ) ⊗ H̃_i`` with ``H̃_i = diag(Dw_i) + qa_i Q_i Q_iᵀ``.
 
         Each term is a Gram matrix of rows scaled by the square roots of non-negative weights
         (``Dw ≥ 0``; ``qa`` has one sign per curvature: ``+a`` for the Fisher, ``-a`` for the

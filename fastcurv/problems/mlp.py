@@ -156,8 +156,8 @@ class MLP:
         h_0 = x,\quad z_l = h_{l-1} W_l + b_l,\quad h_l = \varphi_l(z_l)\ (l < L),
         \quad \eta = z_L,
 
-        F(\theta) = \frac{1}{W}\sum_i w_i\,\ell(y_i, \eta_i)
-        + \frac{\lambda}{2}\sum_l \|W_l\|_F^2 .
+        F(\theta) = \frac{1}{S}\sum_i w_i\,\ell(y_i, \eta_i)
+        + \frac{\lambda}{2}\sum_l \|W_l\|_F^2, \qquad S = \sum_i w_i .
 
     ``η`` is the pre-link output (no activation on the last layer). Biases are not penalized.
     Parameters: layer by layer the augmented matrix ``[W_l; b_l]`` of shape
@@ -168,8 +168,8 @@ class MLP:
     * ``hvp``: exact Hessian by Pearlmutter's R-operator (forward-over-reverse, derived by
       hand in :mod:`fastcurv.kernels.mlp`): one forward, one backward, one R-forward and one
       R-backward pass.
-    * ``ggn_vp``: ``(1/W) Σ w_i J_iᵀ ∇²ℓ_i J_i v + λ v_weights`` (forward, R-forward, backward).
-    * ``fisher_vp``: empirical Fisher ``(1/W) Σ w_i g_i g_iᵀ v`` (no penalty).
+    * ``ggn_vp``: ``(1/S) Σ w_i J_iᵀ ∇²ℓ_i J_i v + λ v_weights`` (forward, R-forward, backward).
+    * ``fisher_vp``: empirical Fisher ``(1/S) Σ w_i g_i g_iᵀ v`` (no penalty).
     * ``jvp`` / ``vjp``: the Jacobian of ``η`` (unweighted) and its transpose.
 
     Matrix products run in BLAS; activations, their derivatives and the loss are fused loops.
@@ -665,11 +665,11 @@ class MLP:
         return self._product(K_.HVP, theta, v)
 
     def ggn_vp(self, theta, v):
-        """Generalized Gauss-Newton ``(1/W) Σ w_i J_iᵀ ∇²ℓ_i J_i v + λ v_weights``."""
+        """Generalized Gauss-Newton ``(1/S) Σ w_i J_iᵀ ∇²ℓ_i J_i v + λ v_weights``."""
         return self._product(K_.GGN, theta, v)
 
     def fisher_vp(self, theta, v):
-        """Empirical Fisher ``(1/W) Σ w_i g_i (g_iᵀ v)`` (per-sample loss gradients, no
+        """Empirical Fisher ``(1/S) Σ w_i g_i (g_iᵀ v)`` (per-sample loss gradients, no
         penalty)."""
         return self._product(K_.FISHER, theta, v)
 
@@ -750,9 +750,9 @@ class MLP:
         """Diagonal of the Gauss-Newton matrix (penalty included).
 
         Exact (``mc_samples=None``): with ``∇²ℓ_i = S_i S_iᵀ`` (``S = diag(√ℓ'')``, or
-        ``diag(√p) − p√pᵀ`` for the softmax), ``diag = (1/W) Σ_i w_i Σ_c (J_iᵀ S_i e_c)²``:
+        ``diag(√p) − p√pᵀ`` for the softmax), ``diag = (1/S) Σ_i w_i Σ_c (J_iᵀ S_i e_c)²``:
         K backward passes per row block, each followed by the squared-input products.
-        Monte Carlo (``mc_samples=s``): the mean over ``s`` draws of ``(1/W) Σ_i w_i (J_iᵀ
+        Monte Carlo (``mc_samples=s``): the mean over ``s`` draws of ``(1/S) Σ_i w_i (J_iᵀ
         ℓ'(η_i, ỹ_i))²`` with labels ``ỹ_i`` sampled from the model (seeded); one backward
         pass per draw. Its expectation is the exact diagonal.
         """
@@ -817,7 +817,7 @@ class MLP:
                                  "the Monte Carlo GGN diagonal")
 
     def fisher_diag(self, theta):
-        """Diagonal of the empirical Fisher ``(1/W) Σ_i w_i g_i ⊙ g_i`` (per-sample loss
+        """Diagonal of the empirical Fisher ``(1/S) Σ_i w_i g_i ⊙ g_i`` (per-sample loss
         gradients at the observed targets, no penalty), in one forward and one backward pass
         per row block: ``Σ_i c_i (h̃_{l−1,i} ⊙ h̃_{l−1,i}) ⊗ (δ_{l,i} ⊙ δ_{l,i})`` layer by
         layer, without forming the per-sample gradients."""
@@ -834,7 +834,7 @@ class MLP:
         return val.finite_result(out.astype(self.dtype), "the empirical Fisher diagonal")
 
     def _mc_fisher_vp(self, theta, v, mc_samples, seed):
-        """Monte Carlo Fisher product ``(1/S) Σ_s (1/W) Σ_i w_i g̃_is (g̃_isᵀ v)`` with
+        """Monte Carlo Fisher product ``(1/S) Σ_s (1/S) Σ_i w_i g̃_is (g̃_isᵀ v)`` with
         per-sample gradients at labels drawn from the model (draw ``s`` from its own stream
         of ``seed``, see :meth:`_curvature_rows`): one forward pass per row block and one
         backward pass per draw. Its expectation is the GGN without the penalty."""
