@@ -100,7 +100,11 @@ def _launch(kernel, args):
     thread-safe. A waiting thread blocks in ``Lock.acquire`` with the GIL released."""
     with _LAUNCH_LOCK:
         out = kernel(*args)
-        if numba.threading_layer() != "workqueue":
+        try:
+            layer = numba.threading_layer()
+        except ValueError:  # no layer started yet: keep locking
+            layer = "workqueue"
+        if layer != "workqueue":
             _LAYER_IS_SAFE[0] = True
         return out
 
