@@ -28,9 +28,13 @@ TR_ETA, TR_SHRINK_BELOW, TR_GROW_ABOVE = 1e-4, 0.25, 0.75
 #: the line search stops as stalled after this many accepted steps in a row that change the
 #: loss by at most NOISE_REL * eps * max(1, |F|) and do not lower the best max|grad| so far
 #: (a float32 fit asked for gtol = 1e-12 cycled through four iterates at max|grad| ~1e-9 for
-#: all 100 iterations; Newton steps that make progress lower max|grad| at every step)
-NOISE_STEPS = 5
+#: all 100 iterations). Not 5: a float32 Gauss-Newton fit of an MLP, converging linearly with
+#: a max|grad| that does not fall at every step, stopped 100 times above its float32 limit
+NOISE_STEPS = 20
 NOISE_REL = 10.0
+#: the trust region stops when a rejected step is shorter than TR_ROUNDING * eps * ‖θ‖ (a
+#: step that changes θ by about that many units of its rounding)
+TR_ROUNDING = 10.0
 
 
 @dataclass
@@ -348,11 +352,22 @@ def _cholesky_preconditioner(p, theta, curvature, damping):
             "one beyond rounding); use curvature='ggn', damping > 0, an L2 penalty, or "
             "preconditioner=None or 'diag'")
     dtype = p.dtype
-    return LinearOperator(
-        (P, P), dtype=dtype,
-        matvec=lambda v: cho_solve(factor, np.asarray(v, np.float64).reshape(-1)).astype(dtype),
-        matmat=lambda V: cho_solve(factor, np.asarray(V, np.float64)).astype(dtype),
-    )
+    # a softmax model's exact null directions (the common shift of the K outputs): εI alone
+    # makes M⁻¹ 1/ε times larger there than elsewhere, so truncated CG stepped far along them.
+    # That leaves F unchanged in exact arithmetic but not in float32: output biases shifted
+    # by thousands round every logit (a float32 MLP fit crawled at step sizes of 1e-4 and
+    # stopped with max|grad| 7e-4; 2e-5 without the preconditioner). M⁻¹ = Π (C + εI)⁻¹ Π
+    # instead: the gradient has no part along them, so CG stays off them.
+    from .influence.solvers import _project_out, null_rows
+
+    null = null_rows(p)
+
+    def solve(V):
+        V = np.asarray(V, np.float64)
+        out = cho_solve(factor, V.reshape(P, -1))
+        return _project_out(null, out).reshape(V.shape).astype(dtype)
+
+    return LinearOperator((P, P), dtype=dtype, matvec=solve, matmat=solve)
 
 
 #: preconditioner="auto": largest parameter count it considers for the Cholesky switch, and
@@ -923,7 +938,7 @@ def _newton_cg(p, theta0, gtol, max_iter, method, curvature, preconditioner, dam
             with np.errstate(over="ignore"):  # |theta| beyond 1e154: inf, the test holds
                 scale = max(1.0, float(np.linalg.norm(theta)))
                 step = float(np.linalg.norm(s))
-            if not accepted and step < 1e3 * np.finfo(p.dtype).eps * scale:
+            if not accepted and step < TR_ROUNDING * np.finfo(p.dtype).eps * scale:
                 message = (f"The trust region shrank to {radius:.2e} at iteration {it} "
                            f"(max|grad| = {gmax:.3e}): no further decrease is measurable in "
                            f"{np.dtype(p.dtype).name}; loosen gtol"
