@@ -617,7 +617,8 @@ def newton_cg(p, theta0=None, *, gtol=1e-8, max_iter=100, method="line-search",
     an unpenalized intercept (GLM) or output bias (MLP) whose targets lie on one side of
     their range only (logistic all 0 or all 1, poisson all 0, a multinomial class without
     samples; stopped before the first step), and separable classes with ``l2 = 0`` (stopped
-    once the iterate classifies every sample correctly).
+    once the iterate classifies every sample correctly: for an MLP, scaling its last layer
+    then lowers every loss; checked with one forward pass per iteration).
 
     BLAS runs single-threaded during the solve (CG's O(P) dot products gain nothing from
     threads, and spinning BLAS threads slow the parallel curvature kernels that follow):

@@ -1230,3 +1230,29 @@ def test_float32_gauss_newton_fits_reach_the_float64_optimum():
         f64 = p64.value(got.x.astype(np.float64))
         assert abs(f64 - want.fun) <= 20 * np.finfo(np.float32).eps * want.fun, (kw, f64,
                                                                                want.fun)
+
+
+@pytest.mark.parametrize("loss,K", [("softmax_cross_entropy", 2), ("sigmoid_cross_entropy", 1)])
+def test_mlp_on_separable_data_without_penalty_stops_as_separable(loss, K):
+    """An MLP with l2 = 0 that classifies every sample correctly has no finite minimizer
+    (scaling its last layer lowers every loss). newton_cg reported success=True there (F ~1e-9,
+    ‖θ‖ growing), though its Notes promise the separable stop the GLMs have (a review's
+    finding). The network outputs come from numpy here, to check the stop's claim."""
+    rng = np.random.default_rng(0)
+    n, d = 60, 2
+    X = rng.standard_normal((n, d))
+    y = (X[:, 0] > 0).astype(float)
+    p = fc.MLP(X, y, sizes=(d, 4, K), activation="tanh", loss=loss, l2=0.0)
+    res = fc.newton_cg(p, p.init(0), gtol=1e-8, max_iter=200, method="trust-region")
+    assert not res.success and "separable" in res.message
+    (W1, b1), (W2, b2) = [(A[:-1], A[-1]) for A in p.unflatten(res.x)]
+    eta = np.tanh(X @ W1 + b1) @ W2 + b2
+    pred = eta.argmax(axis=1) if K == 2 else (eta[:, 0] > 0)
+    assert np.array_equal(pred, y.astype(bool) if K == 1 else y)
+    t = res.x.copy()
+    t[W1.size + b1.size:] *= 2.0  # the last layer doubled: a lower loss
+    assert p.value(t) < res.fun
+    # with a penalty there is a minimizer: no separable stop
+    assert fc.newton_cg(fc.MLP(X, y, sizes=(d, 4, K), activation="tanh", loss=loss,
+                               l2=1e-3), p.init(0), gtol=1e-7, max_iter=300,
+                        method="trust-region").success

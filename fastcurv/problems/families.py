@@ -129,6 +129,34 @@ def target_support(fam, y2, K, live):
     return above, below
 
 
+def separable_message(fam, y2, eta, live, model):
+    """Why the loss has no finite minimizer when ``l2 = 0`` and the outputs ``eta`` (n, K)
+    classify every sample of positive weight (``live``) correctly, or None.
+
+    Correct: logistic (sigmoid cross-entropy) ``η_ik > 0`` exactly when ``y_ik = 1`` (labels
+    0/1 only; a soft label means no claim); multinomial (softmax) ``argmax η_i = y_i`` with a
+    strict margin. Then scaling the outputs up (θ for a GLM, the last layer for a network,
+    whose outputs are linear in it) lowers every loss: the infimum is approached only as the
+    parameters grow without bound.
+    """
+    if fam == LOGISTIC:
+        if np.any((y2[live] != 0) & (y2[live] != 1)):  # rows of weight 0 play no part
+            return None
+        correct = np.where(y2 == 1, eta > 0, eta < 0).all(axis=1)
+    elif fam == MULTINOMIAL:
+        top = eta.argmax(axis=1)
+        margin = np.take_along_axis(eta, top[:, None], 1)[:, 0]
+        second = np.partition(eta, -2, axis=1)[:, -2]
+        correct = (top == y2[:, 0].astype(np.int64)) & (margin > second)
+    else:
+        return None
+    if not np.all(correct[live]):
+        return None
+    return (f"The data are separable: the current parameters classify every sample "
+            f"correctly, so with l2 = 0 the loss keeps decreasing as {model} and has no "
+            "finite minimizer. Set l2 > 0 (for example l2=1e-4).")
+
+
 def runaway_intercept_message(fam, above, below, bias="intercept"):
     """Why the loss has no finite minimizer when an unpenalized intercept has targets on one
     side of its range only (from :func:`target_support`), or None when every output has both.

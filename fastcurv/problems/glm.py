@@ -798,22 +798,8 @@ class GLM:
         if self.l2 != 0.0 or self._fam not in (LOGISTIC, MULTINOMIAL):
             return None
         st = self._state_at(self._check_theta(theta), strict=False)
-        live = self._w > 0
-        if self._fam == LOGISTIC:
-            y = self._y2
-            if np.any((y[live] != 0) & (y[live] != 1)):  # rows of weight 0 play no part
-                return None
-            correct = np.where(y == 1, st.eta > 0, st.eta < 0).all(axis=1)
-        else:
-            top = st.eta.argmax(axis=1)
-            margin = np.take_along_axis(st.eta, top[:, None], 1)[:, 0]
-            second = np.partition(st.eta, -2, axis=1)[:, -2]
-            correct = (top == self._y2[:, 0].astype(np.int64)) & (margin > second)
-        if not np.all(correct[live]):
-            return None
-        return ("The data are separable: the current parameters classify every sample "
-                "correctly, so with l2 = 0 the loss keeps decreasing as ||theta|| grows and has "
-                "no finite minimizer. Set l2 > 0 (for example l2=1e-4).")
+        return families.separable_message(self._fam, self._y2, st.eta, self._w > 0,
+                                          "||theta|| grows")
 
     def per_sample_grads(self, theta, rows=None):
         """Per-sample loss gradients ``g_i = x̃_i ⊗ ℓ'_i`` (no weight, no penalty), (m, P).

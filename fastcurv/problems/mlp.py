@@ -958,12 +958,37 @@ class MLP:
         step). The output biases are not penalized, so when no row of positive weight has a
         target on one side of an output's range (sigmoid cross-entropy: all 0 or all 1;
         poisson: all 0; softmax: a class without samples) that bias runs off to ±∞
-        (:func:`families.runaway_intercept_message`). A data fact, computed once."""
+        (:func:`families.runaway_intercept_message`). A data fact, computed once.
+
+        With ``l2 = 0`` and a classification loss, when θ classifies every sample of positive
+        weight correctly, scaling the last layer (the outputs are linear in it) lowers every
+        loss: no finite minimizer (:func:`families.separable_message`; one forward pass).
+        """
         if getattr(self, "_runaway", None) is None:
             support = families.target_support(self._lc, self._y2, self.n_outputs, self._w > 0)
             self._runaway = families.runaway_intercept_message(
                 self._lc, *support, bias="output bias") or ""
-        return self._runaway or None
+        if self._runaway:
+            return self._runaway
+        if self.l2 != 0.0 or self._lc not in (LOGISTIC, MULTINOMIAL):
+            return None
+        theta = self._check_theta(theta)
+        try:
+            eta = self._outputs(theta)
+        except FloatingPointError:
+            return None  # outputs beyond the dtype: the fit's own checks report it
+        return families.separable_message(self._lc, self._y2, eta, self._w > 0,
+                                          "the last layer grows")
+
+    def _outputs(self, theta):
+        """The network outputs ``η`` (n, K) at θ: the JVP along θ's last layer, in which the
+        outputs are linear and homogeneous (``η = h̃_{L−1} [W_L; b_L]``)."""
+        layers, offsets = self._kfac_layout()
+        n_in, K, bias = layers[-1]
+        o = offsets[len(layers) - 1]
+        v = np.zeros_like(theta)
+        v[o:o + (n_in + bias) * K] = theta[o:o + (n_in + bias) * K]
+        return self.jvp(theta, v)
 
     # ------------------------------------------------------------------ per-sample
     def per_sample_grads(self, theta, rows=None):
