@@ -280,3 +280,31 @@ def test_reassigning_l2_while_another_thread_computes():
     finally:
         sys.setswitchinterval(interval)
     assert not bad, f"{len(bad)} results matched neither λ: {bad[:5]}"
+
+
+def test_dense_hessian_and_diagonal_use_one_lambda_across_their_blocks():
+    """``hessian``/``ggn``/``hessian_diag`` run one product per 64 columns; with ``l2``
+    reassigned between two of them (by another thread) the blocks mixed the two λ: a matrix
+    that is the Hessian at neither (a review's finding). Here the reassignment happens
+    deterministically after every block; the result is that of the λ on entry."""
+    rng = np.random.default_rng(3)
+    X, y = rng.standard_normal((80, 5)), rng.integers(0, 3, 80).astype(float)
+    kw = dict(sizes=(5, 12, 3), loss="softmax_cross_entropy")
+    ref = fc.MLP(X, y, l2=1e-3, **kw)
+    th = ref.init(seed=1)
+    assert ref.n_params > 64  # two blocks at least
+    for method in ("hessian", "ggn", "hessian_diag"):
+        p = fc.MLP(X, y, l2=1e-3, **kw)
+        inner = p.ggn_vp if method == "ggn" else p.hvp
+
+        def product(theta, E, inner=inner, p=p):
+            out = inner(theta, E)
+            p.l2 = 3e-2 if p.l2 == 1e-3 else 1e-3  # another thread's reassignment
+            return out
+
+        if method == "ggn":
+            p.ggn_vp = product
+        else:
+            p.hvp = product
+        got = getattr(p, method)(th)
+        np.testing.assert_array_equal(got, getattr(ref, method)(th), err_msg=method)

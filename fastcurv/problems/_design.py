@@ -26,6 +26,7 @@ and any class can for some direction).
 import numpy as np
 import scipy.sparse as sp
 
+from .. import _blas
 from .._cpu import l2_bytes
 from ..kernels import glm_csr, glm_dense, reduce
 from ..kernels.glm_dense import CURV_DIAG, CURV_SOFTMAX, CURVATURE, VALUE_GRAD, VALUE_GRAD_DIAG
@@ -146,7 +147,13 @@ class _Design:
         rows in float32, and its error grows with n (200,000 CSR rows: 1.3e-5 relative).
         """
         if self.dtype == np.float64:
-            return np.asarray(self.X.T @ U, dtype=np.float64)
+            # NumPy's BLAS on one thread: a threaded product splits the sum over rows by
+            # thread count, which changed the last bits of a vjp (1e-12 here) with it
+            token = _blas.one_thread(("numpy",))
+            try:
+                return np.asarray(self.X.T @ U, dtype=np.float64)
+            finally:
+                _blas.restore(token)
         out = np.zeros((self.d, U.shape[1]))
         step = self._rmatmul_rows()
         for lo in range(0, self.n, step):

@@ -227,7 +227,9 @@ class GLM:
 
     @property
     def l2(self):
-        """The L2 penalty strength λ ≥ 0 (may be reassigned; checked as in the constructor)."""
+        """The L2 penalty strength λ ≥ 0 (may be reassigned; checked as in the constructor).
+        A call reads it once: a call made while another thread reassigns it gives the old or
+        the new λ, never a mix."""
         return self._l2
 
     @l2.setter
@@ -397,13 +399,14 @@ class GLM:
         st = self._state_at(theta)
         Wmat, _ = self._split(theta)
         W64 = Wmat.astype(np.float64)
-        pen = _half_sq_penalty(self.l2, W64)
+        lam = self.l2  # read once: a thread may reassign it meanwhile (one λ per call)
+        pen = _half_sq_penalty(lam, W64)
         value = st.loss + pen
         with np.errstate(over="ignore"):
-            gW = st.gW + self.l2 * W64
+            gW = st.gW + lam * W64
         g = self._join_block(gW.reshape(-1, 1), st.gb.reshape(-1, 1), 1)[:, 0]
         if not (np.isfinite(value) and np.isfinite(g).all()):
-            fault = val.penalty_overflow(self.l2, W64)
+            fault = val.penalty_overflow(lam, W64)
             if fault:
                 raise FloatingPointError(
                     f"At these parameters the {self.family} objective overflows: {fault}.")
@@ -463,12 +466,13 @@ class GLM:
         weights = self._hess_weights(st, m) if which == "hess" else self._fisher_weights(st, m)
         Vw, vb = self._split_block(V)
         oW, ob = self._design.curv_vec(Vw, vb, weights)
-        if penalty and self.l2 != 0.0:
+        lam = self.l2  # read once (one λ per call, whatever other threads assign)
+        if penalty and lam != 0.0:
             with np.errstate(over="ignore"):
-                oW = oW + self.l2 * Vw.astype(np.float64)
+                oW = oW + lam * Vw.astype(np.float64)
         out = self._join_block(oW, ob, m)
         if penalty and not np.isfinite(out).all():
-            fault = val.penalty_overflow(self.l2, None, v=Vw)
+            fault = val.penalty_overflow(lam, None, v=Vw)
             if fault:
                 raise FloatingPointError(f"the product overflows: {fault}.")
         # at a state whose derivatives are finite, only v or the data can overflow here
@@ -549,8 +553,9 @@ class GLM:
         else:
             dW = self._design.sq_colsum(np.ascontiguousarray(cw))
         db = cw.sum(axis=0)
-        if which != "fisher" and self.l2 != 0.0:
-            dW = dW + self.l2
+        lam = self.l2  # read once
+        if which != "fisher" and lam != 0.0:
+            dW = dW + lam
         return val.finite_result(self._join_block(dW, db, 1)[:, 0], "the curvature diagonal")
 
     def hessian_diag(self, theta):
@@ -681,8 +686,9 @@ class GLM:
                         G[k::K, k::K] = 0.0
                 H += G
         H = mirror(H)
-        if which != "fisher" and self.l2 != 0.0:
-            H[np.diag_indices(P)] += self.l2 * self._penalty_mask()
+        lam = self.l2  # read once
+        if which != "fisher" and lam != 0.0:
+            H[np.diag_indices(P)] += lam * self._penalty_mask()
         return H
 
     # ------------------------------------------------------------------ Jacobians

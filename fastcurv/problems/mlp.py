@@ -1,5 +1,6 @@
 """Multilayer perceptrons: the objective, its gradient and exact curvature products."""
 
+import contextlib
 import math
 import numbers
 import threading
@@ -135,7 +136,7 @@ def _check_activations(activation, n_hidden):
 class _Buffers:
     """One thread's row-block buffers of an :class:`MLP` and the pass they hold."""
 
-    __slots__ = ("ws", "wsargs", "state", "state_theta", "prev_level", "gen")
+    __slots__ = ("ws", "wsargs", "state", "state_theta", "prev_level", "gen", "pinned")
 
     def __init__(self, n_params, dtype, gen):
         self.ws = None  # the named buffers (MLP._workspace)
@@ -144,6 +145,7 @@ class _Buffers:
         self.state_theta = np.empty(n_params, dtype=dtype)
         self.prev_level = 0
         self.gen = gen
+        self.pinned = None  # packed arguments held for a multi-call method (MLP._pinned)
 
 
 class MLP:
@@ -534,7 +536,7 @@ class MLP:
         b.state = None  # invalid while the buffers are being rewritten
         # BLAS on one thread always: a threaded GEMM splits the row sums (h̃ᵀδ) by thread
         # count, which changed the last bits of a gradient with the thread count
-        head, mid = self._packed()
+        head, mid = b.pinned or self._packed()
         before = _blas.one_thread()
         try:
             loss, pen = K_.run(mode, *head, theta, *mid, V, U, outs, self._acc64, accs, J,
@@ -711,12 +713,26 @@ class MLP:
             )
         theta = self._check_theta(theta)
         H = np.empty((P, P), dtype=self.dtype)
-        for a in range(0, P, _HESSIAN_BLOCK):
-            b = min(P, a + _HESSIAN_BLOCK)
-            E = np.zeros((P, b - a), dtype=self.dtype)
-            E[np.arange(a, b), np.arange(b - a)] = 1.0
-            H[:, a:b] = product(theta, E)
+        with self._pinned():
+            for a in range(0, P, _HESSIAN_BLOCK):
+                b = min(P, a + _HESSIAN_BLOCK)
+                E = np.zeros((P, b - a), dtype=self.dtype)
+                E[np.arange(a, b), np.arange(b - a)] = 1.0
+                H[:, a:b] = product(theta, E)
         return 0.5 * (H + H.T)
+
+    @contextlib.contextmanager
+    def _pinned(self):
+        """Every call of this thread inside uses the packed arguments (λ among them) read on
+        entry: a method made of several calls (the dense Hessian's column blocks) gives the
+        old or the new λ of a reassignment by another thread, never a mix of the two."""
+        b = self._b
+        outer = b.pinned
+        b.pinned = outer or self._packed()
+        try:
+            yield
+        finally:
+            b.pinned = outer
 
     def hessian(self, theta):
         """The dense exact Hessian (P, P) of ``F``, built from P Hessian-vector products in
@@ -739,11 +755,12 @@ class MLP:
             )
         theta = self._check_theta(theta)
         out = np.empty(P, dtype=self.dtype)
-        for a in range(0, P, _HESSIAN_BLOCK):
-            b = min(P, a + _HESSIAN_BLOCK)
-            E = np.zeros((P, b - a), dtype=self.dtype)
-            E[np.arange(a, b), np.arange(b - a)] = 1.0
-            out[a:b] = self.hvp(theta, E)[np.arange(a, b), np.arange(b - a)]
+        with self._pinned():
+            for a in range(0, P, _HESSIAN_BLOCK):
+                b = min(P, a + _HESSIAN_BLOCK)
+                E = np.zeros((P, b - a), dtype=self.dtype)
+                E[np.arange(a, b), np.arange(b - a)] = 1.0
+                out[a:b] = self.hvp(theta, E)[np.arange(a, b), np.arange(b - a)]
         return out
 
     def ggn_diag(self, theta, mc_samples=None, seed=None):
