@@ -471,3 +471,32 @@ def test_nystrom_preconditioner_of_rank_above_the_curvature_rank(l2):
     got = fc.Influence(p, theta, "cg", preconditioner="nystrom", rank=p.n_params,
                        seed=0).scores(tp)
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-8 * np.abs(want).max())
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_scores_never_copy_the_data(monkeypatch, dtype):
+    """Scores ran over blocks of 2^22 / m_test training rows: for one test point that was all
+    of X, and a block of float32 rows was converted to float64 (a float64 copy of X: 788 MB
+    of memory for a 400 MB X), or gathered when ``rows`` is not one run. Blocks are now
+    bounded by their data too. (The block size is made small here so that a copy of X
+    shows against it.)"""
+    import tracemalloc
+
+    monkeypatch.setattr(influence_mod, "_SCORE_BLOCK_ELEMENTS", 2**16)
+    rng = np.random.default_rng(0)
+    n, d = 40_000, 50
+    X = rng.standard_normal((n, d)).astype(dtype)
+    p = fc.GLM(X, (X[:, 0] > 0) * 1.0, family="logistic", l2=1e-3)
+    theta = (0.01 * rng.standard_normal(p.n_params)).astype(dtype)
+    inf = fc.Influence(p, theta, "cg", damping=1e-3)
+    test = p.subset([0])
+    want = (inf.factors(test) @ p.per_sample_grads(theta).astype(np.float64).T)
+    for rows in (None, np.arange(0, n, 2)):
+        inf.scores(test, rows=rows)
+        tracemalloc.start()
+        got = inf.scores(test, rows=rows)
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert peak < X.nbytes / 4, (rows is None, peak, X.nbytes)
+        np.testing.assert_allclose(got, want if rows is None else want[:, rows], rtol=1e-5,
+                                   atol=1e-6 * np.abs(want).max())

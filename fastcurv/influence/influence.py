@@ -23,6 +23,17 @@ def _weights(p, idx):
     return (p._cw if hasattr(p, "_cw") else p._a)[idx]
 
 
+def _row_data(p):
+    """Stored values per row of ``p``'s data: its features (dense), its mean count of
+    nonzeros (sparse), 1 where the data are elsewhere (Dask workers)."""
+    X = getattr(p, "X", None)
+    if X is None or not hasattr(X, "shape") or X.shape[0] == 0:
+        return 1
+    if sp.issparse(X):
+        return int(np.ceil(X.nnz / X.shape[0]))
+    return int(X.shape[1])
+
+
 def _model(p):
     """What two problems must share for one's factors to score the other's rows."""
     if hasattr(p, "sizes"):
@@ -180,7 +191,11 @@ class Influence:
         return np.ascontiguousarray(self.solver.solve(G.T).T)
 
     def _row_blocks(self, idx, m):
-        block = max(1, _SCORE_BLOCK_ELEMENTS // max(m, 1))
+        # bounded by the scores (m per row) and by the rows' data (d per row): a block of
+        # rows is converted (float32 data meet float64 factors) or gathered (rows that are
+        # not one run), and one block of all n rows copied the whole of X
+        width = max(m, _row_data(self.p), 1)
+        block = max(1, _SCORE_BLOCK_ELEMENTS // width)
         # contiguous runs of rows are scored straight from the problem's data
         for a in range(0, idx.size, block):
             yield a, min(idx.size, a + block)
