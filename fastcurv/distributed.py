@@ -439,13 +439,23 @@ class _ClientBackend:
         self._groups = None  # [(worker address, [chunk indices])]
         self._agents = None  # [(Actor, creation future, worker address, [chunk indices])]
         self._tokens = {}  # actor key -> token of the actor created for it
+        self._dead = False  # the chunk problems were cancelled: every call raises
 
     # ------------------------------------------------------------------ placement
     def _wait(self):
         """Block until every chunk problem is in memory; raise the first build error."""
+        from concurrent.futures import CancelledError
+
         from distributed import wait
 
-        wait(self.futures)
+        if self._dead:
+            raise _cancelled_error()
+        try:
+            wait(self.futures)
+        except CancelledError:  # distributed raises it here itself (2026.8)
+            self._dead = True
+            self.futures = []
+            raise _cancelled_error() from None
         error = cancelled = None
         for f in self.futures:
             if f.status == "error" and error is None:
@@ -464,8 +474,8 @@ class _ClientBackend:
                 except Exception:  # an exception type that takes other arguments
                     new = RuntimeError(f"{error[0].__name__}: {error[1]}")
                 raise new from None
-            raise RuntimeError("the chunk problems were cancelled (was the client or the "
-                               "cluster restarted?); build the problem again")
+            self._dead = True
+            raise _cancelled_error()
 
     def _placement(self):
         """Chunk indices grouped by the worker holding them (chunk order within a group)."""
@@ -594,6 +604,8 @@ class _ClientBackend:
     def _run_tasks(self, op, args, per_chunk, fuse, groups, recovery=False):
         """One task per group, pinned (loosely) to the group's worker; Dask recomputes lost
         chunk problems first. Tasks that keep killing workers end in a RuntimeError."""
+        from concurrent.futures import CancelledError
+
         from distributed import KilledWorker
 
         if recovery:
@@ -615,6 +627,10 @@ class _ClientBackend:
         futs = self.client.compute(tasks)
         try:
             results = self.client.gather(futs)
+        except CancelledError:  # the chunk problems are gone (a restarted client or cluster)
+            self._dead = True
+            self.futures, self._groups, self._agents = [], None, None
+            raise _cancelled_error() from None
         except KilledWorker as e:
             raise RuntimeError(
                 f"the Dask cluster lost the workers running fastcurv's {op!r} operation too "
@@ -632,6 +648,11 @@ class _ClientBackend:
     def close(self):
         self._agents = None
         self.futures = []
+
+
+def _cancelled_error():
+    return RuntimeError("the chunk problems were cancelled (was the client or the cluster "
+                        "restarted?); build the problem again")
 
 
 def _resolve_client(client):
@@ -736,7 +757,7 @@ class DaskGLM:
                  *, n_classes=None, client=None, transport="actors"):
         self.family = family
         self._fam = families.family_code(family)
-        self.l2 = val.as_float_scalar(l2, "l2", low=0.0)
+        self.l2 = l2
         if not isinstance(fit_intercept, (bool, np.bool_)):
             raise TypeError(f"fit_intercept must be True or False, got {fit_intercept!r}")
         self.fit_intercept = bool(fit_intercept)
@@ -778,19 +799,32 @@ class DaskGLM:
         self._active = list(range(self.n_chunks))
         self._init_from_meta(self._run("meta", (), fuse=False), n)
 
+    @property
+    def l2(self):
+        """The L2 penalty strength λ ≥ 0 (may be reassigned; checked as in the constructor,
+        as :attr:`fastcurv.GLM.l2`)."""
+        return self._l2
+
+    @l2.setter
+    def l2(self, value):
+        self._l2 = val.as_float_scalar(value, "l2", low=0.0)
+
     # ------------------------------------------------------------------ construction
     def _infer_classes(self, y, client):
         """``max(y) + 1`` (at least 2), refused as fastcurv.GLM refuses it when most of the
-        classes it implies would be empty (one pass: the distinct labels)."""
+        (more than ``SPARSE_LABELS_ABOVE``) classes it implies would be empty (one pass: the
+        distinct labels). Non-finite labels are left to the chunks' checks, which name their
+        row and chunk."""
         u = da.unique(y)
         u = np.asarray(u.compute(scheduler="threads") if client is None
                        else client.compute(u).result(), dtype=np.float64)
         if u.size == 0:
             raise ValueError("y is empty")
-        if not np.all(np.isfinite(u)):
-            raise ValueError("y contains a non-finite value; remove or impute it")
+        u = u[np.isfinite(u)]
+        if u.size == 0:
+            return 2
         K = max(int(u.max()) + 1, 2)
-        if 2 * u.size < K:
+        if K > families.SPARSE_LABELS_ABOVE and 2 * u.size < K:
             raise ValueError(
                 f"the labels go up to {K - 1} but only {u.size} distinct values occur: most "
                 f"of the {K} classes this implies would be empty; relabel with "

@@ -632,3 +632,55 @@ def test_zero_weight_chunk_behaves_as_zero_weight_rows(client):
                                 sample_weight=ws, client="local"))
         assert r.message == r0.message and "separable" in r.message
         assert r.n_iter == r0.n_iter
+
+
+# ------------------------------------------------------------------ a review's findings (s19)
+def test_inferred_class_count_and_l2_follow_the_in_memory_glm():
+    """Labels {0, 5} without n_classes: the in-memory GLM infers 6 classes, the Dask one
+    refused them (its sparse-label check ignored the 1,000-class threshold). ``l2`` was a
+    plain attribute: a negative or non-numeric value was taken (a negative penalty in
+    ``value``)."""
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((40, 3))
+    y = np.where(rng.random(40) < 0.5, 0.0, 5.0)
+    dX = da.from_array(X, chunks=(15, 3))
+    p = fc.GLM(dX, y, family="multinomial", l2=0.1, client="local")
+    q = fc.GLM(X, y, family="multinomial", l2=0.1)
+    assert p.n_outputs == q.n_outputs == 6
+    theta = 0.1 * rng.standard_normal(p.n_params)
+    np.testing.assert_allclose(p.value(theta), q.value(theta), rtol=1e-13)
+    for bad, err in ((-1.0, ValueError), ("0.1", TypeError), (np.nan, ValueError)):
+        with pytest.raises(err, match="l2"):
+            p.l2 = bad
+    assert p.l2 == 0.1
+    p.l2 = q.l2 = 0.5
+    np.testing.assert_allclose(p.value(theta), q.value(theta), rtol=1e-13)
+
+
+def test_non_finite_label_with_inferred_classes_is_named_by_row_and_chunk():
+    y = np.zeros(40)
+    y[::2] = 1.0
+    y[27] = np.nan
+    dX = da.from_array(np.random.default_rng(1).standard_normal((40, 3)), chunks=(20, 3))
+    with pytest.raises(ValueError, match=r"row 7.*row chunk 1.*starts at row 20"):
+        fc.GLM(dX, y, family="multinomial", client="local")
+
+
+def test_a_restarted_cluster_says_to_build_the_problem_again():
+    """After ``client.restart()`` the first call raised distributed's FutureCancelledError
+    (naming an internal task) and the next one its FuturesCancelledError; both now raise the
+    RuntimeError that says what happened and what to do."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cluster = distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
+                                           host="127.0.0.1", dashboard_address=None)
+        with distributed.Client(cluster) as c:
+            X, y, w, kw = make_data("logistic", "dense", "plain")
+            p = fc.GLM(da.from_array(X, chunks=(50, X.shape[1])), y, client=c, **kw)
+            theta = np.zeros(p.n_params)
+            p.value(theta)
+            c.restart()
+            for _ in range(2):
+                with pytest.raises(RuntimeError, match="build the problem again"):
+                    p.value(theta)
+        cluster.close()
