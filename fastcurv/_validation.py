@@ -33,11 +33,19 @@ def as_float_scalar(value, name, *, low=None, allow_equal=True):
     return value
 
 
+#: the largest count :func:`as_int` takes: every count here (probes, samples, iterations,
+#: rows per block) is far below it, and a count of 2**63 was looped over "for ever" or
+#: overflowed deep inside NumPy
+MAX_COUNT = 2**31 - 1
+
+
 def as_int(value, name, *, low=1, none_ok=False):
-    """``int(value)`` for an integer ``>= low`` (``None`` passed through if ``none_ok``).
+    """``int(value)`` for an integer in ``[low, MAX_COUNT]`` (``None`` passed through if
+    ``none_ok``).
 
     ``TypeError`` for anything that is not an integer (bools and integral floats such as
-    ``2.0`` included: a count is never silently truncated), ``ValueError`` below ``low``."""
+    ``2.0`` included: a count is never silently truncated), ``ValueError`` outside the
+    range."""
     if value is None and none_ok:
         return None
     what = ("a positive integer" if low == 1 else "a non-negative integer" if low == 0
@@ -46,7 +54,17 @@ def as_int(value, name, *, low=1, none_ok=False):
         raise TypeError(f"{name} must be {what}, got {value!r}")
     if value < low:
         raise ValueError(f"{name} must be {what}, got {value!r}")
+    if value > MAX_COUNT:
+        raise ValueError(f"{name} must be at most {MAX_COUNT} (a count), got {value!r}")
     return int(value)
+
+
+def as_flag(value, name):
+    """``bool(value)`` for ``True``/``False`` (NumPy's too); anything else is a TypeError
+    (``helpful=None`` silently ranked the harmful rows, ``progress="no"`` turned it on)."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
 
 
 def check_damping_fits(damping, dtype):
@@ -278,9 +296,23 @@ def check_vector(v, n_params, dtype, name, *, allow_block=False):
     return finite_as(arr, dtype, name)
 
 
+def check_problem(problem, name="p"):
+    """Refuse what is not a problem (fastcurv's, or an object with their API: ``n_params``,
+    ``dtype``, the products) before its first attribute is looked up (``None`` gave an
+    AttributeError about ``_check_theta``; the class ``fc.MLP`` itself a missing argument)."""
+    if isinstance(problem, type) or not (hasattr(problem, "n_params")
+                                         and hasattr(problem, "dtype")):
+        what = (f"the class {problem.__name__} (build one: {problem.__name__}(X, y, ...))"
+                if isinstance(problem, type) else type(problem).__name__)
+        raise TypeError(f"{name} must be a problem (fastcurv.GLM, fastcurv.MLP, or an object "
+                        f"with their API), got {what}")
+    return problem
+
+
 def problem_theta(problem, theta, name="theta"):
     """``theta`` checked for ``problem``: its own ``_check_theta`` (fastcurv's problems), or,
     for any other object with the problem API, a finite (P,) vector of its dtype."""
+    check_problem(problem, "problem")
     if hasattr(problem, "_check_theta"):
         try:
             return problem._check_theta(theta)

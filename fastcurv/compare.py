@@ -34,7 +34,7 @@ import time
 import numpy as np
 from scipy.sparse.linalg import LinearOperator, cg
 
-from ._validation import as_float_scalar, as_int, make_rng
+from ._validation import as_flag, as_float_scalar, as_int, check_problem, make_rng
 
 APPROXIMATIONS = ("diag_hessian", "diag_ggn", "diag_ggn_mc", "empirical_fisher", "kfac",
                   "ekfac", "block_ggn")
@@ -322,6 +322,12 @@ def compare(p, theta, approximations=APPROXIMATIONS, reference="ggn", *, damping
     if isinstance(approximations, str):
         raise TypeError(f"approximations must be a list of names, got the string "
                         f"{approximations!r}; pass [{approximations!r}]")
+    try:
+        approximations = list(approximations)
+    except TypeError:
+        raise TypeError(f"approximations must be a list of names, got "
+                        f"{approximations!r}") from None
+    densities = as_flag(densities, "densities")
     damping = as_float_scalar(damping, "damping", low=0.0)
     rtol = as_float_scalar(rtol, "rtol", low=0.0, allow_equal=False)
     dense_limit = as_int(dense_limit, "dense_limit", low=0)
@@ -335,7 +341,7 @@ def compare(p, theta, approximations=APPROXIMATIONS, reference="ggn", *, damping
         if n not in APPROXIMATIONS:
             raise ValueError(f"unknown approximation {n!r}; choose from "
                              f"{', '.join(APPROXIMATIONS)}")
-    theta = p._check_theta(theta).copy()
+    theta = check_problem(p)._check_theta(theta).copy()
     rng = make_rng(seed)
     P = p.n_params
     _warm_kernels(p, theta, names, damping, hutch_probes)

@@ -8,7 +8,7 @@ import numpy as np
 from scipy.sparse.linalg import LinearOperator, cg
 
 from . import _blas
-from ._validation import as_float_scalar, as_int, problem_theta
+from ._validation import as_flag, as_float_scalar, as_int, problem_theta
 from .kernels.validate import all_finite
 from .operators import GGNOperator, HessianOperator
 
@@ -715,6 +715,7 @@ def _newton_cg(p, theta0, gtol, max_iter, method, curvature, preconditioner, dam
     if mix > 1.0:
         raise ValueError(f"precond_mix must lie in [0, 1], got {mix}")
     max_iter = as_int(max_iter, "max_iter", low=0)
+    progress = as_flag(progress, "progress")
     P = p.n_params
     if cg_max_iter is None:
         cg_max = int(min(P, 250))

@@ -500,3 +500,31 @@ def test_scores_never_copy_the_data(monkeypatch, dtype):
         assert peak < X.nbytes / 4, (rows is None, peak, X.nbytes)
         np.testing.assert_allclose(got, want if rows is None else want[:, rows], rtol=1e-5,
                                    atol=1e-6 * np.abs(want).max())
+
+
+def test_malformed_options_are_refused_by_name():
+    """A fuzzing review's findings: ``rtol=True`` ran CG with rtol 1.0 (a meaningless
+    solve), ``rtol="1e-3"`` was parsed; ``top_k(helpful=None)`` ranked the harmful rows and
+    ``progress="no"`` turned the bar on; ``None`` as the problem raised an AttributeError;
+    ``repeats=2**63`` looped for ever; a float32 ``against`` reached a compiled kernel
+    (a Numba TypingError)."""
+    p, tp, theta = _logistic()
+    for kw in (dict(rtol=True), dict(rtol="1e-3"), dict(rtol=np.ones(2))):
+        with pytest.raises(TypeError, match="rtol must be a real number"):
+            fc.Influence(p, theta, "cg", **kw)
+    inf = fc.Influence(p, theta, "direct", damping=1e-3)
+    for bad in (None, "no", np.ones(3)):
+        with pytest.raises(TypeError, match="helpful must be True or False"):
+            inf.top_k(tp, 2, helpful=bad)
+    with pytest.raises(TypeError, match="progress must be True or False"):
+        fc.Influence(p, theta, "direct", progress="no")
+    for bad in (None, "abc", np.eye(3), fc.GLM):
+        with pytest.raises(TypeError, match="p must be a problem"):
+            fc.Influence(bad, theta, "direct")
+        with pytest.raises(TypeError, match="p must be a problem"):
+            fc.loo_refit(bad, theta, [0], tp)
+    with pytest.raises(ValueError, match="repeats must be at most"):
+        fc.Influence(p, theta, "lissa", repeats=2**63)
+    p32 = fc.GLM(p.X.astype(np.float32), p.y, family="logistic", l2=p.l2)
+    with pytest.raises(TypeError, match="against holds float32 data"):
+        inf.scores(tp, against=p32)

@@ -404,3 +404,32 @@ def test_mlp_products_are_not_views_of_a_reused_buffer(which):
 def test_jacobian_operator_refuses_a_non_problem():
     with pytest.raises(TypeError, match="problem must be a fastcurv problem"):
         fc.JacobianOperator(np.eye(3), np.zeros(3))
+
+
+def test_masked_vectors_and_non_problems_are_refused():
+    """A fuzzing review's findings: the operators (and ``vjp``) read a masked array's data,
+    masked entries included, where the problems refuse it; a problem argument of ``None`` or
+    the class ``fc.MLP`` failed with an AttributeError or a missing argument."""
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((40, 3))
+    p = fc.GLM(X, (X[:, 0] > 0) * 1.0, family="logistic", l2=0.1)
+    th = np.zeros(p.n_params)
+    v = np.ma.array(np.ones(p.n_params), mask=[True] + [False] * (p.n_params - 1))
+    u = np.ma.array(np.ones(40), mask=[True] + [False] * 39)
+    for op in (fc.HessianOperator(p, th), fc.GGNOperator(p, th), fc.FisherOperator(p, th),
+               fc.KFACOperator(p, th, fisher="type2"), fc.JacobianOperator(p, th)):
+        with pytest.raises(TypeError, match="masked"):
+            op.matvec(v)
+    with pytest.raises(TypeError, match="masked"):
+        fc.JacobianOperator(p, th).rmatvec(u)
+    with pytest.raises(TypeError, match="masked"):
+        p.vjp(th, u)
+    for Op in (fc.HessianOperator, fc.GGNOperator, fc.FisherOperator, fc.JacobianOperator,
+               fc.KFACOperator, fc.EKFACOperator):
+        for bad in (None, fc.MLP, "abc"):
+            with pytest.raises(TypeError, match="problem must be a"):
+                Op(bad, th)
+    with pytest.raises(ValueError, match="mc_samples must be at most"):
+        fc.KFACOperator(p, th, mc_samples=2**63)
+    with pytest.raises(ValueError, match="n_probes must be at most"):
+        fc.hutchinson_diag(fc.HessianOperator(p, th), n_probes=2**64)

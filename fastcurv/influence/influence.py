@@ -140,30 +140,35 @@ class Influence:
                              "method ('direct', 'cg', 'arnoldi', 'nystrom', 'lissa') for "
                              "curvature='hessian'")
         self.p = p
-        self.theta = p._check_theta(theta).copy()
+        self.theta = val.check_problem(p)._check_theta(theta).copy()
         self.method = method
         self.damping = val.as_float_scalar(damping, "damping", low=0.0)
         self.curvature = curvature
-        self.progress = bool(progress)
+        self.progress = val.as_flag(progress, "progress")
         opts = dict(options)
         self.solver = S_.METHODS[method](p, self.theta, self.damping, curvature, opts)
         if opts:
             raise TypeError(f"unknown option(s) for method={method!r}: {', '.join(opts)}")
 
     # ------------------------------------------------------------------ pieces
-    def _check_test(self, test_p):
+    def _check_test(self, test_p, name="test_p"):
         p = self.p
         if (not hasattr(test_p, "per_sample_grads") or not hasattr(test_p, "n_params")
                 or test_p.n_params != p.n_params):
             raise TypeError(
-                f"test_p must be a problem of the same model as the training problem "
+                f"{name} must be a problem of the same model as the training problem "
                 f"({type(p).__name__}, {p.n_params} parameters); build it with "
                 f"p.with_data(X_test, y_test)"
             )
         if _model(test_p) != _model(p):
-            raise TypeError(f"test_p is another model than the training problem: "
+            raise TypeError(f"{name} is another model than the training problem: "
                             f"{_model(test_p)} vs {_model(p)}; build it with "
                             f"p.with_data(X_test, y_test)")
+        if name == "against" and np.dtype(test_p.dtype) != np.dtype(p.dtype):
+            # its rows are scored at the training problem's θ, in its kernels
+            raise TypeError(f"against holds {np.dtype(test_p.dtype).name} data but the "
+                            f"training problem {np.dtype(p.dtype).name}; build it with "
+                            "p.with_data(X, y) (the data are converted)")
         return test_p
 
     def _grads(self, q, rows=None):
@@ -231,7 +236,7 @@ class Influence:
         if test_rows is not None:
             test_rows = val.check_rows(test_rows, self._check_test(test_p).n_samples, "test_rows")
         S = self.factors(test_p, test_rows)
-        target = self.p if against is None else self._check_test(against)
+        target = self.p if against is None else self._check_test(against, "against")
         idx = val.check_rows(rows, target.n_samples)
         m = S.shape[0]
         blocks = list(self._row_blocks(idx, m))
@@ -282,7 +287,7 @@ class Influence:
         idx = val.check_rows(rows, self.p.n_samples)
         m = S.shape[0]
         k = min(int(k), idx.size)
-        sign = 1.0 if helpful else -1.0
+        sign = 1.0 if val.as_flag(helpful, "helpful") else -1.0
         best_v = np.full((m, 0), -np.inf)
         best_i = np.zeros((m, 0), dtype=np.int64)
         bar = _Progress(self.progress, idx.size, "top_k")

@@ -111,7 +111,7 @@ def loo_refit(p, theta, rows, test_p, influence=None, *, gtol=None, max_iter=200
         raise TypeError("loo_refit refits in this process and needs the training rows here; "
                         "for a DaskGLM, validate on an in-memory sample: "
                         "p.subset(rows) gives one")
-    theta = p._check_theta(theta).copy()
+    theta = val.check_problem(p)._check_theta(theta).copy()
     idx = val.check_rows(rows, p.n_samples)
     if gtol is None:
         gtol = 1e-10 if p.dtype == np.float64 else 1e-5

@@ -15,6 +15,7 @@ result. ``N`` is never formed for the projections: ``Π`` subtracts, in each of 
 the last layer's (n_in + 1, K) parameter block, the row's mean.
 """
 
+import numbers
 import warnings
 
 import numpy as np
@@ -43,11 +44,12 @@ ROUNDING_RESIDUAL = 1e-10
 
 
 def _float_option(options, name, default, low=0.0):
+    """A real option (strings and bools refused: ``rtol=True`` was taken as 1.0)."""
     v = options.pop(name, default)
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        raise TypeError(f"{name} must be a number, got {v!r}") from None
+    if isinstance(v, (bool, np.bool_, str, bytes)) or not isinstance(
+            v, (numbers.Real, np.ndarray)) or np.ndim(v) != 0:
+        raise TypeError(f"{name} must be a real number, got {v!r}")
+    f = float(v)
     if not np.isfinite(f) or f < low:
         raise ValueError(f"{name} must be a finite number >= {low}, got {v!r}")
     return f

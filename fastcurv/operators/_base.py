@@ -3,7 +3,13 @@
 import numpy as np
 from scipy.sparse.linalg import LinearOperator
 
-from .._validation import add_damping, as_float_scalar, check_damping_fits, problem_theta
+from .._validation import (
+    add_damping,
+    as_float_scalar,
+    check_damping_fits,
+    plain_array,
+    problem_theta,
+)
 
 
 class CurvatureOperator(LinearOperator):
@@ -29,14 +35,14 @@ class CurvatureOperator(LinearOperator):
         raise NotImplementedError
 
     def _matmat(self, V):
-        V = np.asarray(V)
+        V = plain_array(V, "v")
         out = self._product(V)
         if self.damping:
             out = add_damping(out, self.damping, V)
         return out
 
     def _matvec(self, v):
-        v = np.asarray(v).reshape(-1)
+        v = plain_array(v, "v").reshape(-1)
         return self._matmat(v[:, None])[:, 0]
 
     def _rmatvec(self, v):

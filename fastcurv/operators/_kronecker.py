@@ -7,7 +7,7 @@ matrix ``V``; in that layout ``(A ⊗ G) vec(V) = vec(A V G)`` for symmetric ``G
 import numpy as np
 from scipy.sparse.linalg import LinearOperator
 
-from .._validation import add_damping, check_damping_fits, finite_as, finite_result
+from .._validation import add_damping, check_damping_fits, finite_as, finite_result, plain_array
 
 
 def layer_views(X, blocks):
@@ -29,7 +29,7 @@ class _BlockOperator(LinearOperator):
         raise NotImplementedError
 
     def _matmat(self, X):
-        X = np.asarray(X)
+        X = plain_array(X, "v")
         if X.dtype.kind not in "biuf":
             raise TypeError(f"the vector must be real, got dtype {X.dtype}")
         X = finite_as(X, self.dtype, "the vector")
@@ -48,7 +48,7 @@ class _BlockOperator(LinearOperator):
         return out
 
     def _matvec(self, x):
-        return self._matmat(np.asarray(x).reshape(-1, 1))[:, 0]
+        return self._matmat(plain_array(x, "v").reshape(-1, 1))[:, 0]
 
     def _rmatvec(self, x):
         return self._matvec(x)

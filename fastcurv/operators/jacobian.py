@@ -3,7 +3,7 @@
 import numpy as np
 from scipy.sparse.linalg import LinearOperator
 
-from .._validation import problem_theta
+from .._validation import plain_array, problem_theta
 
 
 class JacobianOperator(LinearOperator):
@@ -24,16 +24,16 @@ class JacobianOperator(LinearOperator):
         super().__init__(dtype=np.dtype(problem.dtype), shape=(n * K, P))
 
     def _matmat(self, V):
-        out = self.problem.jvp(self.theta, np.asarray(V))
+        out = self.problem.jvp(self.theta, plain_array(V, "v"))
         return out.reshape(self.shape[0], -1)
 
     def _matvec(self, v):
-        return self._matmat(np.asarray(v).reshape(-1, 1))[:, 0]
+        return self._matmat(plain_array(v, "v").reshape(-1, 1))[:, 0]
 
     def _rmatmat(self, U):
-        U = np.asarray(U)
+        U = plain_array(U, "u")
         n, K = self.problem.n_samples, self.problem.n_outputs
         return self.problem.vjp(self.theta, U.reshape(n, K, U.shape[1]))
 
     def _rmatvec(self, u):
-        return self._rmatmat(np.asarray(u).reshape(-1, 1))[:, 0]
+        return self._rmatmat(plain_array(u, "u").reshape(-1, 1))[:, 0]

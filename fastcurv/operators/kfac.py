@@ -3,7 +3,7 @@
 
 import numpy as np
 
-from .._validation import as_float_scalar, as_int, make_rng
+from .._validation import as_float_scalar, as_int, check_problem, make_rng
 from . import _kfac_factors as kf
 from ._kronecker import EigenKroneckerBlocks, KroneckerBlocks, pinv_entries, pinv_psd, psd_eigh
 
@@ -11,6 +11,7 @@ from ._kronecker import EigenKroneckerBlocks, KroneckerBlocks, pinv_entries, pin
 def check_options(problem, theta, fisher, damping, seed, mc_samples):
     """Validated ``(theta copy, damping, integer seed, mc_samples)``; the seed is drawn once
     so that every pass over the data sees the same sampled labels."""
+    check_problem(problem, "problem")
     if not hasattr(problem, "_curvature_rows"):
         raise TypeError(
             f"K-FAC needs every row's layer inputs in one process, which a "

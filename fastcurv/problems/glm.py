@@ -713,7 +713,7 @@ class GLM:
         """
         self._check_theta(theta)
         n, K = self.n_samples, self._K
-        U = np.asarray(u)
+        U = val.plain_array(u, "u")
         if U.dtype.kind not in "biuf":
             raise TypeError(f"u must be a real array, got dtype {U.dtype}")
         if U.ndim == 1 and K == 1:

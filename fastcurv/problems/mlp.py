@@ -690,7 +690,7 @@ class MLP:
         Unweighted and unnormalized: the adjoint of :meth:`jvp`."""
         theta = self._check_theta(theta)
         n, K = self.n_samples, self.n_outputs
-        U = np.asarray(u)
+        U = val.plain_array(u, "u")
         if U.dtype.kind not in "biuf":
             raise TypeError(f"u must be a real array, got dtype {U.dtype}")
         if U.ndim == 1 and K == 1 and U.shape[0] == n:
