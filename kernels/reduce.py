@@ -36,17 +36,22 @@ def nnz_partition(indptr, n_cols):
     """Chunk boundaries over CSR rows with about the same number of nonzeros per chunk.
 
     At most ``nnz / (NNZ_PER_CHUNK_COLUMN · n_cols)`` chunks (but ``MIN_CSR_CHUNKS`` where
-    ``MIN_NNZ_PER_CHUNK`` and the row count allow, so that a few threads still share the
-    work), so that the chunks' float64 accumulators (``n_cols`` each) cost little next to the
-    pass over the nonzeros. On a 1,000,000 x 1,000,000 matrix with 30 nonzeros per row a
-    logistic HVP took 249 ms in 32 chunks, 199 in 16, 177 in 8, 159 in 4 and 153 in 2; on
-    500,000 x 50,000 with 60 per row, HVP / value+grad 43.7 / 62.8 ms in 32 chunks, 42.1 /
-    58.9 in 16, 41.1 / 56.6 in 8 (two threads, Intel Xeon, alternating calls). The chunk count
-    depends on the data's shape only, never on the thread count."""
+    ``MIN_NNZ_PER_CHUNK``, the row count and ``4 n_cols`` nonzeros per chunk allow, so that a
+    few threads still share the work), so that the chunks' float64 accumulators (``n_cols``
+    each) cost little next to the pass over the nonzeros. On a 1,000,000 x 1,000,000 matrix
+    with 30 nonzeros per row a logistic HVP took 249 ms in 32 chunks, 199 in 16, 177 in 8,
+    159 in 4 and 153 in 2; on 500,000 x 50,000 with 60 per row, HVP / value+grad 43.7 / 62.8
+    ms in 32 chunks, 42.1 / 58.9 in 16, 41.1 / 56.6 in 8 (two threads, Intel Xeon,
+    alternating calls). The chunk count depends on the data's shape only, never on the
+    thread count."""
     n_rows = len(indptr) - 1
     nnz = int(indptr[-1])
     cap = min(MAX_CHUNKS, max(1, nnz // MIN_NNZ_PER_CHUNK), max(1, n_rows))
-    wide = max(MIN_CSR_CHUNKS, nnz // (NNZ_PER_CHUNK_COLUMN * max(1, n_cols)))
+    # MIN_CSR_CHUNKS only where each chunk still has 4 d nonzeros: on 1e5 x 1e7 with 10 per
+    # row, four chunks' accumulators (zeroed, reduced: 4 x 80 MB) made a Hessian diagonal 10x
+    # and a value+grad 5x scipy's products over the 1e6 nonzeros; one chunk there
+    least = min(MIN_CSR_CHUNKS, max(1, nnz // (4 * max(1, n_cols))))
+    wide = max(least, nnz // (NNZ_PER_CHUNK_COLUMN * max(1, n_cols)))
     n_chunks = int(min(cap, wide))
     targets = np.linspace(0, nnz, n_chunks + 1)[1:-1]
     inner = np.searchsorted(np.asarray(indptr, dtype=np.int64), targets, side="left")

@@ -651,12 +651,14 @@ def test_a_zero_weight_row_with_a_huge_residual_adds_nothing_to_the_fisher_produ
 
 
 def test_csr_partition_keeps_the_chunk_accumulators_small():
-    """At most nnz / (32 d) chunks, but 4 where the nonzeros allow: on wide data each chunk's
-    d-long float64 accumulator costs more than its share of the pass; the chunks still cover
-    every row once, in order."""
+    """At most nnz / (32 d) chunks, but 4 where the nonzeros allow and each chunk keeps 4 d
+    of them: on wide data each chunk's d-long float64 accumulator costs more than its share
+    of the pass (1e5 x 1e7 with 10 per row: four chunks made the Hessian diagonal 10x
+    scipy's products, a review's finding); the chunks still cover every row once, in order."""
     for n, d, per_row, want in ((400_000, 100, 40, 32), (500_000, 50_000, 60, 18),
                                 (400_000, 200_000, 40, 4), (400_000, 10**6, 40, 4),
-                                (1000, 10**6, 3, 1), (2000, 10**6, 40, 2)):
+                                (1000, 10**6, 3, 1), (2000, 10**6, 40, 1),
+                                (100_000, 10**7, 10, 1), (100_000, 10**6, 80, 2)):
         indptr = np.arange(0, n * per_row + 1, per_row, dtype=np.int64)
         starts = reduce.nnz_partition(indptr, d)
         assert len(starts) - 1 == want, (n, d, len(starts) - 1)
