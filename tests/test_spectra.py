@@ -613,3 +613,17 @@ def test_top_eigenvalues_near_the_top_of_the_dtype_range(dtype):
     A = np.diag(w).astype(dtype)
     got = top_eigenvalues(A, 2, seed=0)
     np.testing.assert_allclose(got, w[::-1][:2], rtol=1e-5 if dtype == np.float32 else 1e-10)
+
+
+def test_spectral_density_refuses_a_sigma_beyond_float64():
+    """``sigma=1e-320`` gave a density of inf and NaN (its peaks 1/(σ√2π) overflow, times
+    exp(−∞) = 0), ``sigma=1e308`` an all-NaN grid (the range widened by 3σ overflows); only
+    RuntimeWarnings said so (a fuzzing review). A sigma that fits still works."""
+    A = np.diag(np.arange(1.0, 6.0))
+    for sigma, match in ((1e-320, "too small"), (1e308, "too large")):
+        with pytest.raises(ValueError, match=match):
+            fc.spectral_density(A, 2, 5, seed=0, sigma=sigma)
+    out = fc.spectral_density(A, 2, 5, seed=0, sigma=1e308, grid=np.linspace(0.0, 6.0, 7))
+    assert np.all(np.isfinite(out.density))
+    out = fc.spectral_density(A, 2, 5, seed=0, sigma=1e-300)
+    assert np.all(np.isfinite(out.density)) and np.all(np.isfinite(out.grid))

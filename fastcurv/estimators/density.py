@@ -196,8 +196,19 @@ def spectral_density(op, n_probes, n_steps, seed=None, grid=None, n_grid=512, si
     if sigma is None:
         span = hi - lo if hi > lo else max(abs(lo), abs(hi), 1.0)
         sigma = 0.01 * span
+    with np.errstate(over="ignore", divide="ignore"):
+        peak = (1.0 / sigma) / np.sqrt(2.0 * np.pi)
+        ends = (lo - 3.0 * sigma, hi + 3.0 * sigma)
+    if not np.isfinite(peak):
+        # the density's peaks, 1/(σ√(2π)), are beyond float64: NaN and inf came back
+        raise ValueError(f"sigma={sigma:g} is too small: the density's peaks 1/(sigma "
+                         "sqrt(2 pi)) exceed float64; use a larger sigma")
     if grid is None:
-        grid = np.linspace(lo - 3.0 * sigma, hi + 3.0 * sigma, n_grid)
+        if not np.all(np.isfinite(ends)):
+            raise ValueError(f"sigma={sigma:g} is too large for the default grid (the "
+                             "nodes' range widened by 3 sigma overflows float64); use a "
+                             "smaller sigma or pass grid")
+        grid = np.linspace(ends[0], ends[1], n_grid)
     density = _gaussian_mixture(grid, nodes, weights, sigma) / n_probes
     return SpectralDensity(grid, density, nodes, weights)
 
@@ -209,8 +220,9 @@ def _gaussian_mixture(t, nodes, weights, sigma, chunk=64):
     keep = w > 0
     th, w = th[keep], w[keep]
     out = np.empty(t.size)
-    norm = 1.0 / (sigma * np.sqrt(2.0 * np.pi))
+    norm = (1.0 / sigma) / np.sqrt(2.0 * np.pi)  # (σ√2π overflows for σ near float64's top)
     for start in range(0, t.size, chunk):
         tt = t[start:start + chunk, None]
-        out[start:start + chunk] = np.exp(-0.5 * ((tt - th) / sigma) ** 2) @ w * norm
+        with np.errstate(over="ignore"):  # a square beyond float64: exp(-inf) = 0, exact
+            out[start:start + chunk] = np.exp(-0.5 * ((tt - th) / sigma) ** 2) @ w * norm
     return out
