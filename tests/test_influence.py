@@ -528,3 +528,15 @@ def test_malformed_options_are_refused_by_name():
     p32 = fc.GLM(p.X.astype(np.float32), p.y, family="logistic", l2=p.l2)
     with pytest.raises(TypeError, match="against holds float32 data"):
         inf.scores(tp, against=p32)
+
+
+def test_loo_refit_with_a_gtol_that_no_refit_needs_says_so():
+    """With ``gtol`` above every leave-one-out gradient at θ, no refit moved: ``actual`` was
+    all zeros and the correlation NaN, silently (a fuzzing review). It now warns."""
+    p, tp, theta = _logistic()
+    with pytest.warns(RuntimeWarning, match="no refit moved"):
+        res = fc.loo_refit(p, theta, [0, 1], tp, gtol=2.0)
+    assert not np.any(res.actual) and not np.any(res.n_iter)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fc.loo_refit(p, theta, [0, 1], tp)  # the default gtol refits

@@ -627,3 +627,22 @@ def test_spectral_density_refuses_a_sigma_beyond_float64():
     assert np.all(np.isfinite(out.density))
     out = fc.spectral_density(A, 2, 5, seed=0, sigma=1e-300)
     assert np.all(np.isfinite(out.density)) and np.all(np.isfinite(out.grid))
+
+
+def test_estimators_refuse_an_operator_with_complex_products():
+    """A user operator of dtype float whose products are complex: the imaginary parts were
+    dropped with only a ComplexWarning (``trace`` of ``(1+1j) I`` was 0.0; a fuzzing
+    review). Complex products with zero imaginary parts are their real parts."""
+
+    def op(c):
+        return LinearOperator((9, 9), matvec=lambda v: v * c, matmat=lambda V: V * c,
+                              dtype=float)
+
+    for f in (lambda A: fc.trace(A, 9, seed=0), lambda A: fc.hutchinson_diag(A, 4, seed=0),
+              lambda A: fc.top_eigenvalues(A, 2),
+              lambda A: fc.spectral_density(A, 2, 3, seed=0)):
+        with pytest.raises(TypeError, match="complex values"):
+            f(op(1 + 1j))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert fc.trace(op(2 + 0j), 9, seed=0).trace == pytest.approx(18.0)

@@ -80,8 +80,15 @@ def _as_operator(op, symmetric=False):
 
 
 def _finite_products(lin, P, dtype):
-    """``lin`` whose every product is checked for inf and NaN."""
+    """``lin`` whose every product is checked for inf and NaN, and for complex values (their
+    imaginary parts were dropped with only a ComplexWarning: a trace of 0.0 for ``(1+1j) I``)."""
     def check(out):
+        out = np.asarray(out)
+        if np.iscomplexobj(out):
+            if np.any(out.imag != 0):
+                raise TypeError("the operator returned complex values for a real vector; the "
+                                "estimators take real symmetric operators")
+            out = out.real
         if not np.all(np.isfinite(out)):
             raise FloatingPointError(
                 "the operator returned non-finite values (inf or NaN) for a finite vector: "

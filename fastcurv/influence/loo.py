@@ -141,6 +141,13 @@ def loo_refit(p, theta, rows, test_p, influence=None, *, gtol=None, max_iter=200
         actual[:, j] = test_losses(test_p, res.x) - base
         dparams[j] = res.x.astype(np.float64) - theta
         iters[j] = res.n_iter
+    if idx.size and not np.any(iters) and np.any(c > 0):
+        # every leave-one-out problem already met gtol at theta: "actual" is all zeros
+        warnings.warn(
+            f"loo_refit: no refit moved from theta: every leave-one-out problem's max|grad| "
+            f"at theta is at most gtol={gtol:g}, so the actual changes are all 0; use a "
+            "smaller gtol (the default is 1e-10 in float64, 1e-5 in float32)",
+            RuntimeWarning, stacklevel=2)
     a, b = actual.ravel(), predicted.ravel()
     r = float(np.corrcoef(a, b)[0, 1]) if a.size > 1 and a.std() > 0 and b.std() > 0 else np.nan
     return LooResult(idx, actual, predicted, dparams, iters, r)
