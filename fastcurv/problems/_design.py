@@ -146,23 +146,24 @@ class _Design:
         numbers is exact there), as the fused passes do; a float32 ``X.T @ U`` adds the n
         rows in float32, and its error grows with n (200,000 CSR rows: 1.3e-5 relative).
         """
-        if self.dtype == np.float64:
-            # NumPy's BLAS on one thread: a threaded product splits the sum over rows by
-            # thread count, which changed the last bits of a vjp (1e-12 here) with it
-            token = _blas.one_thread(("numpy",))
-            try:
+        # NumPy's BLAS on one thread: a threaded product splits the sum over rows by thread
+        # count, which changed the last bits of a vjp (1e-12 here) with it
+        token = _blas.one_thread(("numpy",))
+        try:
+            if self.dtype == np.float64:
                 return np.asarray(self.X.T @ U, dtype=np.float64)
-            finally:
-                _blas.restore(token)
-        out = None
-        bounds = self._rmatmul_bounds()
-        for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
-            part = np.asarray(self._rows64(lo, hi).T @ np.asarray(U[lo:hi], dtype=np.float64))
-            if out is None:
-                out = part
-            else:
-                out += part
-        return out
+            out = None
+            bounds = self._rmatmul_bounds()
+            for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
+                part = np.asarray(self._rows64(lo, hi).T
+                                  @ np.asarray(U[lo:hi], dtype=np.float64))
+                if out is None:
+                    out = part
+                else:
+                    out += part
+            return out
+        finally:
+            _blas.restore(token)
 
     def curv_vec(self, V, vb, weights):
         """``sum_i x~_i (x) t_i`` with ``t_i`` from ``weights`` applied to ``u_i = x_i V + vb``.
