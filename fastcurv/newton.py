@@ -8,6 +8,7 @@ import numpy as np
 from scipy.sparse.linalg import LinearOperator, cg
 
 from . import _blas
+from ._nullspace import null_rows, project_out
 from ._validation import as_flag, as_float_scalar, as_int, problem_theta
 from .kernels.validate import all_finite
 from .operators import GGNOperator, HessianOperator
@@ -358,14 +359,12 @@ def _cholesky_preconditioner(p, theta, curvature, damping):
     # by thousands round every logit (a float32 MLP fit crawled at step sizes of 1e-4 and
     # stopped with max|grad| 7e-4; 2e-5 without the preconditioner). M⁻¹ = Π (C + εI)⁻¹ Π
     # instead: the gradient has no part along them, so CG stays off them.
-    from .influence.solvers import _project_out, null_rows
-
     null = null_rows(p)
 
     def solve(V):
         V = np.asarray(V, np.float64)
         out = cho_solve(factor, V.reshape(P, -1))
-        return _project_out(null, out).reshape(V.shape).astype(dtype)
+        return project_out(null, out).reshape(V.shape).astype(dtype)
 
     return LinearOperator((P, P), dtype=dtype, matvec=solve, matmat=solve)
 

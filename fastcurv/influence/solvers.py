@@ -22,6 +22,9 @@ import numpy as np
 import scipy.linalg as sla
 from scipy.sparse.linalg import LinearOperator
 
+from .._nullspace import null_gram as _null_gram
+from .._nullspace import null_rows
+from .._nullspace import project_out as _project_out
 from .._validation import as_int, make_rng
 from ..estimators.eigen import top_eigenvalues
 from ..operators import GGNOperator, HessianOperator
@@ -53,44 +56,6 @@ def _float_option(options, name, default, low=0.0):
     if not np.isfinite(f) or f < low:
         raise ValueError(f"{name} must be a finite number >= {low}, got {v!r}")
     return f
-
-
-def null_rows(p):
-    """The known exact null directions of a softmax model's curvature (see the module
-    docstring) as ``(a, b, K)``: the constant vectors of each K-row of ``θ[a:b]`` read as a
-    (-1, K) matrix (rows of the last layer's parameter block); None if there are none."""
-    loss = getattr(p, "loss", None) or getattr(p, "family", None)
-    if loss not in ("softmax_cross_entropy", "multinomial"):
-        return None
-    layers, offsets = p._kfac_layout()
-    n_in, K, bias = layers[-1]
-    o = offsets[len(layers) - 1]
-    first = 0 if p.l2 == 0.0 else n_in  # all rows, or the bias row only
-    last = n_in + 1 if bias else n_in
-    if first >= last:
-        return None
-    return o + first * K, o + last * K, K
-
-
-def _null_gram(null, P):
-    """``N Nᵀ`` (P, P) of the orthonormal basis ``N`` of the directions ``null_rows``
-    returns: a block ``1/K`` (K, K) per row."""
-    M = np.zeros((P, P))
-    if null is not None:
-        a, b, K = null
-        for r in range(a, b, K):
-            M[r:r + K, r:r + K] = 1.0 / K
-    return M
-
-
-def _project_out(null, X):
-    """``Π X = X − N Nᵀ X`` for a (P, m) block, in place: each K-row of ``X[a:b]`` minus its
-    mean (O(P m), where the dense ``N`` would cost O(P r m) for r null directions)."""
-    if null is not None:
-        a, b, K = null
-        V = X[a:b].reshape(-1, K, X.shape[1])
-        X[a:b] = (V - V.mean(axis=1, keepdims=True)).reshape(b - a, X.shape[1])
-    return X
 
 
 def _dense_curvature(p, theta, curvature):
