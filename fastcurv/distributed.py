@@ -758,9 +758,7 @@ class DaskGLM:
         self.family = family
         self._fam = families.family_code(family)
         self.l2 = l2
-        if not isinstance(fit_intercept, (bool, np.bool_)):
-            raise TypeError(f"fit_intercept must be True or False, got {fit_intercept!r}")
-        self.fit_intercept = bool(fit_intercept)
+        self.fit_intercept = val.as_flag(fit_intercept, "fit_intercept")
         if transport not in TRANSPORTS:
             raise ValueError(f"transport must be one of {TRANSPORTS}, got {transport!r}")
         if not isinstance(X, da.Array):

@@ -186,9 +186,7 @@ class GLM:
         scaled = self._w / self._w.max()
         self._a = scaled / scaled.sum()
         self._l2 = val.as_float_scalar(l2, "l2", low=0.0)
-        if not isinstance(fit_intercept, (bool, np.bool_)):
-            raise TypeError(f"fit_intercept must be True or False, got {fit_intercept!r}")
-        self.fit_intercept = bool(fit_intercept)
+        self.fit_intercept = val.as_flag(fit_intercept, "fit_intercept")
         self._check_memory()
         self._states = []  # the two most recent _State, newest first
         #: compute the Hessian diagonal in every value-and-gradient pass (single output only);
