@@ -851,10 +851,11 @@ class MLP:
         return val.finite_result(out.astype(self.dtype), "the empirical Fisher diagonal")
 
     def _mc_fisher_vp(self, theta, v, mc_samples, seed):
-        """Monte Carlo Fisher product ``(1/S) Σ_s (1/S) Σ_i w_i g̃_is (g̃_isᵀ v)`` with
-        per-sample gradients at labels drawn from the model (draw ``s`` from its own stream
-        of ``seed``, see :meth:`_curvature_rows`): one forward pass per row block and one
-        backward pass per draw. Its expectation is the GGN without the penalty."""
+        """Monte Carlo Fisher product ``(1/M) Σ_s (1/S) Σ_i w_i g̃_is (g̃_isᵀ v)`` (``M =
+        mc_samples``, ``S = Σ w_i``) with per-sample gradients at labels drawn from the model
+        (draw ``s`` from its own stream of ``seed``, see :meth:`_curvature_rows`): one
+        forward pass per row block and one backward pass per draw. Its expectation is the GGN
+        without the penalty."""
         theta = self._check_theta(theta)
         v, Vt = self._block(v)
         m, P = Vt.shape[0], self.n_params
