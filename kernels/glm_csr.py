@@ -21,6 +21,7 @@ from .glm_dense import (
     _rows_value_grad,
 )
 from .losses import weighted
+from .schedule import claim
 
 #: a row block holds at most this many rows and (unless one row has more) this many nonzeros:
 #: ~0.8 MB of float64 values and uint32 indices, so the block is still in L2/L3 when the
@@ -86,54 +87,59 @@ def pass_k1(data, indices, indptr, starts, v, vb, mode, fam, y, a, cw, eta, r, h
     """
     n_chunks = starts.shape[0] - 1
     diag = mode == VALUE_GRAD_DIAG
-    for c in prange(n_chunks):
-        acc = gbuf[c]
-        acc[:] = 0.0
-        dacc = dbuf[0]  # a placeholder unless the diagonal is asked for
-        if diag:
-            dacc = dbuf[c]
-            dacc[:] = 0.0
-        tb = np.empty(BLOCK_ROWS)
-        wb = np.zeros(BLOCK_ROWS)
-        lb = np.zeros(BLOCK_ROWS)
-        lsum = 0.0
-        bsum = 0.0
-        i0 = starts[c]
-        stop = starts[c + 1]
-        while i0 < stop:
-            i1 = _block_end(indptr, i0, stop)
-            if rowwise:
+    counter = np.zeros(1, dtype=np.int64)  # see schedule
+    for _ in prange(n_chunks):
+        while True:
+            c = claim(counter)
+            if c >= n_chunks:
+                break
+            acc = gbuf[c]
+            acc[:] = 0.0
+            dacc = dbuf[0]  # a placeholder unless the diagonal is asked for
+            if diag:
+                dacc = dbuf[c]
+                dacc[:] = 0.0
+            tb = np.empty(BLOCK_ROWS)
+            wb = np.zeros(BLOCK_ROWS)
+            lb = np.zeros(BLOCK_ROWS)
+            lsum = 0.0
+            bsum = 0.0
+            i0 = starts[c]
+            stop = starts[c + 1]
+            while i0 < stop:
+                i1 = _block_end(indptr, i0, stop)
+                if rowwise:
+                    for i in range(i0, i1):
+                        lo = np.uint64(indptr[i])
+                        hi = np.uint64(indptr[i + 1])
+                        s = 0.0
+                        for p in range(lo, hi):
+                            s += data[p] * v[indices[p]]
+                        t, lb[i - i0], w = _row_weight(mode, diag, fam, s, vb, y, a, cw, i, eta,
+                                                       r, h)
+                        tb[i - i0] = t
+                        _scatter(data, indices, lo, hi, t, w, acc, dacc)
+                else:
+                    for i in range(i0, i1):
+                        s = 0.0
+                        for p in range(np.uint64(indptr[i]), np.uint64(indptr[i + 1])):
+                            s += data[p] * v[indices[p]]
+                        tb[i - i0] = s
+                    for i in range(i0, i1):
+                        tb[i - i0], lb[i - i0], wb[i - i0] = _row_weight(
+                            mode, diag, fam, tb[i - i0], vb, y, a, cw, i, eta, r, h)
+                    for i in range(i0, i1):
+                        _scatter(data, indices, np.uint64(indptr[i]), np.uint64(indptr[i + 1]),
+                                 tb[i - i0], wb[i - i0], acc, dacc)
+                # the sums in loops that only load (see _jit, "Reductions"), in row order
                 for i in range(i0, i1):
-                    lo = np.uint64(indptr[i])
-                    hi = np.uint64(indptr[i + 1])
-                    s = 0.0
-                    for p in range(lo, hi):
-                        s += data[p] * v[indices[p]]
-                    t, lb[i - i0], w = _row_weight(mode, diag, fam, s, vb, y, a, cw, i, eta,
-                                                   r, h)
-                    tb[i - i0] = t
-                    _scatter(data, indices, lo, hi, t, w, acc, dacc)
-            else:
-                for i in range(i0, i1):
-                    s = 0.0
-                    for p in range(np.uint64(indptr[i]), np.uint64(indptr[i + 1])):
-                        s += data[p] * v[indices[p]]
-                    tb[i - i0] = s
-                for i in range(i0, i1):
-                    tb[i - i0], lb[i - i0], wb[i - i0] = _row_weight(
-                        mode, diag, fam, tb[i - i0], vb, y, a, cw, i, eta, r, h)
-                for i in range(i0, i1):
-                    _scatter(data, indices, np.uint64(indptr[i]), np.uint64(indptr[i + 1]),
-                             tb[i - i0], wb[i - i0], acc, dacc)
-            # the sums in loops that only load (see _jit, "Reductions"), in row order
-            for i in range(i0, i1):
-                bsum += tb[i - i0]
-            if mode != CURVATURE:
-                for i in range(i0, i1):
-                    lsum += lb[i - i0]
-            i0 = i1
-        gbbuf[c] = bsum
-        lbuf[c] = lsum
+                    bsum += tb[i - i0]
+                if mode != CURVATURE:
+                    for i in range(i0, i1):
+                        lsum += lb[i - i0]
+                i0 = i1
+            gbbuf[c] = bsum
+            lbuf[c] = lsum
 
 
 @jit(parallel=True)
@@ -148,44 +154,49 @@ def pass_gen(data, indices, indptr, starts, V, vb, mode, fam, y, a, eta, r, h, D
     n_chunks = starts.shape[0] - 1
     L = V.shape[1]
     noref = np.full(m, -1, dtype=np.int64)  # every class in U (see glm_dense.pass_gen)
-    for c in prange(n_chunks):
-        acc = gbuf[c]
-        acc[:] = 0.0
-        U = np.zeros((BLOCK_ROWS, L))
-        T = np.zeros((BLOCK_ROWS, L))  # float64: no weight needs spilling (glm_dense._put)
-        S = np.zeros((1, 1))
-        w1 = np.zeros(L)
-        w2 = np.zeros(L)
-        w3 = np.zeros(L)
-        lsum = 0.0
-        i0 = starts[c]
-        stop = starts[c + 1]
-        while i0 < stop:
-            i1 = _block_end(indptr, i0, stop)
-            for i in range(i0, i1):
-                q = i - i0
-                for l in range(L):
-                    U[q, l] = vb[l]
-                for p in range(np.uint64(indptr[i]), np.uint64(indptr[i + 1])):
-                    x = data[p]
-                    j = indices[p]
+    counter = np.zeros(1, dtype=np.int64)  # see schedule
+    for _ in prange(n_chunks):
+        while True:
+            c = claim(counter)
+            if c >= n_chunks:
+                break
+            acc = gbuf[c]
+            acc[:] = 0.0
+            U = np.zeros((BLOCK_ROWS, L))
+            T = np.zeros((BLOCK_ROWS, L))  # float64: no weight needs spilling (glm_dense._put)
+            S = np.zeros((1, 1))
+            w1 = np.zeros(L)
+            w2 = np.zeros(L)
+            w3 = np.zeros(L)
+            lsum = 0.0
+            i0 = starts[c]
+            stop = starts[c + 1]
+            while i0 < stop:
+                i1 = _block_end(indptr, i0, stop)
+                for i in range(i0, i1):
+                    q = i - i0
                     for l in range(L):
-                        U[q, l] += x * V[j, l]
-            if mode == VALUE_GRAD:
-                lsum += _rows_value_grad(fam, U, T, S, i1 - i0, i0, y, a, eta, r, h, w1, w2,
-                                         w3, gbbuf[c])
-            else:
-                _rows_curvature(U, T, S, i1 - i0, i0, Dw, Q, qa, top, kind, m, noref, w1, w2,
-                                gbbuf[c])
-            for i in range(i0, i1):
-                q = i - i0
-                for p in range(np.uint64(indptr[i]), np.uint64(indptr[i + 1])):
-                    x = data[p]
-                    j = indices[p]
-                    for l in range(L):
-                        acc[j, l] += x * T[q, l]
-            i0 = i1
-        lbuf[c] = lsum
+                        U[q, l] = vb[l]
+                    for p in range(np.uint64(indptr[i]), np.uint64(indptr[i + 1])):
+                        x = data[p]
+                        j = indices[p]
+                        for l in range(L):
+                            U[q, l] += x * V[j, l]
+                if mode == VALUE_GRAD:
+                    lsum += _rows_value_grad(fam, U, T, S, i1 - i0, i0, y, a, eta, r, h, w1, w2,
+                                             w3, gbbuf[c])
+                else:
+                    _rows_curvature(U, T, S, i1 - i0, i0, Dw, Q, qa, top, kind, m, noref, w1, w2,
+                                    gbbuf[c])
+                for i in range(i0, i1):
+                    q = i - i0
+                    for p in range(np.uint64(indptr[i]), np.uint64(indptr[i + 1])):
+                        x = data[p]
+                        j = indices[p]
+                        for l in range(L):
+                            acc[j, l] += x * T[q, l]
+                i0 = i1
+            lbuf[c] = lsum
 
 
 @jit(parallel=True)
@@ -194,19 +205,24 @@ def weighted_sq_colsum(data, indices, indptr, starts, cw, gbuf):
     in float64, written here (see ``glm_dense.weighted_sq_colsum``)."""
     n_chunks = starts.shape[0] - 1
     K = cw.shape[1]
-    for c in prange(n_chunks):
-        acc = gbuf[c]
-        acc[:] = 0.0
-        for i in range(starts[c], starts[c + 1]):
-            lo = np.uint64(indptr[i])
-            hi = np.uint64(indptr[i + 1])
-            for p in range(lo, hi):
-                x = np.float64(data[p])  # exact, and no overflow, for float32 data
-                x2 = x * x
-                j = indices[p]
-                for k in range(K):
-                    if cw[i, k] != 0.0:  # a weight of 0 adds nothing, whatever x
-                        acc[j, k] += x2 * cw[i, k]
+    counter = np.zeros(1, dtype=np.int64)  # see schedule
+    for _ in prange(n_chunks):
+        while True:
+            c = claim(counter)
+            if c >= n_chunks:
+                break
+            acc = gbuf[c]
+            acc[:] = 0.0
+            for i in range(starts[c], starts[c + 1]):
+                lo = np.uint64(indptr[i])
+                hi = np.uint64(indptr[i + 1])
+                for p in range(lo, hi):
+                    x = np.float64(data[p])  # exact, and no overflow, for float32 data
+                    x2 = x * x
+                    j = indices[p]
+                    for k in range(K):
+                        if cw[i, k] != 0.0:  # a weight of 0 adds nothing, whatever x
+                            acc[j, k] += x2 * cw[i, k]
 
 
 @jit(parallel=True)
@@ -214,14 +230,19 @@ def forward(data, indices, indptr, starts, V, vb, out):
     """``out[i, l] = x_i . V[:, l] + vb[l]`` (float64 out); V (d, L) in C order."""
     n_chunks = starts.shape[0] - 1
     L = V.shape[1]
-    for c in prange(n_chunks):
-        for i in range(starts[c], starts[c + 1]):
-            lo = np.uint64(indptr[i])
-            hi = np.uint64(indptr[i + 1])
-            for l in range(L):
-                out[i, l] = vb[l]
-            for p in range(lo, hi):
-                x = data[p]
-                j = indices[p]
+    counter = np.zeros(1, dtype=np.int64)  # see schedule
+    for _ in prange(n_chunks):
+        while True:
+            c = claim(counter)
+            if c >= n_chunks:
+                break
+            for i in range(starts[c], starts[c + 1]):
+                lo = np.uint64(indptr[i])
+                hi = np.uint64(indptr[i + 1])
                 for l in range(L):
-                    out[i, l] += x * V[j, l]
+                    out[i, l] = vb[l]
+                for p in range(lo, hi):
+                    x = data[p]
+                    j = indices[p]
+                    for l in range(L):
+                        out[i, l] += x * V[j, l]

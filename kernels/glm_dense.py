@@ -24,6 +24,7 @@ from numba import literally, prange
 
 from ._jit import jit
 from .losses import MULTINOMIAL, pointwise, softmax_row, weighted
+from .schedule import claim
 from .simd import (
     VECTOR_REGISTERS,
     WIDE_BYTES,
@@ -897,74 +898,79 @@ def pass_k1(X, starts, v, vb, mode, fam, y, a, cw, eta, r, h, lbuf, dbuf, gbuf, 
     diag = mode == VALUE_GRAD_DIAG
     V = v.reshape((1, d))
     last4 = max(X.shape[0] - 4, 0)  # the last rows _axpy4 may prefetch (as pf .. pf + 3)
-    for c in prange(n_chunks):
-        acc = np.zeros((1, d), dtype=X.dtype)
-        dacc = np.zeros((1, d if diag else 1))  # float64, see _sqaxpy4
-        w = np.zeros(4)
-        t = np.zeros((1, 4), dtype=X.dtype)
-        t64 = np.zeros((1, 4))  # float32 data: t in float64 (_spill)
-        bad = 0
-        out = gbuf[c].reshape((1, d))
-        s = np.zeros(4)
-        tv = np.zeros(4)  # t in float64, for the sum
-        lv = np.zeros(4)
-        lsum = 0.0
-        bsum = 0.0
-        count = 0
-        i = starts[c]
-        stop = starts[c + 1]
-        while i < stop:
-            nr = min(4, stop - i)
-            if nr == 4:
-                s[0], s[1], s[2], s[3] = _dot4(X, i, V)
-            else:
-                for q in range(nr):
-                    s[q] = _dot1(X, i + q, V)
-            for q in range(nr):
-                row = i + q
-                if mode != CURVATURE:
-                    tq, lv[q] = _row_value_grad(fam, s[q] + vb, y[row], a[row], row, eta, r, h)
-                    w[q] = weighted(a[row], h[row])
+    counter = np.zeros(1, dtype=np.int64)  # see schedule
+    for _ in prange(n_chunks):
+        while True:
+            c = claim(counter)
+            if c >= n_chunks:
+                break
+            acc = np.zeros((1, d), dtype=X.dtype)
+            dacc = np.zeros((1, d if diag else 1))  # float64, see _sqaxpy4
+            w = np.zeros(4)
+            t = np.zeros((1, 4), dtype=X.dtype)
+            t64 = np.zeros((1, 4))  # float32 data: t in float64 (_spill)
+            bad = 0
+            out = gbuf[c].reshape((1, d))
+            s = np.zeros(4)
+            tv = np.zeros(4)  # t in float64, for the sum
+            lv = np.zeros(4)
+            lsum = 0.0
+            bsum = 0.0
+            count = 0
+            i = starts[c]
+            stop = starts[c + 1]
+            while i < stop:
+                nr = min(4, stop - i)
+                if nr == 4:
+                    s[0], s[1], s[2], s[3] = _dot4(X, i, V)
                 else:
-                    tq = cw[row] * (s[q] + vb)
-                tv[q] = tq
-                t[0, q] = tq
-                if is_float32(t):
-                    t64[0, q] = tq
-                    bad += _outside_f32(tq)
-            if bad:
-                _spill(X, i, nr, t.T, t64.T, out)
-                bad = 0
-            # the sums in a loop that only loads (see _jit, "Reductions")
-            for q in range(nr):
-                bsum += tv[q]
-                lsum += lv[q]
-            if nr == 4:
-                _axpy4(X, i, t, acc, min(i + 4, last4))
-                if diag:
-                    if w[0] != 0.0 and w[1] != 0.0 and w[2] != 0.0 and w[3] != 0.0:
-                        _sqaxpy4(X, i, w, dacc)
-                    else:  # a row of weight 0 adds nothing, whatever its x
-                        for q in range(4):
-                            if w[q] != 0.0:
-                                _sqaxpy1(X, i + q, w[q], dacc)
-            else:
+                    for q in range(nr):
+                        s[q] = _dot1(X, i + q, V)
                 for q in range(nr):
-                    _axpy1(X, i + q, t[0, q], acc)
-                    if diag and w[q] != 0.0:
-                        _sqaxpy1(X, i + q, w[q], dacc)
-            i += nr
-            count += nr
-            if count >= FLUSH:
-                _flush1(acc, gbuf[c])
-                if diag:
-                    _flush1(dacc, dbuf[c])
-                count = 0
-        _flush1(acc, gbuf[c])
-        if diag:
-            _flush1(dacc, dbuf[c])
-        gbbuf[c] = bsum
-        lbuf[c] = lsum
+                    row = i + q
+                    if mode != CURVATURE:
+                        tq, lv[q] = _row_value_grad(fam, s[q] + vb, y[row], a[row], row, eta, r, h)
+                        w[q] = weighted(a[row], h[row])
+                    else:
+                        tq = cw[row] * (s[q] + vb)
+                    tv[q] = tq
+                    t[0, q] = tq
+                    if is_float32(t):
+                        t64[0, q] = tq
+                        bad += _outside_f32(tq)
+                if bad:
+                    _spill(X, i, nr, t.T, t64.T, out)
+                    bad = 0
+                # the sums in a loop that only loads (see _jit, "Reductions")
+                for q in range(nr):
+                    bsum += tv[q]
+                    lsum += lv[q]
+                if nr == 4:
+                    _axpy4(X, i, t, acc, min(i + 4, last4))
+                    if diag:
+                        if w[0] != 0.0 and w[1] != 0.0 and w[2] != 0.0 and w[3] != 0.0:
+                            _sqaxpy4(X, i, w, dacc)
+                        else:  # a row of weight 0 adds nothing, whatever its x
+                            for q in range(4):
+                                if w[q] != 0.0:
+                                    _sqaxpy1(X, i + q, w[q], dacc)
+                else:
+                    for q in range(nr):
+                        _axpy1(X, i + q, t[0, q], acc)
+                        if diag and w[q] != 0.0:
+                            _sqaxpy1(X, i + q, w[q], dacc)
+                i += nr
+                count += nr
+                if count >= FLUSH:
+                    _flush1(acc, gbuf[c])
+                    if diag:
+                        _flush1(dacc, dbuf[c])
+                    count = 0
+            _flush1(acc, gbuf[c])
+            if diag:
+                _flush1(dacc, dbuf[c])
+            gbbuf[c] = bsum
+            lbuf[c] = lsum
 
 
 @jit
@@ -1092,36 +1098,41 @@ def pass_gen(X, starts, Vt, vb, mode, fam, y, a, eta, r, h, Dw, Q, qa, top, kind
     n5b, lb = tile_split(L)
     if lf != Lfp or lb != Lbp or vb.shape[0] != Lfp or gbbuf.shape[1] != L:
         raise ValueError("pass_gen: Vt, vb, gbuf or gbbuf not padded as tile_split says")
-    for c in prange(n_chunks):
-        acc = np.zeros((Lbp, d), dtype=X.dtype)
-        U = np.zeros((BLOCK, Lfp), dtype=X.dtype)
-        T = np.zeros((BLOCK, Lbp), dtype=X.dtype)
-        S = np.zeros((BLOCK, Lbp))  # float32 data: T in float64 (_put, _spill)
-        w1 = np.zeros(L)
-        w2 = np.zeros(L)
-        w3 = np.zeros(L)
-        lsum = 0.0
-        count = 0
-        i = starts[c]
-        stop = starts[c + 1]
-        while i < stop:
-            nr = min(BLOCK, stop - i)
-            _block(X, i, nr, Vt, vb, U, T, acc, n5f, False)
-            if mode == VALUE_GRAD:
-                lsum += _rows_value_grad(fam, U, T, S, nr, i, y, a, eta, r, h, w1, w2, w3,
-                                         gbbuf[c])
-            else:
-                _rows_curvature(U, T, S, nr, i, Dw, Q, qa, top, kind, m, reff, w1, w2,
-                                gbbuf[c])
-            _spill(X, i, nr, T, S, gbuf[c])
-            _block(X, i, nr, Vt, vb, U, T, acc, n5b, True)
-            count += nr
-            if count >= FLUSH:
-                _flush(acc, gbuf[c])
-                count = 0
-            i += nr
-        _flush(acc, gbuf[c])
-        lbuf[c] = lsum
+    counter = np.zeros(1, dtype=np.int64)  # see schedule
+    for _ in prange(n_chunks):
+        while True:
+            c = claim(counter)
+            if c >= n_chunks:
+                break
+            acc = np.zeros((Lbp, d), dtype=X.dtype)
+            U = np.zeros((BLOCK, Lfp), dtype=X.dtype)
+            T = np.zeros((BLOCK, Lbp), dtype=X.dtype)
+            S = np.zeros((BLOCK, Lbp))  # float32 data: T in float64 (_put, _spill)
+            w1 = np.zeros(L)
+            w2 = np.zeros(L)
+            w3 = np.zeros(L)
+            lsum = 0.0
+            count = 0
+            i = starts[c]
+            stop = starts[c + 1]
+            while i < stop:
+                nr = min(BLOCK, stop - i)
+                _block(X, i, nr, Vt, vb, U, T, acc, n5f, False)
+                if mode == VALUE_GRAD:
+                    lsum += _rows_value_grad(fam, U, T, S, nr, i, y, a, eta, r, h, w1, w2, w3,
+                                             gbbuf[c])
+                else:
+                    _rows_curvature(U, T, S, nr, i, Dw, Q, qa, top, kind, m, reff, w1, w2,
+                                    gbbuf[c])
+                _spill(X, i, nr, T, S, gbuf[c])
+                _block(X, i, nr, Vt, vb, U, T, acc, n5b, True)
+                count += nr
+                if count >= FLUSH:
+                    _flush(acc, gbuf[c])
+                    count = 0
+                i += nr
+            _flush(acc, gbuf[c])
+            lbuf[c] = lsum
 
 
 # ---------------------------------------------------------------------------- diagonal
@@ -1136,16 +1147,21 @@ def weighted_sq_colsum(X, starts, cw, gbuf):
     n_chunks = starts.shape[0] - 1
     d = X.shape[1]
     K = cw.shape[1]
-    for c in prange(n_chunks):
-        acc = gbuf[c]
-        for i in range(starts[c], starts[c + 1]):
-            for k in range(K):
-                t = cw[i, k]
-                if t == 0.0:
-                    continue
-                for j in range(d):
-                    x = np.float64(X[i, j])
-                    acc[k, j] += t * (x * x)
+    counter = np.zeros(1, dtype=np.int64)  # see schedule
+    for _ in prange(n_chunks):
+        while True:
+            c = claim(counter)
+            if c >= n_chunks:
+                break
+            acc = gbuf[c]
+            for i in range(starts[c], starts[c + 1]):
+                for k in range(K):
+                    t = cw[i, k]
+                    if t == 0.0:
+                        continue
+                    for j in range(d):
+                        x = np.float64(X[i, j])
+                        acc[k, j] += t * (x * x)
 
 
 # ----------------------------------------------------------------------------- forward
@@ -1154,19 +1170,24 @@ def forward_k1(X, starts, v, vb, out):
     """``out[i] = x_i . v + vb`` (float64 out), four rows at a time."""
     n_chunks = starts.shape[0] - 1
     V = v.reshape((1, X.shape[1]))
-    for c in prange(n_chunks):
-        i = starts[c]
-        stop = starts[c + 1]
-        while i + 4 <= stop:
-            s0, s1, s2, s3 = _dot4(X, i, V)
-            out[i] = s0 + vb
-            out[i + 1] = s1 + vb
-            out[i + 2] = s2 + vb
-            out[i + 3] = s3 + vb
-            i += 4
-        while i < stop:
-            out[i] = _dot1(X, i, V) + vb
-            i += 1
+    counter = np.zeros(1, dtype=np.int64)  # see schedule
+    for _ in prange(n_chunks):
+        while True:
+            c = claim(counter)
+            if c >= n_chunks:
+                break
+            i = starts[c]
+            stop = starts[c + 1]
+            while i + 4 <= stop:
+                s0, s1, s2, s3 = _dot4(X, i, V)
+                out[i] = s0 + vb
+                out[i + 1] = s1 + vb
+                out[i + 2] = s2 + vb
+                out[i + 3] = s3 + vb
+                i += 4
+            while i < stop:
+                out[i] = _dot1(X, i, V) + vb
+                i += 1
 
 
 @jit(parallel=True)
@@ -1179,14 +1200,19 @@ def forward_gen(X, starts, Vt, vb, out):
     Lp = Vt.shape[0]
     L = out.shape[1]
     n5 = tile_split(L)[0]
-    for c in prange(n_chunks):
-        U = np.zeros((BLOCK, Lp), dtype=X.dtype)
-        i = starts[c]
-        stop = starts[c + 1]
-        while i < stop:
-            nr = min(BLOCK, stop - i)
-            _block(X, i, nr, Vt, vb, U, U, U, n5, False)
-            for q in range(nr):
-                for l in range(L):
-                    out[i + q, l] = U[q, l]
-            i += nr
+    counter = np.zeros(1, dtype=np.int64)  # see schedule
+    for _ in prange(n_chunks):
+        while True:
+            c = claim(counter)
+            if c >= n_chunks:
+                break
+            U = np.zeros((BLOCK, Lp), dtype=X.dtype)
+            i = starts[c]
+            stop = starts[c + 1]
+            while i < stop:
+                nr = min(BLOCK, stop - i)
+                _block(X, i, nr, Vt, vb, U, U, U, n5, False)
+                for q in range(nr):
+                    for l in range(L):
+                        out[i + q, l] = U[q, l]
+                i += nr

@@ -19,6 +19,7 @@ import numpy as np
 from numba import prange
 
 from ._jit import jit
+from .schedule import claim
 
 GAUSSIAN = 0
 LOGISTIC = 1
@@ -127,19 +128,24 @@ def loss_along(fam, eta, u, alpha, y, a, starts, lbuf):
     """
     n_chunks = starts.shape[0] - 1
     K = eta.shape[1]
-    for c in prange(n_chunks):
-        e = np.zeros(K)
-        p = np.zeros(K)
-        r = np.zeros(K)
-        s = 0.0
-        for i in range(starts[c], starts[c + 1]):
-            for k in range(K):
-                e[k] = eta[i, k] + alpha * u[i, k]
-            if fam == MULTINOMIAL:
-                li = softmax_row(e, int(y[i, 0]), p, r)
-            else:
-                li = 0.0
+    counter = np.zeros(1, dtype=np.int64)  # see schedule
+    for _ in prange(n_chunks):
+        while True:
+            c = claim(counter)
+            if c >= n_chunks:
+                break
+            e = np.zeros(K)
+            p = np.zeros(K)
+            r = np.zeros(K)
+            s = 0.0
+            for i in range(starts[c], starts[c + 1]):
                 for k in range(K):
-                    li += pointwise(fam, e[k], y[i, k])[0]
-            s += weighted(a[i], li)
-        lbuf[c] = s
+                    e[k] = eta[i, k] + alpha * u[i, k]
+                if fam == MULTINOMIAL:
+                    li = softmax_row(e, int(y[i, 0]), p, r)
+                else:
+                    li = 0.0
+                    for k in range(K):
+                        li += pointwise(fam, e[k], y[i, k])[0]
+                s += weighted(a[i], li)
+            lbuf[c] = s

@@ -55,6 +55,7 @@ from numba import prange
 from . import activations as act
 from ._jit import jit
 from .losses import MULTINOMIAL, pointwise, softmax_hess_row, softmax_row, weighted
+from .schedule import claim
 
 # modes of run()
 VALUE = 0
@@ -495,12 +496,17 @@ def run(mode, X, xd, xi, xp, sparse, lc, Y, cw, l2, theta, sizes, acts, poff, ao
     Otherwise ``accs`` is unused.
     """
     C = starts.shape[0] - 1
-    for c in prange(C):
-        ca = c * acc64  # accs is a (1, 1, 1) placeholder without acc64
-        losses[c] = run_rows(mode, X, xd, xi, xp, sparse, lc, Y, cw, theta, sizes, acts, poff,
-                             aoffs[c], hoffs[c], qoffs[c], starts[c], starts[c + 1], block, V,
-                             U, outs[c], acc64, accs[ca], J, Z, H, D, DP, RZ, Ts[c], T2s[c],
-                             GTs[c], HSs[c], SQ, ones, skip)
+    counter = np.zeros(1, dtype=np.int64)  # see schedule
+    for _ in prange(C):
+        while True:
+            c = claim(counter)
+            if c >= C:
+                break
+            ca = c * acc64  # accs is a (1, 1, 1) placeholder without acc64
+            losses[c] = run_rows(mode, X, xd, xi, xp, sparse, lc, Y, cw, theta, sizes, acts, poff,
+                                 aoffs[c], hoffs[c], qoffs[c], starts[c], starts[c + 1], block, V,
+                                 U, outs[c], acc64, accs[ca], J, Z, H, D, DP, RZ, Ts[c], T2s[c],
+                                 GTs[c], HSs[c], SQ, ones, skip)
     out = outs[0]
     total = losses[0]
     sums = mode != VALUE and mode != JVP

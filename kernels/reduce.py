@@ -1,15 +1,17 @@
 """Fixed row partition and fixed-order reductions.
 
-Every parallel kernel runs ``prange`` over the chunks of a partition that depends only on the
-data (never on the thread count), writes chunk ``c``'s partial sum into ``buf[c]`` and then
-adds the chunks in the order ``0, 1, ..., C-1`` (:func:`sum_chunks`). The result is therefore
-bitwise identical for any number of threads and on every run.
+Every parallel kernel runs the chunks of a partition that depends only on the data (never on
+the thread count), each chunk on whichever thread claims it first (:mod:`.schedule`), writes
+chunk ``c``'s partial sum into ``buf[c]`` and then adds the chunks in the order
+``0, 1, ..., C-1`` (:func:`sum_chunks`). The result is therefore bitwise identical for any
+number of threads and on every run.
 """
 
 import numpy as np
 from numba import prange
 
 from ._jit import jit
+from .schedule import claim
 
 #: upper bound on the number of chunks of a partition
 MAX_CHUNKS = 32
@@ -76,11 +78,17 @@ def sum_chunks(buf, starts, out):
     1.5 ms, a few per cent of the pass that filled it. ``buf`` (C >= 1, N), ``out`` (N,).
     """
     C = buf.shape[0]
-    for b in prange(starts.shape[0] - 1):
-        j0 = starts[b]
-        j1 = starts[b + 1]
-        for j in range(j0, j1):
-            out[j] = buf[0, j]
-        for c in range(1, C):
+    n_blocks = starts.shape[0] - 1
+    counter = np.zeros(1, dtype=np.int64)  # see schedule
+    for _ in prange(n_blocks):
+        while True:
+            b = claim(counter)
+            if b >= n_blocks:
+                break
+            j0 = starts[b]
+            j1 = starts[b + 1]
             for j in range(j0, j1):
-                out[j] += buf[c, j]
+                out[j] = buf[0, j]
+            for c in range(1, C):
+                for j in range(j0, j1):
+                    out[j] += buf[c, j]

@@ -4,6 +4,7 @@ import numpy as np
 from numba import prange
 
 from ._jit import jit
+from .schedule import claim
 
 
 @jit(parallel=True)
@@ -11,32 +12,42 @@ def count_nonfinite_rows(X, starts, bad):
     """``bad[c]`` = first row of chunk c holding a NaN or inf (or -1); X (n, d) any layout."""
     n_chunks = starts.shape[0] - 1
     d = X.shape[1]
-    for c in prange(n_chunks):
-        bad[c] = -1
-        for i in range(starts[c], starts[c + 1]):
-            s = X[i, 0] * 0.0
-            for j in range(d):
-                s += X[i, j] * 0.0
-            # x * 0 is 0 for finite x and NaN for NaN or +-inf
-            if s != s:
-                bad[c] = i
+    counter = np.zeros(1, dtype=np.int64)  # see schedule
+    for _ in prange(n_chunks):
+        while True:
+            c = claim(counter)
+            if c >= n_chunks:
                 break
+            bad[c] = -1
+            for i in range(starts[c], starts[c + 1]):
+                s = X[i, 0] * 0.0
+                for j in range(d):
+                    s += X[i, j] * 0.0
+                # x * 0 is 0 for finite x and NaN for NaN or +-inf
+                if s != s:
+                    bad[c] = i
+                    break
 
 
 @jit(parallel=True)
 def first_nonfinite(a, starts, bad):
     """``bad[c]`` = first index of chunk c (of the 1-D array a) that is NaN or inf, or -1."""
     n_chunks = starts.shape[0] - 1
-    for c in prange(n_chunks):
-        bad[c] = -1
-        s = a[0] * 0.0
-        for i in range(starts[c], starts[c + 1]):
-            s += a[i] * 0.0
-        if s != s:
+    counter = np.zeros(1, dtype=np.int64)  # see schedule
+    for _ in prange(n_chunks):
+        while True:
+            c = claim(counter)
+            if c >= n_chunks:
+                break
+            bad[c] = -1
+            s = a[0] * 0.0
             for i in range(starts[c], starts[c + 1]):
-                if not np.isfinite(a[i]):
-                    bad[c] = i
-                    break
+                s += a[i] * 0.0
+            if s != s:
+                for i in range(starts[c], starts[c + 1]):
+                    if not np.isfinite(a[i]):
+                        bad[c] = i
+                        break
 
 
 @jit
