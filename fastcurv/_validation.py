@@ -17,14 +17,24 @@ FLOAT_DTYPES = (np.float32, np.float64)
 
 
 def as_float_scalar(value, name, *, low=None, allow_equal=True):
-    """A finite Python float, optionally bounded below."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (numbers.Real, np.ndarray)):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    """A finite Python float, optionally bounded below.
+
+    ``TypeError`` for anything but a real number or a 0-d array of one (bools and strings
+    included: ``rtol=True`` is not 1.0); ``ValueError`` for inf, NaN, a Python int beyond
+    float64's range (``10**400``) or a value below ``low``."""
     if isinstance(value, np.ndarray):
         if value.ndim != 0:
-            raise TypeError(f"{name} must be a scalar, got an array of shape {value.shape}")
+            raise TypeError(f"{name} must be a real number, got an array of shape {value.shape}")
+        if value.dtype.kind not in "iuf":
+            raise TypeError(f"{name} must be a real number, got {value!r}")
         value = value.item()
-    value = float(value)
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {value!r}")
+    try:
+        value = float(value)
+    except OverflowError:
+        raise ValueError(f"{name} must be finite, got an integer beyond float64's "
+                         "range") from None
     if not np.isfinite(value):
         raise ValueError(f"{name} must be finite, got {value}")
     if low is not None and (value < low or (value == low and not allow_equal)):

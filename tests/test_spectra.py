@@ -316,6 +316,16 @@ def test_eigenvalues_bad_inputs():
         top_eigenvalues(A, 2, which="LR")
     with pytest.raises(ValueError, match="tol"):
         top_eigenvalues(A, 2, tol=-1.0)
+    # a Python int beyond float64 (an OverflowError or a numpy TypeError about isfinite
+    # before), strings and flags that are not True/False (a TypeError from inside ARPACK)
+    with pytest.raises(ValueError, match="tol must be finite"):
+        top_eigenvalues(A, 2, tol=10**400)
+    with pytest.raises(TypeError, match="tol must be a real number"):
+        top_eigenvalues(A, 2, tol="1e-3")
+    for flag in ("yes", None, 1):
+        with pytest.raises(TypeError, match="return_eigenvectors must be True or False"):
+            top_eigenvalues(A, 2, return_eigenvectors=flag)
+    np.testing.assert_allclose(top_eigenvalues(A, 2, tol=2**70), [1.0, 1.0])
     with pytest.raises(ValueError, match="square"):
         top_eigenvalues(aslinearoperator(np.ones((3, 4))), 1)
 
@@ -457,6 +467,14 @@ def test_density_bad_inputs():
             spectral_density(A, 2, 3, sigma=sigma)
     with pytest.raises(ValueError, match="grid"):
         spectral_density(A, 2, 3, grid=np.zeros((2, 2)))
+    # numpy's errors before (isfinite of a huge int, "could not convert string to float")
+    with pytest.raises(ValueError, match="sigma must be finite"):
+        spectral_density(A, 2, 3, sigma=10**400)
+    with pytest.raises(TypeError, match="sigma must be a real number"):
+        spectral_density(A, 2, 3, sigma="1")
+    for grid in (["a", "b"], "abc", [True, False], [1, 10**400]):
+        with pytest.raises(TypeError, match="grid must be a 1-D array of real numbers"):
+            spectral_density(A, 2, 3, grid=grid)
     with pytest.raises(ValueError, match="n_grid"):
         spectral_density(A, 2, 3, n_grid=1)
     with pytest.raises(ValueError, match="square"):

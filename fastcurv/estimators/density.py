@@ -1,12 +1,11 @@
 """Spectral density of a symmetric operator by stochastic Lanczos quadrature (SLQ)."""
 
-import numbers
 from typing import NamedTuple
 
 import numpy as np
 from scipy.linalg import eigh_tridiagonal
 
-from .._validation import as_int, make_rng
+from .._validation import as_float_scalar, as_int, make_rng
 from .trace_estimators import _apply, _as_operator, _rademacher
 
 #: most float64 entries of Lanczos basis held at once (256 MB); more probes run in turn
@@ -156,12 +155,12 @@ def spectral_density(op, n_probes, n_steps, seed=None, grid=None, n_grid=512, si
     n_steps = as_int(n_steps, "n_steps")
     n_grid = as_int(n_grid, "n_grid", low=2)
     if sigma is not None:
-        if isinstance(sigma, (bool, np.bool_)) or not isinstance(sigma, numbers.Real) \
-                or not np.isfinite(sigma) or sigma <= 0:
-            raise ValueError(f"sigma must be a finite number > 0, got {sigma!r}")
-        sigma = float(sigma)
+        sigma = as_float_scalar(sigma, "sigma", low=0.0, allow_equal=False)
     if grid is not None:
-        grid = np.asarray(grid, dtype=np.float64)
+        g = np.asarray(grid)
+        if g.dtype.kind not in "iuf":
+            raise TypeError(f"grid must be a 1-D array of real numbers, got {g.dtype} values")
+        grid = g.astype(np.float64)
         if grid.ndim != 1 or grid.size < 1 or not np.all(np.isfinite(grid)):
             raise ValueError("grid must be a non-empty 1-D array of finite values")
     lin, P, dtype = _as_operator(op, symmetric=True)

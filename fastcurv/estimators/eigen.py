@@ -1,12 +1,11 @@
 """Extreme eigenvalues of a symmetric operator by implicitly restarted Lanczos (ARPACK)."""
 
 import inspect
-import numbers
 
 import numpy as np
 from scipy.sparse.linalg import LinearOperator, eigsh
 
-from .._validation import as_int, make_rng
+from .._validation import as_flag, as_float_scalar, as_int, make_rng
 from .trace_estimators import _apply, _as_operator
 
 WHICH = ("LA", "SA", "LM", "BE")
@@ -99,9 +98,8 @@ def top_eigenvalues(op, k, which="LA", return_eigenvectors=False, tol=0, seed=No
     k = as_int(k, "k")
     if k > P:
         raise ValueError(f"k must be <= P = {P} (the operator's size), got {k}")
-    if isinstance(tol, (bool, np.bool_)) or not isinstance(tol, numbers.Real) \
-            or not np.isfinite(tol) or tol < 0:
-        raise ValueError(f"tol must be a finite number >= 0, got {tol!r}")
+    tol = as_float_scalar(tol, "tol", low=0.0)
+    return_eigenvectors = as_flag(return_eigenvectors, "return_eigenvectors")
     rng = make_rng(seed)
     if k >= P - 1:
         M = _apply(lin, np.eye(P), dtype, 64).astype(dtype)

@@ -15,7 +15,6 @@ result. ``N`` is never formed for the projections: ``Π`` subtracts, in each of 
 the last layer's (n_in + 1, K) parameter block, the row's mean.
 """
 
-import numbers
 import warnings
 
 import numpy as np
@@ -25,7 +24,7 @@ from scipy.sparse.linalg import LinearOperator
 from .._nullspace import null_gram as _null_gram
 from .._nullspace import null_rows
 from .._nullspace import project_out as _project_out
-from .._validation import as_int, make_rng
+from .._validation import as_float_scalar, as_int, make_rng
 from ..estimators.eigen import top_eigenvalues
 from ..operators import GGNOperator, HessianOperator
 
@@ -48,14 +47,7 @@ ROUNDING_RESIDUAL = 1e-10
 
 def _float_option(options, name, default, low=0.0):
     """A real option (strings and bools refused: ``rtol=True`` was taken as 1.0)."""
-    v = options.pop(name, default)
-    if isinstance(v, (bool, np.bool_, str, bytes)) or not isinstance(
-            v, (numbers.Real, np.ndarray)) or np.ndim(v) != 0:
-        raise TypeError(f"{name} must be a real number, got {v!r}")
-    f = float(v)
-    if not np.isfinite(f) or f < low:
-        raise ValueError(f"{name} must be a finite number >= {low}, got {v!r}")
-    return f
+    return as_float_scalar(options.pop(name, default), name, low=low)
 
 
 def _dense_curvature(p, theta, curvature):
