@@ -306,16 +306,18 @@ def check_vector(v, n_params, dtype, name, *, allow_block=False):
     return finite_as(arr, dtype, name)
 
 
-def check_problem(problem, name="p"):
+def check_problem(problem, name="p", needs=()):
     """Refuse what is not a problem (fastcurv's, or an object with their API: ``n_params``,
-    ``dtype``, the products) before its first attribute is looked up (``None`` gave an
-    AttributeError about ``_check_theta``; the class ``fc.MLP`` itself a missing argument)."""
-    if isinstance(problem, type) or not (hasattr(problem, "n_params")
-                                         and hasattr(problem, "dtype")):
+    ``dtype``, the products, and the methods ``needs``) before its first attribute is looked
+    up (``None`` gave an AttributeError about ``_check_theta``; the class ``fc.MLP`` itself a
+    missing argument)."""
+    needs = ("n_params", "dtype", *needs)
+    if isinstance(problem, type) or not all(hasattr(problem, a) for a in needs):
         what = (f"the class {problem.__name__} (build one: {problem.__name__}(X, y, ...))"
                 if isinstance(problem, type) else type(problem).__name__)
+        api = "their API" if len(needs) == 2 else "their " + ", ".join(needs[2:])
         raise TypeError(f"{name} must be a problem (fastcurv.GLM, fastcurv.MLP, or an object "
-                        f"with their API), got {what}")
+                        f"with {api}), got {what}")
     return problem
 
 

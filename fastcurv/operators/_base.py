@@ -7,6 +7,7 @@ from .._validation import (
     add_damping,
     as_float_scalar,
     check_damping_fits,
+    check_problem,
     plain_array,
     problem_theta,
 )
@@ -21,10 +22,7 @@ class CurvatureOperator(LinearOperator):
     """
 
     def __init__(self, problem, theta, damping=0.0):
-        if not all(hasattr(problem, a) for a in ("n_params", "dtype")):
-            raise TypeError(f"problem must be a fastcurv problem (GLM, MLP) or an object "
-                            f"with the problem API, got {type(problem).__name__}")
-        self.problem = problem
+        self.problem = check_problem(problem, "problem")
         self.theta = problem_theta(problem, theta).copy()
         self.damping = as_float_scalar(damping, "damping", low=0.0)
         check_damping_fits(self.damping, problem.dtype)

@@ -3,7 +3,7 @@
 import numpy as np
 from scipy.sparse.linalg import LinearOperator
 
-from .._validation import plain_array, problem_theta
+from .._validation import check_problem, plain_array, problem_theta
 
 
 class JacobianOperator(LinearOperator):
@@ -15,10 +15,7 @@ class JacobianOperator(LinearOperator):
     """
 
     def __init__(self, problem, theta):
-        if not all(hasattr(problem, a) for a in ("jvp", "vjp", "n_params", "dtype")):
-            raise TypeError(f"problem must be a fastcurv problem (GLM, MLP) or an object "
-                            f"with jvp and vjp, got {type(problem).__name__}")
-        self.problem = problem
+        self.problem = check_problem(problem, "problem", needs=("jvp", "vjp"))
         self.theta = problem_theta(problem, theta).copy()
         n, K, P = problem.n_samples, problem.n_outputs, problem.n_params
         super().__init__(dtype=np.dtype(problem.dtype), shape=(n * K, P))
