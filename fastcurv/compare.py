@@ -177,10 +177,22 @@ def _block_diagonal(M, p):
 
 def _solve(op, g, damping, rtol, maxiter, M=None):
     P = op.shape[0]
-    A = _op(P, lambda V: op.matmat(V) + damping * V)
+
+    def broke_down(V):
+        # SciPy's CG divides 0 by 0 once its recursive residual underflows, which a tolerance
+        # far below rounding lets it reach (rtol=1e-320: a NaN "v" in the next product)
+        if not np.all(np.isfinite(V)):
+            raise FloatingPointError(
+                f"CG broke down before reaching rtol={rtol:g}: its residual recurrence "
+                "underflowed (float64 resolves relative residuals down to about 1e-16); pass "
+                "a larger rtol")
+        return V
+
+    A = _op(P, lambda V: op.matmat(broke_down(V)) + damping * V)
     n = [0]
     x, info = cg(A, g, rtol=rtol, atol=0.0, maxiter=maxiter, M=M,
                  callback=lambda _x: n.__setitem__(0, n[0] + 1))
+    broke_down(x)
     # an iteration count only when CG reached rtol (an indefinite Hessian, say, stalls it)
     return x, (n[0] if info == 0 else None)
 

@@ -346,3 +346,16 @@ def test_float32_singular_curvature_drops_its_rounding_level_null_directions():
         np.testing.assert_allclose(a["newton_cosine"], b["newton_cosine"], rtol=1e-4,
                                    err_msg=a["name"])
         assert a["cg_iters"] == b["cg_iters"], a["name"]
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # SciPy's 0/0
+def test_rtol_below_rounding_is_named():
+    """rtol=1e-320: SciPy's CG ran its residual recurrence down to underflow and divided 0
+    by 0; the next product raised 'v contains a non-finite value'."""
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((200, 10))
+    y = (X[:, 0] + rng.standard_normal(200) > 0).astype(float)
+    p = fc.GLM(X, y, family="logistic", l2=1e-3)
+    theta = fc.newton_cg(p, p.init()).x
+    with pytest.raises(FloatingPointError, match="CG broke down before reaching rtol"):
+        compare(p, theta, rtol=1e-320, dense_limit=0)

@@ -540,3 +540,42 @@ def test_loo_refit_with_a_gtol_that_no_refit_needs_says_so():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         fc.loo_refit(p, theta, [0, 1], tp)  # the default gtol refits
+
+
+@pytest.mark.parametrize("method", ["direct", "cg", "lissa", "arnoldi", "kfac"])
+def test_solve_of_a_huge_or_tiny_B_is_the_scaled_solve(method):
+    """Every solver is linear in B. At B = 2^600 b the curvature products overflowed (CG: a
+    NaN in "v", LiSSA: "diverged"); at 2^-1000 b, ``‖b‖²`` underflowed to 0 and CG returned
+    zeros. With each column scaled by a power of two for the solver, the solution is the
+    ordinary one times the same power of two, to the bit."""
+    p, _, theta = _logistic()
+    inf = fc.Influence(p, theta, method, damping=1e-3)
+    B = np.random.default_rng(1).standard_normal((p.n_params, 3))
+    B[:, 2] = 0.0
+    base = inf.solve(B)
+    for s in (2.0**600, 2.0**-1000):
+        np.testing.assert_array_equal(inf.solve(B * s), base * s)
+    # columns of different sizes are scaled separately
+    mixed = B * np.array([2.0**600, 2.0**-1000, 1.0])
+    np.testing.assert_array_equal(inf.solve(mixed), base * np.array([2.0**600, 2.0**-1000, 1]))
+    # a B whose solution is beyond float64 (|x| more than twice |b| here, b up to 2^1023)
+    b = np.ldexp(B[:, 0] / np.abs(B[:, 0]).max(), 1023)
+    assert np.abs(base[:, 0]).max() > 2 * np.abs(B[:, 0]).max()
+    with pytest.raises(FloatingPointError, match=r"\(H \+ damping I\)\^-1 B overflows"):
+        inf.solve(b)
+
+
+def test_preconditioner_faults_are_named():
+    """A preconditioner returning NaN reached the curvature products as 'v contains a
+    non-finite value'; a complex one was cast to real with a ComplexWarning and CG then
+    reported 'negative curvature'."""
+    from scipy.sparse.linalg import LinearOperator, aslinearoperator
+
+    p, _, theta = _logistic()
+    P = p.n_params
+    nan = LinearOperator((P, P), matvec=lambda v: np.full_like(v, np.nan), dtype=float)
+    with pytest.raises(FloatingPointError, match="preconditioner returned NaN or inf"):
+        fc.Influence(p, theta, "cg", preconditioner=nan).solve(np.ones(P))
+    with pytest.raises(TypeError, match="preconditioner must return real values"):
+        fc.Influence(p, theta, "cg",
+                     preconditioner=aslinearoperator(1j * np.eye(P))).solve(np.ones(P))

@@ -185,15 +185,34 @@ class Influence:
                              f"({self.p.n_params}, m), got {B.shape}")
         if not np.all(np.isfinite(B)):
             raise ValueError("B contains NaN or inf")
-        out = self.solver.solve(B.reshape(self.p.n_params, -1))
+        out = self._solve(B.reshape(self.p.n_params, -1), "B")
         return out[:, 0] if one else out
+
+    def _solve(self, B, what):
+        """``(H + δI)⁻¹ B`` with each column scaled by a power of two for the solver (its
+        largest entry into [1, 2)) and the solution scaled back. Every solver is linear in B,
+        so this changes no bit where B is of ordinary size; a huge column no longer
+        overflows the curvature products (CG raised about a NaN in "v" at B = 1e200), a tiny
+        one no longer underflows the norms (CG took ``‖b‖`` of a subnormal B as 0 and returned
+        zeros, LiSSA lost half its value). ``what`` names B in the error raised when the
+        solution itself is beyond float64."""
+        top = np.max(np.abs(B), axis=0) if B.size else np.zeros(B.shape[1])
+        e = np.where(top > 0, np.frexp(top)[1] - 1, 0)
+        with np.errstate(over="ignore"):  # an overflow is raised below, by name
+            out = np.ldexp(self.solver.solve(np.ldexp(B, -e)), e)
+        if not np.all(np.isfinite(out)):
+            raise FloatingPointError(
+                f"(H + damping I)^-1 {what} overflows float64 (largest |{what}| "
+                f"{top.max():.3g}): scale {what} down, or pass damping > 0 if the curvature "
+                "is nearly singular")
+        return out
 
     def factors(self, test_p, rows=None):
         """``s_t = (H + δI)⁻¹ g_t`` for the test points (rows of ``test_p``), (m_test, P)."""
         G = self._grads(self._check_test(test_p), rows)
         if G.shape[0] == 0:
             return np.empty((0, self.p.n_params))
-        return np.ascontiguousarray(self.solver.solve(G.T).T)
+        return np.ascontiguousarray(self._solve(G.T, "the test gradients").T)
 
     def _row_blocks(self, idx, m):
         # bounded by the scores (m per row) and by the rows' data (d per row): a block of
@@ -316,7 +335,7 @@ class Influence:
         for a in range(0, idx.size, block):
             b = min(idx.size, a + block)
             G = self._grads(self.p, idx[a:b])
-            X = self.solver.solve(G.T)
+            X = self._solve(G.T, "the gradients")
             out[a:b] = np.einsum("ip,pi->i", G, X)
             bar.update(b - a)
         return out
@@ -328,7 +347,7 @@ class Influence:
         if idx.size == 0:
             return np.empty((0, self.p.n_params))
         G = self._grads(self.p, idx)
-        X = self.solver.solve(G.T).T
+        X = self._solve(G.T, "the gradients").T
         return _weights(self.p, idx)[:, None] * X
 
     def __repr__(self):

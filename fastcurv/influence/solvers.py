@@ -188,11 +188,18 @@ class BlockCG(Solver):
                 "first, or use curvature='ggn'")
 
     def _apply_m(self, R):
-        """``Π M⁻¹ R`` (``R`` itself without a preconditioner)."""
+        """``Π M⁻¹ R`` (``R`` itself without a preconditioner). A preconditioner's complex or
+        non-finite output is refused by name (it reached the curvature products as a NaN in
+        "v", or, complex, as "negative curvature")."""
         if self.M is None:
             return R.copy()
-        return _project_out(self.null, np.array(self.M.matmat(R), dtype=np.float64)
-                            .reshape(R.shape))
+        Z = np.asarray(self.M.matmat(R))
+        if Z.dtype.kind not in "biuf":
+            raise TypeError(f"the preconditioner must return real values, got {Z.dtype}")
+        Z = np.array(Z, dtype=np.float64).reshape(R.shape)
+        if not np.all(np.isfinite(Z)):
+            raise FloatingPointError("the preconditioner returned NaN or inf")
+        return _project_out(self.null, Z)
 
 
 def _preconditioner(pc, p, theta, damping, curvature, options):
