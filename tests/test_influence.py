@@ -579,3 +579,73 @@ def test_preconditioner_faults_are_named():
     with pytest.raises(TypeError, match="preconditioner must return real values"):
         fc.Influence(p, theta, "cg",
                      preconditioner=aslinearoperator(1j * np.eye(P))).solve(np.ones(P))
+
+
+def test_lissa_on_float32_data_converges_without_warning():
+    """The default tol was 1e-10 whatever the dtype: a float32 series never met it, ran all
+    5,000 steps (39 in float64) and warned that its result may be far off (it was 1.4e-7
+    from the direct solve). Float32 data now stop at ten float32 epsilons."""
+    p64, tp64, theta = _logistic(n=200, d=5, l2=1e-2)
+    p = fc.GLM(p64.X.astype(np.float32), p64._y2[:, 0], "logistic", l2=1e-2,
+               sample_weight=p64._w)
+    tp = p.with_data(tp64.X.astype(np.float32), tp64._y2[:, 0])
+    th = fc.newton_cg(p, theta.astype(np.float32), gtol=1e-6).x
+    want = fc.Influence(p, th, "direct").scores(tp)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        inf = fc.Influence(p, th, "lissa")
+        got = inf.scores(tp)
+    assert inf.solver.info["converged"] and inf.solver.info["steps"] < 200
+    assert inf.solver.tol == pytest.approx(10 * np.finfo(np.float32).eps)
+    np.testing.assert_allclose(got, want, rtol=0, atol=3e-6 * np.abs(want).max())
+    assert fc.Influence(p64, theta, "lissa").solver.tol == 1e-10
+
+
+def _indefinite_mlp():
+    rng = np.random.default_rng(4)
+    X = rng.standard_normal((43, 2))
+    y = rng.integers(0, 3, 43).astype(float)
+    y[:3] = [0, 1, 2]
+    p = fc.MLP(X[:40], y[:40], sizes=(2, 3, 3), activation="tanh",
+               loss="softmax_cross_entropy", l2=1e-2)
+    return p, p.with_data(X[40:], y[40:]), p.init(seed=0)
+
+
+def test_indefinite_hessian_messages_and_the_arnoldi_warning():
+    """At a random MLP initialization (the Hessian has negative eigenvalues) ``direct``
+    refused with "pass damping > 0" even when damping was already 1e-3; ``arnoldi``
+    returned scores inverting the negative eigenvalues without a word."""
+    p, tp, th = _indefinite_mlp()
+    low = np.linalg.eigvalsh(p.hessian(th))[0]
+    assert low < -0.05
+    with pytest.raises(ValueError, match="pass a damping above") as err:
+        fc.Influence(p, th, "direct", damping=1e-3)
+    assert f"its smallest eigenvalue is {low + 1e-3:.3g}" in str(err.value)
+    with pytest.warns(RuntimeWarning, match="arnoldi: .* negative"):
+        fc.Influence(p, th, "arnoldi")
+    # above the most negative eigenvalue the damped Hessian is positive definite: no warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fc.Influence(p, th, "arnoldi", damping=-low + 0.1)
+
+
+def test_loo_refit_of_an_mlp_uses_the_trust_region():
+    """A leave-one-out MLP objective can be indefinite at the fitted θ: line-search Newton-CG
+    took 1,323 iterations there (RuntimeError at max_iter=200), the trust region 22."""
+    rng = np.random.default_rng(4)
+    X = rng.standard_normal((43, 2))
+    y = (rng.random((43, 2)) < 0.5).astype(float)
+    p = fc.MLP(X[:40], y[:40], sizes=(2, 3, 2), activation="tanh",
+               loss="sigmoid_cross_entropy", l2=1e-2)
+    tp = p.with_data(X[40:], y[40:])
+    from scipy.optimize import minimize
+
+    th = minimize(p.value, p.init(seed=0), jac=p.grad, method="BFGS",
+                  options=dict(gtol=1e-10)).x
+    th = fc.newton_cg(p, th, gtol=1e-12, method="trust-region").x
+    res = fc.loo_refit(p, th, [39], tp)
+    assert res.n_iter[0] < 100
+    with pytest.raises(RuntimeError, match="refit without row 39 did not converge"):
+        fc.loo_refit(p, th, [39], tp, method="line-search")
+    with pytest.raises(ValueError, match="method must be"):
+        fc.loo_refit(p, th, [39], tp, method="direct")

@@ -89,7 +89,8 @@ class Influence:
       iteration for the block); options ``rtol`` (1e-8, > 0), ``maxiter``, ``preconditioner``
       (None, ``"diag"``, ``"kfac"``, ``"nystrom"``).
     * ``"lissa"``: the Neumann series with its scale from the top eigenvalue; options
-      ``depth``, ``tol``, ``scale``, ``batch_size``, ``repeats``, ``seed``.
+      ``depth``, ``tol`` (1e-10; 1.2e-6 for float32 data), ``scale``, ``batch_size``,
+      ``repeats``, ``seed``.
     * ``"arnoldi"``: top-``rank`` eigenpairs (Lanczos, from a fixed start vector);
       ``"nystrom"``: randomized Nyström sketch of rank ``rank``, drawn from ``seed`` (None: a
       fresh draw every time; pass an integer for reproducible scores); both exact at full
