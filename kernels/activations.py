@@ -12,11 +12,13 @@ Codes (shared with :mod:`fastcurv.problems.mlp`)::
 (``a = φ(z)``, ``Φ``/``ϕ`` the standard normal cdf/pdf; relu'(0) = 0.)
 
 The sigmoid's derivatives use ``σ(−z)`` for ``1 − a``, which cancels once ``a`` nears 1
-(``a (1 − a)`` lost 12% of φ' at z = 35 in float64). ``tanh``'s keep ``(1 − a)(1 + a)`` from
-the rounded ``a``, in the data's precision, because the exact ``sech² z`` costs one more
-exponential per unit in every backward pass: beyond ``|z| ≈ 9`` (float32) / ``19``
-(float64) ``a`` rounds to ±1 and φ' to 0, where the true value is below 1e-7 / 1e-16 (and
-relative precision is lost a little before that).
+(``a (1 − a)`` lost 12% of φ' at z = 35 in float64). For the same reason ``tanh``'s take
+``1 − |a|`` from ``e^{−2|z|}``, computed with ``a`` in the forward pass and kept in place of
+``z`` (:func:`tanh_rows`): ``(1 − a)(1 + a)`` from the rounded ``a`` lost ``0.87 |z|``
+digits (a review against mpmath: 4 at z = 5, 7.6 at z = 10, every one from z = 19 in
+float64 and z = 9 in float32, where ``a`` rounds to ±1 and φ' became 0) in every gradient
+and product below a saturated tanh layer. It costs one division per unit in float64 and
+nothing in float32, whose tanh already forms the complement.
 
 Without Intel SVML, LLVM turns ``math.tanh``/``math.exp`` into one libm call per element (about
 20 ns: 20 ms for the 10⁶ hidden units of a 1,024-row 512-512 MLP, more than its matrix
@@ -109,11 +111,12 @@ def exp_nonpos(t):
 
 
 @jit(inline=True)
-def tanh(x):
-    """tanh in float64 with one division: Cephes' rational form ``x + x z P(z)/Q(z)`` below
-    0.625, ``(1 − E)/(1 + E)`` with ``E = e^{−2|x|}`` in Padé form above (|x| clamped at 20,
-    where tanh rounds to ±1). Within 2 ulp (tested against mpmath). NaN stays NaN."""
-    ax = min(abs(x), 20.0)
+def _tanh_abs(ax):
+    """``(tanh ax, 1 − tanh ax)`` for ``0 <= ax <= 373`` in float64, each within 2 ulp: Cephes'
+    rational form ``x + x z P(z)/Q(z)`` below 0.625 (the complement ``1 − t`` is then at
+    least 0.44, without cancellation), ``(1 − E)/(1 + E)`` and ``2E/(1 + E)`` with
+    ``E = e^{−2 ax}`` in Padé form above (tanh rounds to 1 from 19.1 on, its complement
+    keeps its digits down to float64's subnormals at 373)."""
     z = ax * ax
     num_s = ax * z * ((-9.64399179425052238628e-1 * z - 9.92877231001918586564e1) * z
                       - 1.61468768441708447952e3)
@@ -125,12 +128,38 @@ def tanh(x):
     num = num_s if small else qm - e
     den = den_s if small else qm + e
     t = (ax if small else 0.0) + num / den
+    c = 1.0 - t if small else (e + e) / den
+    return t, c
+
+
+#: |x| beyond which float64 tanh's complement 1 − |tanh x| = 2 e^{−2|x|}/(1 + e^{−2|x|}) is
+#: below float64's smallest subnormal
+TANH_CLAMP = 373.0
+
+
+@jit(inline=True)
+def tanh(x):
+    """tanh in float64 with one division (see :func:`_tanh_abs`). Within 2 ulp (tested
+    against mpmath). NaN stays NaN."""
+    t = _tanh_abs(min(abs(x), TANH_CLAMP))[0]
     if x != x:
         return x
     return math.copysign(t, x)
 
 
-_F32_CLAMP = np.float32(10.0)
+@jit(inline=True)
+def tanh_c(x):
+    """``(tanh x, 1 − |tanh x|)`` in float64: the complement from ``e^{−2|x|}``, not from the
+    rounded tanh (``1 − |a|`` of a rounded ``a`` has lost ``log10(e^{2|x|}/4)`` digits,
+    all of them beyond |x| = 19.1, where ``a`` rounds to ±1). NaN gives (NaN, NaN)."""
+    t, c = _tanh_abs(min(abs(x), TANH_CLAMP))
+    if x != x:
+        return x, x
+    return math.copysign(t, x), c
+
+
+#: float32 tanh's complement 2/(e^{2|x|} + 1) stays a normal float32 up to |x| = 43
+_F32_CLAMP = np.float32(43.0)
 _F32_SMALL = np.float32(0.625)
 _F32_LOG2E = np.float32(1.44269504088896341)
 _F32_C1 = np.float32(0.693359375)
@@ -146,11 +175,11 @@ _F32_E = (np.float32(1.9875691500e-4), np.float32(1.3981999507e-3), np.float32(8
 
 
 @jit(inline=True)
-def tanh32(x):
-    """tanh in float32 arithmetic (16 lanes per AVX-512 vector): Cephes' tanhf polynomial
-    below 0.625, ``1 − 2/(e^{2|x|} + 1)`` with Cephes' expf above (|x| clamped at 10, where
-    float32 tanh rounds to ±1). Within 2 float32 ulp (tested). NaN stays NaN."""
-    ax = min(abs(x), _F32_CLAMP)
+def _tanh32_abs(ax):
+    """``(tanh ax, 1 − tanh ax)`` in float32 arithmetic for ``0 <= ax <= 43`` (16 lanes per
+    AVX-512 vector): Cephes' tanhf polynomial below 0.625 (complement ``1 − t``), and
+    ``1 − c`` with ``c = 2/(e^{2 ax} + 1)`` from Cephes' expf above (tanh rounds to 1 from
+    9.01 on; ``c`` keeps its digits up to 43, a normal float32 there). Within 2 float32 ulp."""
     z = ax * ax
     c = _F32_T
     small = ((((c[0] * z + c[1]) * z + c[2]) * z + c[3]) * z + c[4]) * z * ax + ax
@@ -161,11 +190,28 @@ def tanh32(x):
     e = ((((((q[0] * r + q[1]) * r + q[2]) * r + q[3]) * r + q[4]) * r + q[5]) * (r * r)
          + r + _F32_ONE)
     E = e * _bits_as_f32((np.int32(kf) + np.int32(127)) << np.int32(23))
-    big = _F32_ONE - _F32_TWO / (E + _F32_ONE)
-    y = small if ax < _F32_SMALL else big
+    comp = _F32_TWO / (E + _F32_ONE)
+    below = ax < _F32_SMALL
+    return (small if below else _F32_ONE - comp), (_F32_ONE - small if below else comp)
+
+
+@jit(inline=True)
+def tanh32(x):
+    """tanh in float32 arithmetic (see :func:`_tanh32_abs`). Within 2 float32 ulp (tested).
+    NaN stays NaN."""
+    y = _tanh32_abs(min(abs(x), _F32_CLAMP))[0]
     if x != x:
         return x
     return np.float32(math.copysign(y, x))
+
+
+@jit(inline=True)
+def tanh32_c(x):
+    """``(tanh x, 1 − |tanh x|)`` in float32 arithmetic (see :func:`tanh_c`)."""
+    y, c = _tanh32_abs(min(abs(x), _F32_CLAMP))
+    if x != x:
+        return x, x
+    return np.float32(math.copysign(y, x)), c
 
 
 def tanh_t(x):
@@ -183,38 +229,32 @@ def _tanh_t(x):
 @jit(strict=True)
 def _tanh_rows32(Z, b, A, add_bias):
     nb, w = Z.shape
-    if add_bias:
-        for i in range(nb):
-            for j in range(w):
-                z = Z[i, j] + b[j]
-                Z[i, j] = z
-                A[i, j] = tanh32(z)
-    else:
-        for i in range(nb):
-            for j in range(w):
-                A[i, j] = tanh32(Z[i, j])
+    for i in range(nb):
+        for j in range(w):
+            a, c = tanh32_c(Z[i, j] + b[j] if add_bias else Z[i, j])
+            A[i, j] = a
+            Z[i, j] = c
 
 
 @jit(strict=True)
 def _tanh_rows64(Z, b, A, add_bias):
     nb, w = Z.shape
-    if add_bias:
-        for i in range(nb):
-            for j in range(w):
-                z = Z[i, j] + b[j]
-                Z[i, j] = z
-                A[i, j] = tanh(np.float64(z))
-    else:
-        for i in range(nb):
-            for j in range(w):
-                A[i, j] = tanh(np.float64(Z[i, j]))
+    for i in range(nb):
+        for j in range(w):
+            a, c = tanh_c(np.float64(Z[i, j] + b[j] if add_bias else Z[i, j]))
+            A[i, j] = a
+            Z[i, j] = c
 
 
 def tanh_rows(Z, b, A, add_bias):
-    """``Z += b`` (if ``add_bias``) and ``A[:, :w] = tanh(Z)``, in float32 arithmetic for
-    float32 ``Z`` (one compiled loop per dtype, chosen at compile time)."""
-    Z += b if add_bias else 0
-    A[:, :Z.shape[1]] = np.tanh(Z)
+    """``A[:, :w] = tanh(Z + b)`` (``b`` added if ``add_bias``), and ``Z`` overwritten with
+    the complement ``1 − |A|`` computed from ``e^{−2|z|}`` (:func:`tanh_c`): what the
+    derivatives ``φ' = c (2 − c)`` and ``φ'' = −2 a φ'`` need, to full relative precision
+    also where ``a`` rounds to ±1. In float32 arithmetic for float32 ``Z`` (one compiled loop
+    per dtype, chosen at compile time)."""
+    z = Z + b if add_bias else Z
+    A[:, :Z.shape[1]] = np.tanh(z)
+    Z[...] = 1.0 - np.abs(np.tanh(z))
 
 
 @overload(tanh_rows)
@@ -252,7 +292,8 @@ def value(code, z):
 
 @jit(inline=True)
 def d1(code, z, a):
-    """``φ'(z)`` from ``z`` and ``a = φ(z)`` (float64)."""
+    """``φ'(z)`` from ``z`` and ``a = φ(z)`` (float64). (The MLP kernels take tanh's from
+    the complement ``1 − |a|`` instead: :func:`tanh_rows`.)"""
     if code == TANH:
         return (1.0 - a) * (1.0 + a)
     if code == RELU:
@@ -274,8 +315,9 @@ def d2(code, z, a):
     if code == TANH:
         return -2.0 * a * (1.0 - a) * (1.0 + a)
     if code == SIGMOID:
-        sn = sigmoid(-z)  # 1 − a without cancellation; 1 − 2a = σ(−z) − σ(z)
-        return a * sn * (sn - a)
+        # σ(z) σ(−z) (σ(−z) − σ(z)), with σ(−z) − σ(z) = −tanh(z/2): the difference of the
+        # two rounded sigmoids lost 7.4 digits at z = 1e-8 (a review against mpmath)
+        return -(a * sigmoid(-z)) * tanh(0.5 * z)
     if code == SOFTPLUS:
         s = sigmoid(z)
         return s * sigmoid(-z)
@@ -297,7 +339,9 @@ def _one(A):
 def bias_act(code, Z, b, A, add_bias):
     """``Z += b`` (per row, if ``add_bias``), then ``A[:, :w] = φ(Z)``; if ``A`` has a column
     more than ``Z`` (the augmented input ``[h, 1]`` of the next layer) it is set to 1.
-    ``code < 0``: bias only, ``A`` unused."""
+    ``code < 0``: bias only, ``A`` unused. For ``TANH``, ``Z`` then holds the complement
+    ``1 − |a|`` instead of ``z`` (:func:`tanh_rows`), which the derivative kernels below
+    read."""
     nb, w = Z.shape
     if code < 0:
         if add_bias:
@@ -323,14 +367,15 @@ def bias_act(code, Z, b, A, add_bias):
 
 @jit(strict=True)
 def times_d1(code, Z, A, G, out):
-    """``out = G ⊙ φ'(Z)`` (out may be G)."""
-    one = _one(A)  # tanh' = (1 - a)(1 + a) in the data's precision
+    """``out = G ⊙ φ'(Z)`` (out may be G); for ``TANH`` ``Z`` holds ``c = 1 − |a|``
+    (:func:`tanh_rows`) and ``φ' = c (2 − c)``."""
+    two = _one(A) + _one(A)  # in the data's precision
     nb, w = Z.shape
     if code == TANH:
         for i in range(nb):
             for j in range(w):
-                a = A[i, j]
-                out[i, j] = G[i, j] * ((one - a) * (one + a))
+                c = Z[i, j]
+                out[i, j] = G[i, j] * (c * (two - c))
     elif code == IDENTITY:
         for i in range(nb):
             for j in range(w):
@@ -344,8 +389,9 @@ def times_d1(code, Z, A, G, out):
 @jit(strict=True)
 def r_act(code, Z, A, RZ, T, b, use_T, RA):
     """``RZ += T`` (or ``+= b`` per row if not ``use_T``), then ``RA[:, :w] = φ'(Z) ⊙ RZ``
-    and ``RA[:, w] = 0`` if ``RA`` has the extra column: one pass (R-forward of a layer)."""
-    one = _one(A)  # tanh' = (1 - a)(1 + a) in the data's precision
+    and ``RA[:, w] = 0`` if ``RA`` has the extra column: one pass (R-forward of a layer).
+    For ``TANH`` ``Z`` holds ``c = 1 − |a|`` and ``φ' = c (2 − c)``."""
+    two = _one(A) + _one(A)  # in the data's precision
     nb, w = Z.shape
     if RA.shape[1] > w:
         for i in range(nb):
@@ -355,15 +401,15 @@ def r_act(code, Z, A, RZ, T, b, use_T, RA):
             for j in range(w):
                 r = RZ[i, j] + T[i, j]
                 RZ[i, j] = r
-                a = A[i, j]
-                RA[i, j] = r * ((one - a) * (one + a))
+                c = Z[i, j]
+                RA[i, j] = r * (c * (two - c))
     elif code == TANH:
         for i in range(nb):
             for j in range(w):
                 r = RZ[i, j] + b[j]
                 RZ[i, j] = r
-                a = A[i, j]
-                RA[i, j] = r * ((one - a) * (one + a))
+                c = Z[i, j]
+                RA[i, j] = r * (c * (two - c))
     else:
         for i in range(nb):
             for j in range(w):
@@ -374,14 +420,16 @@ def r_act(code, Z, A, RZ, T, b, use_T, RA):
 
 @jit(strict=True)
 def r_backward_fuse(code, Z, A, RD, T, DP, RZ):
-    """``RD = (RD + T) ⊙ φ'(Z) + DP ⊙ φ''(Z) ⊙ RZ``: the R-operator of ``δ = (δ' Wᵀ) ⊙ φ'``."""
-    one = _one(A)  # tanh' = (1 - a)(1 + a) in the data's precision
+    """``RD = (RD + T) ⊙ φ'(Z) + DP ⊙ φ''(Z) ⊙ RZ``: the R-operator of ``δ = (δ' Wᵀ) ⊙ φ'``.
+    For ``TANH`` ``Z`` holds ``c = 1 − |a|``: ``φ' = c (2 − c)``, ``φ'' = −2 a φ'``."""
+    two = _one(A) + _one(A)  # in the data's precision
     nb, w = Z.shape
     if code == TANH:
         for i in range(nb):
             for j in range(w):
                 a = A[i, j]
-                g = (one - a) * (one + a)
+                c = Z[i, j]
+                g = c * (two - c)
                 RD[i, j] = (RD[i, j] + T[i, j]) * g - (a + a) * g * DP[i, j] * RZ[i, j]
     else:
         for i in range(nb):

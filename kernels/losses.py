@@ -66,12 +66,16 @@ def pointwise(fam, eta, y):
     return 0.5 * res * res, res, 1.0
 
 
-@jit
+@jit(strict=True)
 def softmax_row(eta, label, p, r):
     """Softmax cross-entropy of one row.
 
     Writes the probabilities ``p = softmax(eta)`` and the residual ``r = p - e_label``
     (both length K, float64) and returns the loss ``logsumexp(eta) - eta[label]``.
+
+    Compiled without reassociation: with it, LLVM turned ``(m − η_label) + log s`` into
+    ``(log s + m) − η_label``, whose rounding is that of ``m`` (a review against mpmath:
+    logits [700, 699, 698], label 1, 154 eps off; 0.16 eps in this order).
     """
     K = eta.shape[0]
     top = _argmax(eta)

@@ -33,7 +33,8 @@ copied) handles its bias separately.
 
 Buffers (C-contiguous, allocated once by the caller and reused across calls), for a block of
 ``nb <= B`` rows: ``Z``, ``DP``, ``RZ`` hold ``(nb, w_l)`` per layer from ``aoff[l] = B
-Σ_{j<l} w_j``; ``H`` holds ``(2 nb, w_l + 1)`` per hidden layer from ``hoff[l]``; ``D``
+Σ_{j<l} w_j`` (after the forward pass a tanh layer's ``Z`` holds ``1 − |a|``, not ``z``:
+``activations.tanh_rows``); ``H`` holds ``(2 nb, w_l + 1)`` per hidden layer from ``hoff[l]``; ``D``
 ``(2 nb, w_l)`` per layer from ``2 aoff[l]``; ``T``, ``T2`` one ``(nb, max w)`` temporary,
 ``GT`` one layer's parameter block, ``HS`` (B, K) float64 the per-row loss curvature (``ℓ''``
 or the softmax ``p``), ``ones`` (B,) ones. Parameters: layer ``l``'s ``W̃_l`` starts at

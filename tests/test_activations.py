@@ -130,3 +130,47 @@ def test_sigmoid_derivatives_keep_their_precision_when_saturated():
     assert np.all(_ulps(o1, e1, np.float64) <= 4.0)
     big = np.abs(e2) > 1e-300
     assert np.all(_ulps(o2[big], e2[big], np.float64) <= 8.0)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_saturated_tanh_units_keep_their_gradient_digits(dtype):
+    """φ' of tanh was ``(1 − a)(1 + a)`` from the rounded ``a``: 0.87 |z| digits lost (4 at
+    z = 5, 7.6 at z = 10, all of them from z = 19 in float64 and z = 9 in float32, where it
+    became 0), in every gradient and product below a saturated layer. Against numpy's
+    ``1 / cosh(z)²``, the first layer's weight gradient of a 1-3-1 network whose units sit at
+    z = 2 ... 30 (float32: up to 12)."""
+    import fastcurv as fc
+
+    zs = np.array([2.0, 5.0, 10.0, 15.0, 30.0] if dtype == np.float64
+                  else [2.0, 5.0, 8.0, 10.0, 12.0])
+    n = zs.size
+    X = np.ones((n, 1), dtype=dtype)
+    y = np.zeros(n, dtype=dtype)
+    p = fc.MLP(X, y, sizes=(1, n, 1), activation="tanh", loss="mse")
+    W1 = np.vstack([np.zeros((1, n)), zs[None, :]]).astype(dtype)  # z_j = 0 x + zs_j (bias)
+    W2 = np.vstack([np.ones((n, 1)), np.zeros((1, 1))]).astype(dtype)
+    theta = p.flatten([W1, W2])
+    g = p.unflatten(p.grad(theta))[0]
+    # reference: z and a in float64 from the dtype's inputs, sech² from cosh
+    z = W1[1].astype(np.float64)
+    a = np.tanh(z)
+    r = np.ones(n) * a.sum()  # every row's output (the same x = 1): sum_j a_j
+    # mse: ℓ = (1/2)(f - y)^2, mean over the n rows; d f / d b1_j = sech²(z_j)
+    want_b = np.mean(r) * (1.0 / np.cosh(z) ** 2)
+    got_b = g[1].astype(np.float64)
+    rtol = 8 * np.finfo(dtype).eps if dtype == np.float64 else 8 * np.finfo(dtype).eps
+    np.testing.assert_allclose(got_b, want_b, rtol=rtol, atol=0)
+
+
+def test_sigmoid_second_derivative_near_zero():
+    """φ'' = a s (s − a) with ``s = σ(−z)``: ``s − a`` cancels near z = 0 (7.4 digits lost at
+    z = 1e-8, a review against mpmath); ``−tanh(z/2)`` keeps them."""
+    x = np.array([-1e-2, -1e-5, -1e-8, -1e-12, 1e-12, 1e-8, 1e-5, 1e-2, 0.3])
+    o1, o2 = np.empty_like(x), np.empty_like(x)
+    _derivs(ac.SIGMOID, x, o1, o2)
+
+    def s2(z):
+        e = mpmath.exp(-z)
+        return -(e / (1 + e) ** 2) * mpmath.tanh(z / 2)
+
+    assert np.all(_ulps(o2, _exact(s2, x), np.float64) <= 8.0)

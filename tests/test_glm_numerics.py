@@ -3,6 +3,7 @@ bitwise determinism across thread counts and repeated calls.
 """
 
 import dataclasses
+import math
 from decimal import Decimal
 
 import numba
@@ -724,3 +725,15 @@ def test_csr_kernels_zero_their_own_chunk_accumulators():
                      no1, no2, no2, no2, Dw, no2, no1, np.zeros(1, dtype=np.int64), 0, 1, lbuf,
                      g2, gb2)
     np.testing.assert_allclose(g2.sum(axis=0), Xd.T @ (Dw * (Xd @ V)), rtol=1e-12)
+
+
+def test_softmax_loss_value_at_large_logits_keeps_its_digits():
+    """``(m − η_label) + log s`` was reassociated by LLVM into ``(log s + m) − η_label``, whose
+    rounding is that of the largest logit: exact logits [700, 699, 698] with label 1 gave a
+    loss 154 eps off. The exact value is ``1 + log(1 + e^-1 + e^-2)``."""
+    X = np.ones((1, 1))
+    p = fc.GLM(X, np.array([1]), family="multinomial", n_classes=3, fit_intercept=False)
+    theta = np.array([700.0, 699.0, 698.0])
+    want = 1.0 + math.log1p(math.exp(-1.0) + math.exp(-2.0))
+    assert abs(p.value(theta) - want) <= 2 * np.finfo(float).eps * want
+    assert abs(p.value_and_grad(theta)[0] - want) <= 2 * np.finfo(float).eps * want
