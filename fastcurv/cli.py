@@ -93,7 +93,7 @@ def _check_options(args):
                          "create or to write into")
     if args.out:
         try:  # created now, so that a path that cannot be a folder fails before the fit
-            os.makedirs(args.out, exist_ok=True)
+            _makedirs(args.out)
         except OSError as e:
             raise ValueError(f"--out {args.out}: cannot create this folder "
                              f"({e.strerror or e})") from None
@@ -197,6 +197,9 @@ def build_parser():
         prog="fastcurv", description="Curvature kernels: fit models by Newton-CG, and "
                                      "influence functions."
     )
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"fastcurv {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     nw = sub.add_parser(
         "newton", help="fit a GLM by Newton-CG",
@@ -351,10 +354,36 @@ def _make_out_folder(path):
     if os.path.exists(path) and not os.path.isdir(path):
         raise ValueError(f"--out {path}: exists and is not a folder")
     try:
-        os.makedirs(path, exist_ok=True)
+        _makedirs(path)
     except OSError as exc:
         raise ValueError(f"--out {path}: cannot create the folder ({exc.strerror or exc})"
                          ) from None
+
+
+#: folders this command created (``_makedirs``): removed again, if still empty, when the
+#: command fails (a run that stopped at a missing data file left an empty ``--out``)
+_CREATED = []
+
+
+def _makedirs(path):
+    """``os.makedirs(path, exist_ok=True)``, remembering the folders it creates."""
+    new = []
+    head = os.path.abspath(path)
+    while head and not os.path.exists(head):
+        new.append(head)
+        head = os.path.dirname(head)
+    os.makedirs(path, exist_ok=True)
+    _CREATED.extend(new)
+
+
+def _remove_created():
+    """Remove the folders of ``_CREATED`` that are still empty (deepest first)."""
+    for d in _CREATED:  # recorded deepest first
+        try:
+            os.rmdir(d)
+        except OSError:
+            break  # not empty (or gone): so are its parents
+    _CREATED.clear()
 
 
 def _compare_parser(sub):
@@ -595,6 +624,19 @@ def main(argv=None):
     if getattr(args, "func", None) is None:
         parser.print_help()
         return 2
+    _CREATED.clear()
+    rc = 2
+    try:
+        rc = _run(args)
+        return rc
+    finally:
+        if rc != 0:
+            _remove_created()
+        _CREATED.clear()
+
+
+def _run(args):
+    """``args.func(args)``, its failures reported in one line (exit status 2)."""
     try:
         # failures are reported by the checks themselves, in one line: numpy's floating-point
         # warnings (overflow on absurdly scaled data, say) would only add lines before it

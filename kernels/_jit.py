@@ -21,6 +21,7 @@ import functools
 import inspect
 import threading
 import types
+import warnings
 
 import numba
 
@@ -49,9 +50,34 @@ def jit(fn=None, *, parallel=False, inline=False, strict=False):
     def wrap(f):
         if parallel:
             return ChunkedKernel(f, opts)
-        return numba.njit(**opts)(f)
+        return njit(f, opts)
 
     return wrap(fn) if fn is not None else wrap
+
+
+def njit(f, opts):
+    """``numba.njit(**opts)(f)``, without the on-disk cache where Numba has nowhere to write
+    it: an install that cannot be written by a user without a writable home (a service
+    account, a container's ``USER`` with ``HOME=/nonexistent``) failed at ``import fastcurv``
+    with "cannot cache function ...: no locator available". The kernels are then compiled in
+    every process (seconds), and one warning says how to keep them
+    (``NUMBA_CACHE_DIR``)."""
+    try:
+        return numba.njit(**opts)(f)
+    except RuntimeError as exc:
+        if not opts.get("cache") or "no locator available" not in str(exc):
+            raise
+        if not _NO_CACHE_WARNED:
+            _NO_CACHE_WARNED.append(True)
+            warnings.warn(
+                "fastcurv: Numba cannot write its on-disk cache here (the package folder is "
+                "read-only and there is no writable home folder), so the kernels are compiled "
+                "again in every process; set NUMBA_CACHE_DIR to a writable folder to keep "
+                "them", RuntimeWarning, stacklevel=2)
+        return numba.njit(**dict(opts, cache=False))(f)
+
+
+_NO_CACHE_WARNED = []
 
 
 class ChunkedKernel:
@@ -73,10 +99,10 @@ class ChunkedKernel:
     """
 
     def __init__(self, f, opts):
-        self.parallel = numba.njit(**opts)(f)
+        self.parallel = njit(f, opts)
         # a renamed copy: Numba's on-disk cache keys entries by the function's name and the
         # signature, not by the ``parallel`` flag, so the twins must not share a name
-        self.serial = numba.njit(**dict(opts, parallel=False))(_renamed(f, "__serial"))
+        self.serial = njit(_renamed(f, "__serial"), dict(opts, parallel=False))
         self._starts = list(inspect.signature(f).parameters).index("starts")
         functools.update_wrapper(self, f)
 

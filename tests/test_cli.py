@@ -643,3 +643,23 @@ def test_compare_with_an_overflowing_l2_names_the_option(tmp_path, capsys):
     assert rc != 0
     assert "--l2 1e+300" in err and "use a smaller --l2" in err and "add an L2" not in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_a_failed_run_leaves_no_empty_out_folder(tmp_path, capsys):
+    """``--out`` is created before the work (an unusable path fails early), but a run that
+    then failed (a missing data file) left the empty folder behind, and ``compare`` its
+    default ``compare-report/`` in the current folder."""
+    out = tmp_path / "fit" / "deep"
+    assert main(["newton", "--data", str(tmp_path / "missing.npz"), "--out", str(out)]) == 2
+    assert "no such file" in capsys.readouterr().err
+    assert not (tmp_path / "fit").exists()
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    assert main(["newton", "--data", str(tmp_path / "missing.npz"), "--out", str(kept)]) == 2
+    assert kept.is_dir()  # not created by the run: left alone
+
+
+def test_version_and_python_m():
+    out = subprocess.run([sys.executable, "-m", "fastcurv", "--version"], capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == f"fastcurv {fc.__version__}"

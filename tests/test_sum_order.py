@@ -20,6 +20,7 @@ import pytest
 import scipy.sparse as sp
 from fastcurv.kernels import _jit, glm_csr, glm_dense, losses, mlp
 from ir_audit import address_dependent_sums
+from llvmlite.binding import llvm_version_info
 
 import fastcurv as fc
 
@@ -42,6 +43,11 @@ def _apart_and_adjacent(K):
     return (np.zeros(K), np.zeros(K)), (buf[:K], buf[K:])
 
 
+@pytest.mark.skipif(
+    llvm_version_info < (15,),
+    reason="LLVM 14 (numba 0.60) guards such loops with an overlap check, not the pointer "
+           "distance check the audit looks for, and its sums did not depend on addresses "
+           "(adjacent and distant arrays gave the same bits in 50 of 50 trials)")
 def test_the_audit_finds_a_sum_behind_a_distance_check():
     bad = numba.njit(**_FRESH)(_store_and_sum)
     sig = (numba.float64[::1], numba.float64[::1])
