@@ -237,7 +237,7 @@ def build_parser():
     nw.add_argument("--no-intercept", action="store_true", help="fit without an intercept")
     nw.add_argument("--out", help="folder for coef.npy, intercept.npy and summary.json")
     nw.add_argument("--quiet", action="store_true", help="no per-iteration lines")
-    nw.set_defaults(func=_newton)
+    nw.set_defaults(func=_newton, parser=nw)
     _influence_parser(sub)
     _compare_parser(sub)
     return parser
@@ -414,7 +414,7 @@ def _compare_parser(sub):
                     help="seed of the initial weights and of the random probes (default 0)")
     cp.add_argument("--out", default="compare-report", help="report folder "
                                                             "(default compare-report)")
-    cp.set_defaults(func=_compare)
+    cp.set_defaults(func=_compare, parser=cp)
 
 
 INFLUENCE_N, INFLUENCE_D, FLIP_FRACTION = 20_000, 50, 0.01
@@ -586,7 +586,7 @@ def _influence_parser(sub):
                     "self_influence.npy, train_rows.npy (the data row of each score column) "
                     "and summary.json")
     ip.add_argument("--progress", action="store_true", help="progress bars on stderr")
-    ip.set_defaults(func=_influence)
+    ip.set_defaults(func=_influence, parser=ip)
 
 
 #: library argument names and the command-line options that set them
@@ -620,7 +620,9 @@ def _warning_line(message, category, filename, lineno, file=None, line=None):
 
 def main(argv=None):
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # named by the command's own usage, not the top-level one
+        getattr(args, "parser", parser).error(f"unrecognized arguments: {' '.join(extra)}")
     if getattr(args, "func", None) is None:
         parser.print_help()
         return 2

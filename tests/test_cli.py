@@ -663,3 +663,12 @@ def test_version_and_python_m():
     out = subprocess.run([sys.executable, "-m", "fastcurv", "--version"], capture_output=True,
                          text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == f"fastcurv {fc.__version__}"
+
+
+def test_an_unknown_option_is_named_with_the_command_usage(capsys):
+    """``fastcurv newton --bogus`` printed the top-level usage (``fastcurv [-h] COMMAND``)."""
+    with pytest.raises(SystemExit) as exc:
+        main(["newton", "--bogus"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: fastcurv newton") and "unrecognized arguments: --bogus" in err
