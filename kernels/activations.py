@@ -17,15 +17,16 @@ The sigmoid's derivatives use ``σ(−z)`` for ``1 − a``, which cancels once `
 ``z`` (:func:`tanh_rows`): ``(1 − a)(1 + a)`` from the rounded ``a`` lost ``0.87 |z|``
 digits (a review against mpmath: 4 at z = 5, 7.6 at z = 10, every one from z = 19 in
 float64 and z = 9 in float32, where ``a`` rounds to ±1 and φ' became 0) in every gradient
-and product below a saturated tanh layer. It costs one division per unit in float64 and
-nothing in float32, whose tanh already forms the complement.
+and product below a saturated tanh layer. It costs nothing: both precisions form the
+complement on the way to tanh (:func:`_tanh_abs`, :func:`_tanh32_abs`).
 
 Without Intel SVML, LLVM turns ``math.tanh``/``math.exp`` into one libm call per element (about
 20 ns: 20 ms for the 10⁶ hidden units of a 1,024-row 512-512 MLP, more than its matrix
 products). ``tanh`` and the sigmoid are therefore written here from a branch-free ``exp`` (Cephes'
 Padé form on ``|r| ≤ ln2/2`` and ``2^k`` built from its bit pattern) that LLVM vectorizes:
-each with a single division: ``tanh`` is within 2 ulp of the correctly rounded value (tested
-against mpmath). Float32 data get a float32 ``tanh`` (16 lanes per AVX-512 vector). The loops
+each with a single division: ``tanh`` is within 1 ulp of the correctly rounded value (tested
+against mpmath). Float32 data get a float32 ``tanh``. The row loops ask for whole AVX-512
+registers (:func:`.simd.prefer_wide_vectors`: 16 float32 or 8 float64 lanes). They
 are compiled with ``strict=True`` (see :mod:`._jit`): reassociation would undo the exact
 argument reduction of ``exp`` (an error of 100 ulp in the sigmoid at −700 was seen).
 """
@@ -37,6 +38,7 @@ from numba import types
 from numba.extending import intrinsic, overload
 
 from ._jit import jit
+from .simd import prefer_wide_vectors
 
 IDENTITY = 0
 TANH = 1
@@ -112,11 +114,14 @@ def exp_nonpos(t):
 
 @jit(inline=True)
 def _tanh_abs(ax):
-    """``(tanh ax, 1 − tanh ax)`` for ``0 <= ax <= 373`` in float64, each within 2 ulp: Cephes'
-    rational form ``x + x z P(z)/Q(z)`` below 0.625 (the complement ``1 − t`` is then at
-    least 0.44, without cancellation), ``(1 − E)/(1 + E)`` and ``2E/(1 + E)`` with
-    ``E = e^{−2 ax}`` in Padé form above (tanh rounds to 1 from 19.1 on, its complement
-    keeps its digits down to float64's subnormals at 373)."""
+    """``(tanh ax, 1 − tanh ax)`` for ``0 <= ax <= 373`` in float64 with one division: tanh
+    within 1 ulp, its complement within 2 (tested against mpmath). Below 0.625 Cephes'
+    rational form ``t = x + x z P(z)/Q(z)`` and ``1 − t`` (at least 0.44 there, without
+    cancellation); above, the complement ``c = 2E/(1 + E)`` with ``E = e^{−2 ax}`` in Padé
+    form and ``t = 1 − c`` (``c < 0.45`` there, so the subtraction loses nothing). tanh rounds
+    to 1 from 19.1 on; its complement keeps its digits down to float64's subnormals at 373.
+    (Computing ``(1 − E)/(1 + E)`` and ``2E/(1 + E)`` took two divisions, the loop's
+    bottleneck, and left tanh within 2 ulp.)"""
     z = ax * ax
     num_s = ax * z * ((-9.64399179425052238628e-1 * z - 9.92877231001918586564e1) * z
                       - 1.61468768441708447952e3)
@@ -125,10 +130,9 @@ def _tanh_abs(ax):
     qm, qp, s1, s2 = _exp_pade(-2.0 * ax)
     e = (qp * s1) * s2
     small = ax < 0.625
-    num = num_s if small else qm - e
-    den = den_s if small else qm + e
-    t = (ax if small else 0.0) + num / den
-    c = 1.0 - t if small else (e + e) / den
+    q = (num_s if small else e + e) / (den_s if small else qm + e)
+    t = ax + q if small else 1.0 - q
+    c = 1.0 - t if small else q
     return t, c
 
 
@@ -139,9 +143,9 @@ TANH_CLAMP = 373.0
 
 @jit(inline=True)
 def tanh(x):
-    """tanh in float64 with one division (see :func:`_tanh_abs`). Within 2 ulp (tested
+    """tanh in float64 with one division (see :func:`_tanh_abs`). Within 1 ulp (tested
     against mpmath). NaN stays NaN."""
-    return tanh_c(x)[0]  # the complement's division is dead code once inlined
+    return tanh_c(x)[0]
 
 
 @jit(inline=True)
@@ -222,6 +226,7 @@ def _tanh_t(x):
 
 @jit(strict=True)
 def _tanh_rows32(Z, b, A, add_bias):
+    prefer_wide_vectors()
     nb, w = Z.shape
     for i in range(nb):
         for j in range(w):
@@ -232,6 +237,7 @@ def _tanh_rows32(Z, b, A, add_bias):
 
 @jit(strict=True)
 def _tanh_rows64(Z, b, A, add_bias):
+    prefer_wide_vectors()
     nb, w = Z.shape
     for i in range(nb):
         for j in range(w):
@@ -336,6 +342,7 @@ def bias_act(code, Z, b, A, add_bias):
     ``code < 0``: bias only, ``A`` unused. For ``TANH``, ``Z`` then holds the complement
     ``1 − |a|`` instead of ``z`` (:func:`tanh_rows`), which the derivative kernels below
     read."""
+    prefer_wide_vectors()
     nb, w = Z.shape
     if code < 0:
         if add_bias:
@@ -363,6 +370,7 @@ def bias_act(code, Z, b, A, add_bias):
 def times_d1(code, Z, A, G, out):
     """``out = G ⊙ φ'(Z)`` (out may be G); for ``TANH`` ``Z`` holds ``c = 1 − |a|``
     (:func:`tanh_rows`) and ``φ' = c (2 − c)``."""
+    prefer_wide_vectors()
     two = _one(A) + _one(A)  # in the data's precision
     nb, w = Z.shape
     if code == TANH:
@@ -385,6 +393,7 @@ def r_act(code, Z, A, RZ, T, b, use_T, RA):
     """``RZ += T`` (or ``+= b`` per row if not ``use_T``), then ``RA[:, :w] = φ'(Z) ⊙ RZ``
     and ``RA[:, w] = 0`` if ``RA`` has the extra column: one pass (R-forward of a layer).
     For ``TANH`` ``Z`` holds ``c = 1 − |a|`` and ``φ' = c (2 − c)``."""
+    prefer_wide_vectors()
     two = _one(A) + _one(A)  # in the data's precision
     nb, w = Z.shape
     if RA.shape[1] > w:
@@ -416,6 +425,7 @@ def r_act(code, Z, A, RZ, T, b, use_T, RA):
 def r_backward_fuse(code, Z, A, RD, T, DP, RZ):
     """``RD = (RD + T) ⊙ φ'(Z) + DP ⊙ φ''(Z) ⊙ RZ``: the R-operator of ``δ = (δ' Wᵀ) ⊙ φ'``.
     For ``TANH`` ``Z`` holds ``c = 1 − |a|``: ``φ' = c (2 − c)``, ``φ'' = −2 a φ'``."""
+    prefer_wide_vectors()
     two = _one(A) + _one(A)  # in the data's precision
     nb, w = Z.shape
     if code == TANH:

@@ -1,5 +1,5 @@
-"""Explicit 256-bit vectors for register tiles, wide vectors for streaming loops, and a
-software prefetch.
+"""Explicit 256-bit vectors for register tiles, wide vectors for streaming loops, a software
+prefetch, and a hint that lets LLVM's loop vectorizer use whole AVX-512 registers.
 
 LLVM vectorizes plain loops well, but not register tiles: a tile written as scalar
 accumulators (``s00 += x0 * v0`` for 2 rows x 5 columns) is left to the SLP vectorizer,
@@ -329,3 +329,30 @@ def is_float32(typingctx, arr):
         return context.get_constant(types.boolean, val)
 
     return types.boolean(arr), codegen
+
+
+#: the LLVM function attribute behind :func:`prefer_wide_vectors`
+_WIDE_ATTRIBUTE = f'"prefer-vector-width"="{8 * WIDE_BYTES}"'
+
+
+@intrinsic
+def prefer_wide_vectors(typingctx):
+    """Let LLVM's loop vectorizer use ``WIDE_BYTES`` vectors (whole AVX-512 registers) in the
+    function that calls this; a no-op where ``WIDE_BYTES`` is 32.
+
+    On AVX-512 CPUs LLVM prefers 256-bit vectors unless a function says otherwise (clang's
+    ``-mprefer-vector-width=512``: the function attribute ``"prefer-vector-width"="512"``,
+    set here on the caller). Elementwise loops with long arithmetic chains (the activations'
+    ``exp`` and ``tanh``) then do twice the lanes per instruction: float32 ``tanh`` rows of a
+    128 x 64 block took 6.6 µs against 8.8, float64 17.8 against 21.6 (bench/README.md).
+
+    llvmlite's attribute set only takes a fixed list of names, none of them key-value
+    attributes, so the attribute is added to the set as text (the set is rendered as written
+    into the function's definition, which LLVM then parses)."""
+
+    def codegen(context, builder, sig, args):
+        if WIDE_BYTES > VECTOR_BYTES:
+            set.add(builder.function.attributes, _WIDE_ATTRIBUTE)
+        return context.get_dummy_value()
+
+    return types.void(), codegen

@@ -36,11 +36,53 @@ def _exact(f, x):
         return np.array([float(f(mpmath.mpf(float(v)))) for v in x])
 
 
-def test_tanh_float64_within_2_ulp():
+@jit(strict=True)
+def _tanh_pairs(x, t, c):
+    for i in range(x.shape[0]):
+        t[i], c[i] = ac.tanh_c(x[i])
+
+
+def test_tanh_float64_within_1_ulp():
+    """tanh from one division, its complement the quotient (it was ``(1 − E)/(1 + E)``, a
+    second division, within 2 ulp)."""
     x = _grid(40.0, 20001)
     out = np.empty_like(x)
     _values(ac.TANH, x, out)
-    assert _ulps(out, _exact(mpmath.tanh, x), np.float64).max() <= 2.0
+    assert _ulps(out, _exact(mpmath.tanh, x), np.float64).max() <= 1.0
+
+
+def test_tanh_complement_float64_within_2_ulp():
+    """``1 − |tanh x|`` from ``e^{−2|x|}`` (what the MLP's derivatives use), up to the
+    clamp at 373 where it becomes subnormal; tanh itself along the same grid."""
+    rng = np.random.default_rng(0)
+    x = np.concatenate([_grid(372.0, 20001), rng.uniform(0.5, 0.75, 5000), [0.625]])
+    t = np.empty_like(x)
+    c = np.empty_like(x)
+    _tanh_pairs(x, t, c)
+    with mpmath.workprec(120):
+        comp = np.array([float(2 / (mpmath.exp(2 * abs(mpmath.mpf(float(v)))) + 1))
+                         for v in x])
+    assert _ulps(c, comp, np.float64).max() <= 2.0
+    assert _ulps(t, _exact(mpmath.tanh, x), np.float64).max() <= 1.0
+
+
+def test_row_loops_use_whole_avx512_registers():
+    """The activation row loops carry ``"prefer-vector-width"="512"`` (kernels/simd.py:
+    ``prefer_wide_vectors``) where the code is compiled for AVX-512, and LLVM then uses zmm
+    registers; elsewhere nothing is added."""
+    import numba
+    from fastcurv.kernels import _jit, simd
+
+    f = numba.njit(**dict(_jit._OPTIONS, cache=False,
+                          fastmath=set(_jit.FASTMATH_STRICT)))(ac._tanh_rows32.py_func)
+    sig = (numba.float32[:, ::1], numba.float32[::1], numba.float32[:, ::1], numba.boolean)
+    f.compile(sig)
+    ir = f.inspect_llvm(sig)
+    if simd.WIDE_BYTES == 64:
+        assert '"prefer-vector-width"="512"' in ir
+        assert "zmm" in f.inspect_asm(sig)
+    else:
+        assert "prefer-vector-width" not in ir
 
 
 def test_sigmoid_float64_within_2_ulp():
