@@ -125,7 +125,7 @@ def _newton(args):
         family = args.family or "logistic"
     t_read = time.perf_counter() - t_start
     if args.dtype == "float32":
-        X = X.astype(np.float32)
+        X = _float32(X, source)
     y = _labels_for(family, np.asarray(y, dtype=np.float64), note)
     p = fc.GLM(X, y, family=family, l2=args.l2, fit_intercept=not args.no_intercept)
     kind = "CSR" if p.is_sparse else "dense"
@@ -599,6 +599,20 @@ _ARG_VALUE = re.compile(
 _WORDS = {"fit_intercept=False": "--no-intercept", "increase max_iter": "increase --max-iter",
           "loosen gtol": "loosen --gtol", "after max_iter = ": "after --max-iter ",
           "> gtol = ": "> --gtol ", "use a smaller l2": "use a smaller --l2"}
+
+
+def _float32(X, source):
+    """``X`` (dense or sparse) in float32, refusing finite values beyond float32's range: the
+    cast makes them inf, which the problem then reported as "NaN/inf entries" that the file
+    does not hold."""
+    vals = X.data if hasattr(X, "tocsr") else np.asarray(X)
+    big = np.isfinite(vals) & (np.abs(vals) > np.finfo(np.float32).max)
+    if np.any(big):
+        top = float(np.abs(vals[big]).max())
+        raise ValueError(f"{source}: X holds values up to {top:.3g}, beyond float32's range "
+                         f"({float(np.finfo(np.float32).max):.3g}): use --dtype float64, or "
+                         "rescale the features")
+    return X.astype(np.float32)
 
 
 def _in_command_words(message):

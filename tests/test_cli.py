@@ -213,6 +213,28 @@ def test_float32_option(logistic_npz, capsys):
     assert "float32" in out
 
 
+@pytest.mark.parametrize("sparse", [False, True])
+def test_float32_option_refuses_values_beyond_float32(tmp_path, capsys, sparse):
+    """Finite float64 values beyond float32's range: the cast made them inf, and the error
+    told the user to remove NaN/inf entries that the file does not hold (a review)."""
+    import scipy.sparse as sp
+
+    X, y = synthetic("logistic", n=50, d=3, seed=2)
+    X = X * 1e39
+    if sparse:
+        A = sp.csr_matrix(X)
+        np.savez(tmp_path / "big.npz", X_data=A.data, X_indices=A.indices, X_indptr=A.indptr,
+                 X_shape=np.array(A.shape), y=y)
+    else:
+        np.savez(tmp_path / "big.npz", X=X, y=y)
+    rc = main(["newton", "--data", str(tmp_path / "big.npz"), "--dtype", "float32"])
+    out, err = capsys.readouterr()
+    assert rc == 2
+    _one_error_line(err)
+    assert "beyond float32's range" in err and "--dtype float64" in err
+    assert "NaN" not in err
+
+
 def test_float32_npz_is_fitted_in_float64_by_default(tmp_path, capsys):
     X, y = synthetic("logistic", n=300, d=4, seed=21)
     np.savez(tmp_path / "f32.npz", X=X.astype(np.float32), y=y)

@@ -365,6 +365,38 @@ def test_lissa_that_reaches_its_depth_says_so():
     assert done.solver.info["converged"] is True
 
 
+def test_lissa_batches_estimate_the_weighted_curvature_without_bias():
+    """Row batches of the stochastic LiSSA on unequal sample weights. Rows were drawn
+    uniformly and weighted within the batch (``Σ_S w_i H_i / Σ_S w_i``): with one row of
+    weight 200 among 40 the mean batch Hessian was 91% off the weighted one, and a batch of
+    weight-0 rows raised "the 2 rows selected all have sample_weight 0" (a review). Now rows
+    are drawn in proportion to their weights: the mean over many batches approaches the
+    dense weighted Hessian (tests/reference.py), and zero weights are never drawn."""
+    rng = np.random.default_rng(0)
+    n, d = 40, 3
+    X = rng.standard_normal((n, d))
+    y = (X[:, 0] + rng.standard_normal(n) > 0).astype(float)
+    w = np.ones(n)
+    w[0] = 200.0
+    p = fc.GLM(X, y, family="logistic", l2=0.1, sample_weight=w)
+    theta = 0.3 * rng.standard_normal(p.n_params)
+    want = RefGLM(X, y, "logistic", 1, 0.1, True, w).hessian(theta)
+    solver = fc.Influence(p, theta, method="lissa", batch_size=5, seed=0).solver
+    draws = np.random.default_rng(1)
+    eye = np.eye(p.n_params)
+    mean = sum(solver._op(draws).matmat(eye) for _ in range(2000)) / 2000
+    assert np.abs(mean - want).max() < 0.03 * np.abs(want).max()
+
+    w0 = np.zeros(n)
+    w0[:3] = 1.0
+    p0 = fc.GLM(X, y, family="logistic", l2=0.1, sample_weight=w0)
+    theta0 = fc.newton_cg(p0, gtol=1e-10).x
+    got = fc.Influence(p0, theta0, method="lissa", batch_size=2, seed=0, repeats=4).factors(
+        p0.subset([0]))
+    ref = fc.Influence(p0, theta0, method="direct").factors(p0.subset([0]))
+    assert np.all(np.isfinite(got)) and got.shape == ref.shape
+
+
 def test_loo_refit_checks_its_inputs_and_warns_away_from_a_minimizer():
     p, tp, theta = _logistic(n=100, weighted=False)
     with pytest.raises(TypeError, match="same model"):

@@ -750,3 +750,48 @@ def test_load_takes_a_bytes_path(tmp_path):
     X, y = load(os.fsencode(str(path)))
     np.testing.assert_array_equal(X.toarray(), [[0.5, 0, 2], [0, 1, 0]])
     np.testing.assert_array_equal(y, [1, 0])
+
+
+def test_svmlight_byte_order_mark_is_skipped(tmp_path):
+    """A UTF-8 byte-order mark (Windows editors write one) before the first label was read
+    as part of it: "the label is not a number: '\\ufeff1'" (a review)."""
+    body = b"1 1:0.5 3:2\n0 2:1.5\n"
+    (tmp_path / "bom.svm").write_bytes(b"\xef\xbb\xbf" + body)
+    (tmp_path / "plain.svm").write_bytes(body)
+    X, y = load_svmlight(tmp_path / "bom.svm")
+    X0, y0 = load_svmlight(tmp_path / "plain.svm")
+    np.testing.assert_array_equal(y, y0)
+    np.testing.assert_array_equal(X.toarray(), X0.toarray())
+    # and with gzip
+    with gzip.open(tmp_path / "bom.svm.gz", "wb") as f:
+        f.write(b"\xef\xbb\xbf" + body)
+    np.testing.assert_array_equal(load_svmlight(tmp_path / "bom.svm.gz")[0].toarray(),
+                                  X0.toarray())
+
+
+def test_npz_csr_parts_with_unsorted_indices_are_sorted(tmp_path):
+    """Column indices out of order within a row are valid CSR (scipy sorts them on demand):
+    the reader returned them as stored, and the problem then asked the command-line user to
+    call ``X.sort_indices()`` (a review). The reader sorts them, values along."""
+    rng = np.random.default_rng(0)
+    D = np.where(rng.random((6, 5)) < 0.5, rng.standard_normal((6, 5)), 0.0)
+    A = sp.csr_matrix(D)
+    idx, dat = A.indices.copy(), A.data.copy()
+    for i in range(6):
+        a, b = A.indptr[i], A.indptr[i + 1]
+        idx[a:b], dat[a:b] = idx[a:b][::-1].copy(), dat[a:b][::-1].copy()
+    np.savez(tmp_path / "u.npz", X_data=dat, X_indices=idx, X_indptr=A.indptr,
+             X_shape=np.array(A.shape), y=np.arange(6.0))
+    X, _ = load_npz(tmp_path / "u.npz")
+    assert X.has_sorted_indices
+    assert np.all(np.diff(X.indices[X.indptr[2]:X.indptr[3]]) > 0)
+    np.testing.assert_array_equal(X.toarray(), D)
+
+
+def test_csv_single_line_with_another_delimiter_says_so(tmp_path):
+    """A one-line ``;``-separated file: its line was taken as a header and the error said
+    only "no data rows", without the delimiter hint multi-line files get (a review)."""
+    (tmp_path / "one.csv").write_text("1;2;3\n")
+    with pytest.raises(DataError, match=r"no data rows \(its only line was read as a header; "
+                                        r"the fields seem to be separated by ';'"):
+        load_csv(tmp_path / "one.csv")

@@ -238,7 +238,8 @@ class LiSSA(Solver):
     Hazan 2017), by the recursion ``x_{j+1} = b + x_j − (C + δI) x_j / s``, estimate
     ``x_J / s``. ``s`` (option ``scale``) defaults to 1.1 times the largest eigenvalue of
     ``C + δI`` (Lanczos). With ``batch_size`` the products use random row subsets (the
-    stochastic LiSSA; ``repeats`` runs averaged, seeded by ``seed``); by default the full
+    stochastic LiSSA; ``repeats`` runs averaged, seeded by ``seed``; rows drawn in proportion
+    to their sample weights where these differ, see :meth:`_op`); by default the full
     data. Stops when ``‖x_{j+1} − x_j‖ ≤ tol ‖x_j‖`` (``tol`` 1e-10 on float64 data, ten
     float32 epsilons, 1.2e-6, on float32 data, whose curvature products resolve no finer: with
     1e-10 every float32 series ran all ``depth`` steps and warned that its result may be far
@@ -259,6 +260,12 @@ class LiSSA(Solver):
                                                               "batch_size", 1)
         self.seed = options.pop("seed", None)
         make_rng(self.seed)  # refused here, naming the option, rather than in solve
+        w = getattr(p, "_w", None)
+        #: row probabilities of the batches where sample weights differ (see _op)
+        self._draw_p = None
+        if w is not None and not np.all(w == w[0]):
+            r = w / w.max()  # weights of 1e300 would overflow their sum
+            self._draw_p = r / r.sum()
         self.A = curvature_operator(p, theta, curvature, damping)
         scale = options.pop("scale", None)
         if scale is None:
@@ -271,11 +278,24 @@ class LiSSA(Solver):
                              "eigenvalue at theta")
 
     def _op(self, rng):
-        if self.batch_size is None or self.batch_size >= self.p.n_samples:
+        """The curvature of one random batch (or of all rows): an unbiased estimate of ``C``.
+
+        Equal sample weights: ``batch_size`` distinct rows, uniformly. Unequal ones: rows
+        drawn with replacement with probabilities ``w_i / Σ w``, each draw counted once
+        with unit weight, so that the batch's mean curvature has expectation
+        ``Σ w_i C_i / Σ w``. (Uniform draws weighted within the batch, ``Σ_S w_i C_i / Σ_S
+        w_i``, are biased: 91% off with one row of weight 200 among 40, and a batch of
+        weight-0 rows had no curvature at all.)"""
+        n = self.p.n_samples
+        if self.batch_size is None or self.batch_size >= n:
             return self.A
-        rows = np.sort(rng.choice(self.p.n_samples, self.batch_size, replace=False))
-        return curvature_operator(self.p.subset(rows), self.theta, self.curvature,
-                                  self.damping)
+        if self._draw_p is None:
+            rows = np.sort(rng.choice(n, self.batch_size, replace=False))
+            batch = self.p.subset(rows)
+        else:
+            rows = np.sort(rng.choice(n, self.batch_size, replace=True, p=self._draw_p))
+            batch = self.p._rows_problem(rows)
+        return curvature_operator(batch, self.theta, self.curvature, self.damping)
 
     def solve(self, B):
         B = np.asarray(B, dtype=np.float64)

@@ -63,7 +63,11 @@ def _csv_table(path, source, encoding, delimiter):
         if data is None:
             raise DataError(f"{path}: could not be read as numeric CSV")
     if data.shape[0] == 0:
-        raise DataError(f"{path}: no data rows")
+        why = ""
+        if header:  # one line, taken as a header: another delimiter is the likely reason
+            hint = _delimiter_hint(text, delimiter).strip()[1:-1]  # its words, unbracketed
+            why = f" (its only line was read as a header{'; ' + hint if hint else ''})"
+        raise DataError(f"{path}: no data rows{why}")
     if data.shape[1] < 2:
         raise DataError(f"{path}: needs at least one feature column and one target column"
                         + _delimiter_hint(text, delimiter))

@@ -113,4 +113,9 @@ def _csr_from_parts(path, data, indices, indptr, shape, fmt="csr"):
     shape = tuple(int(k) for k in shape)
     if fmt == "csc":
         return sp.csc_matrix((data, indices, indptr), shape=shape).tocsr()
-    return sp.csr_matrix((data, indices, indptr), shape=shape)
+    X = sp.csr_matrix((data, indices, indptr), shape=shape)
+    # column indices out of order within a row are valid CSR (scipy sorts them on demand);
+    # the problems refuse them, with advice for Python callers, so they are sorted here
+    if not X.has_sorted_indices:
+        X.sort_indices()
+    return X

@@ -21,7 +21,8 @@ _SVM_ERRORS = {
 
 
 def load_svmlight(path, *, zero_based="auto", n_features=None):
-    """svmlight / libsvm text: ``label idx:val ...`` per line, ``#`` comments, ``qid:`` ignored.
+    """svmlight / libsvm text: ``label idx:val ...`` per line, ``#`` comments, ``qid:`` ignored,
+    a UTF-8 byte-order mark at the start skipped.
 
     Indices are one-based unless ``zero_based`` is True; ``"auto"`` treats the file as
     zero-based only if an index 0 occurs (scikit-learn's rule). Parsed in one compiled pass;
@@ -64,10 +65,19 @@ def _svm_bytes(path):
     """The file's bytes (decompressed for gzip or bzip2) as a writable uint8 array."""
     raw = _decompressed(path)
     if raw is None:
-        return np.fromfile(path, dtype=np.uint8)
-    # a writable copy: the parser is compiled for writable arrays (a read-only buffer would
-    # have it compiled a second time)
-    return np.frombuffer(raw, dtype=np.uint8).copy()
+        buf = np.fromfile(path, dtype=np.uint8)
+    else:
+        # a writable copy: the parser is compiled for writable arrays (a read-only buffer
+        # would have it compiled a second time)
+        buf = np.frombuffer(raw, dtype=np.uint8).copy()
+    if buf[:3].tobytes() == _BOM:
+        # a UTF-8 byte-order mark (Windows editors write one) read as spaces, which the parser
+        # skips: offsets and line numbers in messages stay those of the file
+        buf[:3] = 32
+    return buf
+
+
+_BOM = b"\xef\xbb\xbf"
 
 
 def _svm_parse(path, buf):
