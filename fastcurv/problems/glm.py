@@ -910,6 +910,9 @@ class GLM:
                 elif kind == "mc":
                     delta = families.sample_residuals(self.family, st.eta[s:e], st.h[s:e],
                                                       streams[j])
+                    # a row of weight 0 adds nothing, also where its own mean overflows
+                    # (EK-FAC's second moments multiply these rows by √c_i = 0 only later)
+                    delta[self._a[s:e] == 0.0] = 0.0
                 elif self._fam == MULTINOMIAL:
                     pj = self._rows_of(st, "h")[s:e]
                     sq = np.sqrt(pj[:, j])
