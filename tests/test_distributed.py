@@ -502,11 +502,14 @@ def test_worker_killed_during_a_fit(client):
     killed = []
 
     def callback(theta, info):
-        if info["iter"] == 1:
+        # again at later iterations while no recovery has been needed: under load a kill
+        # was once absorbed without one (17 operations, ``recoveries == 0``, cause not
+        # found; the fit's result was right), which tests nothing of the recovery
+        if info["iter"] == 1 or (killed and p.stats.recoveries == 0 and len(killed) < 3):
             killed.append(_kill_a_holder(client, p))
 
     got = fc.newton_cg(p, preconditioner="diag", callback=callback)
-    assert killed and p.stats.recoveries >= 1
+    assert killed and p.stats.recoveries >= 1, (killed, p.stats)
     # chunk results do not depend on where they are computed: the same bits
     assert np.array_equal(got.x, want.x) and got.fun == want.fun
     assert got.n_iter == want.n_iter and got.n_cg == want.n_cg

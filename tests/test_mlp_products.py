@@ -1113,3 +1113,28 @@ def test_single_chunk_large_network_does_not_depend_on_blas_threads():
             res.append((p.grad(th), p.hvp(th, v), p.ggn_vp(th, v)))
     for a, b in zip(*res, strict=True):
         assert np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_hvp_where_the_stacked_weight_product_runs_as_two(dtype):
+    """The 20-64-64-1 network on one 128-row block: the hidden layer's Hessian weight term
+    ``[h̃; R h̃]ᵀ [Rδ; δ]`` (65 x 256 x 64) runs as its two halves (kernels/mlp.py,
+    ``_split_stacked``; the smaller test networks never take that path). Against the complex
+    step of the reference's backpropagated gradient along ``v``; float32 against the float64
+    reference at float32's precision."""
+    from fastcurv.kernels import mlp as mlp_kernels
+
+    sizes = (20, 64, 64, 1)
+    assert mlp_kernels._split_stacked(128, 65, 64)
+    assert not mlp_kernels._split_stacked(128, 21, 64)  # the first layer: one product
+    X, y, w = make_data("mse", 1, 128, 20, seed=3)
+    ref = RefMLP(X, y, sizes, "tanh", "mse", 0.1, w)
+    theta = random_theta(sizes, seed=3)
+    v = random_vectors(ref.P, seed=4)
+    want = ref.grad_bp(theta + 1j * H_CS * v).imag / H_CS
+    p = fc.MLP(X.astype(dtype), y, sizes=sizes, activation="tanh", loss="mse", l2=0.1,
+               sample_weight=w)
+    got = p.hvp(theta.astype(dtype), v.astype(dtype))
+    assert_close(got, want, 1e-12 if dtype == np.float64 else 2e-5, "HVP")
+    # at the same θ again (the forward and backward passes reused): the same numbers
+    np.testing.assert_array_equal(p.hvp(theta.astype(dtype), v.astype(dtype)), got)
