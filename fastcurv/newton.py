@@ -87,6 +87,7 @@ class _Counted(LinearOperator):
         self.count = 0
         self._zero_curvature = zero_curvature
         self._rho_max = 0.0
+        self.ratio = None  # set where a rounding-level curvature stopped CG
         super().__init__(dtype=op.dtype, shape=op.shape)
 
     def _matvec(self, v):
@@ -106,6 +107,8 @@ class _Counted(LinearOperator):
             return  # a zero or overflowing direction: the finiteness check above decides
         self._rho_max = max(self._rho_max, rho)
         if abs(rho) <= ZERO_CURVATURE * self._rho_max:
+            # (none where every curvature met was exactly 0: the zero-curvature message)
+            self.ratio = abs(rho) / self._rho_max if self._rho_max > 0 else None
             raise _CGBreakdown
 
     def _matmat(self, V):
@@ -188,21 +191,38 @@ def _in_noise(f, f_new, model_decrease, gmax, g_new, dtype):
     return float(np.max(np.abs(g_new))) < gmax
 
 
-def _breakdown_message(it, theta, p, method, damping):
+def _breakdown_message(it, theta, p, method, damping, ratio=None, preconditioned=True):
     """CG met zero or non-finite curvature: say where, and what fixes it for this fit (an
-    L2 penalty only where there is none: it never reaches an intercept or output bias)."""
+    L2 penalty only where there is none: it never reaches an intercept or output bias).
+
+    ``ratio``: the breakdown was a finite curvature at rounding level, this fraction of the
+    largest CG met (:class:`_Counted`). That is also what an ill-conditioned problem gives
+    (a feature scaled by 1e8, an L2 penalty of 1e16 next to an unpenalized intercept: the
+    message blamed large parameters and a missing penalty), so both causes are named."""
     fixes = []
     if method == "line-search":
         fixes.append("use method='trust-region', which steps through zero curvature")
+    if ratio is not None and not preconditioned:
+        fixes.append("use preconditioner='diag'")
+    if ratio is not None:
+        fixes.append("standardize the features")
     fixes.append("start from smaller parameters")
     if damping == 0:
         fixes.append("pass damping > 0")
     if getattr(p, "l2", None) == 0:
         fixes.append("add an L2 penalty")
-    return (f"CG broke down at iteration {it}: the curvature along its directions is zero or "
-            "not finite (it underflows or overflows at parameters as large as max|theta| = "
-            f"{np.max(np.abs(theta)):.3g}; an intercept or bias gets no curvature from the L2 "
-            f"penalty). {fixes[0][0].upper() + '; '.join(fixes)[1:]}.")
+    where = (f"at parameters as large as max|theta| = {np.max(np.abs(theta)):.3g}; an "
+             "intercept or bias gets no curvature from the L2 penalty")
+    if ratio is None:
+        what = ("the curvature along its directions is zero or not finite (it underflows or "
+                f"overflows {where})")
+    else:
+        what = (f"the curvature along one of its directions is {ratio:.1e} of the largest it "
+                f"met, below what the products resolve: it vanishes there (saturated "
+                f"predictions {where}), or the curvature is too ill-conditioned for CG "
+                "(features on very different scales, or an L2 penalty far above the data's "
+                "curvature)")
+    return f"CG broke down at iteration {it}: {what}. {fixes[0][0].upper() + '; '.join(fixes)[1:]}."
 
 
 def _stalled_message(it, gmax, dtype):
@@ -249,29 +269,40 @@ def _trial_value_and_grad(p, x):
         return np.inf, None
 
 
-def _diag_preconditioner(p, theta, curvature, damping, mix):
+def _diag_preconditioner(p, theta, curvature, damping, mix, region=False):
     """``M⁻¹ = 1 / ((1 - mix) mean|D| + mix |D|)`` from the exact curvature diagonal ``D``.
 
     ``|D|``: an indefinite Hessian (an MLP's away from a minimum) has negative diagonal
     entries. Clamped to a tiny floor, they let the trust region's M-norm leave those
     coordinates almost unbounded: Steihaug's steps reached 1e6-1e7 and were rejected a dozen
     times in a row (max|grad| 0.41 after 60 iterations where no preconditioner reached 7e-3).
-    For a positive semidefinite curvature (GLMs, every GGN) nothing changes."""
+    For a positive semidefinite curvature (GLMs, every GGN) nothing changes.
+
+    ``region`` (the trust region, whose M-norm shapes the region): entries below ``1e-12
+    mean`` are raised to it, as tiny ones (a saturated unit's) would let steps run far along
+    them. Otherwise (CG's preconditioner in the line search) only exact zeros (an all-zero
+    column without penalty, whose gradient entry is 0 too) are replaced, by the mean, and
+    entries that would overflow ``1/D`` in the problem's dtype are raised: Jacobi scaling
+    then undoes any column scaling (with the floor, a logistic fit on columns scaled 1e-6
+    ... 1e6 ran 100 iterations without converging; 10 without)."""
     D = np.abs(np.asarray(p.hessian_diag(theta) if curvature == "hessian"
                           else p.ggn_diag(theta), dtype=np.float64) + damping)
     mean = float(np.mean(D)) or 1.0
     Dm = (1.0 - mix) * mean + mix * D
-    Dm = np.where(Dm > 1e-12 * mean, Dm, 1e-12 * mean)
-    return Dm
+    if region:
+        return np.where(Dm > 1e-12 * mean, Dm, 1e-12 * mean)
+    tiny = 1e4 / float(np.finfo(p.dtype).max)
+    return np.where(Dm > 0.0, np.maximum(Dm, tiny), mean)
 
 
-def _make_preconditioner(preconditioner, p, theta, curvature, damping, mix):
-    """(diagonal vector or None, LinearOperator or None) for the chosen preconditioner."""
+def _make_preconditioner(preconditioner, p, theta, curvature, damping, mix, region=False):
+    """(diagonal vector or None, LinearOperator or None) for the chosen preconditioner
+    (``region``: for the trust region, see :func:`_diag_preconditioner`)."""
     if preconditioner is None:
         return None, None
     if isinstance(preconditioner, str):
         if preconditioner == "diag":
-            Dm = _diag_preconditioner(p, theta, curvature, damping, mix)
+            Dm = _diag_preconditioner(p, theta, curvature, damping, mix, region)
             inv = (1.0 / Dm).astype(p.dtype)
             P = p.n_params
             op = LinearOperator((P, P), matvec=lambda v: inv * np.ravel(v),
@@ -294,14 +325,21 @@ KFAC_FLOOR = 1e-8
 def _kfac_preconditioner(p, theta, damping):
     """``M⁻¹ = (⊕ A ⊗ G + (λ + δ + ε) I)⁻¹``: the exactly damped inverse of type-2 K-FAC
     (:class:`fastcurv.KFACOperator`), with the L2 penalty ``λ`` and the damping ``δ`` added
-    to every coordinate and ``ε = 1e-8 max_l(‖A_l‖ ‖G_l‖)`` so that ``M`` stays positive
-    definite where the factors are singular. Rebuilt at every Newton iterate (one streaming
+    to every coordinate and ``ε = f max_l(‖A_l‖ ‖G_l‖)`` so that ``M`` stays positive
+    definite where the factors are singular: ``f = max(1e-8, 2 s ε_dtype)`` with ``s`` the
+    largest factor size, above the level below which the inverse drops directions as
+    rounding (:meth:`KFACOperator.inverse`). (With 1e-8 alone, a float32 problem's inverse
+    dropped 145 of 151 directions of a correlated logistic fit: M⁻¹ was singular and the
+    fit stopped 1.8e-2 above the optimum.) Rebuilt at every Newton iterate (one streaming
     pass with ``K`` backward passes; the first layer's ``A`` is cached)."""
     from .operators.kfac import KFACOperator
 
     op = KFACOperator(p, theta, fisher="type2")
-    scale = max(float(la[-1] * lg[-1]) for la, _qa, lg, _qg in op.eigen())
-    op.damping = float(getattr(p, "l2", 0.0)) + damping + KFAC_FLOOR * (scale or 1.0)
+    eig = op.eigen()
+    scale = max(float(la[-1] * lg[-1]) for la, _qa, lg, _qg in eig)
+    size = max(max(la.size, lg.size) for la, _qa, lg, _qg in eig)
+    floor = max(KFAC_FLOOR, 2.0 * size * float(np.finfo(p.dtype).eps))
+    op.damping = float(getattr(p, "l2", 0.0)) + damping + floor * (scale or 1.0)
     return op.inverse()
 
 
@@ -517,17 +555,31 @@ def _steihaug(A, g, radius, rtol, maxiter, Dm):
         return s, As, 0, "converged"
 
     def to_boundary(s, d):
-        a = float(d @ (Mw * d))
-        b = float(s @ (Mw * d))
-        c = float(s @ (Mw * s)) - radius * radius
-        return (-b + np.sqrt(max(b * b - a * c, 0.0))) / a
+        """``τ >= 0`` with ``‖s + τ d‖_M = radius``, in units where ``s``, ``d`` and the
+        radius are O(1): ``τ = (radius / ‖d‖_M) t`` with ``t² + 2 b t + c = 0``, ``b =
+        ⟨s, d⟩_M / (radius ‖d‖_M)``, ``c = ‖s‖²_M / radius² − 1 <= 0`` (the products
+        themselves overflowed from gradients of ~1e77 on: an infinite step)."""
+        dn = d / float(np.max(np.abs(d)))
+        sn = s / radius
+        na = float(np.sqrt(dn @ (Mw * dn)))
+        b = float(sn @ (Mw * dn)) / na
+        c = float(sn @ (Mw * sn)) - 1.0
+        root = np.sqrt(max(b * b - c, 0.0))
+        t = -c / (b + root) if b > 0.0 else root - b  # the positive root, without cancellation
+        return radius * t / (na * float(np.max(np.abs(d))))
 
+    rho_max = 0.0  # the largest curvature dᵀAd / dᵀMd met so far
     for it in range(1, maxiter + 1):
         Ad = np.asarray(A.matvec(d), dtype=np.float64)
         dAd = float(d @ Ad)
-        if dAd <= 1e-14 * float(d @ (Mw * d)) * max(1.0, abs(ry)):
+        dMd = float(d @ (Mw * d))
+        # negative, zero, or (after the first direction) rounding-level curvature; relative to
+        # the curvature met, not to |g|² (that test took a positive definite Hessian for
+        # negative curvature once gradients were large: 27 iterations at targets 1e20 for 4)
+        if dAd <= 1e-14 * dMd * rho_max or dAd <= 0.0:
             tau = to_boundary(s, d)
             return s + tau * d, As + tau * Ad, it, "negative curvature"
+        rho_max = max(rho_max, dAd / dMd)
         alpha = ry / dAd
         s_new = s + alpha * d
         if float(s_new @ (Mw * s_new)) >= radius * radius:
@@ -611,13 +663,18 @@ def newton_cg(p, theta0=None, *, gtol=1e-8, max_iter=100, method="line-search",
 
     Notes
     -----
-    Problems without a finite minimizer stop with ``success=False`` and a message saying
-    why, instead of running until ``gtol`` happens to stop a parameter that is running off:
-    an unpenalized intercept (GLM) or output bias (MLP) whose targets lie on one side of
+    These problems without a finite minimizer stop with ``success=False`` and a message
+    saying why, instead of running until ``gtol`` happens to stop a parameter that is running
+    off: an unpenalized intercept (GLM) or output bias (MLP) whose targets lie on one side of
     their range only (logistic all 0 or all 1, poisson all 0, a multinomial class without
     samples; stopped before the first step), and separable classes with ``l2 = 0`` (stopped
     once the iterate classifies every sample correctly: for an MLP, scaling its last layer
-    then lowers every loss; checked with one forward pass per iteration).
+    then lowers every loss; checked with one forward pass per iteration). Others are not
+    detected and end where the gradient falls below ``gtol``, reported as converged:
+    quasi-separable classes with ``l2 = 0`` (the infimum is approached along a direction that
+    also misclassifies a few tied samples; different runs stop at objective values 1e-6
+    apart) and Poisson counts all 0 without an intercept (the weights run off until
+    ``e^{x·θ}`` is below ``gtol``). An L2 penalty gives every problem a finite minimizer.
 
     BLAS runs single-threaded during the solve (CG's O(P) dot products gain nothing from
     threads, and spinning BLAS threads slow the parallel curvature kernels that follow):
@@ -814,7 +871,8 @@ def _newton_cg(p, theta0, gtol, max_iter, method, curvature, preconditioner, dam
             # K-FAC's factors are BLAS-3 work (the first layer's input Gram matrix): all threads
             try:
                 with blas.full() if use == "kfac" else contextlib.nullcontext():
-                    Dm, M = _make_preconditioner(use, p, theta, curvature, damping, mix)
+                    Dm, M = _make_preconditioner(use, p, theta, curvature, damping, mix,
+                                                 method == "trust-region")
             except (np.linalg.LinAlgError, FloatingPointError):
                 if auto is None:
                     raise
@@ -839,7 +897,7 @@ def _newton_cg(p, theta0, gtol, max_iter, method, curvature, preconditioner, dam
             if d is None or not np.isfinite(d).all():
                 n_hvp += op.count
                 n_cg += count[0]
-                message = _breakdown_message(it, theta, p, method, damping)
+                message = _breakdown_message(it, theta, p, method, damping, op.ratio, M is not None)
                 break
             if auto is not None:
                 auto.after_step(time.perf_counter() - t_solve, count[0])
