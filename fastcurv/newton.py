@@ -575,7 +575,7 @@ def _steihaug(A, g, radius, rtol, maxiter, Dm):
         dMd = float(d @ (Mw * d))
         # negative, zero, or (after the first direction) rounding-level curvature; relative to
         # the curvature met, not to |g|² (that test took a positive definite Hessian for
-        # negative curvature once gradients were large: 27 iterations at targets 1e20 for 4)
+        # negative curvature once gradients were large: 27 iterations at targets 1e20, 7 at 1e8)
         if dAd <= 1e-14 * dMd * rho_max or dAd <= 0.0:
             tau = to_boundary(s, d)
             return s + tau * d, As + tau * Ad, it, "negative curvature"
