@@ -225,6 +225,23 @@ def _breakdown_message(it, theta, p, method, damping, ratio=None, preconditioned
     return f"CG broke down at iteration {it}: {what}. {fixes[0][0].upper() + '; '.join(fixes)[1:]}."
 
 
+def _no_decrease_message(it, gmax, slope, f, p, damping):
+    """The line search backtracked to nothing: rounding, or what to try (the fixes the fit
+    does not already use: an L2 penalty was suggested with one set)."""
+    message = (f"The line search found no decrease along the Newton direction at iteration "
+               f"{it} (max|grad| = {gmax:.3e}). ")
+    if abs(slope) <= 100 * np.finfo(p.dtype).eps * max(1.0, abs(f)):
+        return message + (f"The remaining decrease is below {np.dtype(p.dtype).name} rounding: "
+                          "loosen gtol (about 1e-4 for float32) or use float64.")
+    fixes = ["method='trust-region'"]
+    if damping == 0:
+        fixes.append("damping > 0")
+    if getattr(p, "l2", None) == 0:
+        fixes.append("an L2 penalty")
+    return message + "Try " + (" or ".join(fixes) if len(fixes) < 3
+                               else f"{fixes[0]}, {fixes[1]} or {fixes[2]}") + "."
+
+
 def _stalled_message(it, gmax, dtype):
     """The step was accepted but rounds to no change of θ: every later step would too."""
     name = np.dtype(dtype).name
@@ -924,15 +941,7 @@ def _newton_cg(p, theta0, gtol, max_iter, method, curvature, preconditioner, dam
                     alpha *= 0.5
                     f_new = phi(alpha)
                 if backtracks > MAX_BACKTRACKS:
-                    eps = np.finfo(p.dtype).eps
-                    message = (f"The line search found no decrease along the Newton direction "
-                               f"at iteration {it} (max|grad| = {gmax:.3e}). ")
-                    if abs(slope) <= 100 * eps * max(1.0, abs(f)):
-                        message += (f"The remaining decrease is below {np.dtype(p.dtype).name} "
-                                    "rounding: loosen gtol (about 1e-4 for float32) or use "
-                                    "float64.")
-                    else:
-                        message += "Try method='trust-region', damping > 0 or an L2 penalty."
+                    message = _no_decrease_message(it, gmax, slope, f, p, damping)
                     break
                 trial = theta + np.asarray(alpha, p.dtype) * d
                 f_new, g_new = _trial_value_and_grad(p, trial)

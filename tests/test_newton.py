@@ -1402,3 +1402,22 @@ def test_line_search_jacobi_keeps_saturated_biases_in_place():
                    options={"maxiter": 5000, "gtol": 1e-10, "ftol": 1e-15})
     # stopped at gtol = 1e-6: within 1e-5 of the optimum's value (the runaway: 1.6e-2)
     assert ref.value(r.x) - opt.fun < 1e-5 * opt.fun
+
+
+def test_no_decrease_message_suggests_only_what_the_fit_lacks():
+    """The line search's "no decrease" message suggested an L2 penalty to a fit that had one
+    (a review); it names only the fixes the fit does not already use."""
+    from fastcurv.newton import _no_decrease_message
+
+    X = np.ones((4, 1))
+    y = np.array([0.0, 1.0, 0.0, 1.0])
+    with_l2 = fc.GLM(X, y, l2=1e-3)
+    without = fc.GLM(X, y)
+    m = _no_decrease_message(3, 1e-2, -1.0, 1.0, with_l2, 0.0)
+    assert m.endswith("Try method='trust-region' or damping > 0."), m
+    m = _no_decrease_message(3, 1e-2, -1.0, 1.0, without, 0.0)
+    assert m.endswith("Try method='trust-region', damping > 0 or an L2 penalty."), m
+    m = _no_decrease_message(3, 1e-2, -1.0, 1.0, with_l2, 1e-4)
+    assert m.endswith("Try method='trust-region'."), m
+    # a slope at rounding level: the rounding advice
+    assert "below float64 rounding" in _no_decrease_message(3, 1e-9, -1e-20, 1.0, without, 0.0)
