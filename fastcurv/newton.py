@@ -238,8 +238,8 @@ def _no_decrease_message(it, gmax, slope, f, p, damping):
         fixes.append("damping > 0")
     if getattr(p, "l2", None) == 0:
         fixes.append("an L2 penalty")
-    return message + "Try " + (" or ".join(fixes) if len(fixes) < 3
-                               else f"{fixes[0]}, {fixes[1]} or {fixes[2]}") + "."
+    said = fixes[0] if len(fixes) == 1 else ", ".join(fixes[:-1]) + " or " + fixes[-1]
+    return f"{message}Try {said}."
 
 
 def _stalled_message(it, gmax, dtype):
