@@ -171,8 +171,8 @@ def second_moments(problem, theta, kind, mc_samples, seed, bases):
     layers, _ = check_layout(problem)
     L = len(layers)
     c = _weights(problem)
-    dt = np.float64  # the products in float64, as the factors' (module docstring)
-    bases = [(QA.astype(dt), QG.astype(dt)) for QA, QG in bases]
+    # the products in float64, as the factors' (module docstring)
+    bases = [(QA.astype(np.float64), QG.astype(np.float64)) for QA, QG in bases]
     S = [np.zeros((n_in + int(b), w)) for n_in, w, b in layers]
     cols = {"type2": problem.n_outputs, "mc": mc_samples, "empirical": 1}[kind]
     U = [None] * L
@@ -183,15 +183,15 @@ def second_moments(problem, theta, kind, mc_samples, seed, bases):
             for l in range(L):
                 QA = bases[l][0]
                 if l == 0:
-                    U[0] = _rotated_first_layer(problem, s, e, c, layers[0][2], QA, dt)
+                    U[0] = _rotated_first_layer(problem, s, e, c, layers[0][2], QA)
                 else:
                     Hl = problem._layer_input(l, s, e)
                     if buf is None or buf.shape[0] < Hl.size:
-                        buf = np.empty(Hl.size, dtype=dt)
+                        buf = np.empty(Hl.size)
                     U[l] = _scaled(Hl, c, s, False, buf) @ QA
                     K_.square_inplace(U[l])
         for l in range(L):
-            R = deltas[l].astype(dt) @ bases[l][1]
+            R = deltas[l].astype(np.float64) @ bases[l][1]
             if j == 0:
                 T[l] = np.empty_like(R)
             K_.add_squares(R, T[l], j == 0)
@@ -203,18 +203,18 @@ def second_moments(problem, theta, kind, mc_samples, seed, bases):
     return [val.finite_result(x, "the EK-FAC second moments") for x in S]
 
 
-def _rotated_first_layer(problem, s, e, c, bias, QA, dt):
+def _rotated_first_layer(problem, s, e, c, bias, QA):
     """``(√c_i Q_Aᵀ ã_i)²`` for the rows ``s:e`` of the first layer, (nb, n_A)."""
     X = problem._layer_input(0, s, e)
     if sp.issparse(X):
-        r = np.sqrt(c[s:e]).astype(dt)
+        r = np.sqrt(np.asarray(c[s:e], dtype=np.float64))
         d = X.shape[1]
-        U = np.asarray((sp.diags(r) @ X) @ QA[:d], dtype=dt)
+        U = np.asarray((sp.diags(r) @ X) @ QA[:d], dtype=np.float64)
         if bias:
             U += r[:, None] * QA[d][None, :]
     else:
         nb, d = X.shape
-        buf = np.empty(nb * (d + int(bias)), dtype=dt)
+        buf = np.empty(nb * (d + int(bias)))
         U = _scaled(X, c, s, bias, buf) @ QA
     U = np.ascontiguousarray(U)
     K_.square_inplace(U)
