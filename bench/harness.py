@@ -99,7 +99,8 @@ def measure(benchmark, fn, *args, key, nbytes, check=None, rounds=None, **info):
         # over the whole timed phase (rounds and gaps): precise over a few seconds
         benchmark.extra_info["foreign_cpu_share"] = round(busy["foreign_share_of_machine"], 3)
     if shares and len(shares) == rounds:
-        # per round: coarse (10 ms ticks), but a competing process shows up as >~ 0.4
+        # per round, over the round and the gap before it (RoundGate): a competing process
+        # shows up as >~ 0.4
         benchmark.extra_info["round_foreign_share"] = [round(x, 3) for x in shares]
     return out
 
@@ -190,7 +191,12 @@ class RoundGate:
 
     Closes the load monitor of the previous round, waits ``ROUND_GAP`` s, and longer (up to
     ``QUIET_WAIT_ROUND`` s per round and ``QUIET_BUDGET`` s per benchmark) while other
-    processes keep the machine busy, then starts the monitor of the next round.
+    processes keep the machine busy. A round's foreign share is measured from the start of
+    the last ``ROUND_GAP`` window before it to its end: /proc/stat counts busy time in 10 ms
+    ticks, so over a round of a few milliseconds alone one tick read as a share of 1.6 or
+    more (up to 9 recorded for 3 ms rounds of the small MLP), and the report's filter of
+    loaded rounds dropped a third of the rounds at random (a review: ratios moved by up to
+    ±0.27). Over the gap plus the round the tick error is ~5% of the machine.
     """
 
     def __init__(self):
@@ -207,9 +213,8 @@ class RoundGate:
     def setup(self):
         self._close()
         budget = max(0.0, min(QUIET_WAIT_ROUND, QUIET_BUDGET - self.waited))
-        w, _ = wait_quiet(ROUND_GAP, budget)
+        w, _, self.mon = _wait_quiet(ROUND_GAP, budget)
         self.waited += max(0.0, w - ROUND_GAP)
-        self.mon = CPUMonitor()
 
     def finish(self):
         self._close()
@@ -225,6 +230,13 @@ def wait_quiet(window=SETTLE, max_wait=None, threshold=None):
     slower of its threads, and the scheduler hands out ~4 ms slices), so the suite waits for a
     quiet moment and records the foreign load seen during each benchmark.
     """
+    waited, share, _ = _wait_quiet(window, max_wait, threshold)
+    return waited, share
+
+
+def _wait_quiet(window, max_wait=None, threshold=None):
+    """:func:`wait_quiet`, also returning the :class:`CPUMonitor` started at the beginning of
+    its last window (still running)."""
     max_wait = QUIET_WAIT if max_wait is None else max_wait
     threshold = QUIET_THRESHOLD if threshold is None else threshold
     t0 = time.monotonic()
@@ -234,7 +246,7 @@ def wait_quiet(window=SETTLE, max_wait=None, threshold=None):
         busy = mon.foreign()
         share = busy["foreign_share_of_machine"] if busy else 0.0
         if share <= threshold or time.monotonic() - t0 >= max_wait:
-            return time.monotonic() - t0, share
+            return time.monotonic() - t0, share, mon
 
 
 class FreshTheta:

@@ -381,6 +381,7 @@ class JaxMLP:
         def vjp(theta, u, X):
             return jax.vjp(lambda t: net(t, X), theta)[1](u)[0]
 
+        self._net, self._data_loss, self._grad_f = net, data_loss, grad_f
         self._value = jax.jit(objective)
         self._grad = jax.jit(grad_f)
         self._hvp = jax.jit(hvp)
@@ -392,6 +393,31 @@ class JaxMLP:
         """numpy -> JAX array of this problem's dtype (a copy on the CPU device)."""
         jax, jnp = _jax()
         return jax.block_until_ready(jnp.asarray(np.asarray(a, dtype=self.spec.dtype)))
+
+    # at a fixed θ: JAX's own reuse, the like-for-like baseline of a product at one θ
+    def hvp_at(self, theta):
+        """``v -> H(θ) v`` for JAX arrays ``v``: ``jax.linearize`` of the gradient at ``θ``
+        (forward and backward pass and their residuals computed here, once), then the jitted
+        linear map alone per call."""
+        jax, _ = _jax()
+        X, y, c = self.data
+        _, lin = jax.linearize(lambda t: self._grad_f(t, X, y, c, self.mask), theta)
+        return jax.jit(lin)
+
+    def ggn_vp_at(self, theta):
+        """``v -> G(θ) v``: the network's linearization and VJP and the loss Hessian's
+        linearization at ``θ`` built once, then jvp -> loss Hessian -> vjp per call."""
+        jax, _ = _jax()
+        X, y, c = self.data
+        mask, l2 = self.mask, self.spec.l2
+
+        def f(t):
+            return self._net(t, X)
+
+        eta, lin_net = jax.linearize(f, theta)
+        _, f_vjp = jax.vjp(f, theta)
+        _, lin_loss = jax.linearize(lambda e: jax.grad(self._data_loss)(e, y, c), eta)
+        return jax.jit(lambda v: f_vjp(lin_loss(lin_net(v)))[0] + l2 * mask * v)
 
     # framework arrays in and out (timed): block until the result is computed
     def value_n(self, theta):
