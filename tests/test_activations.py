@@ -66,6 +66,29 @@ def test_tanh_complement_float64_within_2_ulp():
     assert _ulps(t, _exact(mpmath.tanh, x), np.float64).max() <= 1.0
 
 
+def test_tanh_complement_float32_down_to_the_normal_range():
+    """The float32 row loop's complement ``1 − |tanh z|`` (what the MLP's φ' = c (2 − c)
+    reads) keeps its digits up to |z| = 44, where it is still a normal float32, and is 0
+    beyond (flushed, not subnormal). It was clamped at 43: φ' stayed 1.8e-37 for every
+    |z| > 43 (5x the exact value at 43.8; a review)."""
+    z = np.concatenate([np.linspace(0.5, 44.0, 4001), [43.0, 43.5, 43.8, 43.99, 44.0]])
+    z = np.concatenate([z, -z]).astype(np.float32)
+    Z = z.reshape(1, -1).copy()
+    A = np.empty_like(Z)
+    ac.bias_act(ac.TANH, Z, np.zeros(z.size, np.float32), A, False)
+    with mpmath.workprec(120):
+        comp = np.array([float(2 / (mpmath.exp(2 * abs(mpmath.mpf(float(v)))) + 1)) for v in z])
+    assert np.all(comp.astype(np.float32) >= np.finfo(np.float32).tiny)
+    assert _ulps(Z[0], comp, np.float32).max() <= 2.0
+    far = np.array([44.01, 44.5, 50.0, 60.0, 1e6, np.inf], np.float32)
+    far = np.concatenate([far, -far])
+    Zf = far.reshape(1, -1).copy()
+    Af = np.empty_like(Zf)
+    ac.bias_act(ac.TANH, Zf, np.zeros(far.size, np.float32), Af, False)
+    assert np.array_equal(Zf[0], np.zeros_like(far))
+    assert np.array_equal(Af[0], np.sign(far))
+
+
 def test_row_loops_use_whole_avx512_registers():
     """The activation row loops carry ``"prefer-vector-width"="512"`` (kernels/simd.py:
     ``prefer_wide_vectors``) where the code is compiled for AVX-512, and LLVM then uses zmm
@@ -180,11 +203,12 @@ def test_saturated_tanh_units_keep_their_gradient_digits(dtype):
     z = 5, 7.6 at z = 10, all of them from z = 19 in float64 and z = 9 in float32, where it
     became 0), in every gradient and product below a saturated layer. Against numpy's
     ``1 / cosh(z)²``, the first layer's weight gradient of a 1-3-1 network whose units sit at
-    z = 2 ... 30 (float32: up to 12)."""
+    z = 2 ... 30 (float32: up to 43.9, where sech² = 4e-38 is still a normal float32; a
+    clamp at 43 gave 1.8e-37 there)."""
     import fastcurv as fc
 
     zs = np.array([2.0, 5.0, 10.0, 15.0, 30.0] if dtype == np.float64
-                  else [2.0, 5.0, 8.0, 10.0, 12.0])
+                  else [2.0, 5.0, 8.0, 10.0, 12.0, 43.5, 43.9])
     n = zs.size
     X = np.ones((n, 1), dtype=dtype)
     y = np.zeros(n, dtype=dtype)
