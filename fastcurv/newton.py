@@ -1,6 +1,7 @@
 """Truncated Newton methods: line-search Newton-CG and trust-region Newton (Steihaug-Toint CG)."""
 
 import contextlib
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -583,14 +584,21 @@ def _steihaug(A, g, radius, rtol, maxiter, Dm):
     for it in range(1, maxiter + 1):
         Ad = np.asarray(A.matvec(d), dtype=np.float64)
         dAd = float(d @ Ad)
-        # negative, zero or rounding-level curvature (``dᵀAd / dᵀMd <= 1e-14``). The bound
-        # was also multiplied by ``max(1, rᵀM⁻¹r)``, which grows with |g|²: a positive
-        # definite Hessian then counted as negative curvature once gradients were large (27
-        # iterations at targets 1e20 for 7 at 1e8). A bound relative to the largest
-        # curvature met instead (tried) changed the paths of MLP fits with small gradients
-        # (an indefinite 10-16-16-1: 294 iterations for 198); this one is the old bound
-        # wherever rᵀM⁻¹r <= 1.
-        if dAd <= 1e-14 * float(d @ (Mw * d)):
+        # negative, zero or rounding-level curvature: ``dᵀAd <= 1e-14 min(‖d‖²_M,
+        # ‖d‖_M ‖Ad‖_{M⁻¹})``. The first bound alone is absolute in the curvature's units:
+        # a positive definite Hessian with every eigenvalue below 1e-14 (features scaled by
+        # 1e-7, no preconditioner) counted as negative curvature, its steps went to the
+        # boundary and the fit stopped without progress at a scale of 1e-9 (a review). The
+        # second is relative (``|dᵀAd| <= ‖d‖_M ‖Ad‖_{M⁻¹}``) and only lowers the bound where
+        # A acts weakly on d; a positive dᵀAd it then lets through gives a CG step along d
+        # (beyond the region: the same boundary step). The first was also multiplied by
+        # ``max(1, rᵀM⁻¹r)``, which grows with |g|²: a positive definite Hessian then
+        # counted as negative curvature once gradients were large (27 iterations at targets
+        # 1e20 for 7 at 1e8). A bound relative to the largest curvature met instead (tried)
+        # changed the paths of MLP fits with small gradients (an indefinite 10-16-16-1: 294
+        # iterations for 198).
+        dMd = float(d @ (Mw * d))
+        if dAd <= 1e-14 * min(dMd, math.sqrt(dMd * float(Ad @ (Ad / Mw)))):
             tau = to_boundary(s, d)
             return s + tau * d, As + tau * Ad, it, "negative curvature"
         alpha = ry / dAd
@@ -627,7 +635,13 @@ def newton_cg(p, theta0=None, *, gtol=1e-8, max_iter=100, method="line-search",
 
     ``method="trust-region"``: trust-region Newton with Steihaug-Toint CG (N&W Algorithm 7.2
     inside Algorithm 4.1), which stops CG at the trust-region boundary or at a direction of
-    zero or negative curvature, so it also works with indefinite Hessians.
+    zero or negative curvature, so it also works with indefinite Hessians. Its first radius
+    is ``max(‖g‖, 1e-3)`` and a radius at most doubles per iteration: where the Newton step
+    is many orders of magnitude longer than the gradient it needs many iterations (least
+    squares on features scaled by 1e-7: 51, the line search 5), and where a step of the
+    first radius lowers the loss by less than its rounding (features scaled by 1e-9, a loss
+    of 1e18) it stops ("the trust region shrank"): standardize the features, or use
+    ``preconditioner="diag"`` or the line search.
 
     Parameters
     ----------

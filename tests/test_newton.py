@@ -1375,6 +1375,27 @@ def test_trust_region_is_invariant_to_the_scale_of_the_gradient():
     assert len(set(iters)) == 1, iters
 
 
+def test_steihaug_takes_newton_steps_at_any_curvature_scale():
+    """Steihaug's curvature test compared dᵀAd with 1e-14 ‖d‖² without a preconditioner: on
+    A = c I with c <= 5e-15 it reported negative curvature and stepped to the boundary, 10
+    times the Newton step (a review). Against the closed form −g / c."""
+    from scipy.sparse.linalg import aslinearoperator
+
+    from fastcurv.newton import _steihaug
+
+    g = np.array([1.0, -2.0, 0.5])
+    for c in (1e-2, 1e-14, 5e-15, 1e-20, 1e-30):
+        newton = -g / c
+        radius = 10 * np.linalg.norm(newton)
+        s, As, _, how = _steihaug(aslinearoperator(c * np.eye(3)), g, radius, 1e-10, 50, None)
+        assert how == "converged", (c, how)
+        np.testing.assert_allclose(s, newton, rtol=1e-12)
+    # negative and zero curvature are still caught
+    for c in (-1e-20, 0.0, -1.0):
+        _, _, _, how = _steihaug(aslinearoperator(c * np.eye(3)), g, 1.0, 1e-10, 50, None)
+        assert how == "negative curvature", (c, how)
+
+
 def test_line_search_jacobi_keeps_saturated_biases_in_place():
     """Jacobi's diagonal is floored at 1e-12 of its mean. Without the floor (tried this
     session, to undo column scales spread beyond 1e6) a saturated tanh unit's unpenalized
