@@ -47,8 +47,9 @@ from .simd import (
 #: rows accumulated in the data dtype before they are added into the float64 chunk buffer. A
 #: float32 running sum of F equal terms is off by ~F/10 float32 eps of their absolute sum:
 #: with 256 the dense float32 gradient and products of one-hot features were 15-34 eps off
-#: (CSR, summing in float64: 0.3), with 64 3-7 (a review); the float32 HVP costs 1.1%
-#: more (2.8% with 32), the float64 one nothing measurable (the flushes hide under the reads)
+#: (CSR, summing in float64: 0.3), with 64 3-7 (a review). The 200,000 x 500 float32 HVP
+#: takes 1-2% longer than with 256 (alternating calls, 80 rounds; 2.8% with 32), the
+#: float64 one 0.6% (within noise)
 FLUSH = 64
 #: what a fused pass computes: the loss, gradient and per-sample curvature at parameters, or
 #: a curvature-vector product with per-sample curvature computed before
