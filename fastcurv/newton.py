@@ -596,14 +596,18 @@ def _steihaug(A, g, radius, rtol, maxiter, Dm):
         # counted as negative curvature once gradients were large (27 iterations at targets
         # 1e20 for 7 at 1e8). A bound relative to the largest curvature met instead (tried)
         # changed the paths of MLP fits with small gradients (an indefinite 10-16-16-1: 294
-        # iterations for 198).
+        # iterations for 198). ‖Ad‖_{M⁻¹} is computed from Ad / max|Ad|: squared directly, an
+        # Ad below 1e-154 gave 0, the bound 0 let a subnormal dᵀAd through, and ry / dᵀAd
+        # overflowed (inf · 0 = NaN where d had a zero entry; a second review).
         dMd = float(d @ (Mw * d))
-        if dAd <= 1e-14 * min(dMd, math.sqrt(dMd * float(Ad @ (Ad / Mw)))):
+        big = float(np.max(np.abs(Ad)))
+        adn = big * math.sqrt(float((Ad / big) @ (Ad / (big * Mw)))) if big > 0.0 else 0.0
+        if dAd <= 1e-14 * min(dMd, math.sqrt(dMd) * adn):
             tau = to_boundary(s, d)
             return s + tau * d, As + tau * Ad, it, "negative curvature"
         alpha = ry / dAd
         s_new = s + alpha * d
-        if float(s_new @ (Mw * s_new)) >= radius * radius:
+        if not math.isfinite(alpha) or float(s_new @ (Mw * s_new)) >= radius * radius:
             tau = to_boundary(s, d)
             return s + tau * d, As + tau * Ad, it, "boundary"
         s = s_new

@@ -1394,6 +1394,15 @@ def test_steihaug_takes_newton_steps_at_any_curvature_scale():
     for c in (-1e-20, 0.0, -1.0):
         _, _, _, how = _steihaug(aslinearoperator(c * np.eye(3)), g, 1.0, 1e-10, 50, None)
         assert how == "negative curvature", (c, how)
+    # a subnormal positive curvature along d with a zero entry: ‖Ad‖² underflowed, the
+    # relative bound was 0, and ry / dᵀAd = inf gave inf · 0 = NaN (a second review; a
+    # logistic fit with an all-zero column from a start 720 margins off then broke down)
+    for lam in (1e-200, 1e-310, 4e-322):
+        A = aslinearoperator(np.diag([lam, lam, 1.0]))
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):  # as newton_cg
+            s, As, _, _ = _steihaug(A, np.array([1.0, 1.0, 0.0]), 10.0, 0.1, 10, None)
+        np.testing.assert_allclose(s, [-np.sqrt(50.0), -np.sqrt(50.0), 0.0], rtol=1e-14)
+        assert np.all(np.isfinite(As))
 
 
 def test_line_search_jacobi_keeps_saturated_biases_in_place():
