@@ -585,23 +585,16 @@ def _steihaug(A, g, radius, rtol, maxiter, Dm):
         Ad = np.asarray(A.matvec(d), dtype=np.float64)
         dAd = float(d @ Ad)
         # negative, zero or rounding-level curvature: ``dᵀAd <= 1e-14 min(‖d‖²_M,
-        # ‖d‖_M ‖Ad‖_{M⁻¹})``. The first bound alone is absolute in the curvature's units:
-        # a positive definite Hessian with every eigenvalue below 1e-14 counted as negative
-        # curvature (A = 5e-15 I without a preconditioner: a step 10 times the Newton step;
-        # least squares on features scaled by 1e-7: 80 iterations, now 51; a review). The
-        # second is relative (``|dᵀAd| <= ‖d‖_M ‖Ad‖_{M⁻¹}``) and only lowers the bound where
-        # A acts weakly on d; a positive dᵀAd it then lets through gives a CG step along d
-        # (beyond the region: the same boundary step). The first was also multiplied by
-        # ``max(1, rᵀM⁻¹r)``, which grows with |g|²: a positive definite Hessian then
-        # counted as negative curvature once gradients were large (27 iterations at targets
-        # 1e20 for 7 at 1e8). A bound relative to the largest curvature met instead (tried)
-        # changed the paths of MLP fits with small gradients (an indefinite 10-16-16-1: 294
-        # iterations for 198). ‖Ad‖_{M⁻¹} is computed from Ad / max|Ad|: squared directly, an
-        # Ad below 1e-154 gave 0, the bound 0 let a subnormal dᵀAd through, and ry / dᵀAd
-        # overflowed (inf · 0 = NaN where d had a zero entry; a second review).
+        # ‖d‖_M ‖Ad‖_{M⁻¹})``. The first bound alone is absolute in the curvature's units (A =
+        # 5e-15 I counted as negative curvature); the second is relative (Cauchy-Schwarz:
+        # ``|dᵀAd| <= ‖d‖_M ‖Ad‖_{M⁻¹}``) and only lowers it where A acts weakly on d.
+        # ‖Ad‖_{M⁻¹} from Ad / max|Ad|: squared directly, an Ad below 1e-154 gave 0 and a
+        # subnormal dᵀAd through. (Tried and dropped, see CHANGELOG: the first bound times
+        # max(1, rᵀM⁻¹r); a bound relative to the largest curvature met.)
         dMd = float(d @ (Mw * d))
         big = float(np.max(np.abs(Ad)))
-        adn = big * math.sqrt(float((Ad / big) @ (Ad / (big * Mw)))) if big > 0.0 else 0.0
+        u = Ad / big if big > 0.0 else Ad
+        adn = big * math.sqrt(float(u @ (u / Mw)))
         if dAd <= 1e-14 * min(dMd, math.sqrt(dMd) * adn):
             tau = to_boundary(s, d)
             return s + tau * d, As + tau * Ad, it, "negative curvature"
